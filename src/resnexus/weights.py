@@ -1,0 +1,313 @@
+"""Reading weights saved by torchvision, timm, the papers' official repos and Keras into our models.
+
+Our module names follow torchvision/timm, so most files load as they are; the rest is handled
+here in one place:
+
+* containers: ``{"state_dict": ...}``, ``{"model": ...}``, ``{"model_state_dict": ...}``, and
+  the ``module.`` prefix that DataParallel / DDP add;
+* legacy layouts: each family's :meth:`~resnexus.models.base.ImageClassifier.remap_state_dict`
+  (e.g. DenseNet's old ``norm.1`` keys);
+* Keras ``.h5`` files (both Keras 3 ``.weights.h5`` and the legacy layout of the files that
+  keras.applications downloads), through the family's :meth:`keras_layers`;
+* fine-tuning: a classifier with another class count is left out and the model keeps its fresh
+  head; a first convolution with another input-channel count is adapted.
+
+Everything else must match exactly: a missing or unexpected key is an error that names the file
+and the keys, never a silent partial load. Pickled files are read with ``weights_only=True``, so a
+file cannot run code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor, nn
+
+from .models.base import ImageClassifier, KerasLayer
+
+logger = logging.getLogger("resnexus")
+
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params")
+_OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BatchNorm's step counter: not a weight
+_SHOWN = 10  # how many keys an error message lists
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be loaded into the model it was given to."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did, for logs and tests."""
+
+    source: str
+    loaded: int = 0
+    classifier_reset: bool = False
+    adapted_input: list[str] = field(default_factory=list)
+
+
+# -- reading files -----------------------------------------------------------------------------
+def resolve_source(source: str | os.PathLike[str]) -> Path:
+    """A local path for ``source``; URLs are downloaded once into torch's hub cache."""
+    text = os.fspath(source)
+    if urlparse(text).scheme in ("http", "https"):
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(text).path).name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(text, str(target), progress=True)
+        return target
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    return path
+
+
+def is_keras_file(path: Path) -> bool:
+    return path.suffix in (".h5", ".hdf5", ".keras")
+
+
+def read_state_dict(source: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The tensors of a ``.pth``/``.pt``/``.bin``/``.ckpt`` or ``.safetensors`` file, unwrapped."""
+    path = resolve_source(source)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as error:  # safetensors raises its own error types
+            raise WeightsError(f"{path}: not a readable safetensors file ({error})") from error
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise WeightsError(
+            f"refusing to load {path}: it holds Python objects other than tensors and plain "
+            f"containers, which could run code when unpickled (loaded with weights_only=True). "
+            f"Details: {str(error).splitlines()[0]}"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
+    return unwrap_state_dict(obj, str(path))
+
+
+def unwrap_state_dict(obj: Any, source: str = "<object>") -> dict[str, Tensor]:
+    """Find the state dict inside the usual checkpoint containers and strip ``module.``."""
+    while isinstance(obj, Mapping) and not _looks_like_state_dict(obj):
+        inner = next((obj[k] for k in _CONTAINER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            raise WeightsError(
+                f"{source}: no state dict found; top-level keys are {sorted(map(str, obj))[:_SHOWN]}"
+            )
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
+    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _looks_like_state_dict(obj: Mapping) -> bool:
+    return bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+# -- Keras -------------------------------------------------------------------------------------
+def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, list[Any]]:
+    """Layer name -> its arrays in Keras order, from a Keras 3 or a legacy ``.h5`` weights file.
+
+    Keras 3 ``.weights.h5`` files store ``layers/<name>/vars/<i>`` where ``<name>`` is the
+    layer's kind plus a counter (``conv2d_7``); legacy files store groups named after the
+    layers (``conv2_block1_1_conv``) with a ``weight_names`` attribute giving the order.
+    """
+    import h5py
+
+    path = resolve_source(path)
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise WeightsError(f"{path}: not a readable HDF5 file ({error})") from error
+    with file:
+        root = file["model_weights"] if "model_weights" in file else file
+        layers: dict[str, list[Any]] = {}
+        if "layer_names" in root.attrs:  # legacy Keras 2 layout
+            for raw in root.attrs["layer_names"]:
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                group = root[name]
+                names = [w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs.get("weight_names", [])]
+                if names:
+                    layers[name] = [group[w][()] for w in names]
+        elif "layers" in root:  # Keras 3 layout
+            for name, group in root["layers"].items():
+                if "vars" in group and len(group["vars"]):
+                    variables = group["vars"]
+                    layers[name] = [variables[str(i)][()] for i in range(len(variables))]
+        else:
+            raise WeightsError(f"{path}: no Keras weights found (neither 'layer_names' nor 'layers')")
+    return layers
+
+
+def _keras3_names(spec: list[KerasLayer]) -> list[str]:
+    """The names Keras 3 gives the layers in a ``.weights.h5``: kind plus a per-kind counter."""
+    counters: dict[str, int] = {}
+    names = []
+    for layer in spec:
+        n = counters.get(layer.kind, 0)
+        names.append(layer.kind if n == 0 else f"{layer.kind}_{n}")
+        counters[layer.kind] = n + 1
+    return names
+
+
+def keras_state_dict(model: ImageClassifier, layers: dict[str, list[Any]], source: str) -> dict[str, Tensor]:
+    """Convert Keras arrays to our state dict using the model's Keras layer list."""
+    spec = model.keras_layers()
+    by_name = all(layer.name in layers for layer in spec)
+    names = [layer.name for layer in spec] if by_name else _keras3_names(spec)
+    missing = [f"{n} ({layer.name})" for n, layer in zip(names, spec) if n not in layers]
+    unexpected = sorted(set(layers) - set(names))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{source}: does not match the Keras layout of {type(model).__name__} "
+            f"({len(spec)} weighted layers expected, {len(layers)} found); "
+            f"missing: {missing[:_SHOWN]}, unexpected: {unexpected[:_SHOWN]}"
+        )
+    state: dict[str, Tensor] = {}
+    for file_name, layer in zip(names, spec):
+        arrays = [torch.from_numpy(a.copy()) for a in layers[file_name]]
+        if layer.kind == "conv2d":
+            state[f"{layer.target}.weight"] = arrays[0].permute(3, 2, 0, 1)
+            if len(arrays) > 1:
+                state[f"{layer.target}.bias"] = arrays[1]
+        elif layer.kind == "dense":
+            state[f"{layer.target}.weight"] = arrays[0].t()
+            state[f"{layer.target}.bias"] = arrays[1]
+        elif layer.kind == "batch_normalization":
+            for suffix, array in zip(("weight", "bias", "running_mean", "running_var"), arrays):
+                state[f"{layer.target}.{suffix}"] = array
+        else:
+            raise WeightsError(f"{source}: Keras layer kind {layer.kind!r} ({layer.name}) is not supported")
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_weights(model: nn.Module, source: str | os.PathLike[str], *, strict: bool = True) -> LoadReport:
+    """Load a weights file into ``model`` (in place) and say what was done.
+
+    Raises :class:`WeightsError` naming the file and the missing / unexpected / mis-shaped keys
+    when the file does not fit, unless ``strict=False``.
+    """
+    path = resolve_source(source)
+    report = LoadReport(source=str(path))
+    if is_keras_file(path):
+        if not isinstance(model, ImageClassifier):
+            raise WeightsError(f"{path}: Keras weights need a resnexus model, got {type(model).__name__}")
+        state = keras_state_dict(model, read_keras_h5(path), str(path))
+    else:
+        state = read_state_dict(path)
+        if isinstance(model, ImageClassifier):
+            state = model.remap_state_dict(state)
+
+    own = model.state_dict()
+    if isinstance(model, ImageClassifier):
+        _drop_mismatched_classifier(model, state, own, report)
+        _adapt_input_channels(model, state, own, report)
+
+    fresh_head = getattr(model, "classifier_name", "fc") + "." if report.classifier_reset else None
+    missing = [
+        k
+        for k in own
+        if k not in state
+        and not k.endswith(_OPTIONAL_SUFFIXES)
+        and not (fresh_head and k.startswith(fresh_head))
+    ]
+    unexpected = [k for k in state if k not in own]
+    mis_shaped = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
+    if strict and (missing or unexpected or mis_shaped):
+        raise WeightsError(_mismatch_message(path, model, missing, unexpected, mis_shaped))
+    loadable = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(loadable, strict=False)
+    report.loaded = len(loadable)
+    logger.info("loaded %d tensors from %s", report.loaded, path)
+    return report
+
+
+def _mismatch_message(path: Path, model: nn.Module, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    name = getattr(model, "model_name", type(model).__name__)
+    parts = [f"{path} does not fit model {name}:"]
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if keys:
+            more = f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:_SHOWN])}{more}")
+    return "\n  ".join(parts)
+
+
+def _drop_mismatched_classifier(
+    model: ImageClassifier, state: dict[str, Tensor], own: dict[str, Tensor], report: LoadReport
+) -> None:
+    """Fine-tuning: keep the model's fresh classifier when the file's has another class count."""
+    prefix = model.classifier_name + "."
+    head = [k for k in state if k.startswith(prefix)]
+    if not head and any(k.startswith(prefix) for k in own):  # a backbone-only file
+        report.classifier_reset = True
+        logger.warning("%s: the file has no classifier; the model keeps a freshly initialised one", report.source)
+    elif head and any(k not in own or state[k].shape != own[k].shape for k in head):
+        file_classes = state[prefix + "weight"].shape[0] if prefix + "weight" in state else "?"
+        for k in head:
+            del state[k]
+        report.classifier_reset = True
+        logger.warning(
+            "%s: classifier '%s' has %s classes, the model %s; it was left out and the model keeps a "
+            "freshly initialised classifier (fine-tuning)",
+            report.source,
+            model.classifier_name,
+            file_classes,
+            f"has {model.num_classes}" if model.num_classes else "has none",
+        )
+
+
+def _adapt_input_channels(
+    model: ImageClassifier, state: dict[str, Tensor], own: dict[str, Tensor], report: LoadReport
+) -> None:
+    """Grey-scale or multi-band input: fold or tile the first convolution's RGB filters.
+
+    One channel gets the sum of the RGB filters (a grey image is R=G=B); N channels get the RGB
+    filters repeated and scaled by 3/N so activations keep their magnitude.
+    """
+    first = next((k for k, v in own.items() if v.dim() == 4), None)
+    if first is None or first not in state:
+        return
+    w, target = state[first], own[first]
+    if w.shape == target.shape or w.shape[0] != target.shape[0] or w.shape[2:] != target.shape[2:]:
+        return
+    if w.shape[1] != 3:
+        return
+    n = target.shape[1]
+    if n == 1:
+        state[first] = w.sum(dim=1, keepdim=True)
+    else:
+        state[first] = w.repeat(1, (n + 2) // 3, 1, 1)[:, :n] * (3.0 / n)
+    report.adapted_input.append(first)
+    logger.warning("%s: '%s' adapted from 3 to %d input channels", report.source, first, n)
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Save a state dict as ``.safetensors`` (no pickle at all) or ``.pth`` by the file's suffix."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
