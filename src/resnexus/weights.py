@@ -91,8 +91,8 @@ def read_state_dict(source: str | os.PathLike[str]) -> dict[str, Tensor]:
             f"containers, which could run code when unpickled (loaded with weights_only=True). "
             f"Details: {str(error).splitlines()[0]}"
         ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
+    except Exception as error:  # torch's unpickler fails on garbage with assorted error types
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
     return unwrap_state_dict(obj, str(path))
 
 
