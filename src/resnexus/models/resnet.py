@@ -217,7 +217,16 @@ BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottlen
 
 
 def build_resnet(num_classes: int = 1000, in_chans: int = 3, **config: Any) -> ResNet:
-    """Builder used by the registry: ``config`` is one row of a spec table plus overrides."""
+    """Builder used by the registry: ``config`` is one row of a spec table plus overrides.
+
+    ``block_form`` ('a', 'b' or the default 'c') picks one of the ResNeXt paper's equivalent
+    block forms (Figure 3); (a) and (b) live in :mod:`resnexus.models.forms`.
+    """
+    if config.get("block_form", "c") != "c":
+        from .forms import build_resnet_form  # imported late: forms imports this module
+
+        return build_resnet_form(num_classes=num_classes, in_chans=in_chans, **config)
+    config.pop("block_form", None)
     block = config.pop("block")
     layers = tuple(config.pop("layers"))
     return ResNet(block, layers, num_classes=num_classes, in_chans=in_chans, **config)
