@@ -37,6 +37,7 @@ logger = logging.getLogger("resnexus")
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params")
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BatchNorm's step counter: not a weight
 _SHOWN = 10  # how many keys an error message lists
+KERAS_APPLICATIONS_BN_EPS = 1.001e-5  # the BatchNormalization epsilon keras.applications models use
 
 
 class WeightsError(ValueError):
@@ -166,8 +167,13 @@ def _keras3_names(spec: list[KerasLayer]) -> list[str]:
 def keras_state_dict(model: ImageClassifier, layers: dict[str, list[Any]], source: str) -> dict[str, Tensor]:
     """Convert Keras arrays to our state dict using the model's Keras layer list."""
     spec = model.keras_layers()
-    by_name = all(layer.name in layers for layer in spec)
-    names = [layer.name for layer in spec] if by_name else _keras3_names(spec)
+    names = [layer.name for layer in spec]
+    if not all(n in layers for n in names):
+        names = _keras3_names(spec)
+        if not all(n in layers for n in names) and len(layers) == len(spec) and not any(n in layers for n in names):
+            # legacy files from older Keras releases name some layers differently ("conv1/conv",
+            # "fc1000"); they list layers in model order, so pair by position (shapes checked later)
+            names = list(layers)
     missing = [f"{n} ({layer.name})" for n, layer in zip(names, spec) if n not in layers]
     unexpected = sorted(set(layers) - set(names))
     if missing or unexpected:
@@ -189,6 +195,10 @@ def keras_state_dict(model: ImageClassifier, layers: dict[str, list[Any]], sourc
         elif layer.kind == "batch_normalization":
             for suffix, array in zip(("weight", "bias", "running_mean", "running_var"), arrays):
                 state[f"{layer.target}.{suffix}"] = array
+            # keras.applications normalise with eps 1.001e-5; fold the difference into the variance
+            # so that a model built with PyTorch's 1e-5 gives exactly Keras' outputs
+            eps = getattr(model.get_submodule(layer.target), "eps", KERAS_APPLICATIONS_BN_EPS)
+            state[f"{layer.target}.running_var"] = arrays[3] + (KERAS_APPLICATIONS_BN_EPS - eps)
         else:
             raise WeightsError(f"{source}: Keras layer kind {layer.kind!r} ({layer.name}) is not supported")
     return {k: v.contiguous() for k, v in state.items()}

@@ -268,3 +268,35 @@ def test_keras_layers_structure() -> None:
     assert [s.kind for s in spec].count("conv2d") == 120
     with torch.device("meta"), pytest.raises(NotImplementedError):
         resnexus.create_model("densenet161").keras_layers()
+
+
+def _write_old_keras_h5(kmodel, path, rename: dict[str, str]) -> None:
+    """An HDF5 file laid out like the ones older Keras releases published (layer names of the time)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        names = []
+        for layer in kmodel.layers:
+            name = rename.get(layer.name, layer.name)
+            names.append(name.encode())
+            group = f.create_group(name)
+            weight_names = []
+            for i, w in enumerate(layer.get_weights()):
+                weight_names.append(f"{name}/w{i}:0".encode())
+                group.create_dataset(f"{name}/w{i}:0", data=w)  # nested, as Keras wrote them
+            group.attrs["weight_names"] = weight_names
+        f.attrs["layer_names"] = names
+
+
+@pytest.mark.slow
+def test_keras_file_with_old_layer_names_loads_by_position_and_exactly(tmp_path) -> None:
+    import numpy as np
+
+    keras, kmodel = _random_keras_densenet121(seed=2)
+    path = tmp_path / "densenet121_weights_tf_dim_ordering_tf_kernels.h5"
+    _write_old_keras_h5(kmodel, path, {"conv1_conv": "conv1/conv", "conv1_bn": "conv1/bn", "predictions": "fc1000"})
+    x = np.random.default_rng(3).standard_normal((1, 64, 64, 3)).astype("float32")
+    expected = torch.from_numpy(keras.ops.convert_to_numpy(kmodel(x, training=False)))
+    ours = resnexus.create_model("densenet121", weights=path).eval()  # PyTorch's eps: folded into the variance
+    with torch.no_grad():
+        assert max_abs_diff(ours(torch.from_numpy(x).permute(0, 3, 1, 2)), expected) < 2e-6
