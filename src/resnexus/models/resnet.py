@@ -48,7 +48,8 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place: BatchNorm's backward does not need its output
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -85,7 +86,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place: BatchNorm's backward does not need its output
+        return self.relu(out)
 
 
 def make_stem(kind: str, in_chans: int, out_channels: int = 64) -> tuple[nn.Module, nn.Module, nn.Module]:
