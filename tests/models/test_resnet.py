@@ -218,3 +218,43 @@ def test_macs_close_to_paper(name: str) -> None:
     info = resnexus.model_info(name)
     assert info.reference is not None and info.reference.gflops is not None
     assert abs(info.macs / 1e9 - info.reference.gflops) / info.reference.gflops < 0.10
+
+
+# -- CIFAR ResNets (ResNet paper, Section 4.2: 6n+2 layers, 16-32-64, option-A shortcuts) --------
+CIFAR_RESNETS = {  # name: (n, parameters with 10 classes)
+    "resnet20_cifar": (3, 269_722),
+    "resnet32_cifar": (5, 464_154),
+    "resnet44_cifar": (7, 658_586),
+    "resnet56_cifar": (9, 853_018),
+    "resnet110_cifar": (18, 1_727_962),
+}
+
+
+def _cifar_resnet_params(n: int, classes: int = 10) -> int:
+    """Independent count: 3x3 convs without bias + BN (2 per channel), zero-padding shortcuts."""
+    total = 3 * 16 * 9 + 2 * 16  # stem conv + BN
+    in_ch = 16
+    for width in (16, 32, 64):
+        for _ in range(n):
+            total += in_ch * width * 9 + 2 * width + width * width * 9 + 2 * width
+            in_ch = width
+    return total + 64 * classes + classes
+
+
+@pytest.mark.parametrize("name", list(CIFAR_RESNETS))
+def test_cifar_resnet_parameter_counts(name):
+    n, expected = CIFAR_RESNETS[name]
+    assert _cifar_resnet_params(n) == expected
+    assert resnexus.model_info(name).params == expected
+
+
+def test_cifar_resnet_zero_pad_shortcut_is_parameter_free_and_exact():
+    from resnexus.models.resnet import ZeroPadShortcut
+
+    x = torch.randn(2, 16, 8, 8)
+    y = ZeroPadShortcut(32, 2)(x)
+    assert y.shape == (2, 32, 4, 4)
+    assert torch.equal(y[:, :16], x[:, :, ::2, ::2]) and not y[:, 16:].any()
+    model = resnexus.create_model("resnet20_cifar", num_classes=10)
+    assert isinstance(model.layer2[0].downsample, ZeroPadShortcut)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

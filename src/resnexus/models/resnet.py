@@ -126,6 +126,23 @@ def make_downsample(in_channels: int, out_channels: int, stride: int, avg_down: 
     return nn.Sequential(pool, conv1x1(in_channels, out_channels), nn.BatchNorm2d(out_channels))
 
 
+class ZeroPadShortcut(nn.Module):
+    """Parameter-free projection ("option A" of the ResNet paper's CIFAR networks).
+
+    Subsample by the stride and append zero channels, so the CIFAR ResNets keep the paper's
+    parameter counts (0.27M for ResNet-20).
+    """
+
+    def __init__(self, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return nn.functional.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
+
+
 class ResNet(ImageClassifier):
     """Stem, four (or, for CIFAR, three) stages of residual blocks, global pool, classifier.
 
@@ -146,6 +163,7 @@ class ResNet(ImageClassifier):
         stem_width: int = 64,
         stage_planes: tuple[int, ...] = (64, 128, 256, 512),
         avg_down: bool = False,
+        zero_pad_shortcut: bool = False,
         zero_init_last: bool = False,
         block_args: dict[str, Any] | None = None,
     ) -> None:
@@ -170,7 +188,11 @@ class ResNet(ImageClassifier):
                 out_channels = planes * block.expansion
                 downsample = None
                 if b == 0 and (stride != 1 or in_channels != out_channels):
-                    downsample = make_downsample(in_channels, out_channels, stride, avg_down)
+                    downsample = (
+                        ZeroPadShortcut(out_channels, stride)
+                        if zero_pad_shortcut
+                        else make_downsample(in_channels, out_channels, stride, avg_down)
+                    )
                 blocks.append(
                     block(
                         in_channels,
@@ -262,6 +284,16 @@ CIFAR_RESNEXT_SPECS: dict[str, dict[str, Any]] = {
                               stem="cifar", stage_planes=(64, 128, 256)),
 }  # fmt: skip
 
+# CIFAR ResNets (ResNet paper, Section 4.2): 6n+2 layers, widths 16-32-64, zero-padding shortcuts.
+_CIFAR_RESNET = dict(block="basic", stem="cifar", stem_width=16, stage_planes=(16, 32, 64), zero_pad_shortcut=True)
+CIFAR_RESNET_SPECS: dict[str, dict[str, Any]] = {
+    "resnet20_cifar":    dict(_CIFAR_RESNET, layers=(3, 3, 3)),
+    "resnet32_cifar":    dict(_CIFAR_RESNET, layers=(5, 5, 5)),
+    "resnet44_cifar":    dict(_CIFAR_RESNET, layers=(7, 7, 7)),
+    "resnet56_cifar":    dict(_CIFAR_RESNET, layers=(9, 9, 9)),
+    "resnet110_cifar":   dict(_CIFAR_RESNET, layers=(18, 18, 18)),
+}  # fmt: skip
+
 RESNET_REFERENCES: dict[str, Reference] = {
     # ResNet paper, Table 3 (10-crop testing, ImageNet val); ResNet-18 from Table 2.
     "resnet18": Reference(_HE2016 + ", Table 2 (10-crop)", top1_error=27.88, params_millions=11.7, gflops=1.8),
@@ -282,6 +314,13 @@ RESNET_REFERENCES: dict[str, Reference] = {
                                   params_millions=83.6, gflops=15.6),
     "resnext101_32x8d": Reference("torchvision model zoo, ResNeXt101_32X8D_Weights.IMAGENET1K_V1 (not in the paper)",
                                   top1_error=20.688, top5_error=5.47, params_millions=88.8, gflops=16.4),
+    # ResNet paper, Table 6 (CIFAR-10 test error, standard augmentation).
+    "resnet20_cifar": Reference(_HE2016 + ", Table 6", dataset="CIFAR-10", top1_error=8.75, params_millions=0.27),
+    "resnet32_cifar": Reference(_HE2016 + ", Table 6", dataset="CIFAR-10", top1_error=7.51, params_millions=0.46),
+    "resnet44_cifar": Reference(_HE2016 + ", Table 6", dataset="CIFAR-10", top1_error=7.17, params_millions=0.66),
+    "resnet56_cifar": Reference(_HE2016 + ", Table 6", dataset="CIFAR-10", top1_error=6.97, params_millions=0.85),
+    "resnet110_cifar": Reference(_HE2016 + ", Table 6", dataset="CIFAR-10", top1_error=6.43, params_millions=1.7,
+                                 note="best of 5 runs; mean 6.61 +- 0.16"),
     "resnext29_8x64d": Reference(_XIE2017 + ", Table 7", dataset="CIFAR-10", top1_error=3.65,
                                  params_millions=34.4, note="CIFAR-100 error 17.77%"),
     "resnext29_16x64d": Reference(_XIE2017 + ", Table 7", dataset="CIFAR-10", top1_error=3.58,
@@ -292,10 +331,10 @@ for _name, _spec in RESNET_SPECS.items():
     _family = "resnext" if _name.startswith("resnext") else "resnet"
     _equiv = _tv_timm(_name) if _name != "resnext101_32x4d" else {"timm": _name}
     register_model(_name, _family, build_resnet, _spec, reference=RESNET_REFERENCES.get(_name), equivalents=_equiv)
-for _name, _spec in CIFAR_RESNEXT_SPECS.items():
+for _name, _spec in {**CIFAR_RESNET_SPECS, **CIFAR_RESNEXT_SPECS}.items():
     register_model(
         _name,
-        "resnext",
+        "resnext" if _name.startswith("resnext") else "resnet",
         build_resnet,
         _spec,
         input_size=(3, 32, 32),
