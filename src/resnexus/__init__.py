@@ -2,9 +2,23 @@
 
     import resnexus
     model = resnexus.create_model("resnext50_32x4d", num_classes=2)
+    result = resnexus.train(resnexus.TrainConfig(data="photos/", model="resnext50_32x4d"))
 """
+
+from typing import Any
 
 from .models import create_model, list_models, model_info
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "model_info", "__version__"]
+__all__ = ["TrainConfig", "create_model", "evaluate", "list_models", "model_info", "predict", "train", "__version__"]
+
+_ENGINE = {"TrainConfig", "train", "evaluate", "predict"}
+
+
+def __getattr__(name: str) -> Any:
+    """The training API is imported on first use, so `import resnexus` stays light for model use."""
+    if name in _ENGINE:
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'resnexus' has no attribute {name!r}")

@@ -1,0 +1,138 @@
+"""Decoding images and the torch Datasets the training engine and prediction use."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as F
+
+from .scan import DataError, Samples
+
+# torchvision 0.29 deprecates its decoders in favour of TorchCodec but they work and are what we
+# depend on; the warning would otherwise repeat for every image.
+_TV_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
+
+
+def _decode_torchvision(data: bytes) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TV_DEPRECATION, category=DeprecationWarning)
+        img = decode_image(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=ImageReadMode.RGB,
+            apply_exif_orientation=True,
+        )
+    if img.ndim == 4:  # animated GIF: first frame
+        img = img[0]
+    if img.dtype != torch.uint8:  # 16-bit PNG
+        img = F.to_dtype(img, torch.uint8, scale=True)
+    return img
+
+
+def _decode_pil(data: bytes) -> torch.Tensor:
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16/32-bit grey
+            a = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+            a = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+            a = np.repeat(a[..., None], 3, axis=2)
+        else:
+            a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """Decode an image file to a uint8 RGB tensor (3, H, W), EXIF orientation applied.
+
+    torchvision decodes JPEG/PNG/WebP/GIF (grey, palette, alpha and 16-bit converted to 8-bit
+    RGB); Pillow handles what it cannot (BMP, TIFF, ...). Raises :class:`DataError` naming the
+    file if it cannot be read or decoded by either.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
+    try:
+        return _decode_torchvision(data)
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        return _decode_pil(data)
+    except Exception as e:  # Pillow raises many types for broken files
+        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+
+
+def _shrink(img: torch.Tensor, short_side: int) -> torch.Tensor:
+    """Downscale so the shorter side is ``short_side``; smaller images are kept as they are."""
+    h, w = img.shape[-2:]
+    if min(h, w) <= short_side:
+        return img
+    return F.resize(img, short_side, antialias=True)
+
+
+class ImageDataset(Dataset):
+    """Labelled images: ``(transform(image), label)``, images decoded by :func:`load_image`.
+
+    With ``cache_size`` each image is decoded once and kept in memory as uint8, downscaled so its
+    shorter side is ``cache_size`` (never enlarged), so small datasets skip decoding after the
+    first epoch. Pick ``cache_size`` >= the size the transform resizes to. The cache lives in the
+    process that reads: with DataLoader workers use ``persistent_workers=True`` to keep it.
+    """
+
+    def __init__(
+        self,
+        samples: Samples,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        cache_size: int | None = None,
+    ) -> None:
+        if cache_size is not None and cache_size < 1:
+            raise ValueError(f"cache_size must be positive or None, got {cache_size}")
+        self.samples = samples
+        self.transform = transform
+        self.cache_size = cache_size
+        self._cache: dict[int, torch.Tensor] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.samples.class_names
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image(self, i: int) -> torch.Tensor:
+        """The untransformed uint8 image ``i`` (from the cache when enabled)."""
+        if self.cache_size is None:
+            return load_image(self.samples.paths[i])
+        img = self._cache.get(i)
+        if img is None:
+            img = _shrink(load_image(self.samples.paths[i]), self.cache_size)
+            self._cache[i] = img
+        return img
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.image(i)), self.samples.labels[i]
+
+
+class UnlabeledDataset(Dataset):
+    """Images to predict: ``(transform(image), index)`` so results map back to ``paths``."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_image(self.paths[i])), i

@@ -1,0 +1,292 @@
+"""Finding the images of a dataset: class folders, CSV listings and plain files to predict.
+
+Every way in ends in a :class:`Samples` table (paths, labels, class names, groups) so that the
+splitting, the datasets and the training engine never care where the list came from. Problems
+in the data raise :class:`DataError` naming the offending file, folder or CSV row, because
+"no images found" without a path is the error message users hate most.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+)
+
+# Named group-id conventions. "patient": MSLD-style names where the images of one patient share
+# a stem and differ by a trailing "_<n>" (a13_1.jpg, a13_2.jpg -> "a13"; 17.jpg, 17_2.jpg -> "17").
+GROUP_PATTERNS: dict[str, str] = {"patient": r"^(.+?)(?:_\d+)?\.[^.]+$"}
+
+# Folders that archivers and file browsers leave behind; never a class, never images.
+_JUNK_DIRS = frozenset({"__MACOSX"})
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+class DataError(ValueError):
+    """The data on disk cannot be used as asked; the message names the path (or CSV row)."""
+
+
+@dataclass
+class Samples:
+    """A labelled image list: parallel lists of paths, label indices and group ids.
+
+    ``groups`` are what a split keeps together (e.g. all photos of one patient); ``root`` is the
+    folder the paths were found under, kept for messages and relative display.
+    """
+
+    paths: list[Path]
+    labels: list[int]
+    class_names: list[str]
+    groups: list[str]
+    root: Path
+
+    def __post_init__(self) -> None:
+        if not (len(self.paths) == len(self.labels) == len(self.groups)):
+            raise ValueError(
+                f"Samples lists differ in length: {len(self.paths)} paths, "
+                f"{len(self.labels)} labels, {len(self.groups)} groups"
+            )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> Samples:
+        """The samples at ``indices``, keeping all class names so label indices stay valid."""
+        idx = [int(i) for i in indices]
+        return Samples(
+            paths=[self.paths[i] for i in idx],
+            labels=[self.labels[i] for i in idx],
+            class_names=list(self.class_names),
+            groups=[self.groups[i] for i in idx],
+            root=self.root,
+        )
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class, in class order, zero for classes without images here."""
+        counts = dict.fromkeys(self.class_names, 0)
+        for label in self.labels:
+            counts[self.class_names[label]] += 1
+        return counts
+
+
+def natural_key(path: Path | str) -> tuple:
+    """Sort key ordering numbers by value ("img2" < "img10"), component by component.
+
+    Case is ignored first and used only to break ties, so the order is stable across systems.
+    """
+    parts = Path(path).parts
+    # re.split with a capture group alternates str, int, str, ..., str, so tuples of two keys
+    # never compare a str with an int.
+    folded = tuple(
+        tuple(int(tok) if i % 2 else tok.casefold() for i, tok in enumerate(_DIGITS.split(part)))
+        for part in parts
+    )
+    return folded, parts
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in _JUNK_DIRS
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _walk_images(folder: Path) -> list[Path]:
+    """Every non-hidden image file at any depth below ``folder``, natural-sorted.
+
+    Symlinked folders are followed once each (their real path is remembered) so a link loop
+    cannot hang the scan.
+    """
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        for name in filenames:
+            if _is_hidden(name):
+                continue
+            p = Path(dirpath, name)
+            if _is_image(p):
+                found.append(p)
+    found.sort(key=lambda p: natural_key(p.relative_to(folder)))
+    return found
+
+
+def _resolve_pattern(pattern: str) -> re.Pattern[str]:
+    source = GROUP_PATTERNS.get(pattern, pattern)
+    try:
+        return re.compile(source)
+    except re.error as e:
+        raise DataError(f"invalid group pattern {pattern!r}: {e}") from None
+
+
+def group_ids(paths: Sequence[Path], pattern: str | None) -> list[str]:
+    """Group id of each file, so that related images (one patient, one scene) split together.
+
+    ``pattern`` is a regex searched in the file name (or a name from :data:`GROUP_PATTERNS`, e.g.
+    ``"patient"``); the id is its first capture group if it has one, else the whole match. A file
+    the pattern does not match raises :class:`DataError`. With ``None`` each file is its own
+    group, identified by its path as given (posix form).
+    """
+    if pattern is None:
+        return [Path(p).as_posix() for p in paths]
+    regex = _resolve_pattern(pattern)
+    ids: list[str] = []
+    for p in paths:
+        p = Path(p)
+        m = regex.search(p.name)
+        if m is None:
+            raise DataError(f"group pattern {pattern!r} does not match file name {p.name!r} ({p})")
+        gid = m.group(1) if regex.groups and m.group(1) is not None else m.group(0)
+        if not gid:
+            raise DataError(f"group pattern {pattern!r} gives an empty group id for {p}")
+        ids.append(gid)
+    return ids
+
+
+def _check_root(root: Path) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder does not exist: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}")
+    return root.absolute()
+
+
+def scan_folder(
+    root: str | Path, group_by: str | None = None, class_names: Sequence[str] | None = None
+) -> Samples:
+    """Scan an ImageFolder-style tree: one sub-folder per class, images at any depth below it.
+
+    Class names are the sorted folder names (the same order torchvision's ImageFolder uses), or
+    ``class_names`` when given, so a test folder gets the training set's label indices; then a
+    class folder not in ``class_names`` is an error, a missing one is not. Hidden files/folders
+    and non-image files are skipped. ``group_by`` is passed to :func:`group_ids` with paths
+    relative to ``root``.
+    """
+    root = _check_root(Path(root))
+    folders = sorted(
+        (e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name)),
+    )
+    if not folders:
+        stray = [p.name for p in root.iterdir() if p.is_file() and _is_image(p)][:3]
+        hint = f" (it holds images directly, e.g. {stray}; put them in one folder per class)" if stray else ""
+        raise DataError(f"no class folders in {root}{hint}")
+    if class_names is None:
+        names = folders
+    else:
+        names = list(class_names)
+        unknown = [f for f in folders if f not in names]
+        if unknown:
+            raise DataError(
+                f"class folder(s) {unknown} in {root} are not among the known classes {names}"
+            )
+    index = {name: i for i, name in enumerate(names)}
+    paths: list[Path] = []
+    labels: list[int] = []
+    for folder in folders:
+        files = _walk_images(root / folder)
+        if not files:
+            raise DataError(f"class folder has no images: {root / folder}")
+        paths.extend(files)
+        labels.extend([index[folder]] * len(files))
+    groups = group_ids([p.relative_to(root) for p in paths], group_by)
+    return Samples(paths=paths, labels=labels, class_names=names, groups=groups, root=root)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def scan_csv(
+    csv_path: str | Path,
+    root: str | Path | None = None,
+    group_column: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Samples:
+    """Read a ``path,label`` CSV (header required, extra columns ignored) into :class:`Samples`.
+
+    Relative paths resolve against ``root`` (default: the CSV's folder); every path must stay
+    inside ``root`` so a listing cannot reach arbitrary files. Labels are class names; the
+    classes are the sorted distinct labels unless ``class_names`` is given. Rows are numbered as
+    a spreadsheet shows them (the header is row 1). Without ``group_column`` each file is its
+    own group.
+    """
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.is_file():
+        raise DataError(f"CSV file does not exist: {csv_path}")
+    base = Path(root).expanduser() if root is not None else csv_path.parent
+    base = _check_root(base).resolve()
+    rows: list[tuple[int, Path, str, str]] = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        reader.fieldnames = columns
+        needed = ["path", "label"] + ([group_column] if group_column else [])
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise DataError(f"{csv_path}: missing column(s) {missing}; found {columns}")
+        for record in reader:
+            row = reader.line_num
+            where = f"{csv_path}, row {row}"
+            raw = (record.get("path") or "").strip()
+            label = (record.get("label") or "").strip()
+            if not raw or not label:
+                raise DataError(f"{where}: empty path or label")
+            p = Path(raw).expanduser()
+            full = (p if p.is_absolute() else base / p).resolve()
+            if not _inside(full, base):
+                raise DataError(f"{where}: path {raw!r} is outside the data root {base}")
+            if not full.is_file():
+                raise DataError(f"{where}: file not found: {full}")
+            group = full.relative_to(base).as_posix()
+            if group_column:
+                group = (record.get(group_column) or "").strip()
+                if not group:
+                    raise DataError(f"{where}: empty {group_column!r}")
+            rows.append((row, full, label, group))
+    if not rows:
+        raise DataError(f"{csv_path}: no rows")
+    names = sorted({label for _, _, label, _ in rows}) if class_names is None else list(class_names)
+    index = {name: i for i, name in enumerate(names)}
+    labels: list[int] = []
+    for row, _, label, _ in rows:
+        if label not in index:
+            raise DataError(f"{csv_path}, row {row}: label {label!r} is not among the classes {names}")
+        labels.append(index[label])
+    return Samples(
+        paths=[r[1] for r in rows],
+        labels=labels,
+        class_names=names,
+        groups=[r[3] for r in rows],
+        root=base,
+    )
+
+
+def scan_unlabeled(path: str | Path) -> list[Path]:
+    """Images to predict: the file itself, or every image below a folder in natural order."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise DataError(f"no such file or folder: {path}")
+    found = _walk_images(path)
+    if not found:
+        raise DataError(f"no images under {path}")
+    return found

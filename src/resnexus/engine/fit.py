@@ -1,0 +1,358 @@
+"""Training, top to bottom: data -> model -> optimiser -> epochs -> best checkpoint -> test report.
+
+``train(TrainConfig(...))`` is the whole job; the CLI's ``resnexus train`` only fills the config.
+Outputs in the run directory:
+
+    checkpoints/best.pt, checkpoints/last.pt   (see engine/checkpoint.py)
+    history.csv    one row per epoch
+    metrics.json   test metrics of the best checkpoint (validation metrics if there is no test set)
+    report.md      the same with plots (reports/report.py)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import AugmentConfig, ImageDataset, Samples, digits_folder, eval_transform, resolve_splits, train_transform
+from ..models.registry import create_model, get_entry
+from ..reports import classification_metrics, format_metrics, write_report
+from .checkpoint import make_checkpoint, save_atomic
+
+DEFAULT_MODEL = "resnext50_32x4d"
+# The built-in default: real handwritten digits (scikit-learn), a CIFAR-sized ResNet, ~2 minutes on 2 cores.
+BUILTIN_RECIPE: dict[str, Any] = dict(
+    model="resnet20_cifar",
+    image_size=32,
+    epochs=15,
+    batch_size=64,
+    lr=0.1,
+    augment=AugmentConfig(random_resized_crop_scale=(0.6, 1.0), hflip=0.0, color_jitter=0.0, random_erasing=0.0),
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved into every checkpoint so a run can be reproduced."""
+
+    data: str | None = None  # image folder (class sub-folders, or train/val/test); None: built-in digits
+    out: str | None = None  # run directory; default runs/<data>-<model>
+    model: str | None = None  # registry name; default resnext50_32x4d (resnet20_cifar for the built-in data)
+    model_config: dict[str, Any] = field(default_factory=dict)  # spec overrides, e.g. {"cardinality": 16}
+    weights: str | None = None  # initial weights (torchvision/timm/Keras/ours); classifier replaced if needed
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None  # peak learning rate; default 0.1 x batch/256 (SGD), 1e-3 (AdamW)
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum 0.9) or "adamw"
+    weight_decay: float = 5e-4  # not applied to norms and biases
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    image_size: int | None = None  # default: the model's input size
+    crop_fraction: float = 0.875  # evaluation: resize to size / crop_fraction, centre crop
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    group_by: str | None = None  # regex on the file name (or "patient") keeping a group on one side
+    seed: int = 0
+    precision: str = "auto"  # "auto", "bf16", "fp16", "fp32"
+    channels_last: bool | None = None  # None: on when bf16/fp16 is used
+    workers: int | None = None  # DataLoader workers; None: chosen from the machine
+    augment: AugmentConfig | None = None
+    overwrite: bool = False
+    verbose: bool = True
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    best_epoch: int
+    seconds: float
+
+    @property
+    def report(self) -> Path:
+        return self.run_dir / "report.md"
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train and evaluate one model; see the module docstring for what it writes."""
+    started = time.perf_counter()
+    config = _fill_defaults(config)
+    log = print if config.verbose else (lambda *a, **k: None)
+    seed_everything(config.seed)
+    run_dir = _prepare_run_dir(config)
+
+    # -- data --------------------------------------------------------------------------------
+    splits = resolve_splits(
+        config.data, group_by=config.group_by, val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction, seed=config.seed,
+    )  # fmt: skip
+    class_names = splits["train"].class_names
+    entry = get_entry(config.model)
+    size = config.image_size
+    train_tf = train_transform(size, entry.mean, entry.std, config.augment)
+    eval_tf = eval_transform(size, entry.mean, entry.std, config.crop_fraction)
+    cache = math.ceil(size / config.crop_fraction)  # small data sets: decode each image once
+    loaders = {
+        name: _loader(ImageDataset(samples, train_tf if name == "train" else eval_tf, cache_size=cache),
+                      config, shuffle=name == "train")
+        for name, samples in splits.items()
+    }  # fmt: skip
+    log(f"data: {_describe_splits(splits)}; classes: {', '.join(class_names)}")
+
+    # -- model, precision, optimiser ----------------------------------------------------------
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = create_model(config.model, num_classes=len(class_names), weights=config.weights, **config.model_config)
+    amp_dtype = _autocast_dtype(config.precision, device)
+    channels_last = config.channels_last if config.channels_last is not None else amp_dtype is not None
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    optimizer = _make_optimizer(model, config)
+    steps_per_epoch = len(loaders["train"])
+    scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {config.model} ({n_params:,} params) on {device}, "
+        f"{'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
+        f"{', channels_last' if channels_last else ''}; {config.epochs} epochs x {steps_per_epoch} steps")  # fmt: skip
+
+    # -- epochs -------------------------------------------------------------------------------
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch = -math.inf, 0
+    monitor = "val" if "val" in loaders else "train"
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
+        correct = torch.zeros((), device=device)
+        seen = 0
+        for images, labels in loaders["train"]:
+            images = images.to(device, memory_format=memory_format, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with autocast():
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.detach() * labels.numel()
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += labels.numel()
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum.item() / seen,
+            "train_accuracy": correct.item() / seen,
+            "val_loss": None,
+            "val_accuracy": None,
+        }
+        if "val" in loaders:
+            y_val, p_val, row["val_loss"] = predict_loader(model, loaders["val"], device, autocast, memory_format)
+            row["val_accuracy"] = float((p_val.argmax(1) == y_val).mean())
+        row["seconds"] = time.perf_counter() - epoch_start
+        row["images_per_second"] = seen / row["seconds"]
+        history.append(row)
+
+        score = row[f"{monitor}_accuracy"]
+        extra = {"epoch": epoch, "config": asdict(config), "history": history}
+        ckpt = make_checkpoint(
+            model, model_name=config.model, model_config=config.model_config, class_names=class_names,
+            image_size=size, mean=entry.mean, std=entry.std, crop_fraction=config.crop_fraction, extra=extra,
+        )  # fmt: skip
+        save_atomic(ckpt | {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                    run_dir / "checkpoints" / "last.pt")  # fmt: skip
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            save_atomic(ckpt, run_dir / "checkpoints" / "best.pt")
+        _write_history(history, run_dir / "history.csv")
+        val = "" if row["val_loss"] is None else f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+        log(f"epoch {epoch:3d}/{config.epochs} | train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+            f"{val} | {row['images_per_second']:.0f} img/s | {row['seconds']:.1f}s{' *' if best_epoch == epoch else ''}")
+
+    # -- final evaluation of the best weights ---------------------------------------------------
+    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(best["state_dict"])
+    final_split = "test" if "test" in loaders else monitor
+    y_true, probs, loss = predict_loader(model, loaders[final_split], device, autocast, memory_format)
+    metrics = classification_metrics(y_true, probs, class_names)
+    metrics.update(split=final_split, loss=loss, best_epoch=best_epoch, model=config.model)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    seconds = time.perf_counter() - started
+    write_report(
+        run_dir, title=f"{config.model} on {Path(config.data).name}", metrics=metrics, history=history,
+        y_true=y_true, probs=probs, class_names=class_names,
+        details={"model": config.model, "parameters": f"{n_params:,}", "data": config.data,
+                 "images (train/val/test)": _describe_splits(splits), "evaluated on": final_split,
+                 "epochs": config.epochs, "best epoch": best_epoch, "image size": size,
+                 "batch size": config.batch_size, "optimizer": f"{config.optimizer}, lr {config.lr}",
+                 "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+                 "training time": f"{seconds:.0f} s", "seed": config.seed},
+    )  # fmt: skip
+    log(f"{final_split}: {format_metrics(metrics)}")
+    log(f"report: {run_dir / 'report.md'}")
+    return TrainResult(run_dir=run_dir, metrics=metrics, history=history, best_epoch=best_epoch, seconds=seconds)
+
+
+# -- pieces the loop uses ------------------------------------------------------------------------
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast: Callable[[], Any] = nullcontext,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels, class probabilities and mean cross-entropy over a whole loader (eval mode)."""
+    model.eval()
+    labels_all, probs_all, loss_sum = [], [], torch.zeros((), device=device)
+    for images, labels in loader:
+        images = images.to(device, memory_format=memory_format, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with autocast():
+            logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        labels_all.append(labels.cpu())
+        probs_all.append(logits.softmax(1).cpu())
+    y = torch.cat(labels_all).numpy()
+    return y, torch.cat(probs_all).numpy(), loss_sum.item() / max(1, len(y))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak rate, then cosine decay to zero, stepped every batch."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on convolution and linear weights only: decaying norms and biases only hurts."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}: expected 'sgd' or 'adamw'")
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware computes it natively, fp16 on older GPUs, else fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if precision != "auto":
+        raise ValueError(f"unknown precision {precision!r}: expected auto, bf16, fp16 or fp32")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    bf16_cpu = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return torch.bfloat16 if bf16_cpu else None
+
+
+def _loader(dataset: ImageDataset, config: TrainConfig, shuffle: bool) -> DataLoader:
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle and len(dataset) > config.batch_size,
+        num_workers=config.workers,
+        generator=generator,
+        worker_init_fn=_seed_worker,
+        persistent_workers=config.workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _fill_defaults(config: TrainConfig) -> TrainConfig:
+    """The built-in dataset's recipe when no data is given; the model's input size otherwise."""
+    values = asdict(config) | {"augment": config.augment}
+    if config.data is None:
+        values["data"] = str(digits_folder())
+        for key, value in BUILTIN_RECIPE.items():
+            if values.get(key) is None:
+                values[key] = value
+    values["model"] = values["model"] or DEFAULT_MODEL
+    entry = get_entry(values["model"])  # unknown names fail here, before any work
+    values["image_size"] = values["image_size"] or entry.input_size[1]
+    values["epochs"] = values["epochs"] or 30
+    values["batch_size"] = values["batch_size"] or 32
+    if values["lr"] is None:
+        values["lr"] = 0.1 * values["batch_size"] / 256 if values["optimizer"] == "sgd" else 1e-3
+    values["augment"] = values["augment"] or AugmentConfig()
+    if values["workers"] is None:
+        values["workers"] = 0 if (torch.get_num_threads() <= 2) else min(8, torch.get_num_threads() // 2)
+    if values["out"] is None:
+        values["out"] = str(_unused(Path("runs") / f"{Path(values['data']).name}-{values['model']}"))
+    if values["epochs"] < 1 or values["batch_size"] < 1 or values["image_size"] < 8:
+        raise ValueError("epochs and batch size must be >= 1 and the image size >= 8 pixels")
+    return TrainConfig(**values)
+
+
+def _unused(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _prepare_run_dir(config: TrainConfig) -> Path:
+    """Never overwrite a finished or interrupted run silently."""
+    run_dir = Path(config.out)
+    if (run_dir / "checkpoints").exists() and not config.overwrite:
+        raise FileExistsError(f"{run_dir} already holds a run; choose another --out or pass --overwrite")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _write_history(history: list[dict[str, Any]], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def _describe_splits(splits: dict[str, Samples]) -> str:
+    return " / ".join(f"{len(s)} {name}" for name, s in splits.items())
+

@@ -1,0 +1,81 @@
+"""Evaluate a checkpoint on labelled data, or predict a folder of images into a CSV file.
+
+Both start from a checkpoint alone: it carries the model, the class names and the preprocessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data import ImageDataset, UnlabeledDataset, eval_transform, scan_folder, scan_unlabeled
+from ..reports import classification_metrics
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .fit import predict_loader
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _transform(ckpt: dict[str, Any]):
+    return eval_transform(ckpt["image_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"])
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 64, out: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a checkpoint on a labelled folder (class sub-folders, or its ``test/`` part)."""
+    ckpt = load_checkpoint(checkpoint)
+    root = Path(data)
+    if (root / "test").is_dir():
+        root = root / "test"
+    samples = scan_folder(root, class_names=ckpt["class_names"])
+    device = _device()
+    model = model_from_checkpoint(ckpt).to(device)
+    loader = DataLoader(ImageDataset(samples, _transform(ckpt)), batch_size=batch_size)
+    y_true, probs, loss = predict_loader(model, loader, device)
+    metrics = classification_metrics(y_true, probs, ckpt["class_names"])
+    metrics.update(loss=loss, checkpoint=str(checkpoint), data=str(root), model=ckpt["model_name"])
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+@torch.no_grad()
+def predict(
+    checkpoint: str | Path, inputs: str | Path, output: str | Path, batch_size: int = 64, id_label: bool = False
+) -> Path:
+    """Write one row per image: ``path,label,<one probability column per class>``.
+
+    Images are read in natural sort order (``img2`` before ``img10``). ``id_label=True`` writes the
+    Kaggle submission form ``id,label`` instead (id = file stem; label = the probability of the
+    second class for two classes, as the cats-vs-dogs competition scores it, else the class name).
+    """
+    ckpt = load_checkpoint(checkpoint)
+    paths = scan_unlabeled(inputs)
+    device = _device()
+    model = model_from_checkpoint(ckpt).to(device)
+    loader = DataLoader(UnlabeledDataset(paths, _transform(ckpt)), batch_size=batch_size)
+    probs = np.concatenate([model(images.to(device)).float().softmax(1).cpu().numpy() for images, _ in loader])
+    names = ckpt["class_names"]
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        if id_label:
+            writer.writerow(["id", "label"])
+            for path, p in zip(paths, probs):
+                writer.writerow([path.stem, f"{p[1]:.6f}" if len(names) == 2 else names[int(p.argmax())]])
+        else:
+            writer.writerow(["path", "label", *(f"prob_{n}" for n in names)])
+            for path, p in zip(paths, probs):
+                writer.writerow([str(path), names[int(p.argmax())], *(f"{v:.6f}" for v in p)])
+    tmp.replace(output)
+    return output
