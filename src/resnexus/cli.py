@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from .models.registry import ModelInfo, list_models, model_info
 
@@ -38,38 +40,78 @@ def models_table(names: Sequence[str], markdown: bool = False) -> str:
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("train", help="train and evaluate a model on an image folder (default: built-in digits)")
+    # Flags default to SUPPRESS so that only what was typed overrides --config and the defaults.
+    p = commands.add_parser("train", help="train and evaluate a model on an image folder (default: built-in digits)",
+                            argument_default=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--data", help="folder with one sub-folder per class, or train/ [val/] [test/]; "
                    "omitted: scikit-learn's handwritten digits written as an image folder")  # fmt: skip
     p.add_argument("--model", help="registry name (see `resnexus models`); default resnext50_32x4d")
     p.add_argument("--out", help="run directory (default runs/<data>-<model>); never overwritten silently")
+    p.add_argument("--config", dest="config_file", help="YAML file of TrainConfig fields; flags override it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--weights", help="initial weights file or URL (torchvision, timm, Keras, resnexus)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 x batch/256 for SGD)")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 x batch/256 for SGD, 1e-3 AdamW)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"))
+    p.add_argument("--weight-decay", type=float, help="default 5e-4; never applied to norms and biases")
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float, help="default 0.1")
     p.add_argument("--image-size", type=int, help="default: the model's input size")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, help="default 0.1")
+    p.add_argument("--test-fraction", type=float, help="default 0.2")
     p.add_argument("--group-by", help="regex on file names (or 'patient') keeping each group on one side")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    p.add_argument("--folds", type=int, help="K-fold cross-validation (stratified, grouped); reports mean +- std")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument("--mixup", type=float, help="Mixup alpha (0.2 is the paper's ImageNet value)")
+    p.add_argument("--cutmix", type=float, help="CutMix alpha (1.0 is the paper's value)")
+    p.add_argument("--ema", dest="ema_decay", type=float, help="EMA decay of the weights, e.g. 0.999")
+    p.add_argument("--clip-grad", dest="clip_grad_norm", type=float, help="clip the gradient norm to this")
+    p.add_argument("--early-stopping", type=int, help="stop after N epochs without better val accuracy")
+    p.add_argument("--balance", choices=("none", "loss"), help="'loss': class-weighted loss for imbalanced data")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: from the machine)")
     p.add_argument("--overwrite", action="store_true", help="reuse an existing run directory")
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from .engine import TrainConfig, train
+def train_config_from_args(args: argparse.Namespace) -> Any:
+    """TrainConfig from (in rising priority) its defaults, a --config YAML file, the typed flags."""
+    from .data import AugmentConfig
+    from .engine import TrainConfig
+    from .engine.fit import resume_config
 
-    config = TrainConfig(
-        data=args.data, out=args.out, model=args.model, weights=args.weights, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-        image_size=args.image_size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        group_by=args.group_by, seed=args.seed, precision=args.precision, workers=args.workers,
-        overwrite=args.overwrite,
-    )  # fmt: skip
-    train(config)
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config_file", "resume", "folds")}
+    if getattr(args, "resume", None):
+        config = resume_config(args.resume)
+        return dataclasses.replace(config, **{k: v for k, v in given.items() if k in ("workers", "verbose")})
+    values: dict[str, Any] = {}
+    if getattr(args, "config_file", None):
+        import yaml
+
+        path = Path(args.config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        if isinstance(values.get("augment"), dict):
+            values["augment"] = AugmentConfig(**values["augment"])
+    return TrainConfig(**(values | given))
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    config = train_config_from_args(args)
+    folds = getattr(args, "folds", None)
+    if folds is not None:
+        from .engine.crossval import cross_validate
+
+        cross_validate(config, folds)
+    else:
+        train(config)
     return 0
 
 

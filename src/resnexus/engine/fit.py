@@ -70,6 +70,13 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on when bf16/fp16 is used
     workers: int | None = None  # DataLoader workers; None: chosen from the machine
     augment: AugmentConfig | None = None
+    mixup: float = 0.0  # Mixup alpha (Zhang et al., 2018 use 0.2 on ImageNet); 0 = off
+    cutmix: float = 0.0  # CutMix alpha (Yun et al., 2019 use 1.0); 0 = off; both on: each batch picks one
+    ema_decay: float | None = None  # e.g. 0.999: evaluate and keep an exponential moving average of the weights
+    clip_grad_norm: float | None = None
+    early_stopping: int | None = None  # stop after this many epochs without a better validation accuracy
+    balance: str = "none"  # "loss": class-weighted cross-entropy for imbalanced classes
+    resume: bool = False  # continue the run in `out` from checkpoints/last.pt
     overwrite: bool = False
     verbose: bool = True
 
@@ -87,8 +94,12 @@ class TrainResult:
         return self.run_dir / "report.md"
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train and evaluate one model; see the module docstring for what it writes."""
+def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> TrainResult:
+    """Train and evaluate one model; see the module docstring for what it writes.
+
+    ``splits`` ("train", optional "val" and "test") replaces the split made from ``config.data``:
+    cross-validation and ``compare`` use it to give several runs exactly the same images.
+    """
     started = time.perf_counter()
     config = _fill_defaults(config)
     log = print if config.verbose else (lambda *a, **k: None)
@@ -96,10 +107,11 @@ def train(config: TrainConfig) -> TrainResult:
     run_dir = _prepare_run_dir(config)
 
     # -- data --------------------------------------------------------------------------------
-    splits = resolve_splits(
-        config.data, group_by=config.group_by, val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction, seed=config.seed,
-    )  # fmt: skip
+    if splits is None:
+        splits = resolve_splits(
+            config.data, group_by=config.group_by, val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction, seed=config.seed,
+        )  # fmt: skip
     class_names = splits["train"].class_names
     entry = get_entry(config.model)
     size = config.image_size
@@ -125,32 +137,60 @@ def train(config: TrainConfig) -> TrainResult:
     scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    ema = _make_ema(model, config.ema_decay)
+    eval_model = ema.module if ema is not None else model  # what is validated, saved and tested
+    mixer = _make_mixer(config, len(class_names))
+    class_weights = _class_weights(splits["train"], device) if config.balance == "loss" else None
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {config.model} ({n_params:,} params) on {device}, "
         f"{'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
         f"{', channels_last' if channels_last else ''}; {config.epochs} epochs x {steps_per_epoch} steps")  # fmt: skip
 
-    # -- epochs -------------------------------------------------------------------------------
     history: list[dict[str, Any]] = []
-    best_score, best_epoch = -math.inf, 0
+    best_score, best_epoch, first_epoch = -math.inf, 0, 1
+    if config.resume and (run_dir / "checkpoints" / "last.pt").is_file():
+        state = torch.load(run_dir / "checkpoints" / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        history, best_score, best_epoch = state["history"], state["best_score"], state["best_epoch"]
+        first_epoch = state["epoch"] + 1
+        log(f"resuming {run_dir} after epoch {state['epoch']}")
+
+    # -- epochs -------------------------------------------------------------------------------
     monitor = "val" if "val" in loaders else "train"
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
+        # Each epoch's shuffling and augmentation depend only on (seed, epoch), so a resumed run
+        # replays exactly what an uninterrupted one would have done.
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        loaders["train"].generator.manual_seed(config.seed * 100_003 + epoch)
         epoch_start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
         correct = torch.zeros((), device=device)
         seen = 0
         for images, labels in loaders["train"]:
+            targets = labels
+            if mixer is not None:  # soft targets: a mix of two images' one-hot labels
+                images, targets = mixer(images, labels)
             images = images.to(device, memory_format=memory_format, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+            labels, targets = labels.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with autocast():
                 logits = model(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                loss = F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if config.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.detach() * labels.numel()
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += labels.numel()
@@ -163,33 +203,42 @@ def train(config: TrainConfig) -> TrainResult:
             "val_accuracy": None,
         }
         if "val" in loaders:
-            y_val, p_val, row["val_loss"] = predict_loader(model, loaders["val"], device, autocast, memory_format)
+            y_val, p_val, row["val_loss"] = predict_loader(eval_model, loaders["val"], device, autocast, memory_format)
             row["val_accuracy"] = float((p_val.argmax(1) == y_val).mean())
         row["seconds"] = time.perf_counter() - epoch_start
         row["images_per_second"] = seen / row["seconds"]
         history.append(row)
 
         score = row[f"{monitor}_accuracy"]
-        extra = {"epoch": epoch, "config": asdict(config), "history": history}
-        ckpt = make_checkpoint(
-            model, model_name=config.model, model_config=config.model_config, class_names=class_names,
-            image_size=size, mean=entry.mean, std=entry.std, crop_fraction=config.crop_fraction, extra=extra,
-        )  # fmt: skip
-        save_atomic(ckpt | {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                    run_dir / "checkpoints" / "last.pt")  # fmt: skip
-        if score > best_score:
+        improved = score > best_score
+        if improved:
             best_score, best_epoch = score, epoch
+        ckpt = make_checkpoint(
+            eval_model, model_name=config.model, model_config=config.model_config, class_names=class_names,
+            image_size=size, mean=entry.mean, std=entry.std, crop_fraction=config.crop_fraction,
+            extra={"epoch": epoch, "config": asdict(config), "history": history},
+        )  # fmt: skip
+        resume_state = {
+            "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "best_score": best_score, "best_epoch": best_epoch,
+        } | ({"ema": ema.state_dict()} if ema is not None else {})  # fmt: skip
+        if improved:  # best first: a crash between the two saves never leaves last.pt ahead of best.pt
             save_atomic(ckpt, run_dir / "checkpoints" / "best.pt")
+        save_atomic(ckpt | resume_state, run_dir / "checkpoints" / "last.pt")
         _write_history(history, run_dir / "history.csv")
         val = "" if row["val_loss"] is None else f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
         log(f"epoch {epoch:3d}/{config.epochs} | train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-            f"{val} | {row['images_per_second']:.0f} img/s | {row['seconds']:.1f}s{' *' if best_epoch == epoch else ''}")
+            f"{val} | {row['images_per_second']:.0f} img/s | {row['seconds']:.1f}s{' *' if improved else ''}")
+        if config.early_stopping and epoch - best_epoch >= config.early_stopping:
+            log(f"early stopping: no better {monitor} accuracy for {config.early_stopping} epochs")
+            break
 
     # -- final evaluation of the best weights ---------------------------------------------------
     best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=True)
-    model.load_state_dict(best["state_dict"])
+    eval_model.load_state_dict(best["state_dict"])
     final_split = "test" if "test" in loaders else monitor
-    y_true, probs, loss = predict_loader(model, loaders[final_split], device, autocast, memory_format)
+    y_true, probs, loss = predict_loader(eval_model, loaders[final_split], device, autocast, memory_format)
     metrics = classification_metrics(y_true, probs, class_names)
     metrics.update(split=final_split, loss=loss, best_epoch=best_epoch, model=config.model)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -243,6 +292,47 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _make_ema(model: nn.Module, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights (BatchNorm statistics included)."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _make_mixer(config: TrainConfig, num_classes: int) -> Callable | None:
+    """torchvision's batch-level Mixup / CutMix (one of them per batch when both are on)."""
+    from torchvision.transforms import v2
+
+    mixers = []
+    if config.mixup > 0:
+        mixers.append(v2.MixUp(alpha=config.mixup, num_classes=num_classes))
+    if config.cutmix > 0:
+        mixers.append(v2.CutMix(alpha=config.cutmix, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+def _class_weights(samples: Samples, device: torch.device) -> torch.Tensor:
+    """Inverse-frequency weights (n / (K * n_k)): every class counts as much in the loss."""
+    counts = np.bincount(samples.labels, minlength=len(samples.class_names)).astype(np.float64)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def resume_config(run_dir: str | Path) -> TrainConfig:
+    """The configuration a run was started with, set up to continue it."""
+    from .checkpoint import load_checkpoint
+
+    saved = dict(load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")["config"])
+    augment = saved.pop("augment", None)
+    saved["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()})
+    saved["model_config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_config"].items()}
+    return TrainConfig(**saved | {"out": str(run_dir), "resume": True})
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -324,6 +414,8 @@ def _fill_defaults(config: TrainConfig) -> TrainConfig:
         values["out"] = str(_unused(Path("runs") / f"{Path(values['data']).name}-{values['model']}"))
     if values["epochs"] < 1 or values["batch_size"] < 1 or values["image_size"] < 8:
         raise ValueError("epochs and batch size must be >= 1 and the image size >= 8 pixels")
+    if values["balance"] not in ("none", "loss"):
+        raise ValueError(f"unknown balance {values['balance']!r}: expected 'none' or 'loss'")
     return TrainConfig(**values)
 
 
@@ -338,8 +430,11 @@ def _unused(path: Path) -> Path:
 def _prepare_run_dir(config: TrainConfig) -> Path:
     """Never overwrite a finished or interrupted run silently."""
     run_dir = Path(config.out)
-    if (run_dir / "checkpoints").exists() and not config.overwrite:
-        raise FileExistsError(f"{run_dir} already holds a run; choose another --out or pass --overwrite")
+    if (run_dir / "checkpoints").exists() and not (config.overwrite or config.resume):
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out, "
+            "or pass --overwrite"
+        )
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return run_dir
 

@@ -1,0 +1,107 @@
+"""Training options: resume, early stopping, EMA, Mixup/CutMix, class-balanced loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resnexus.data import scan_folder
+from resnexus.engine import TrainConfig, load_checkpoint, train
+from resnexus.engine import fit as fit_module
+from resnexus.engine.fit import _class_weights, resume_config
+
+from .test_train import TINY, _make_folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _make_folder(tmp_path_factory.mktemp("opts") / "halves")
+
+
+def _config(data, out, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="resnet20_cifar", model_config=TINY, epochs=4, batch_size=8,
+                lr=0.05, image_size=16, val_fraction=0.2, test_fraction=0.25, verbose=False, precision="fp32")  # fmt: skip
+    return TrainConfig(**(base | kw))
+
+
+def test_resume_after_interruption_ends_with_the_same_weights(data, tmp_path, monkeypatch):
+    full = train(_config(data, tmp_path / "full"))
+    calls = {"n": 0}
+    real_write = fit_module._write_history
+
+    def crash_after_second_epoch(history, path):
+        real_write(history, path)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as if the process were stopped after epoch 2's checkpoints
+
+    monkeypatch.setattr(fit_module, "_write_history", crash_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(data, tmp_path / "cut"))
+    monkeypatch.setattr(fit_module, "_write_history", real_write)
+    assert load_checkpoint(tmp_path / "cut/checkpoints/last.pt")["epoch"] == 2
+
+    config = resume_config(tmp_path / "cut")
+    assert config.resume and config.model_config == {"layers": (1, 1, 1)}
+    resumed = train(config)
+    assert [round(h["train_loss"], 10) for h in resumed.history] == [round(h["train_loss"], 10) for h in full.history]
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut/checkpoints/last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics["accuracy"] == full.metrics["accuracy"]
+
+
+def test_early_stopping_ends_the_run(data, tmp_path):
+    result = train(_config(data, tmp_path / "es", epochs=6, lr=0.0, warmup_epochs=0.0, early_stopping=2))
+    # with a zero learning rate nothing improves after the first epoch
+    assert len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_ema_weights_are_what_is_saved_and_evaluated(data, tmp_path):
+    train(_config(data, tmp_path / "ema", epochs=2, ema_decay=0.9))
+    last = load_checkpoint(tmp_path / "ema/checkpoints/last.pt")
+    assert last["ema"]["n_averaged"].item() > 0
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(last["state_dict"][k], averaged[k]) for k in last["state_dict"])
+    key = "conv1.weight"
+    assert not torch.equal(last["state_dict"][key], last["model_state"][key])
+
+
+def test_mixup_and_cutmix_train_on_soft_targets(data, tmp_path):
+    plain = train(_config(data, tmp_path / "plain", epochs=1))
+    mixed = train(_config(data, tmp_path / "mixed", epochs=1, mixup=0.2, cutmix=1.0))
+    assert mixed.history[0]["train_loss"] != plain.history[0]["train_loss"]
+    assert load_checkpoint(tmp_path / "mixed/checkpoints/best.pt")["config"]["cutmix"] == 1.0
+
+
+def test_class_weights_are_inverse_frequency(data):
+    samples = scan_folder(data)
+    samples = samples.subset(list(range(16)) + list(range(16, 20)))  # 16 of class 0, 4 of class 1
+    weights = _class_weights(samples, torch.device("cpu"))
+    assert weights.tolist() == pytest.approx([20 / (2 * 16), 20 / (2 * 4)])
+
+
+def test_unknown_balance_is_rejected(data, tmp_path):
+    with pytest.raises(ValueError, match="unknown balance 'oversample'"):
+        train(_config(data, tmp_path / "bad", balance="oversample"))
+
+
+def test_cli_config_file_with_flag_override_and_resume(data, tmp_path, capsys):
+    from resnexus.cli import main
+
+    config = tmp_path / "recipe.yaml"
+    config.write_text(
+        f"data: {data}\nmodel: resnet20_cifar\nmodel_config: {{layers: [1, 1, 1]}}\nepochs: 1\nbatch_size: 8\n"
+        "image_size: 16\nprecision: fp32\naugment: {hflip: 0.0, random_erasing: 0.0}\n"
+    )
+    out = tmp_path / "yaml-run"
+    assert main(["train", "--config", str(config), "--epochs", "2", "--out", str(out)]) == 0
+    ckpt = load_checkpoint(out / "checkpoints/last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["augment"]["hflip"] == 0.0  # flag beat the file
+    assert main(["train", "--config", str(config), "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err  # the run directory is not overwritten
+    assert main(["train", "--resume", str(out)]) == 0  # a finished run: nothing left to do
+    assert load_checkpoint(out / "checkpoints/last.pt")["epoch"] == 2
+    (tmp_path / "bad.yaml").write_text("epochz: 3\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown keys ['epochz']" in capsys.readouterr().err
