@@ -1,0 +1,155 @@
+"""Classification metrics for an evaluated model, as a plain, JSON-ready dict.
+
+The maths is scikit-learn's; this module fixes the conventions (class order, which class is
+"positive", what happens when a class is absent) so every run reports the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+__all__ = ["classification_metrics", "format_metrics"]
+
+
+def _check_inputs(
+    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Validate shapes and label range up front, so a mistake fails with a clear message
+    instead of a silently wrong confusion matrix."""
+    names = [str(c) for c in class_names]
+    k = len(names)
+    if k == 0:
+        raise ValueError("class_names is empty")
+    y = np.asarray(y_true).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be (N, K), got shape {p.shape}")
+    if p.shape[1] != k:
+        raise ValueError(f"probs has {p.shape[1]} columns but there are {k} class names")
+    if p.shape[0] != y.shape[0]:
+        raise ValueError(f"{y.shape[0]} labels but {p.shape[0]} rows of probabilities")
+    if y.shape[0] == 0:
+        raise ValueError("no samples to evaluate")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError("y_true must hold integer class indices")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(f"y_true holds class indices outside 0..{k - 1}")
+    return y, p, names
+
+
+def _auc_or_none(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
+    """One binary ROC-AUC, or None where it is undefined (one class only, non-finite scores)."""
+    if y_binary.min() == y_binary.max() or not np.all(np.isfinite(scores)):
+        return None
+    try:
+        auc = float(roc_auc_score(y_binary, scores))
+    except ValueError:
+        return None
+    return auc if math.isfinite(auc) else None
+
+
+def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """Binary: AUC of class 1's probability. Multi-class: macro mean of one-vs-rest AUCs.
+
+    The one-vs-rest AUCs are computed one class at a time (the same numbers as scikit-learn's
+    ``multi_class="ovr"``) so that rows of probabilities need not sum to exactly 1 and a class
+    absent from ``y_true`` gives None rather than an exception or a NaN.
+    """
+    k = p.shape[1]
+    if k < 2:
+        return None
+    if k == 2:
+        return _auc_or_none((y == 1).astype(np.int64), p[:, 1])
+    aucs = [_auc_or_none((y == c).astype(np.int64), p[:, c]) for c in range(k)]
+    if any(a is None for a in aucs):
+        return None
+    return float(np.mean(aucs))
+
+
+def classification_metrics(
+    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+) -> dict:
+    """Headline, per-class and confusion-matrix metrics of argmax predictions.
+
+    ``probs`` is (N, K) class probabilities, column k belonging to ``class_names[k]``. Every
+    value in the result is a plain int/float/str/list/dict/None so it can go straight to JSON.
+    Macro averages run over all K classes (a class absent from both labels and predictions
+    counts as 0, via ``zero_division=0``); balanced accuracy is the mean recall over the
+    classes present in ``y_true``. For two classes, class index 1 is the "positive" class.
+    """
+    y, p, names = _check_inputs(y_true, probs, class_names)
+    k = len(names)
+    labels = list(range(k))
+    pred = p.argmax(axis=1)
+
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y, pred, labels=labels, average=None, zero_division=0
+    )
+    macro_p, macro_r, macro_f1, _ = precision_recall_fscore_support(
+        y, pred, labels=labels, average="macro", zero_division=0
+    )
+    with warnings.catch_warnings():
+        # "y_pred contains classes not in y_true": expected when a class is absent; the
+        # score is then the mean recall of the classes that are present, which is what we want.
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = float(balanced_accuracy_score(y, pred))
+    cm = confusion_matrix(y, pred, labels=labels)
+
+    out: dict = {
+        "n": int(y.shape[0]),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": balanced,
+        "macro_f1": float(macro_f1),
+        "macro_precision": float(macro_p),
+        "macro_recall": float(macro_r),
+        "per_class": {
+            name: {
+                "precision": float(prec[i]),
+                "recall": float(rec[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(names)
+        },
+        "confusion_matrix": [[int(v) for v in row] for row in cm],
+        "class_names": names,
+        "roc_auc": _roc_auc(y, p),
+    }
+    if k == 2:
+        out["sensitivity"] = float(rec[1])
+        out["specificity"] = float(rec[0])
+        out["positive_class"] = names[1]
+    return out
+
+
+def _fmt(value: object) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"  # type: ignore[arg-type]
+
+
+def format_metrics(metrics: dict) -> str:
+    """One line for logs and the CLI: the headline numbers, three decimals each."""
+    parts = [
+        f"accuracy {_fmt(metrics.get('accuracy'))}",
+        f"balanced {_fmt(metrics.get('balanced_accuracy'))}",
+        f"macro-F1 {_fmt(metrics.get('macro_f1'))}",
+        f"ROC-AUC {_fmt(metrics.get('roc_auc'))}",
+    ]
+    if "sensitivity" in metrics:
+        pos = metrics.get("positive_class")
+        parts.append(f"sensitivity {_fmt(metrics['sensitivity'])}" + (f" ({pos})" if pos else ""))
+    if "specificity" in metrics:
+        parts.append(f"specificity {_fmt(metrics['specificity'])}")
+    return " | ".join(parts)
