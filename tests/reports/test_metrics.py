@@ -1,0 +1,205 @@
+"""classification_metrics / format_metrics against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from resnexus.reports import classification_metrics, format_metrics
+
+
+def one_hot_probs(pred: list[int], k: int, hi: float = 0.8) -> np.ndarray:
+    """Probabilities whose argmax is ``pred``: ``hi`` on the predicted class, the rest shared."""
+    p = np.full((len(pred), k), (1.0 - hi) / (k - 1))
+    p[np.arange(len(pred)), pred] = hi
+    return p
+
+
+def pairwise_auc(y_binary: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC by its definition, independent of scikit-learn: P(score_pos > score_neg), ties 1/2."""
+    pos, neg = scores[y_binary == 1], scores[y_binary == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+# ------------------------------------------------------------------------------------ binary
+# 4 positives (class 1), 6 negatives (class 0).
+# positive scores 0.9 0.8 0.7 | 0.3      -> TP = 3, FN = 1
+# negative scores 0.6 0.55 | 0.4 0.2 0.1 0.05 -> FP = 2, TN = 4
+BIN_Y = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+BIN_S = np.array([0.9, 0.8, 0.7, 0.3, 0.6, 0.55, 0.4, 0.2, 0.1, 0.05])
+BIN_P = np.stack([1 - BIN_S, BIN_S], axis=1)
+BIN_NAMES = ["benign", "malignant"]
+
+
+def test_binary_hand_computed():
+    m = classification_metrics(BIN_Y, BIN_P, BIN_NAMES)
+    tp, fn, fp, tn = 3, 1, 2, 4
+    assert m["n"] == 10
+    assert m["accuracy"] == pytest.approx((tp + tn) / 10)  # 0.7
+    assert m["sensitivity"] == pytest.approx(tp / (tp + fn))  # 0.75
+    assert m["specificity"] == pytest.approx(tn / (tn + fp))  # 0.6667
+    assert m["positive_class"] == "malignant"
+    assert m["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    assert m["class_names"] == BIN_NAMES
+
+    prec1, rec1 = tp / (tp + fp), tp / (tp + fn)  # 0.6, 0.75
+    prec0, rec0 = tn / (tn + fn), tn / (tn + fp)  # 0.8, 0.6667
+    f1_1 = 2 * prec1 * rec1 / (prec1 + rec1)  # 2/3
+    f1_0 = 2 * prec0 * rec0 / (prec0 + rec0)  # 8/11
+    assert f1_1 == pytest.approx(2 / 3) and f1_0 == pytest.approx(8 / 11)  # the hand numbers
+    pc = m["per_class"]
+    assert pc["malignant"] == pytest.approx({"precision": prec1, "recall": rec1, "f1": f1_1, "support": 4})
+    assert pc["benign"] == pytest.approx({"precision": prec0, "recall": rec0, "f1": f1_0, "support": 6})
+    assert m["macro_f1"] == pytest.approx(23 / 33)
+    assert m["macro_precision"] == pytest.approx((prec0 + prec1) / 2)
+    assert m["macro_recall"] == pytest.approx((rec0 + rec1) / 2)
+    assert m["balanced_accuracy"] == pytest.approx(17 / 24)
+    # pairs (pos, neg) with pos > neg: 6 + 6 + 6 + 3 = 21 of 24
+    assert m["roc_auc"] == pytest.approx(21 / 24)
+
+
+def test_binary_perfect_and_reversed_auc():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    perfect = classification_metrics(y, np.stack([1 - s, s], 1), ["a", "b"])
+    assert perfect["roc_auc"] == 1.0
+    assert perfect["accuracy"] == 1.0 and perfect["sensitivity"] == 1.0 and perfect["specificity"] == 1.0
+    reversed_ = classification_metrics(y, np.stack([s, 1 - s], 1), ["a", "b"])
+    assert reversed_["roc_auc"] == 0.0
+    assert reversed_["accuracy"] == 0.0 and reversed_["macro_f1"] == 0.0
+
+
+def test_binary_single_class_gives_none_auc_without_warnings():
+    y = [0, 0, 0, 0]
+    p = one_hot_probs([0, 1, 0, 0], 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics(y, p, ["neg", "pos"])
+    assert m["roc_auc"] is None
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["specificity"] == pytest.approx(0.75)
+    assert m["sensitivity"] == 0.0  # no positives: zero_division=0
+    assert m["per_class"]["pos"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+# ------------------------------------------------------------------------------- three classes
+# true  0 0 0 1 1 2 2 2 2
+# pred  0 0 1 1 1 2 2 2 0
+# confusion (rows true): [[2,1,0],[0,2,0],[1,0,3]]
+TRI_Y = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+TRI_PRED = [0, 0, 1, 1, 1, 2, 2, 2, 0]
+TRI_NAMES = ["cat", "dog", "fox"]
+
+
+def test_three_class_hand_computed():
+    m = classification_metrics(np.array(TRI_Y), one_hot_probs(TRI_PRED, 3), TRI_NAMES)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 3]]
+    assert m["n"] == 9
+    assert m["accuracy"] == pytest.approx(7 / 9)
+    precision = {"cat": 2 / 3, "dog": 2 / 3, "fox": 3 / 3}  # column sums 3, 3, 3
+    recall = {"cat": 2 / 3, "dog": 2 / 2, "fox": 3 / 4}  # row sums 3, 2, 4
+    f1 = {"cat": 2 / 3, "dog": 4 / 5, "fox": 6 / 7}
+    support = {"cat": 3, "dog": 2, "fox": 4}
+    for c in TRI_NAMES:
+        assert m["per_class"][c] == pytest.approx(
+            {"precision": precision[c], "recall": recall[c], "f1": f1[c], "support": support[c]}
+        )
+    assert m["macro_precision"] == pytest.approx(7 / 9)
+    assert m["macro_recall"] == pytest.approx(29 / 36)
+    assert m["balanced_accuracy"] == pytest.approx(29 / 36)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 4 / 5 + 6 / 7) / 3)
+    for key in ("sensitivity", "specificity", "positive_class"):
+        assert key not in m  # binary-only keys
+    # class 0 by hand: positives score 0.8 0.8 0.1; negatives 0.1 x5 and 0.8 x1
+    # -> (5.5 + 5.5 + 2.5) / 18 = 0.75
+    assert pairwise_auc((np.array(TRI_Y) == 0).astype(int), one_hot_probs(TRI_PRED, 3)[:, 0]) == 0.75
+
+
+def test_multiclass_auc_is_macro_one_vs_rest():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 120)
+    logits = rng.normal(size=(120, 4)) + 1.5 * np.eye(4)[y]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    m = classification_metrics(y, p, list("abcd"))
+    expected = np.mean([pairwise_auc((y == c).astype(int), p[:, c]) for c in range(4)])
+    assert m["roc_auc"] == pytest.approx(expected, abs=1e-12)
+    assert 0.5 < m["roc_auc"] < 1.0
+
+    # perfectly separated -> 1.0
+    y = np.array([0, 1, 2, 0, 1, 2])
+    assert classification_metrics(y, one_hot_probs(list(y), 3), TRI_NAMES)["roc_auc"] == 1.0
+
+
+def test_absent_class_no_crash_and_none_auc():
+    y = [0, 0, 1, 1, 1]  # "fox" never occurs, but is predicted once
+    pred = [0, 2, 1, 1, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics(y, one_hot_probs(pred, 3), TRI_NAMES)
+    assert m["roc_auc"] is None
+    assert m["per_class"]["fox"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["confusion_matrix"] == [[1, 0, 1], [1, 2, 0], [0, 0, 0]]
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)  # over the classes present
+    assert m["macro_recall"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)  # over all classes
+    assert "n/a" in format_metrics(m)
+
+
+def _plain(obj) -> bool:
+    """Only builtin JSON types all the way down (numpy scalars would sneak through json.dumps)."""
+    if isinstance(obj, dict):
+        return all(type(k) is str and _plain(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return all(_plain(v) for v in obj)
+    return obj is None or type(obj) in (int, float, str, bool)
+
+
+@pytest.mark.parametrize("case", ["binary", "three", "absent"])
+def test_json_round_trip(case):
+    if case == "binary":
+        m = classification_metrics(BIN_Y, BIN_P, BIN_NAMES)
+    elif case == "three":
+        m = classification_metrics(TRI_Y, one_hot_probs(TRI_PRED, 3), TRI_NAMES)
+    else:
+        m = classification_metrics([0, 0, 1], one_hot_probs([0, 2, 1], 3), TRI_NAMES)
+    assert _plain(m)
+    assert json.loads(json.dumps(m)) == m
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall"):
+        assert 0.0 <= m[key] <= 1.0
+
+
+def test_accepts_float32_probs_and_tensor_like_labels():
+    p = BIN_P.astype(np.float32)
+    m = classification_metrics(np.array(BIN_Y, dtype=np.int32), p, tuple(BIN_NAMES))
+    assert m["accuracy"] == pytest.approx(0.7) and m["roc_auc"] == pytest.approx(21 / 24)
+    assert _plain(m)
+
+
+@pytest.mark.parametrize(
+    "y, p, names, msg",
+    [
+        ([0, 1], np.ones((3, 2)) / 2, ["a", "b"], "labels"),
+        ([0, 1], np.ones((2, 3)) / 3, ["a", "b"], "columns"),
+        ([0, 2], np.ones((2, 2)) / 2, ["a", "b"], "outside"),
+        ([0, 1], np.ones(2), ["a", "b"], r"\(N, K\)"),
+        ([], np.ones((0, 2)), ["a", "b"], "no samples"),
+    ],
+)
+def test_bad_inputs_raise_clearly(y, p, names, msg):
+    with pytest.raises(ValueError, match=msg):
+        classification_metrics(y, p, names)
+
+
+def test_format_metrics_binary_and_multiclass():
+    text = format_metrics(classification_metrics(BIN_Y, BIN_P, BIN_NAMES))
+    for part in ("accuracy 0.700", "balanced 0.708", "macro-F1 0.697", "ROC-AUC 0.875",
+                 "sensitivity 0.750", "specificity 0.667", "malignant"):
+        assert part in text, (part, text)
+    text3 = format_metrics(classification_metrics(TRI_Y, one_hot_probs(TRI_PRED, 3), TRI_NAMES))
+    assert "accuracy 0.778" in text3 and "macro-F1 0.775" in text3 and "balanced 0.806" in text3
+    assert "sensitivity" not in text3 and "specificity" not in text3
+    assert "\n" not in text and len(text) < 200
