@@ -10,9 +10,20 @@ from typing import Any
 from .models import create_model, list_models, model_info
 
 __version__ = "0.1.0"
-__all__ = ["TrainConfig", "create_model", "evaluate", "list_models", "model_info", "predict", "train", "__version__"]
+__all__ = [
+    "TrainConfig",
+    "compare",
+    "create_model",
+    "cross_validate",
+    "evaluate",
+    "list_models",
+    "model_info",
+    "predict",
+    "train",
+    "__version__",
+]
 
-_ENGINE = {"TrainConfig", "train", "evaluate", "predict"}
+_ENGINE = {"TrainConfig", "train", "evaluate", "predict", "cross_validate", "compare"}
 
 
 def __getattr__(name: str) -> Any:

@@ -61,7 +61,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, help="default 0.1")
     p.add_argument("--test-fraction", type=float, help="default 0.2")
     p.add_argument("--group-by", help="regex on file names (or 'patient') keeping each group on one side")
-    p.add_argument("--folds", type=int, help="K-fold cross-validation (stratified, grouped); reports mean +- std")
+    p.add_argument("--folds", type=int, help="K-fold cross-validation (stratified, grouped): each fold is the test "
+                   "set once, validation is --val-fraction of the rest; reports mean +- std")  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--mixup", type=float, help="Mixup alpha (0.2 is the paper's ImageNet value)")

@@ -1,7 +1,18 @@
-"""Training and inference: the loop (fit.py), checkpoints, evaluation and prediction."""
+"""Training and inference: the loop (fit.py), checkpoints, evaluation, prediction, CV, comparisons."""
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .crossval import CrossValResult, cross_validate
 from .fit import TrainConfig, TrainResult, train
 from .inference import evaluate, predict
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_checkpoint", "model_from_checkpoint", "predict", "train"]
+__all__ = [
+    "CrossValResult",
+    "TrainConfig",
+    "TrainResult",
+    "cross_validate",
+    "evaluate",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "predict",
+    "train",
+]

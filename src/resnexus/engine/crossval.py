@@ -1,0 +1,309 @@
+"""K-fold cross-validation: every image is tested exactly once, no group on two sides of a fold.
+
+``cross_validate(TrainConfig(...), folds=K)`` scans ``config.data`` (grouped with
+``config.group_by``), makes K stratified, grouped folds (data/split.py: ``kfold_splits``), and
+for fold k trains on the other K-1 folds and tests on fold k. A validation set (for picking the
+best epoch) is carved from the training part with ``split_samples(test_fraction=0,
+val_fraction=config.val_fraction, seed=config.seed)``, so it is grouped too; ``config.test_fraction``
+is not used (the held-out fold is the test set). Outputs under ``config.out``:
+
+    fold1/ ... foldK/   one ordinary training run each (see fit.py)
+    cv_splits.json      the files of train / val / test of every fold (relative to the data root)
+    cv_metrics.json     the protocol, per-fold test metrics, mean and std (sample std, ddof=1)
+    cv_report.md        a per-fold table, the mean +- std line and the protocol
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import DataError, Samples, kfold_splits, scan_folder, split_samples
+from .fit import TrainConfig, _fill_defaults, train
+
+# Headline metrics averaged over folds; sensitivity / specificity exist for two classes only.
+CV_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
+_LABELS = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro F1",
+    "roc_auc": "ROC-AUC",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+}
+
+
+@dataclass
+class CrossValResult:
+    """Per-fold test metrics (each a fit.py ``metrics.json`` plus fold facts), their mean and std.
+
+    ``mean`` / ``std`` hold the metrics of :data:`CV_METRICS` that at least one fold has (a
+    fold's None, e.g. an undefined ROC-AUC, is skipped; std is None with fewer than 2 values).
+    ``test_paths[k]`` are the images fold k+1 was tested on.
+    """
+
+    folds: list[dict[str, Any]]
+    mean: dict[str, float]
+    std: dict[str, float | None]
+    run_dir: Path
+    test_paths: list[list[Path]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def report(self) -> Path:
+        return self.run_dir / "cv_report.md"
+
+
+def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
+    """Train and test ``folds`` models, one per held-out fold; see the module docstring."""
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
+    started = time.perf_counter()
+    config = _fill_defaults(config)  # data (built-in digits when None), model, out, ...
+    log = print if config.verbose else (lambda *a, **k: None)
+    run_dir = Path(config.out)
+    _check_run_dir(run_dir, folds, config)
+
+    samples = _scan(config)
+    fold_indices = kfold_splits(samples, folds, seed=config.seed)
+    plans = [_fold_splits(samples, train_idx, test_idx, config) for train_idx, test_idx in fold_indices]
+    _check_partition(samples, plans)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "cv_splits.json", _splits_record(samples, plans))
+    n_groups = len(set(samples.groups))
+    log(f"cross-validation: {folds} folds of {len(samples)} images / {n_groups} groups "
+        f"(grouped by {config.group_by or 'file'}), seed {config.seed}, into {run_dir}")  # fmt: skip
+
+    fold_metrics: list[dict[str, Any]] = []
+    for k, splits in enumerate(plans, start=1):
+        log(f"-- fold {k}/{folds}: {' / '.join(f'{len(s)} {name}' for name, s in splits.items())}")
+        fold_config = dataclasses.replace(config, out=str(run_dir / f"fold{k}"))
+        result = train(fold_config, splits=splits)
+        row = dict(result.metrics)
+        row.update(
+            fold=k,
+            n_train=len(splits["train"]),
+            n_val=len(splits["val"]) if "val" in splits else 0,
+            n_test=len(splits["test"]),
+            test_groups=len(set(splits["test"].groups)),
+            seconds=result.seconds,
+            run_dir=str(result.run_dir),
+        )
+        fold_metrics.append(row)
+
+    mean, std, counts = aggregate(fold_metrics)
+    seconds = time.perf_counter() - started
+    protocol = {
+        "folds": folds,
+        "data": str(config.data),
+        "group_by": config.group_by,
+        "seed": config.seed,
+        "images": len(samples),
+        "groups": n_groups,
+        "class_names": list(samples.class_names),
+        "class_counts": samples.class_counts(),
+        "val_fraction": config.val_fraction,
+        "model": config.model,
+        "weights": config.weights,
+        "epochs": config.epochs,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
+        "std": "sample standard deviation over folds (ddof=1)",
+    }
+    pooled = np.sum([np.asarray(m["confusion_matrix"]) for m in fold_metrics], axis=0).tolist()
+    record = {
+        "protocol": protocol,
+        "folds": fold_metrics,
+        "mean": mean,
+        "std": std,
+        "n_folds_with_value": counts,
+        "pooled_confusion_matrix": pooled,
+        "seconds": seconds,
+    }
+    _write_json(run_dir / "cv_metrics.json", record)
+    (run_dir / "cv_report.md").write_text(_report_markdown(record), encoding="utf-8")
+    log(f"cross-validation ({folds} folds): {format_mean_std(mean, std)}")
+    log(f"report: {run_dir / 'cv_report.md'}")
+    return CrossValResult(
+        folds=fold_metrics, mean=mean, std=std, run_dir=run_dir,
+        test_paths=[list(p["test"].paths) for p in plans], seconds=seconds,
+    )  # fmt: skip
+
+
+def aggregate(
+    fold_metrics: list[dict[str, Any]], keys: tuple[str, ...] = CV_METRICS
+) -> tuple[dict[str, float], dict[str, float | None], dict[str, int]]:
+    """Mean and sample std (ddof=1) of each metric over the folds that have a value for it."""
+    mean: dict[str, float] = {}
+    std: dict[str, float | None] = {}
+    counts: dict[str, int] = {}
+    for key in keys:
+        values = [float(m[key]) for m in fold_metrics if m.get(key) is not None and math.isfinite(float(m[key]))]
+        if not values:
+            continue
+        counts[key] = len(values)
+        mean[key] = float(np.mean(values))
+        std[key] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return mean, std, counts
+
+
+def format_mean_std(mean: dict[str, float], std: dict[str, float | None], digits: int = 4) -> str:
+    """``accuracy 0.8296 ± 0.0457 | macro F1 ...``: one line for logs and the report."""
+    parts = []
+    for key in CV_METRICS:
+        if key in mean:
+            s = std.get(key)
+            parts.append(f"{_LABELS[key]} {mean[key]:.{digits}f} ± " + ("n/a" if s is None else f"{s:.{digits}f}"))
+    return " | ".join(parts)
+
+
+# -- pieces ---------------------------------------------------------------------------------------
+def _scan(config: TrainConfig) -> Samples:
+    root = Path(config.data).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder does not exist: {root}")
+    split_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.casefold() in {"train", "test"})
+    if split_dirs:
+        raise DataError(
+            f"{root} is already split into {split_dirs}; cross-validation needs one class-folder tree "
+            "(class sub-folders directly under the data folder)"
+        )
+    return scan_folder(root, config.group_by)
+
+
+def _fold_splits(
+    samples: Samples, train_idx: list[int], test_idx: list[int], config: TrainConfig
+) -> dict[str, Samples]:
+    """The held-out fold is the test set; validation is carved (grouped) from the rest."""
+    rest = samples.subset(train_idx)
+    if config.val_fraction > 0:
+        parts = split_samples(rest, val_fraction=config.val_fraction, test_fraction=0.0, seed=config.seed)
+    else:
+        parts = {"train": rest}
+    return {**parts, "test": samples.subset(test_idx)}
+
+
+def _check_partition(samples: Samples, plans: list[dict[str, Samples]]) -> None:
+    """Every image tested exactly once; no group on two sides of any fold (cheap, always on, even with -O)."""
+    tested = [p for plan in plans for p in plan["test"].paths]
+    if len(tested) != len(samples) or set(tested) != set(samples.paths):
+        raise AssertionError("cross-validation folds do not partition the data")
+    for k, plan in enumerate(plans, start=1):
+        sides = {name: set(s.groups) for name, s in plan.items()}
+        names = list(sides)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                shared = sides[a] & sides[b]
+                if shared:
+                    raise AssertionError(f"fold {k}: groups on both {a} and {b}: {sorted(shared)[:5]}")
+        if sum(len(s) for s in plan.values()) != len(samples):
+            raise AssertionError(f"fold {k}: train / val / test do not cover the data")
+
+
+def _check_run_dir(run_dir: Path, folds: int, config: TrainConfig) -> None:
+    """Refuse up front, not after hours of training, when an earlier run would be overwritten."""
+    if config.overwrite or config.resume:
+        return
+    taken = [run_dir / "cv_metrics.json"] + [run_dir / f"fold{k}" / "checkpoints" for k in range(1, folds + 1)]
+    found = [p for p in taken if p.exists()]
+    if found:
+        raise FileExistsError(
+            f"{run_dir} already holds a cross-validation run ({found[0]}); choose another --out, "
+            "or pass --overwrite (or --resume to continue its folds)"
+        )
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _splits_record(samples: Samples, plans: list[dict[str, Samples]]) -> dict[str, Any]:
+    return {
+        "root": str(samples.root),
+        "folds": [
+            {name: [_relative(p, samples.root) for p in s.paths] for name, s in plan.items()} for plan in plans
+        ],
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.4f}"
+
+
+def _cell(value: Any) -> str:
+    return ("n/a" if value is None else str(value)).replace("|", "\\|").replace("\n", " ")
+
+
+def _report_markdown(record: dict[str, Any]) -> str:
+    protocol, fold_metrics, mean, std = record["protocol"], record["folds"], record["mean"], record["std"]
+    keys = [k for k in CV_METRICS if k in mean]
+    folds = protocol["folds"]
+    grouping = f"by `{protocol['group_by']}`" if protocol["group_by"] else "none (every file its own group)"
+    md = [
+        f"# {folds}-fold cross-validation: {protocol['model']} on {Path(protocol['data']).name}",
+        "",
+        f"**Mean ± std over {folds} folds:** {format_mean_std(mean, std)}",
+        "",
+        "## Protocol",
+        "",
+        f"- {folds} stratified, grouped folds (scikit-learn `StratifiedGroupKFold`, shuffled, "
+        f"seed {protocol['seed']}); each fold is the test set once, so every image is tested exactly once.",
+        f"- Grouping: {grouping}; {protocol['images']} images in {protocol['groups']} groups, "
+        "no group on two sides (train / val / test) of any fold.",
+        f"- Validation (best-epoch choice): {100 * protocol['val_fraction']:g}% of each fold's training part, "
+        "grouped and stratified, same seed." if protocol["val_fraction"] > 0 else
+        "- No validation set: the epoch with the best training accuracy is tested.",
+        f"- Model {protocol['model']}"
+        + (f" from `{protocol['weights']}`" if protocol["weights"] else " trained from scratch")
+        + f", {protocol['epochs']} epochs, image size {protocol['image_size']}, batch size {protocol['batch_size']}.",
+        "- Std is the sample standard deviation over folds (ddof=1).",
+        f"- Classes: {', '.join(f'{_cell(n)} ({c})' for n, c in protocol['class_counts'].items())}.",
+    ]
+    if "sensitivity" in mean:
+        positive = _cell(protocol["class_names"][-1])
+        md.append(f"- Sensitivity / specificity: positive class {positive!r} (class index 1).")
+    md += [
+        "",
+        "## Per fold (test metrics of each fold's best checkpoint)",
+        "",
+    ]
+    header = ["fold", "train / val / test images", "test groups", *(_LABELS[k] for k in keys), "best epoch", "report"]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(keys) + 1) + "---|"]
+    for m in fold_metrics:
+        rel = f"fold{m['fold']}/report.md"
+        md.append(
+            "| " + " | ".join([
+                str(m["fold"]), f"{m['n_train']} / {m['n_val']} / {m['n_test']}", str(m["test_groups"]),
+                *(_num(m.get(k)) for k in keys), str(m.get("best_epoch", "n/a")), f"[report]({rel})",
+            ]) + " |"
+        )  # fmt: skip
+    md.append(
+        "| **mean ± std** | | | "
+        + " | ".join(f"{mean[k]:.4f} ± {_num(std[k]) if std[k] is not None else 'n/a'}" for k in keys)
+        + " | | |"
+    )
+    names = protocol["class_names"]
+    md += ["", "## Pooled confusion matrix (all folds' test predictions)", "",
+           "Rows are the true class, columns the predicted class.", "",
+           "| true \\ predicted | " + " | ".join(_cell(n) for n in names) + " |",
+           "|---|" + "---:|" * len(names)]  # fmt: skip
+    for name, row in zip(names, record["pooled_confusion_matrix"]):
+        md.append(f"| **{_cell(name)}** | " + " | ".join(str(v) for v in row) + " |")
+    md += ["", f"Total time: {record['seconds']:.0f} s.", ""]
+    return "\n".join(md)
