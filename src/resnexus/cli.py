@@ -43,13 +43,30 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     # Flags default to SUPPRESS so that only what was typed overrides --config and the defaults.
     p = commands.add_parser("train", help="train and evaluate a model on an image folder (default: built-in digits)",
                             argument_default=argparse.SUPPRESS)  # fmt: skip
-    p.add_argument("--data", help="folder with one sub-folder per class, or train/ [val/] [test/]; "
-                   "omitted: scikit-learn's handwritten digits written as an image folder")  # fmt: skip
     p.add_argument("--model", help="registry name (see `resnexus models`); default resnext50_32x4d")
     p.add_argument("--out", help="run directory (default runs/<data>-<model>); never overwritten silently")
-    p.add_argument("--config", dest="config_file", help="YAML file of TrainConfig fields; flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--weights", help="initial weights file or URL (torchvision, timm, Keras, resnexus)")
+    p.add_argument("--folds", type=int, help="K-fold cross-validation (stratified, grouped): each fold is the test "
+                   "set once, validation is --val-fraction of the rest; reports mean +- std")  # fmt: skip
+    _add_recipe_flags(p)
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("compare", help="train several models on the same split and recipe, side by side",
+                            argument_default=argparse.SUPPRESS)  # fmt: skip
+    p.add_argument("--models", required=True, help="comma-separated registry names")
+    p.add_argument("--out", required=True, help="folder for the runs, comparison.md/.csv and the plot")
+    p.add_argument("--no-isolate", dest="no_isolate", action="store_true",
+                   help="train in this process (faster; peak memory is then not measured on CPU)")  # fmt: skip
+    _add_recipe_flags(p)
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """The data and training-recipe flags `train` and `compare` share."""
+    p.add_argument("--data", help="folder with one sub-folder per class, or train/ [val/] [test/]; "
+                   "omitted: scikit-learn's handwritten digits written as an image folder")  # fmt: skip
+    p.add_argument("--config", dest="config_file", help="YAML file of TrainConfig fields; flags override it")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 x batch/256 for SGD, 1e-3 AdamW)")
@@ -61,8 +78,6 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, help="default 0.1")
     p.add_argument("--test-fraction", type=float, help="default 0.2")
     p.add_argument("--group-by", help="regex on file names (or 'patient') keeping each group on one side")
-    p.add_argument("--folds", type=int, help="K-fold cross-validation (stratified, grouped): each fold is the test "
-                   "set once, validation is --val-fraction of the rest; reports mean +- std")  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--mixup", type=float, help="Mixup alpha (0.2 is the paper's ImageNet value)")
@@ -81,7 +96,8 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     from .engine import TrainConfig
     from .engine.fit import resume_config
 
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config_file", "resume", "folds")}
+    not_config = ("command", "config_file", "resume", "folds", "models", "no_isolate")
+    given = {k: v for k, v in vars(args).items() if k not in not_config}
     if getattr(args, "resume", None):
         config = resume_config(args.resume)
         return dataclasses.replace(config, **{k: v for k, v in given.items() if k in ("workers", "verbose")})
@@ -120,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnexus", description="The ResNet family of image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
+    _add_compare(commands)
     ev = commands.add_parser("evaluate", help="metrics of a checkpoint on a labelled image folder")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", required=True, help="folder with class sub-folders (or its test/ part)")
@@ -151,6 +168,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         return _run_train(args)
+    if args.command == "compare":
+        from .engine.compare import compare
+
+        base = train_config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "out"}))
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        result = compare(models, base, args.out, isolate=not getattr(args, "no_isolate", False))
+        best = result.best
+        print(f"comparison: {result.markdown}" + (f" (best: {best['model']})" if best else ""))
+        return 0
     if args.command == "evaluate":
         from .engine import evaluate
         from .reports import format_metrics

@@ -1,0 +1,445 @@
+"""Train several models on exactly the same images with the same recipe and compare them.
+
+``compare(["resnet20_cifar", "lenet"], TrainConfig(data="photos", epochs=10), "runs/cmp")``
+resolves the train/val/test split once from the base config, trains every model on it with
+:func:`~resnexus.engine.fit.train` into ``out/<model>/`` (a normal run directory each), and writes
+
+    comparison.md          a Markdown table, the recipe, the split sizes and the best model
+    comparison.csv         the same columns as plain numbers (empty cell = not available)
+    accuracy_vs_macs.png   test accuracy against MACs (log scale), one labelled point per model
+
+Columns: accuracy, balanced accuracy, macro F1 and ROC-AUC of the best checkpoint (the run's
+``metrics.json``: the test split, or validation when there is no test split); parameters and
+MACs of the model exactly as trained (its config overrides, image size and class count; MACs of
+convolutions and linears for one image, counted on the meta device); training time (the whole
+``train()`` call: epochs, final evaluation and report); training images/s (median over epochs);
+inference images/s (eval mode, one fixed batch of ``batch_size`` images at the trained size, the
+training precision, no data loading); peak memory in MiB:
+
+* CUDA: ``torch.cuda.max_memory_allocated`` (memory held by tensors, training and inference).
+* CPU, ``isolate=True`` (default): each model trains in its own process (``spawn``), which reports
+  its own peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``). That includes the Python
+  and PyTorch runtime (hundreds of MiB; the row's ``baseline_memory_mib`` is the same measure taken
+  before training) and excludes DataLoader worker processes.
+* CPU, ``isolate=False``: ``None``. A process's peak RSS never goes down, so in one process it
+  would only say how much the largest model so far needed.
+
+A model that fails while training gets a row with ``status`` "failed" and the error; the others
+still run. Bad input (no models, an unknown or repeated name, overrides a model rejects or an
+image size it cannot take, run directories that already hold runs) fails before any training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..data import Samples, resolve_splits
+from ..models.registry import count_macs, create_model, get_entry
+from .fit import TrainConfig, _autocast_dtype, _describe_splits, _fill_defaults, train
+
+__all__ = ["COLUMNS", "CompareResult", "compare"]
+
+# (CSV column, Markdown header); the CSV and the table always hold the same columns in this order.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("model", "Model"),
+    ("status", "Status"),
+    ("accuracy", "Accuracy"),
+    ("balanced_accuracy", "Balanced acc."),
+    ("macro_f1", "Macro F1"),
+    ("roc_auc", "ROC-AUC"),
+    ("params", "Params"),
+    ("macs", "MACs"),
+    ("image_size", "Image size"),
+    ("train_seconds", "Train time (s)"),
+    ("train_images_per_second", "Train img/s"),
+    ("inference_images_per_second", "Inference img/s"),
+    ("peak_memory_mib", "Peak memory (MiB)"),
+    ("best_epoch", "Best epoch"),
+    ("error", "Error"),
+)
+_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+_INFERENCE_MIN_SECONDS = 0.5  # keep timing batches until this much time has passed ...
+_INFERENCE_MAX_BATCHES = 100  # ... or this many batches
+
+
+@dataclass
+class CompareResult:
+    # one per model, in the order given; keys: COLUMNS' CSV names, run_dir, and with isolate=True
+    # baseline_memory_mib (the child's peak RSS before training: the Python/PyTorch runtime)
+    rows: list[dict[str, Any]]
+    markdown: Path
+    csv: Path
+    plot: Path
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The row with the highest accuracy (fewer MACs wins a tie); None if every model failed."""
+        return _best(self.rows)
+
+
+def compare(
+    models: Sequence[str],
+    base: TrainConfig,
+    out: str | Path,
+    isolate: bool = True,
+    model_configs: dict[str, dict[str, Any]] | None = None,
+) -> CompareResult:
+    """Train each of ``models`` with ``base``'s recipe on one shared split; see the module docstring.
+
+    ``base.model``, ``base.out`` and ``base.model_config`` are not used (``model_configs`` maps a
+    model name to its spec overrides, e.g. ``{"lenet": {"img_size": 32}}``). ``base.image_size``
+    None trains each model at its own default input size; set it to compare at one size.
+    """
+    models = _check_models(models, model_configs)
+    model_configs = {name: dict(cfg) for name, cfg in (model_configs or {}).items()}
+    if base.model_config:
+        raise ValueError("compare: give per-model overrides in model_configs, not base.model_config")
+    if base.weights is not None:
+        raise ValueError("compare: base.weights cannot apply to several models; compare trains from scratch")
+    if base.resume:
+        raise ValueError("compare: resume is not supported; train the missing model with `train --resume`")
+    out = Path(out)
+
+    # one config per model, all filled from the same base (the built-in digits when data is None)
+    configs = {
+        name: _fill_defaults(replace(base, model=name, model_config=model_configs.get(name, {}), out=str(out / name)))
+        for name in models
+    }  # fmt: skip
+    recipe = configs[models[0]]
+    _autocast_dtype(recipe.precision, torch.device("cpu"))  # a typo here would fail every run, later
+    if recipe.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}: expected 'sgd' or 'adamw'")
+    taken = [str(out / n) for n in models if (out / n / "checkpoints").exists()]
+    if taken and not base.overwrite:
+        raise FileExistsError(f"run directories already hold runs: {', '.join(taken)}; choose another out "
+                              "or set overwrite")  # fmt: skip
+
+    # the one split every model sees
+    splits = resolve_splits(
+        recipe.data, group_by=recipe.group_by, val_fraction=recipe.val_fraction,
+        test_fraction=recipe.test_fraction, seed=recipe.seed,
+    )  # fmt: skip
+    num_classes = len(splits["train"].class_names)
+
+    # parameters and MACs as trained; building each model here also checks its overrides and image size
+    rows: list[dict[str, Any]] = []
+    for name in models:
+        cfg = configs[name]
+        try:
+            params, macs = _params_and_macs(name, cfg.model_config, num_classes, cfg.image_size)
+        except Exception as error:  # noqa: BLE001 - reported with the model's name, before training
+            raise ValueError(
+                f"compare: {name} with overrides {cfg.model_config} cannot run on {cfg.image_size}x{cfg.image_size} "
+                f"images with {num_classes} classes: {type(error).__name__}: {error}"
+            ) from error
+        rows.append({key: None for key, _ in COLUMNS} | {
+            "model": name, "params": params, "macs": macs, "image_size": cfg.image_size, "run_dir": str(out / name),
+        })  # fmt: skip
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = print if base.verbose else (lambda *a, **k: None)
+    for i, (name, row) in enumerate(zip(models, rows), 1):
+        log(f"compare [{i}/{len(models)}]: {name} -> {out / name}")
+        measured = _run_isolated(configs[name], splits) if isolate else _run_in_process(configs[name], splits)
+        row.update(measured)
+        if row["status"] == "failed":
+            log(f"compare: {name} failed: {row['error']}")
+
+    csv_path = _write_csv(rows, out / "comparison.csv")
+    plot_path = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png")
+    md_path = out / "comparison.md"
+    md_path.write_text(_markdown(rows, recipe, splits, model_configs, isolate, plot_path.name), encoding="utf-8")
+    log(f"comparison: {md_path}")
+    return CompareResult(rows=rows, markdown=md_path, csv=csv_path, plot=plot_path)
+
+
+# -- input checks and static measurements ------------------------------------------------------
+def _check_models(models: Sequence[str], model_configs: dict[str, dict] | None) -> list[str]:
+    if isinstance(models, str):
+        raise TypeError("compare: models must be a list of names, not one string")
+    names = [str(m).strip() for m in models]
+    if not names:
+        raise ValueError("compare: no models given")
+    seen: set[str] = set()
+    repeated = [n for n in names if n in seen or seen.add(n)]  # type: ignore[func-returns-value]
+    if repeated:
+        raise ValueError(f"compare: model(s) listed more than once: {', '.join(dict.fromkeys(repeated))}")
+    for name in names:
+        get_entry(name)  # unknown: ValueError with the nearest names
+    extra = sorted(set(model_configs or {}) - set(names))
+    if extra:
+        raise ValueError(f"compare: model_configs names model(s) not being compared: {', '.join(extra)}")
+    return names
+
+
+def _params_and_macs(name: str, overrides: dict[str, Any], num_classes: int, image_size: int) -> tuple[int, int]:
+    """Exact counts for the model as trained, built on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, **overrides)
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    return params, count_macs(model, (3, image_size, image_size))
+
+
+# -- running one model -------------------------------------------------------------------------
+def _measure(config: TrainConfig, splits: dict[str, Samples], peak_rss: bool) -> dict[str, Any]:
+    """Train one model and time its inference; the fields of its row that depend on the run."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result = train(config, splits=splits)
+    speeds = [h["images_per_second"] for h in result.history if h.get("images_per_second")]
+    row: dict[str, Any] = {key: result.metrics.get(key) for key in _METRICS}
+    row.update(
+        status="ok",
+        error=None,
+        best_epoch=result.best_epoch,
+        train_seconds=result.seconds,
+        train_images_per_second=statistics.median(speeds) if speeds else None,
+        inference_images_per_second=_inference_speed(config, result.run_dir),
+        peak_memory_mib=None,
+    )
+    if cuda:
+        row["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    elif peak_rss:
+        row["peak_memory_mib"] = _peak_rss_mib()
+    return row
+
+
+@torch.inference_mode()
+def _inference_speed(config: TrainConfig, run_dir: Path) -> float:
+    """Images/s of the best checkpoint on one fixed batch, eval mode, the training precision."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp_dtype = _autocast_dtype(config.precision, device)
+    channels_last = config.channels_last if config.channels_last is not None else amp_dtype is not None
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model_from_checkpoint(load_checkpoint(run_dir / "checkpoints" / "best.pt"))
+    model.to(device, memory_format=memory_format).eval()
+    size = config.image_size
+    x = torch.randn(config.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = x.to(device, memory_format=memory_format)
+
+    def forward() -> None:
+        if amp_dtype is None:
+            model(x)
+        else:
+            with torch.autocast(device.type, dtype=amp_dtype):
+                model(x)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    forward()  # warm-up: allocator, cuDNN algorithm choice, lazy initialisation
+    sync()
+    batches, start = 0, time.perf_counter()
+    while True:
+        forward()
+        batches += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= _INFERENCE_MIN_SECONDS or batches >= _INFERENCE_MAX_BATCHES:
+            return batches * config.batch_size / elapsed
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident set size (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _failure(error: BaseException | str) -> dict[str, Any]:
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return {"status": "failed", "error": " ".join(str(message).split())}  # one line, for the table
+
+
+def _run_in_process(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, Any]:
+    try:
+        return _measure(config, splits, peak_rss=False)
+    except Exception as error:  # noqa: BLE001 - one model's failure must not stop the comparison
+        traceback.print_exc()
+        return _failure(error)
+
+
+def _child(config: TrainConfig, splits: dict[str, Samples], result_path: str, threads: int) -> None:
+    """Entry point of the spawned process: train, then write the measured row as JSON."""
+    torch.set_num_threads(threads)
+    baseline = _peak_rss_mib()  # the interpreter, PyTorch and resnexus, before any training
+    try:
+        row = _measure(config, splits, peak_rss=True)
+    except Exception as error:  # noqa: BLE001
+        traceback.print_exc()
+        row = _failure(error)
+    row["baseline_memory_mib"] = baseline
+    Path(result_path).write_text(json.dumps(row))
+
+
+def _run_isolated(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, Any]:
+    """One model in a fresh ``spawn`` process: its own peak memory, and a crash stays contained."""
+    ctx = multiprocessing.get_context("spawn")
+    fd, result_path = tempfile.mkstemp(prefix=".compare-", suffix=".json", dir=Path(config.out).parent)
+    os.close(fd)
+    try:
+        process = ctx.Process(
+            target=_child, args=(config, splits, result_path, torch.get_num_threads()), name=f"compare-{config.model}"
+        )
+        process.start()
+        try:
+            process.join()
+        except BaseException:  # Ctrl-C: do not leave the child training on its own
+            process.terminate()
+            process.join()
+            raise
+        try:
+            return json.loads(Path(result_path).read_text())
+        except (OSError, ValueError):  # missing or empty: the child died before writing its row
+            return _failure(f"training process exited with code {process.exitcode} without a result "
+                            "(killed, e.g. out of memory? its output above may say why)")  # fmt: skip
+    finally:
+        Path(result_path).unlink(missing_ok=True)
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def _best(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    done = [r for r in rows if r.get("status") == "ok" and r.get("accuracy") is not None]
+    if not done:
+        return None
+    return min(done, key=lambda r: (-r["accuracy"], r["macs"]))  # min keeps the first of full ties
+
+
+def _csv_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([key for key, _ in COLUMNS])
+        for row in rows:
+            writer.writerow([_csv_value(row.get(key)) for key, _ in COLUMNS])
+    return path
+
+
+def _cell(key: str, value: Any) -> str:
+    """Markdown cell: metrics to 4 decimals, counts exact with thousands separators."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if key in _METRICS:
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value).replace("|", "\\|")
+
+
+def _markdown(
+    rows: Sequence[dict[str, Any]],
+    recipe: TrainConfig,
+    splits: dict[str, Samples],
+    overrides: dict[str, dict[str, Any]],
+    isolate: bool,
+    plot_name: str,
+) -> str:
+    keys = [(k, h) for k, h in COLUMNS if k != "error" or any(r.get("error") for r in rows)]
+    lines = [
+        "# Model comparison",
+        "",
+        "| " + " | ".join(h for _, h in keys) + " |",
+        "|" + "|".join("---" if k in ("model", "status", "error") else "---:" for k, _ in keys) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(k, r.get(k)) for k, _ in keys) + " |" for r in rows]
+    best = _best(rows)
+    lines.append("")
+    if best is None:
+        lines.append("No model finished training.")
+    else:
+        tied = sum(r.get("status") == "ok" and r.get("accuracy") == best["accuracy"] for r in rows) > 1
+        lines.append(
+            f"Best by accuracy: **{best['model']}** (accuracy {best['accuracy']:.4f}, {best['macs']:,} MACs"
+            f"{', the fewest among the models tied on accuracy' if tied else ''})."
+        )
+    evaluated = "test" if "test" in splits else ("val" if "val" in splits else "train")
+    sizes = sorted({r["image_size"] for r in rows})
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    memory = (
+        "CUDA max_memory_allocated (tensors, training and inference)" if torch.cuda.is_available()
+        else "peak resident set size of each model's own training process (includes the Python/PyTorch runtime)"
+        if isolate else "not measured (all models trained in one process)"
+    )  # fmt: skip
+    cpu = not torch.cuda.is_available()
+    baselines = [r["baseline_memory_mib"] for r in rows if cpu and r.get("baseline_memory_mib")]
+    if baselines:
+        memory += f"; before training, the runtime alone held about {statistics.median(baselines):,.0f} MiB"
+    augment = ", ".join(f"{k}={v}" for k, v in asdict(recipe.augment).items())
+    lines += [
+        "",
+        f"![accuracy vs MACs]({plot_name})",
+        "",
+        "## Recipe (identical for every model)",
+        "",
+        f"- data: `{recipe.data}`",
+        f"- split (same images for every model): {_describe_splits(splits)}; metrics on the {evaluated} split",
+        f"- classes ({len(splits['train'].class_names)}): {', '.join(splits['train'].class_names)}",
+        f"- epochs: {recipe.epochs}, batch size: {recipe.batch_size}, optimizer: {recipe.optimizer}, "
+        f"lr: {recipe.lr}, weight decay: {recipe.weight_decay}, warm-up epochs: {recipe.warmup_epochs}, "
+        f"label smoothing: {recipe.label_smoothing}",
+        f"- image size: {sizes[0]}" if len(sizes) == 1 else "- image size: each model's default (see the table)",
+        f"- augmentation: {augment}; mixup {recipe.mixup}, cutmix {recipe.cutmix}",
+        f"- EMA: {recipe.ema_decay}, gradient clipping: {recipe.clip_grad_norm}, early stopping: "
+        f"{recipe.early_stopping}, balance: {recipe.balance}",
+        f"- precision: {recipe.precision}, seed: {recipe.seed}, device: {device}",
+        "",
+        "Notes: parameters and MACs (multiply-accumulates of one image, convolutions and linears) are for the "
+        "model as trained: its overrides, image size and class count. Train time is the whole run (epochs, "
+        "final evaluation, report); train img/s is the median over epochs; inference img/s times one fixed "
+        f"batch of {recipe.batch_size} in eval mode at the training precision, without data loading. "
+        f"Peak memory: {memory}.",
+        "",
+        "Model overrides: " + ("; ".join(f"{n} {c}" for n, c in overrides.items() if c) or "none") + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_macs(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Accuracy against MACs (log x), each finished model a labelled point."""
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    done = [r for r in rows if r.get("status") == "ok" and r.get("accuracy") is not None and r.get("macs")]
+    for r in done:
+        ax.scatter(r["macs"], r["accuracy"], s=40, zorder=3)
+        ax.annotate(r["model"], (r["macs"], r["accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    ax.set_xscale("log")
+    if done:
+        lo, hi = min(r["macs"] for r in done), max(r["macs"] for r in done)
+        ax.set_xlim(lo / 2, hi * 2)  # room for the labels, and a visible range for a single model
+    else:
+        ax.text(0.5, 0.5, "no model finished training", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(-0.02, 1.08)  # room for labels above a perfect score
+    ax.set_xlabel("MACs per image (log scale)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy vs compute")
+    ax.grid(True, which="both", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
+    return path
