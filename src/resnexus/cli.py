@@ -169,7 +169,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         return _run_train(args)
     if args.command == "compare":
-        from .engine.compare import compare
+        from .engine.comparison import compare
 
         base = train_config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "out"}))
         models = [m.strip() for m in args.models.split(",") if m.strip()]

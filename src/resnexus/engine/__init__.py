@@ -1,7 +1,7 @@
 """Training and inference: the loop (fit.py), checkpoints, evaluation, prediction, CV, comparisons."""
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .compare import CompareResult, compare
+from .comparison import CompareResult, compare
 from .crossval import CrossValResult, cross_validate
 from .fit import TrainConfig, TrainResult, train
 from .inference import evaluate, predict

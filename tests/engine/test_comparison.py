@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from resnexus.engine import TrainConfig, load_checkpoint, model_from_checkpoint
-from resnexus.engine.compare import COLUMNS, compare
+from resnexus.engine.comparison import COLUMNS, compare
 
 MODELS = ["resnet20_cifar", "lenet"]
 CONFIGS = {"resnet20_cifar": {"layers": (1, 1, 1)}, "lenet": {"img_size": 16}}
@@ -150,7 +150,7 @@ def test_bad_input_is_rejected_before_training(data, tmp_path):
 
 
 def test_a_failing_model_is_reported_and_the_others_still_run(data, tmp_path, monkeypatch):
-    import resnexus.engine.compare as cmp
+    import resnexus.engine.comparison as cmp
 
     real_train = cmp.train
 
