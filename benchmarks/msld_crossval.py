@@ -24,6 +24,7 @@ import torch
 
 from resnexus.engine import TrainConfig
 from resnexus.engine.crossval import cross_validate
+from resnexus.engine.fit import unused_path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "msld").resolve()
@@ -49,17 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _unused(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = Path(args.out) if args.out else _unused(REPO / "runs" / f"msld-cv-{args.model}")
+    out = Path(args.out) if args.out else unused_path(REPO / "runs" / f"msld-cv-{args.model}")
     config = TrainConfig(
         data=args.data, out=str(out), model=args.model, epochs=args.epochs, image_size=args.image_size,
         batch_size=args.batch_size, val_fraction=args.val_fraction, group_by="patient", seed=args.seed,

@@ -86,6 +86,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-grad", dest="clip_grad_norm", type=float, help="clip the gradient norm to this")
     p.add_argument("--early-stopping", type=int, help="stop after N epochs without better val accuracy")
     p.add_argument("--balance", choices=("none", "loss"), help="'loss': class-weighted loss for imbalanced data")
+    p.add_argument("--positive-class", help="two classes: the class sensitivity refers to (default: the second)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: from the machine)")
     p.add_argument("--overwrite", action="store_true", help="reuse an existing run directory")
 

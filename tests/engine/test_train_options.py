@@ -105,3 +105,13 @@ def test_cli_config_file_with_flag_override_and_resume(data, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("epochz: 3\n")
     assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "unknown keys ['epochz']" in capsys.readouterr().err
+
+
+def test_positive_class_reaches_metrics_and_checkpoint(data, tmp_path):
+    from .test_train import CLASSES
+
+    result = train(_config(data, tmp_path / "pos", epochs=1, positive_class=CLASSES[0]))
+    assert result.metrics["positive_class"] == CLASSES[0]
+    assert load_checkpoint(tmp_path / "pos/checkpoints/best.pt")["positive_class"] == CLASSES[0]
+    with pytest.raises(ValueError, match="is not one of the classes"):
+        train(_config(data, tmp_path / "pos2", epochs=1, positive_class="cats"))

@@ -203,3 +203,21 @@ def test_format_metrics_binary_and_multiclass():
     assert "accuracy 0.778" in text3 and "macro-F1 0.775" in text3 and "balanced 0.806" in text3
     assert "sensitivity" not in text3 and "specificity" not in text3
     assert "\n" not in text and len(text) < 200
+
+
+def test_positive_class_chooses_what_sensitivity_means():
+    import numpy as np
+
+    from resnexus.reports import classification_metrics
+
+    # class 0 = disease; 4 diseased (3 found), 6 healthy (5 cleared)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    pred = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 0])
+    probs = np.eye(2)[pred] * 0.8 + 0.1
+    default = classification_metrics(y, probs, ["Monkey Pox", "Others"])
+    disease = classification_metrics(y, probs, ["Monkey Pox", "Others"], positive_class="Monkey Pox")
+    assert (default["positive_class"], default["sensitivity"], default["specificity"]) == ("Others", 5 / 6, 3 / 4)
+    assert (disease["positive_class"], disease["sensitivity"], disease["specificity"]) == ("Monkey Pox", 3 / 4, 5 / 6)
+    assert disease["roc_auc"] == default["roc_auc"]  # symmetric for two classes
+    with pytest.raises(ValueError, match="positive class 'Mpox' is not one of the classes"):
+        classification_metrics(y, probs, ["Monkey Pox", "Others"], positive_class="Mpox")

@@ -76,6 +76,7 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     early_stopping: int | None = None  # stop after this many epochs without a better validation accuracy
     balance: str = "none"  # "loss": class-weighted cross-entropy for imbalanced classes
+    positive_class: str | None = None  # two classes: the one sensitivity is about (default: the second)
     resume: bool = False  # continue the run in `out` from checkpoints/last.pt
     overwrite: bool = False
     verbose: bool = True
@@ -113,6 +114,8 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
             test_fraction=config.test_fraction, seed=config.seed,
         )  # fmt: skip
     class_names = splits["train"].class_names
+    if config.positive_class is not None and config.positive_class not in class_names:
+        raise ValueError(f"--positive-class {config.positive_class!r} is not one of the classes {class_names}")
     entry = get_entry(config.model)
     size = config.image_size
     train_tf = train_transform(size, entry.mean, entry.std, config.augment)
@@ -216,7 +219,8 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         ckpt = make_checkpoint(
             eval_model, model_name=config.model, model_config=config.model_config, class_names=class_names,
             image_size=size, mean=entry.mean, std=entry.std, crop_fraction=config.crop_fraction,
-            extra={"epoch": epoch, "config": asdict(config), "history": history},
+            extra={"epoch": epoch, "config": asdict(config), "history": history,
+                   "positive_class": config.positive_class},
         )  # fmt: skip
         resume_state = {
             "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -239,7 +243,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     eval_model.load_state_dict(best["state_dict"])
     final_split = "test" if "test" in loaders else monitor
     y_true, probs, loss = predict_loader(eval_model, loaders[final_split], device, autocast, memory_format)
-    metrics = classification_metrics(y_true, probs, class_names)
+    metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
     metrics.update(split=final_split, loss=loss, best_epoch=best_epoch, model=config.model)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     seconds = time.perf_counter() - started
@@ -411,7 +415,7 @@ def _fill_defaults(config: TrainConfig) -> TrainConfig:
     if values["workers"] is None:
         values["workers"] = 0 if (torch.get_num_threads() <= 2) else min(8, torch.get_num_threads() // 2)
     if values["out"] is None:
-        values["out"] = str(_unused(Path("runs") / f"{Path(values['data']).name}-{values['model']}"))
+        values["out"] = str(unused_path(Path("runs") / f"{Path(values['data']).name}-{values['model']}"))
     if values["epochs"] < 1 or values["batch_size"] < 1 or values["image_size"] < 8:
         raise ValueError("epochs and batch size must be >= 1 and the image size >= 8 pixels")
     if values["balance"] not in ("none", "loss"):
@@ -419,7 +423,8 @@ def _fill_defaults(config: TrainConfig) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _unused(path: Path) -> Path:
+def unused_path(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... : the first that does not exist (runs are never overwritten)."""
     candidate, n = path, 1
     while candidate.exists():
         n += 1

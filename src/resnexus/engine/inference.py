@@ -39,7 +39,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 64, out
     model = model_from_checkpoint(ckpt).to(device)
     loader = DataLoader(ImageDataset(samples, _transform(ckpt)), batch_size=batch_size)
     y_true, probs, loss = predict_loader(model, loader, device)
-    metrics = classification_metrics(y_true, probs, ckpt["class_names"])
+    metrics = classification_metrics(y_true, probs, ckpt["class_names"], ckpt.get("positive_class"))
     metrics.update(loss=loss, checkpoint=str(checkpoint), data=str(root), model=ckpt["model_name"])
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -61,8 +61,8 @@ def _auc_or_none(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
     return auc if math.isfinite(auc) else None
 
 
-def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    """Binary: AUC of class 1's probability. Multi-class: macro mean of one-vs-rest AUCs.
+def _roc_auc(y: np.ndarray, p: np.ndarray, positive: int = 1) -> float | None:
+    """Binary: AUC of the positive class's probability. Multi-class: macro mean of one-vs-rest AUCs.
 
     The one-vs-rest AUCs are computed one class at a time (the same numbers as scikit-learn's
     ``multi_class="ovr"``) so that rows of probabilities need not sum to exactly 1 and a class
@@ -72,7 +72,7 @@ def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
     if k < 2:
         return None
     if k == 2:
-        return _auc_or_none((y == 1).astype(np.int64), p[:, 1])
+        return _auc_or_none((y == positive).astype(np.int64), p[:, positive])
     aucs = [_auc_or_none((y == c).astype(np.int64), p[:, c]) for c in range(k)]
     if any(a is None for a in aucs):
         return None
@@ -80,7 +80,10 @@ def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
 
 
 def classification_metrics(
-    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+    y_true: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    positive_class: str | None = None,
 ) -> dict:
     """Headline, per-class and confusion-matrix metrics of argmax predictions.
 
@@ -88,9 +91,15 @@ def classification_metrics(
     value in the result is a plain int/float/str/list/dict/None so it can go straight to JSON.
     Macro averages run over all K classes (a class absent from both labels and predictions
     counts as 0, via ``zero_division=0``); balanced accuracy is the mean recall over the
-    classes present in ``y_true``. For two classes, class index 1 is the "positive" class.
+    classes present in ``y_true``. For two classes, ``positive_class`` (default: class index 1)
+    is the one whose recall is the sensitivity, e.g. the disease in a disease-vs-others task.
     """
     y, p, names = _check_inputs(y_true, probs, class_names)
+    positive = 1
+    if positive_class is not None:
+        if positive_class not in names:
+            raise ValueError(f"positive class {positive_class!r} is not one of the classes {names}")
+        positive = names.index(positive_class)
     k = len(names)
     labels = list(range(k))
     pred = p.argmax(axis=1)
@@ -126,12 +135,12 @@ def classification_metrics(
         },
         "confusion_matrix": [[int(v) for v in row] for row in cm],
         "class_names": names,
-        "roc_auc": _roc_auc(y, p),
+        "roc_auc": _roc_auc(y, p, positive),
     }
     if k == 2:
-        out["sensitivity"] = float(rec[1])
-        out["specificity"] = float(rec[0])
-        out["positive_class"] = names[1]
+        out["sensitivity"] = float(rec[positive])
+        out["specificity"] = float(rec[1 - positive])
+        out["positive_class"] = names[positive]
     return out
 
 
