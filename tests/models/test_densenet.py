@@ -300,3 +300,13 @@ def test_keras_file_with_old_layer_names_loads_by_position_and_exactly(tmp_path)
     ours = resnexus.create_model("densenet121", weights=path).eval()  # PyTorch's eps: folded into the variance
     with torch.no_grad():
         assert max_abs_diff(ours(torch.from_numpy(x).permute(0, 3, 1, 2)), expected) < 2e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "keras_name"), [("densenet169", "DenseNet169"), ("densenet201", "DenseNet201")])
+def test_keras_layer_order_of_the_deeper_densenets(name: str, keras_name: str) -> None:
+    keras = pytest.importorskip("keras")
+    kmodel = getattr(keras.applications, keras_name)(weights=None, input_shape=(64, 64, 3))
+    with torch.device("meta"):
+        spec = resnexus.create_model(name).keras_layers()
+    assert [layer.name for layer in kmodel.layers if layer.weights] == [s.name for s in spec]
