@@ -115,3 +115,18 @@ def test_positive_class_reaches_metrics_and_checkpoint(data, tmp_path):
     assert load_checkpoint(tmp_path / "pos/checkpoints/best.pt")["positive_class"] == CLASSES[0]
     with pytest.raises(ValueError, match="is not one of the classes"):
         train(_config(data, tmp_path / "pos2", epochs=1, positive_class="cats"))
+
+
+def test_progress_bar_on_a_terminal_only(data, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(_config(data, tmp_path / "tty", epochs=1, verbose=True))
+    shown = terminal.getvalue()
+    assert "epoch 1/1" in shown and "img/s" in shown and "/16 [" in shown  # 2 full batches of 8 images

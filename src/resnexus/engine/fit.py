@@ -15,11 +15,12 @@ import csv
 import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -175,7 +176,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
         correct = torch.zeros((), device=device)
         seen = 0
-        for images, labels in loaders["train"]:
+        for images, labels in _progress(loaders["train"], f"epoch {epoch}/{config.epochs}", config.verbose):
             targets = labels
             if mixer is not None:  # soft targets: a mix of two images' one-hot labels
                 images, targets = mixer(images, labels)
@@ -296,6 +297,20 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _progress(loader: DataLoader, description: str, enabled: bool) -> Iterator[Any]:
+    """A tqdm bar (images/s and ETA) on an interactive terminal; plain iteration in logs and tests."""
+    if not (enabled and sys.stderr.isatty()):
+        yield from loader
+        return
+    from tqdm import tqdm
+
+    total = len(loader) * loader.batch_size if loader.drop_last else len(loader.dataset)
+    with tqdm(total=total, desc=description, unit="img", leave=False) as bar:
+        for images, labels in loader:
+            yield images, labels
+            bar.update(len(labels))
 
 
 def _make_ema(model: nn.Module, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
