@@ -146,3 +146,12 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
 def test_top_level_api_is_exported():
     assert resnexus.train is train and resnexus.TrainConfig is TrainConfig
     assert resnexus.evaluate is evaluate and resnexus.predict is predict
+
+
+def test_bad_data_leaves_no_run_directory_behind(tmp_path):
+    empty = tmp_path / "photos"
+    (empty / "cats").mkdir(parents=True)  # a class folder with no images
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="cats"):
+        train(TrainConfig(data=str(empty), out=str(out), model="resnet20_cifar", verbose=False))
+    assert not (out / "checkpoints").exists()  # so the corrected command can reuse --out

@@ -106,7 +106,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     config = _fill_defaults(config)
     log = print if config.verbose else (lambda *a, **k: None)
     seed_everything(config.seed)
-    run_dir = _prepare_run_dir(config)
+    run_dir = _check_run_dir(config)
 
     # -- data --------------------------------------------------------------------------------
     if splits is None:
@@ -150,6 +150,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         f"{'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
         f"{', channels_last' if channels_last else ''}; {config.epochs} epochs x {steps_per_epoch} steps")  # fmt: skip
 
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
     history: list[dict[str, Any]] = []
     best_score, best_epoch, first_epoch = -math.inf, 0, 1
     if config.resume and (run_dir / "checkpoints" / "last.pt").is_file():
@@ -447,7 +448,7 @@ def unused_path(path: Path) -> Path:
     return candidate
 
 
-def _prepare_run_dir(config: TrainConfig) -> Path:
+def _check_run_dir(config: TrainConfig) -> Path:
     """Never overwrite a finished or interrupted run silently."""
     run_dir = Path(config.out)
     if (run_dir / "checkpoints").exists() and not (config.overwrite or config.resume):
@@ -455,7 +456,6 @@ def _prepare_run_dir(config: TrainConfig) -> Path:
             f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out, "
             "or pass --overwrite"
         )
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
