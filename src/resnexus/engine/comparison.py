@@ -50,7 +50,7 @@ import torch
 
 from ..data import Samples, resolve_splits
 from ..models.registry import count_macs, create_model, get_entry
-from .fit import TrainConfig, _autocast_dtype, _describe_splits, _fill_defaults, train
+from .fit import TrainConfig, autocast_dtype, describe_splits, complete_config, train
 
 __all__ = ["COLUMNS", "CompareResult", "compare"]
 
@@ -117,11 +117,11 @@ def compare(
 
     # one config per model, all filled from the same base (the built-in digits when data is None)
     configs = {
-        name: _fill_defaults(replace(base, model=name, model_config=model_configs.get(name, {}), out=str(out / name)))
+        name: complete_config(replace(base, model=name, model_config=model_configs.get(name, {}), out=str(out / name)))
         for name in models
     }  # fmt: skip
     recipe = configs[models[0]]
-    _autocast_dtype(recipe.precision, torch.device("cpu"))  # a typo here would fail every run, later
+    autocast_dtype(recipe.precision, torch.device("cpu"))  # a typo here would fail every run, later
     if recipe.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}: expected 'sgd' or 'adamw'")
     taken = [str(out / n) for n in models if (out / n / "checkpoints").exists()]
@@ -227,7 +227,7 @@ def _inference_speed(config: TrainConfig, run_dir: Path) -> float:
     from .checkpoint import load_checkpoint, model_from_checkpoint
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp_dtype = _autocast_dtype(config.precision, device)
+    amp_dtype = autocast_dtype(config.precision, device)
     channels_last = config.channels_last if config.channels_last is not None else amp_dtype is not None
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model_from_checkpoint(load_checkpoint(run_dir / "checkpoints" / "best.pt"))
@@ -395,7 +395,7 @@ def _markdown(
         "## Recipe (identical for every model)",
         "",
         f"- data: `{recipe.data}`",
-        f"- split (same images for every model): {_describe_splits(splits)}; metrics on the {evaluated} split",
+        f"- split (same images for every model): {describe_splits(splits)}; metrics on the {evaluated} split",
         f"- classes ({len(splits['train'].class_names)}): {', '.join(splits['train'].class_names)}",
         f"- epochs: {recipe.epochs}, batch size: {recipe.batch_size}, optimizer: {recipe.optimizer}, "
         f"lr: {recipe.lr}, weight decay: {recipe.weight_decay}, warm-up epochs: {recipe.warmup_epochs}, "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DataError, Samples, kfold_splits, scan_folder, split_samples
-from .fit import TrainConfig, _fill_defaults, train
+from .fit import TrainConfig, complete_config, train
 
 # Headline metrics averaged over folds; sensitivity / specificity exist for two classes only.
 CV_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
@@ -66,7 +66,7 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
     started = time.perf_counter()
-    config = _fill_defaults(config)  # data (built-in digits when None), model, out, ...
+    config = complete_config(config)  # data (built-in digits when None), model, out, ...
     log = print if config.verbose else (lambda *a, **k: None)
     run_dir = Path(config.out)
     _check_run_dir(run_dir, folds, config)

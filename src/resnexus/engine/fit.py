@@ -103,7 +103,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     cross-validation and ``compare`` use it to give several runs exactly the same images.
     """
     started = time.perf_counter()
-    config = _fill_defaults(config)
+    config = complete_config(config)
     log = print if config.verbose else (lambda *a, **k: None)
     seed_everything(config.seed)
     run_dir = _check_run_dir(config)
@@ -127,12 +127,12 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
                       config, shuffle=name == "train")
         for name, samples in splits.items()
     }  # fmt: skip
-    log(f"data: {_describe_splits(splits)}; classes: {', '.join(class_names)}")
+    log(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
 
     # -- model, precision, optimiser ----------------------------------------------------------
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = create_model(config.model, num_classes=len(class_names), weights=config.weights, **config.model_config)
-    amp_dtype = _autocast_dtype(config.precision, device)
+    amp_dtype = autocast_dtype(config.precision, device)
     channels_last = config.channels_last if config.channels_last is not None else amp_dtype is not None
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
@@ -253,7 +253,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         run_dir, title=f"{config.model} on {Path(config.data).name}", metrics=metrics, history=history,
         y_true=y_true, probs=probs, class_names=class_names,
         details={"model": config.model, "parameters": f"{n_params:,}", "data": config.data,
-                 "images (train/val/test)": _describe_splits(splits), "evaluated on": final_split,
+                 "images (train/val/test)": describe_splits(splits), "evaluated on": final_split,
                  "epochs": config.epochs, "best epoch": best_epoch, "image size": size,
                  "batch size": config.batch_size, "optimizer": f"{config.optimizer}, lr {config.lr}",
                  "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
@@ -367,7 +367,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     raise ValueError(f"unknown optimizer {config.optimizer!r}: expected 'sgd' or 'adamw'")
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 where the hardware computes it natively, fp16 on older GPUs, else fp32."""
     if precision == "fp32":
         return None
@@ -412,8 +412,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _fill_defaults(config: TrainConfig) -> TrainConfig:
-    """The built-in dataset's recipe when no data is given; the model's input size otherwise."""
+def complete_config(config: TrainConfig) -> TrainConfig:
+    """Every unset field filled: the built-in recipe without data, the model's input size, a new run dir."""
     values = asdict(config) | {"augment": config.augment}
     if config.data is None:
         values["data"] = str(digits_folder())
@@ -468,6 +468,6 @@ def _write_history(history: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-def _describe_splits(splits: dict[str, Samples]) -> str:
+def describe_splits(splits: dict[str, Samples]) -> str:
     return " / ".join(f"{len(s)} {name}" for name, s in splits.items())
 
