@@ -391,7 +391,9 @@ def _loader(dataset: ImageDataset, config: TrainConfig, shuffle: bool) -> DataLo
         dataset,
         batch_size=config.batch_size,
         shuffle=shuffle,
-        drop_last=shuffle and len(dataset) > config.batch_size,
+        # drop only a last batch of one image (BatchNorm cannot train on it): on small medical
+        # data sets dropping a whole partial batch would skip up to a quarter of the photos
+        drop_last=shuffle and len(dataset) % config.batch_size == 1,
         num_workers=config.workers,
         generator=generator,
         worker_init_fn=_seed_worker,
