@@ -85,8 +85,12 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", dest="ema_decay", type=float, help="EMA decay of the weights, e.g. 0.999")
     p.add_argument("--clip-grad", dest="clip_grad_norm", type=float, help="clip the gradient norm to this")
     p.add_argument("--early-stopping", type=int, help="stop after N epochs without better val accuracy")
-    p.add_argument("--balance", choices=("none", "loss"), help="'loss': class-weighted loss for imbalanced data")
+    p.add_argument("--balance", choices=("none", "loss", "sampler"),
+                   help="imbalanced data: 'loss' weights the loss by class, 'sampler' draws balanced batches")
+    p.add_argument("--tta", action="store_true", help="validate and test on image + mirror image (flip averaging)")
     p.add_argument("--positive-class", help="two classes: the class sensitivity refers to (default: the second)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (slow start, may be faster)")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN_DIR/tensorboard")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: from the machine)")
     p.add_argument("--overwrite", action="store_true", help="reuse an existing run directory")
 
@@ -142,11 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", required=True, help="folder with class sub-folders (or its test/ part)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
+    ev.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
     pr = commands.add_parser("predict", help="predict images into a CSV file")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--input", required=True, help="an image or a folder (read in natural sort order)")
     pr.add_argument("--output", required=True, help="CSV: path,label,prob_<class>...")
     pr.add_argument("--id-label", action="store_true", help="write a Kaggle-style id,label file instead")
+    pr.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
+    ex = commands.add_parser("explain", help="Grad-CAM overlays: where in each image the evidence for a class lies")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--input", required=True, help="an image or a folder (class sub-folders are read too)")
+    ex.add_argument("--out", required=True, help="folder for <image>_gradcam.png files and explain.csv")
+    ex.add_argument("--target", help="class to explain (default: each image's predicted class)")
+    ex.add_argument("--layer", help="module to look at (default: the model's last stage, e.g. layer4)")
     models = commands.add_parser("models", help="list the registered models with parameters and MACs")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnext*'")
     models.add_argument("--family", help="only this family (resnet, resnext, res2net, densenet, ...)")
@@ -182,13 +194,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .engine import evaluate
         from .reports import format_metrics
 
-        metrics = evaluate(args.checkpoint, args.data, out=args.out)
+        metrics = evaluate(args.checkpoint, args.data, out=args.out, flip_tta=args.tta)
         print(f"{metrics['n']} images: {format_metrics(metrics)}")
         return 0
     if args.command == "predict":
         from .engine import predict
 
-        print(f"predictions: {predict(args.checkpoint, args.input, args.output, id_label=args.id_label)}")
+        written = predict(args.checkpoint, args.input, args.output, id_label=args.id_label, flip_tta=args.tta)
+        print(f"predictions: {written}")
+        return 0
+    if args.command == "explain":
+        from .engine.explain import explain
+
+        csv_path = explain(args.checkpoint, args.input, args.out, target=args.target, layer=args.layer)
+        print(f"Grad-CAM overlays: {csv_path.parent} (index: {csv_path})")
         return 0
     if args.command == "models":
         names = list_models(args.pattern, family=args.family)

@@ -190,3 +190,16 @@ def test_scan_csv_missing_file_named_with_row(tmp_path):
     csv = _csv(tmp_path / "l.csv", "path,label\nok.png,a\nok.png,b\ngone.png,a\n")
     with pytest.raises(DataError, match=r"row 4.*gone\.png"):
         scan_csv(csv)
+
+
+def test_scan_dataset_reads_folders_and_csvs_with_group_columns_or_regexes(tmp_path):
+    from resnexus.data import scan_dataset
+
+    for name in ("p1_a.png", "p1_b.png", "p2_a.png"):
+        write_image(tmp_path / "imgs" / name)
+    listing = _csv(tmp_path / "l.csv", "path,label,site\nimgs/p1_a.png,x,s1\nimgs/p1_b.png,y,s2\nimgs/p2_a.png,x,s2\n")
+    assert scan_dataset(listing, group_by="site").groups == ["s1", "s2", "s2"]  # a column
+    assert scan_dataset(listing, group_by=r"(p\d+)_").groups == ["p1", "p1", "p2"]  # a regex on names
+    assert scan_dataset(listing).groups == ["imgs/p1_a.png", "imgs/p1_b.png", "imgs/p2_a.png"]
+    write_image(tmp_path / "tree" / "cls" / "a.png")
+    assert scan_dataset(tmp_path / "tree").class_names == ["cls"]

@@ -130,3 +130,87 @@ def test_progress_bar_on_a_terminal_only(data, tmp_path, monkeypatch):
     train(_config(data, tmp_path / "tty", epochs=1, verbose=True))
     shown = terminal.getvalue()
     assert "epoch 1/1" in shown and "img/s" in shown and "/16 [" in shown  # 2 full batches of 8 images
+
+
+def test_balanced_sampler_draws_every_class_equally_often(data, tmp_path):
+    from resnexus.data import ImageDataset
+
+    samples = scan_folder(data).subset(list(range(16)) + list(range(16, 20)))  # 16 : 4
+    config = fit_module.complete_config(_config(data, tmp_path / "unused", balance="sampler", batch_size=5))
+    loader = fit_module._loader(ImageDataset(samples, lambda image: image[:, :2, :2]), config, shuffle=True)
+    drawn = []
+    for epoch in range(1, 11):  # re-seeded per epoch, as the training loop does
+        loader.generator.manual_seed(epoch)
+        drawn += [int(y) for _, labels in loader for y in labels]
+    assert len(drawn) == 10 * 20  # an epoch is still one data set's worth of images
+    assert 0.4 < sum(drawn) / len(drawn) < 0.6  # the 20 % minority class fills about half the batches
+    unbalanced = fit_module._loader(ImageDataset(samples, lambda image: image[:, :2, :2]),
+                                    fit_module.complete_config(_config(data, tmp_path / "u2", batch_size=5)), True)  # fmt: skip
+    assert sorted(int(y) for _, labels in unbalanced for y in labels) == sorted(samples.labels)
+    result = train(_config(data, tmp_path / "sampled", epochs=1, balance="sampler"))
+    assert result.history[0]["train_accuracy"] is not None
+
+
+def test_flip_tta_averages_the_image_and_its_mirror(data, tmp_path):
+    from resnexus.data import UnlabeledDataset, eval_transform, scan_unlabeled
+    from resnexus.engine import evaluate, model_from_checkpoint, predict
+
+    result = train(_config(data, tmp_path / "tta", epochs=1, tta=True))
+    assert result.metrics["split"] == "test"
+    ckpt_path = tmp_path / "tta/checkpoints/best.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    paths = scan_unlabeled(data)
+    dataset = UnlabeledDataset(paths, eval_transform(16, tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"]))
+    images = torch.stack([dataset[i][0] for i in range(len(paths))])
+    with torch.no_grad():
+        expected = 0.5 * (model(images).softmax(1) + model(images.flip(-1)).softmax(1))
+        plain = model(images).softmax(1)
+    assert not torch.allclose(expected, plain, atol=1e-4)  # the mirror really changes the answer
+    rows = predict(ckpt_path, data, tmp_path / "p.csv", flip_tta=True).read_text().splitlines()[1:]
+    got = torch.tensor([[float(v) for v in row.split(",")[-2:]] for row in rows])
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+    metrics = evaluate(ckpt_path, data, flip_tta=True)
+    assert metrics["flip_tta"] is True
+    assert metrics["accuracy"] == pytest.approx(float((expected.argmax(1) == torch.tensor(scan_folder(data).labels)).float().mean()))
+
+
+def test_train_and_evaluate_from_a_csv_with_a_group_column(data, tmp_path):
+    from resnexus.engine import evaluate
+
+    samples = scan_folder(data)
+    lines = ["path,label,patient"] + [
+        f"{p.relative_to(data).as_posix()},{samples.class_names[y]},p{i // 2}"  # two photos per patient
+        for i, (p, y) in enumerate(zip(samples.paths, samples.labels))
+    ]
+    listing = data / "labels.csv"
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        result = train(_config(listing, tmp_path / "csv", epochs=1, group_by="patient"))
+        metrics = evaluate(tmp_path / "csv/checkpoints/best.pt", listing)
+    finally:
+        listing.unlink()
+    assert result.metrics["n"] == 8 and metrics["n"] == 32
+    assert load_checkpoint(tmp_path / "csv/checkpoints/best.pt")["class_names"] == samples.class_names
+
+
+def test_tensorboard_events_hold_the_history(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(_config(data, tmp_path / "tb", epochs=2, tensorboard=True))
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr", "test/accuracy"} <= tags
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert logged == [(h["epoch"], pytest.approx(h["train_loss"], rel=1e-6)) for h in result.history]
+    assert events.Scalars("test/accuracy")[0].value == pytest.approx(result.metrics["accuracy"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(data, tmp_path):
+    eager = train(_config(data, tmp_path / "eager", epochs=1, lr=0.01))
+    compiled = train(_config(data, tmp_path / "compiled", epochs=1, lr=0.01, compile=True))
+    assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=1e-3)
+    keys = load_checkpoint(tmp_path / "compiled/checkpoints/best.pt")["state_dict"].keys()
+    assert not any(k.startswith("_orig_mod") for k in keys)  # checkpoints keep the plain model's names

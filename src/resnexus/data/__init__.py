@@ -14,6 +14,7 @@ from .scan import (
     group_ids,
     natural_key,
     scan_csv,
+    scan_dataset,
     scan_folder,
     scan_unlabeled,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "natural_key",
     "resolve_splits",
     "scan_csv",
+    "scan_dataset",
     "scan_folder",
     "scan_unlabeled",
     "split_samples",

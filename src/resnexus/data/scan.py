@@ -206,6 +206,27 @@ def scan_folder(
     return Samples(paths=paths, labels=labels, class_names=names, groups=groups, root=root)
 
 
+def scan_dataset(
+    source: str | Path, group_by: str | None = None, class_names: Sequence[str] | None = None
+) -> Samples:
+    """One labelled data set from a class-folder tree or a ``path,label`` CSV file.
+
+    For a CSV, ``group_by`` is a column name when the file has such a column, else (as for
+    folders) a regex on the file names.
+    """
+    source = Path(source).expanduser()
+    if source.suffix.lower() != ".csv" or not source.is_file():
+        return scan_folder(source, group_by, class_names)
+    with open(source, newline="", encoding="utf-8-sig") as f:
+        columns = [c.strip() for c in next(csv.reader(f), [])]
+    if group_by is not None and group_by in columns:
+        return scan_csv(source, group_column=group_by, class_names=class_names)
+    samples = scan_csv(source, class_names=class_names)
+    if group_by is not None:
+        samples.groups = group_ids([p.relative_to(samples.root) for p in samples.paths], group_by)
+    return samples
+
+
 def _inside(path: Path, root: Path) -> bool:
     try:
         path.relative_to(root)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from .scan import DataError, Samples, scan_folder
+from .scan import DataError, Samples, scan_dataset, scan_folder
 
 _VAL_DIRS = ("val", "valid", "validation")
 _MAX_FOLDS = 20  # finest fold grid used to approximate a holdout fraction with whole groups
@@ -187,9 +187,12 @@ def resolve_splits(
     A root with a ``train/`` folder (names matched case-insensitively) is used as given, with
     ``val/`` (or ``valid/``, ``validation/``) and ``test/`` when present; their class folders must
     be among train's, and val is carved out of train when absent (``test_fraction`` is then
-    unused). Any other root is one class-folder tree split by :func:`split_samples`.
+    unused). Any other root, or a ``path,label`` CSV file, is one data set split by
+    :func:`split_samples`.
     """
     root = Path(root).expanduser()
+    if root.suffix.lower() == ".csv" and root.is_file():
+        return split_samples(scan_dataset(root, group_by), val_fraction, test_fraction, seed)
     if not root.is_dir():
         raise DataError(f"data folder does not exist: {root}")
     train_dir = _find_dir(root, ["train"])

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import DataError, Samples, kfold_splits, scan_folder, split_samples
+from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
 from .fit import TrainConfig, complete_config, train
 
 # Headline metrics averaged over folds; sensitivity / specificity exist for two classes only.
@@ -167,6 +167,8 @@ def format_mean_std(mean: dict[str, float], std: dict[str, float | None], digits
 # -- pieces ---------------------------------------------------------------------------------------
 def _scan(config: TrainConfig) -> Samples:
     root = Path(config.data).expanduser()
+    if root.suffix.lower() == ".csv" and root.is_file():
+        return scan_dataset(root, config.group_by)
     if not root.is_dir():
         raise DataError(f"data folder does not exist: {root}")
     split_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.casefold() in {"train", "test"})
@@ -175,7 +177,7 @@ def _scan(config: TrainConfig) -> Samples:
             f"{root} is already split into {split_dirs}; cross-validation needs one class-folder tree "
             "(class sub-folders directly under the data folder)"
         )
-    return scan_folder(root, config.group_by)
+    return scan_dataset(root, config.group_by)
 
 
 def _fold_splits(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from ..data import AugmentConfig, ImageDataset, Samples, digits_folder, eval_transform, resolve_splits, train_transform
 from ..models.registry import create_model, get_entry
@@ -76,7 +76,10 @@ class TrainConfig:
     ema_decay: float | None = None  # e.g. 0.999: evaluate and keep an exponential moving average of the weights
     clip_grad_norm: float | None = None
     early_stopping: int | None = None  # stop after this many epochs without a better validation accuracy
-    balance: str = "none"  # "loss": class-weighted cross-entropy for imbalanced classes
+    balance: str = "none"  # imbalanced classes: "loss" (class-weighted cross-entropy) or "sampler" (balanced batches)
+    tta: bool = False  # validate and test on the mean of each image's and its mirror's probabilities
+    compile: bool = False  # torch.compile the training forward/backward (pays a compile time up front)
+    tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard (needs `tensorboard`)
     positive_class: str | None = None  # two classes: the one sensitivity is about (default: the second)
     resume: bool = False  # continue the run in `out` from checkpoints/last.pt
     overwrite: bool = False
@@ -137,6 +140,8 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     optimizer = _make_optimizer(model, config)
+    # the compiled wrapper only runs the training step; `model` (whose keys checkpoints use) is shared
+    train_forward = torch.compile(model) if config.compile else model
     steps_per_epoch = len(loaders["train"])
     scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
@@ -151,6 +156,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         f"{', channels_last' if channels_last else ''}; {config.epochs} epochs x {steps_per_epoch} steps")  # fmt: skip
 
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
+    board = _tensorboard_writer(run_dir) if config.tensorboard else None
     history: list[dict[str, Any]] = []
     best_score, best_epoch, first_epoch = -math.inf, 0, 1
     if config.resume and (run_dir / "checkpoints" / "last.pt").is_file():
@@ -184,7 +190,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
             images = images.to(device, memory_format=memory_format, non_blocking=True)
             labels, targets = labels.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with autocast():
-                logits = model(images)
+                logits = train_forward(images)
                 loss = F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -208,11 +214,18 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
             "val_accuracy": None,
         }
         if "val" in loaders:
-            y_val, p_val, row["val_loss"] = predict_loader(eval_model, loaders["val"], device, autocast, memory_format)
+            y_val, p_val, row["val_loss"] = predict_loader(
+                eval_model, loaders["val"], device, autocast, memory_format, config.tta
+            )
             row["val_accuracy"] = float((p_val.argmax(1) == y_val).mean())
         row["seconds"] = time.perf_counter() - epoch_start
         row["images_per_second"] = seen / row["seconds"]
         history.append(row)
+        if board is not None:
+            for key, value in row.items():
+                if key != "epoch" and value is not None:
+                    board.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, epoch)
+            board.flush()
 
         score = row[f"{monitor}_accuracy"]
         improved = score > best_score
@@ -244,10 +257,15 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=True)
     eval_model.load_state_dict(best["state_dict"])
     final_split = "test" if "test" in loaders else monitor
-    y_true, probs, loss = predict_loader(eval_model, loaders[final_split], device, autocast, memory_format)
+    y_true, probs, loss = predict_loader(eval_model, loaders[final_split], device, autocast, memory_format, config.tta)
     metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
     metrics.update(split=final_split, loss=loss, best_epoch=best_epoch, model=config.model)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if board is not None:
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss"):
+            if isinstance(metrics.get(key), float):
+                board.add_scalar(f"{final_split}/{key}", metrics[key], best_epoch)
+        board.close()
     seconds = time.perf_counter() - started
     write_report(
         run_dir, title=f"{config.model} on {Path(config.data).name}", metrics=metrics, history=history,
@@ -265,6 +283,14 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
 
 
 # -- pieces the loop uses ------------------------------------------------------------------------
+def class_probabilities(model: nn.Module, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
+    """Softmax of the logits in fp32; with ``flip_tta`` the mean over the image and its mirror."""
+    probs = model(images).float().softmax(1)
+    if flip_tta:
+        probs = 0.5 * (probs + model(images.flip(-1)).float().softmax(1))
+    return probs
+
+
 @torch.no_grad()
 def predict_loader(
     model: nn.Module,
@@ -272,6 +298,7 @@ def predict_loader(
     device: torch.device,
     autocast: Callable[[], Any] = nullcontext,
     memory_format: torch.memory_format = torch.contiguous_format,
+    flip_tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Labels, class probabilities and mean cross-entropy over a whole loader (eval mode)."""
     model.eval()
@@ -280,10 +307,10 @@ def predict_loader(
         images = images.to(device, memory_format=memory_format, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with autocast():
-            logits = model(images).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            probs = class_probabilities(model, images, flip_tta)
+        loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
         labels_all.append(labels.cpu())
-        probs_all.append(logits.softmax(1).cpu())
+        probs_all.append(probs.cpu())
     y = torch.cat(labels_all).numpy()
     return y, torch.cat(probs_all).numpy(), loss_sum.item() / max(1, len(y))
 
@@ -312,6 +339,15 @@ def _progress(loader: DataLoader, description: str, enabled: bool) -> Iterator[A
         for images, labels in loader:
             yield images, labels
             bar.update(len(labels))
+
+
+def _tensorboard_writer(run_dir: Path) -> Any:
+    """A SummaryWriter into RUN_DIR/tensorboard; TensorBoard is an optional dependency."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def _make_ema(model: nn.Module, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
@@ -386,11 +422,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def _loader(dataset: ImageDataset, config: TrainConfig, shuffle: bool) -> DataLoader:
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # re-seeded every epoch by the loop
+    sampler = None
+    if shuffle and config.balance == "sampler":
+        # every class drawn equally often (with replacement); an epoch is still len(dataset) images
+        counts = np.bincount(dataset.samples.labels, minlength=len(dataset.samples.class_names))
+        weights = torch.tensor(1.0 / counts[dataset.samples.labels], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         # drop only a last batch of one image (BatchNorm cannot train on it): on small medical
         # data sets dropping a whole partial batch would skip up to a quarter of the photos
         drop_last=shuffle and len(dataset) % config.batch_size == 1,
@@ -433,11 +476,13 @@ def complete_config(config: TrainConfig) -> TrainConfig:
     if values["workers"] is None:
         values["workers"] = 0 if (torch.get_num_threads() <= 2) else min(8, torch.get_num_threads() // 2)
     if values["out"] is None:
-        values["out"] = str(unused_path(Path("runs") / f"{Path(values['data']).name}-{values['model']}"))
+        data = Path(values["data"])
+        stem = data.stem if data.suffix.lower() == ".csv" else data.name
+        values["out"] = str(unused_path(Path("runs") / f"{stem}-{values['model']}"))
     if values["epochs"] < 1 or values["batch_size"] < 1 or values["image_size"] < 8:
         raise ValueError("epochs and batch size must be >= 1 and the image size >= 8 pixels")
-    if values["balance"] not in ("none", "loss"):
-        raise ValueError(f"unknown balance {values['balance']!r}: expected 'none' or 'loss'")
+    if values["balance"] not in ("none", "loss", "sampler"):
+        raise ValueError(f"unknown balance {values['balance']!r}: expected 'none', 'loss' or 'sampler'")
     return TrainConfig(**values)
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import ImageDataset, UnlabeledDataset, eval_transform, scan_folder, scan_unlabeled
+from ..data import ImageDataset, UnlabeledDataset, eval_transform, scan_dataset, scan_unlabeled
 from ..reports import classification_metrics
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .fit import predict_loader
+from .fit import class_probabilities, predict_loader
 
 
 def _device() -> torch.device:
@@ -28,19 +28,25 @@ def _transform(ckpt: dict[str, Any]):
     return eval_transform(ckpt["image_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"])
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 64, out: str | Path | None = None) -> dict[str, Any]:
-    """Metrics of a checkpoint on a labelled folder (class sub-folders, or its ``test/`` part)."""
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    batch_size: int = 64,
+    out: str | Path | None = None,
+    flip_tta: bool = False,
+) -> dict[str, Any]:
+    """Metrics of a checkpoint on labelled data: class sub-folders (or its ``test/`` part), or a CSV."""
     ckpt = load_checkpoint(checkpoint)
     root = Path(data)
     if (root / "test").is_dir():
         root = root / "test"
-    samples = scan_folder(root, class_names=ckpt["class_names"])
+    samples = scan_dataset(root, class_names=ckpt["class_names"])
     device = _device()
     model = model_from_checkpoint(ckpt).to(device)
     loader = DataLoader(ImageDataset(samples, _transform(ckpt)), batch_size=batch_size)
-    y_true, probs, loss = predict_loader(model, loader, device)
+    y_true, probs, loss = predict_loader(model, loader, device, flip_tta=flip_tta)
     metrics = classification_metrics(y_true, probs, ckpt["class_names"], ckpt.get("positive_class"))
-    metrics.update(loss=loss, checkpoint=str(checkpoint), data=str(root), model=ckpt["model_name"])
+    metrics.update(loss=loss, checkpoint=str(checkpoint), data=str(root), model=ckpt["model_name"], flip_tta=flip_tta)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(metrics, indent=2))
@@ -49,20 +55,28 @@ def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 64, out
 
 @torch.no_grad()
 def predict(
-    checkpoint: str | Path, inputs: str | Path, output: str | Path, batch_size: int = 64, id_label: bool = False
+    checkpoint: str | Path,
+    inputs: str | Path,
+    output: str | Path,
+    batch_size: int = 64,
+    id_label: bool = False,
+    flip_tta: bool = False,
 ) -> Path:
     """Write one row per image: ``path,label,<one probability column per class>``.
 
     Images are read in natural sort order (``img2`` before ``img10``). ``id_label=True`` writes the
     Kaggle submission form ``id,label`` instead (id = file stem; label = the probability of the
     second class for two classes, as the cats-vs-dogs competition scores it, else the class name).
+    ``flip_tta`` averages each image's probabilities with its mirror image's.
     """
     ckpt = load_checkpoint(checkpoint)
     paths = scan_unlabeled(inputs)
     device = _device()
     model = model_from_checkpoint(ckpt).to(device)
     loader = DataLoader(UnlabeledDataset(paths, _transform(ckpt)), batch_size=batch_size)
-    probs = np.concatenate([model(images.to(device)).float().softmax(1).cpu().numpy() for images, _ in loader])
+    probs = np.concatenate(
+        [class_probabilities(model, images.to(device), flip_tta).cpu().numpy() for images, _ in loader]
+    )
     names = ckpt["class_names"]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,139 @@
+"""Grad-CAM: which part of an image drove a checkpoint's prediction.
+
+Grad-CAM (Selvaraju et al., 2017) weights the channels of a late feature map by the mean gradient
+of a class score and keeps the positive part: a coarse map of the evidence for that class. The
+maths is captum's ``LayerGradCam``; this module picks the layer (the model's last stage by
+default), preprocesses exactly as ``predict`` does and draws overlays with matplotlib.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import UnlabeledDataset, scan_unlabeled
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .inference import _transform
+
+
+def default_cam_layer(model: nn.Module) -> str:
+    """The module Grad-CAM looks at: the deepest stage in ``feature_info``, else the last conv."""
+    info = getattr(model, "feature_info", None)
+    if info:
+        return info[-1].module
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no convolution for Grad-CAM to look at")
+    return convs[-1]
+
+
+def grad_cam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
+    """Grad-CAM maps (N, H, W) in [0, 1], upsampled to the input size, for class ``targets[i]``.
+
+    Each map is scaled by its own maximum; a map with no positive evidence is all zeros.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"no module {layer!r} in {type(model).__name__}; e.g. {default_cam_layer(model)!r}")
+    model.eval()
+    cam = LayerGradCam(model, modules[layer]).attribute(images, target=targets, relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam.float(), tuple(images.shape[-2:]), interpolate_mode="bilinear")
+    cam = cam[:, 0].clamp_min(0)
+    peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return (cam / peak).detach()
+
+
+def explain(
+    checkpoint: str | Path,
+    inputs: str | Path,
+    out: str | Path,
+    target: str | None = None,
+    layer: str | None = None,
+    batch_size: int = 16,
+) -> Path:
+    """Write a Grad-CAM overlay PNG per image into ``out`` and ``out/explain.csv``; returns the CSV.
+
+    ``target`` is a class name (default: each image's predicted class). The CSV lists path,
+    predicted class and probability, the class the map explains and the PNG's file name.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    names: list[str] = ckpt["class_names"]
+    if target is not None and target not in names:
+        raise ValueError(f"--target {target!r} is not one of the checkpoint's classes {names}")
+    paths = scan_unlabeled(inputs)
+    model = model_from_checkpoint(ckpt)
+    layer = layer or default_cam_layer(model)
+    dataset = UnlabeledDataset(paths, _transform(ckpt))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    used_names: set[str] = set()
+    for start in range(0, len(paths), batch_size):
+        batch_paths = paths[start : start + batch_size]
+        images = torch.stack([dataset[i][0] for i in range(start, start + len(batch_paths))])
+        with torch.no_grad():
+            probs = model(images).float().softmax(1)
+        predicted = probs.argmax(1)
+        targets = predicted if target is None else torch.full_like(predicted, names.index(target))
+        maps = grad_cam(model, images, targets, layer)
+        for i, path in enumerate(batch_paths):
+            png = _unique_name(f"{path.stem}_gradcam.png", used_names)
+            pred, tgt = names[int(predicted[i])], names[int(targets[i])]
+            title = f"predicted {pred} ({probs[i, predicted[i]]:.2f}); map for {tgt}"
+            _save_overlay(_unnormalize(images[i], ckpt), maps[i].numpy(), out / png, title)
+            rows.append({"path": str(path), "predicted": pred, "probability": f"{probs[i, predicted[i]]:.6f}",
+                         "target": tgt, "gradcam": png, "layer": layer})  # fmt: skip
+    csv_path = out / "explain.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    """Two inputs with the same stem (in different folders) must not overwrite each other's PNG."""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = name.replace("_gradcam.png", f"_{n}_gradcam.png")
+    used.add(candidate)
+    return candidate
+
+
+def _unnormalize(image: torch.Tensor, ckpt: dict[str, Any]) -> np.ndarray:
+    """The centre crop the model saw, back as an HWC float image in [0, 1]."""
+    mean = torch.tensor(ckpt["mean"])[:, None, None]
+    std = torch.tensor(ckpt["std"])[:, None, None]
+    rgb = (image * std + mean).clamp(0, 1)
+    if rgb.shape[0] == 1:
+        rgb = rgb.expand(3, -1, -1)
+    return rgb.permute(1, 2, 0).numpy()
+
+
+def _save_overlay(image: np.ndarray, cam: np.ndarray, path: Path, title: str) -> None:
+    """Side by side: the input crop, and the crop with the map blended over it (jet colour map)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
+    axes[0].imshow(image)
+    axes[0].set_title("input", fontsize=9)
+    axes[1].imshow(image)
+    shown = axes[1].imshow(cam, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+    axes[1].set_title("Grad-CAM", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
