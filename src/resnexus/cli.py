@@ -93,6 +93,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN_DIR/tensorboard")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: from the machine)")
     p.add_argument("--overwrite", action="store_true", help="reuse an existing run directory")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="train on the readable images instead of refusing to start; the report lists the rest")
 
 
 def train_config_from_args(args: argparse.Namespace) -> Any:
@@ -159,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="folder for <image>_gradcam.png files and explain.csv")
     ex.add_argument("--target", help="class to explain (default: each image's predicted class)")
     ex.add_argument("--layer", help="module to look at (default: the model's last stage, e.g. layer4)")
+    cd = commands.add_parser("check-data", help="find unreadable, oversized, duplicate and misplaced images")
+    cd.add_argument("data", help="class-folder tree (optionally train/ val/ test/) or a path,label CSV")
+    cd.add_argument("--max-pixels", type=int, help="larger images are refused as decompression bombs "
+                    "(default 100,000,000)")  # fmt: skip
+    cd.add_argument("--quiet", action="store_true", help="errors and warnings only, no notes")
     models = commands.add_parser("models", help="list the registered models with parameters and MACs")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnext*'")
     models.add_argument("--family", help="only this family (resnet, resnext, res2net, densenet, ...)")
@@ -173,7 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: one clear line
         print(f"resnexus {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupted:
+        from .engine.interrupt import TrainingInterrupted
+
+        if isinstance(interrupted, TrainingInterrupted):  # saved: say how to continue
+            print(f"resnexus {args.command}: {interrupted}", file=sys.stderr)
+            return interrupted.exit_code
         print(f"resnexus {args.command}: interrupted", file=sys.stderr)
         return 130
 
@@ -203,6 +215,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         written = predict(args.checkpoint, args.input, args.output, id_label=args.id_label, flip_tta=args.tta)
         print(f"predictions: {written}")
         return 0
+    if args.command == "check-data":
+        from .data.check import MAX_PIXELS, check_data
+
+        report = check_data(args.data, max_pixels=args.max_pixels or MAX_PIXELS)
+        print(report.format(notes=not args.quiet))
+        return 1 if report.errors else 0
     if args.command == "explain":
         from .engine.explain import explain
 

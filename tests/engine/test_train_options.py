@@ -140,7 +140,7 @@ def test_balanced_sampler_draws_every_class_equally_often(data, tmp_path):
     loader = fit_module._loader(ImageDataset(samples, lambda image: image[:, :2, :2]), config, shuffle=True)
     drawn = []
     for epoch in range(1, 11):  # re-seeded per epoch, as the training loop does
-        loader.generator.manual_seed(epoch)
+        loader.sampler.set_epoch(epoch)
         drawn += [int(y) for _, labels in loader for y in labels]
     assert len(drawn) == 10 * 20  # an epoch is still one data set's worth of images
     assert 0.4 < sum(drawn) / len(drawn) < 0.6  # the 20 % minority class fills about half the batches

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -67,6 +67,29 @@ class Samples:
             groups=[self.groups[i] for i in idx],
             root=self.root,
         )
+
+    def excluding(self, paths: Collection[Path]) -> Samples:
+        """These samples without the given files (compared by resolved path)."""
+        drop = {Path(p).resolve() for p in paths}
+        return self.subset([i for i, p in enumerate(self.paths) if p.resolve() not in drop])
+
+    def linking(self, same: Sequence[Sequence[Path]]) -> Samples:
+        """Groups merged so that each set of files in ``same`` (e.g. byte-identical duplicates)
+        ends on one side of every split, together with the rest of their groups."""
+        parent: dict[str, str] = {g: g for g in self.groups}
+
+        def root(g: str) -> str:
+            while parent[g] != g:
+                parent[g] = parent[parent[g]]
+                g = parent[g]
+            return g
+
+        where = {p.resolve(): g for p, g in zip(self.paths, self.groups)}
+        for files in same:
+            present = [where[r] for r in (Path(f).resolve() for f in files) if r in where]
+            for g in present[1:]:
+                parent[root(g)] = root(present[0])
+        return Samples(self.paths, self.labels, self.class_names, [root(g) for g in self.groups], self.root)
 
     def class_counts(self) -> dict[str, int]:
         """Images per class, in class order, zero for classes without images here."""

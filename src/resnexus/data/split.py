@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -181,6 +181,8 @@ def resolve_splits(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
+    exclude: Collection[Path] = (),
+    same_group: Sequence[Sequence[Path]] = (),
 ) -> dict[str, Samples]:
     """The splits of a dataset folder: the ones on disk if it has them, else made here.
 
@@ -188,26 +190,28 @@ def resolve_splits(
     ``val/`` (or ``valid/``, ``validation/``) and ``test/`` when present; their class folders must
     be among train's, and val is carved out of train when absent (``test_fraction`` is then
     unused). Any other root, or a ``path,label`` CSV file, is one data set split by
-    :func:`split_samples`.
+    :func:`split_samples`. ``exclude`` leaves files out (unreadable ones); each set of files in
+    ``same_group`` (byte-identical duplicates) is kept on one side of a split made here.
     """
     root = Path(root).expanduser()
+
+    def scan(source: Path, class_names: Sequence[str] | None = None) -> Samples:
+        return scan_dataset(source, group_by, class_names).excluding(exclude).linking(same_group)
+
     if root.suffix.lower() == ".csv" and root.is_file():
-        return split_samples(scan_dataset(root, group_by), val_fraction, test_fraction, seed)
+        return split_samples(scan(root), val_fraction, test_fraction, seed)
     if not root.is_dir():
         raise DataError(f"data folder does not exist: {root}")
     train_dir = _find_dir(root, ["train"])
     if train_dir is None:
-        return split_samples(scan_folder(root, group_by), val_fraction, test_fraction, seed)
-    train = scan_folder(train_dir, group_by)
+        return split_samples(scan(root), val_fraction, test_fraction, seed)
+    train = scan(train_dir)
     val_dir = _find_dir(root, _VAL_DIRS)
     test_dir = _find_dir(root, ["test"])
     if val_dir is not None:
-        result = {
-            "train": train,
-            "val": scan_folder(val_dir, group_by, class_names=train.class_names),
-        }
+        result = {"train": train, "val": scan(val_dir, train.class_names)}
     else:
         result = split_samples(train, val_fraction=val_fraction, test_fraction=0.0, seed=seed)
     if test_dir is not None:
-        result["test"] = scan_folder(test_dir, group_by, class_names=train.class_names)
+        result["test"] = scan(test_dir, train.class_names)
     return result

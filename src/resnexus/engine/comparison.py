@@ -50,7 +50,7 @@ import torch
 
 from ..data import Samples, resolve_splits
 from ..models.registry import count_macs, create_model, get_entry
-from .fit import TrainConfig, autocast_dtype, describe_splits, complete_config, train
+from .fit import TrainConfig, autocast_dtype, check_before_training, complete_config, describe_splits, train
 
 __all__ = ["COLUMNS", "CompareResult", "compare"]
 
@@ -129,10 +129,11 @@ def compare(
         raise FileExistsError(f"run directories already hold runs: {', '.join(taken)}; choose another out "
                               "or set overwrite")  # fmt: skip
 
-    # the one split every model sees
+    # the one split every model sees, of the images that passed the check
+    check = check_before_training(recipe, print if recipe.verbose else (lambda *a, **k: None))
     splits = resolve_splits(
         recipe.data, group_by=recipe.group_by, val_fraction=recipe.val_fraction,
-        test_fraction=recipe.test_fraction, seed=recipe.seed,
+        test_fraction=recipe.test_fraction, seed=recipe.seed, exclude=check.unreadable, same_group=check.duplicates,
     )  # fmt: skip
     num_classes = len(splits["train"].class_names)
 

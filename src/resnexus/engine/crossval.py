@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
-from .fit import TrainConfig, complete_config, train
+from .fit import TrainConfig, check_before_training, complete_config, train
 
 # Headline metrics averaged over folds; sensitivity / specificity exist for two classes only.
 CV_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
@@ -166,18 +166,20 @@ def format_mean_std(mean: dict[str, float], std: dict[str, float | None], digits
 
 # -- pieces ---------------------------------------------------------------------------------------
 def _scan(config: TrainConfig) -> Samples:
+    """The one labelled set the folds are cut from, checked first (unreadable files refused or skipped)."""
     root = Path(config.data).expanduser()
-    if root.suffix.lower() == ".csv" and root.is_file():
-        return scan_dataset(root, config.group_by)
-    if not root.is_dir():
+    is_csv = root.suffix.lower() == ".csv" and root.is_file()
+    if not is_csv and not root.is_dir():
         raise DataError(f"data folder does not exist: {root}")
-    split_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.casefold() in {"train", "test"})
-    if split_dirs:
-        raise DataError(
-            f"{root} is already split into {split_dirs}; cross-validation needs one class-folder tree "
-            "(class sub-folders directly under the data folder)"
-        )
-    return scan_dataset(root, config.group_by)
+    if not is_csv:
+        split_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.casefold() in {"train", "test"})
+        if split_dirs:
+            raise DataError(
+                f"{root} is already split into {split_dirs}; cross-validation needs one class-folder tree "
+                "(class sub-folders directly under the data folder)"
+            )
+    check = check_before_training(config, print if config.verbose else (lambda *a, **k: None))
+    return scan_dataset(root, config.group_by).excluding(check.unreadable).linking(check.duplicates)
 
 
 def _fold_splits(

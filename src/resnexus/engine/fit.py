@@ -26,12 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from ..data import AugmentConfig, ImageDataset, Samples, digits_folder, eval_transform, resolve_splits, train_transform
+from ..data.check import DataCheck, check_data
+from ..data.sampler import EpochSampler
+from ..data.scan import DataError
 from ..models.registry import create_model, get_entry
 from ..reports import classification_metrics, format_metrics, write_report
 from .checkpoint import make_checkpoint, save_atomic
+from .interrupt import StopOnSignal, TrainingInterrupted
 
 DEFAULT_MODEL = "resnext50_32x4d"
 # The built-in default: real handwritten digits (scikit-learn), a CIFAR-sized ResNet, ~2 minutes on 2 cores.
@@ -81,6 +85,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward/backward (pays a compile time up front)
     tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard (needs `tensorboard`)
     positive_class: str | None = None  # two classes: the one sensitivity is about (default: the second)
+    skip_bad_images: bool = False  # train on the readable images instead of refusing to start
     resume: bool = False  # continue the run in `out` from checkpoints/last.pt
     overwrite: bool = False
     verbose: bool = True
@@ -112,10 +117,14 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     run_dir = _check_run_dir(config)
 
     # -- data --------------------------------------------------------------------------------
+    skipped: list[str] = []
     if splits is None:
+        check = check_before_training(config, log)  # every file read once: no crash hours into the run
+        skipped = [str(p) for p in check.unreadable]
         splits = resolve_splits(
             config.data, group_by=config.group_by, val_fraction=config.val_fraction,
             test_fraction=config.test_fraction, seed=config.seed,
+            exclude=check.unreadable, same_group=check.duplicates,
         )  # fmt: skip
     class_names = splits["train"].class_names
     if config.positive_class is not None and config.positive_class not in class_names:
@@ -158,7 +167,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
     board = _tensorboard_writer(run_dir) if config.tensorboard else None
     history: list[dict[str, Any]] = []
-    best_score, best_epoch, first_epoch = -math.inf, 0, 1
+    best_score, best_epoch, first_epoch, partial = -math.inf, 0, 1, None
     if config.resume and (run_dir / "checkpoints" / "last.pt").is_file():
         state = torch.load(run_dir / "checkpoints" / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model_state"])
@@ -168,90 +177,117 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         if ema is not None:
             ema.load_state_dict(state["ema"])
         history, best_score, best_epoch = state["history"], state["best_score"], state["best_epoch"]
-        first_epoch = state["epoch"] + 1
-        log(f"resuming {run_dir} after epoch {state['epoch']}")
+        first_epoch, partial = state["epoch"] + 1, state.get("partial")
+        where = f"step {partial['step']} of epoch {first_epoch}" if partial else f"epoch {state['epoch']}"
+        log(f"resuming {run_dir} after {where}")
 
-    # -- epochs -------------------------------------------------------------------------------
-    monitor = "val" if "val" in loaders else "train"
-    for epoch in range(first_epoch, config.epochs + 1):
-        # Each epoch's shuffling and augmentation depend only on (seed, epoch), so a resumed run
-        # replays exactly what an uninterrupted one would have done.
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        loaders["train"].generator.manual_seed(config.seed * 100_003 + epoch)
-        epoch_start = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
-        correct = torch.zeros((), device=device)
-        seen = 0
-        for images, labels in _progress(loaders["train"], f"epoch {epoch}/{config.epochs}", config.verbose):
-            targets = labels
-            if mixer is not None:  # soft targets: a mix of two images' one-hot labels
-                images, targets = mixer(images, labels)
-            images = images.to(device, memory_format=memory_format, non_blocking=True)
-            labels, targets = labels.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast():
-                logits = train_forward(images)
-                loss = F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.detach() * labels.numel()
-            correct += (logits.detach().argmax(1) == labels).sum()
-            seen += labels.numel()
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum.item() / seen,
-            "train_accuracy": correct.item() / seen,
-            "val_loss": None,
-            "val_accuracy": None,
-        }
-        if "val" in loaders:
-            y_val, p_val, row["val_loss"] = predict_loader(
-                eval_model, loaders["val"], device, autocast, memory_format, config.tta
-            )
-            row["val_accuracy"] = float((p_val.argmax(1) == y_val).mean())
-        row["seconds"] = time.perf_counter() - epoch_start
-        row["images_per_second"] = seen / row["seconds"]
-        history.append(row)
-        if board is not None:
-            for key, value in row.items():
-                if key != "epoch" and value is not None:
-                    board.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, epoch)
-            board.flush()
-
-        score = row[f"{monitor}_accuracy"]
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch = score, epoch
-        ckpt = make_checkpoint(
+    def checkpoint(epoch_done: int) -> dict[str, Any]:
+        """What best.pt holds: the evaluated weights and everything inference needs."""
+        return make_checkpoint(
             eval_model, model_name=config.model, model_config=config.model_config, class_names=class_names,
             image_size=size, mean=entry.mean, std=entry.std, crop_fraction=config.crop_fraction,
-            extra={"epoch": epoch, "config": asdict(config), "history": history,
+            extra={"epoch": epoch_done, "config": asdict(config), "history": history,
                    "positive_class": config.positive_class},
         )  # fmt: skip
+
+    def save_last(ckpt: dict[str, Any], in_progress: dict[str, Any] | None = None) -> None:
+        """last.pt: ``ckpt`` plus what continuing needs (and the position, when stopped mid-epoch)."""
         resume_state = {
             "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "best_score": best_score, "best_epoch": best_epoch,
         } | ({"ema": ema.state_dict()} if ema is not None else {})  # fmt: skip
-        if improved:  # best first: a crash between the two saves never leaves last.pt ahead of best.pt
-            save_atomic(ckpt, run_dir / "checkpoints" / "best.pt")
+        if in_progress is not None:
+            resume_state["partial"] = in_progress
         save_atomic(ckpt | resume_state, run_dir / "checkpoints" / "last.pt")
-        _write_history(history, run_dir / "history.csv")
-        val = "" if row["val_loss"] is None else f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
-        log(f"epoch {epoch:3d}/{config.epochs} | train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-            f"{val} | {row['images_per_second']:.0f} img/s | {row['seconds']:.1f}s{' *' if improved else ''}")
-        if config.early_stopping and epoch - best_epoch >= config.early_stopping:
-            log(f"early stopping: no better {monitor} accuracy for {config.early_stopping} epochs")
-            break
+
+    # -- epochs -------------------------------------------------------------------------------
+    monitor = "val" if "val" in loaders else "train"
+    sampler: EpochSampler = loaders["train"].sampler
+    with StopOnSignal() as stop:  # SIGINT / SIGTERM: finish the step, save, exit with a resume hint
+        for epoch in range(first_epoch, config.epochs + 1):
+            # Each epoch's order and augmentation depend only on (seed, epoch), so a resumed run
+            # replays exactly what an uninterrupted one would have done.
+            torch.manual_seed(config.seed * 100_003 + epoch)
+            loaders["train"].generator.manual_seed(config.seed * 100_003 + epoch)
+            epoch_start = time.perf_counter()
+            model.train()
+            loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
+            correct = torch.zeros((), device=device)
+            seen, step = 0, 0
+            if partial is not None:  # stopped mid-epoch: skip the steps done, restore the RNG and sums
+                step, seen = partial["step"], partial["seen"]
+                loss_sum += partial["loss_sum"]
+                correct += partial["correct"]
+                torch.set_rng_state(partial["rng"])
+                partial = None
+            sampler.set_epoch(epoch, start=step * config.batch_size)
+            for images, labels in _progress(loaders["train"], f"epoch {epoch}/{config.epochs}", config.verbose):
+                targets = labels
+                if mixer is not None:  # soft targets: a mix of two images' one-hot labels
+                    images, targets = mixer(images, labels)
+                images = images.to(device, memory_format=memory_format, non_blocking=True)
+                labels, targets = labels.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                with autocast():
+                    logits = train_forward(images)
+                    loss = F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.clip_grad_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                loss_sum += loss.detach() * labels.numel()
+                correct += (logits.detach().argmax(1) == labels).sum()
+                seen += labels.numel()
+                step += 1
+                if stop.signal is not None:
+                    save_last(checkpoint(epoch - 1), {"step": step, "seen": seen, "loss_sum": loss_sum.item(),
+                                                      "correct": correct.item(), "rng": torch.get_rng_state()})  # fmt: skip
+                    raise TrainingInterrupted(run_dir, stop.signal, f"step {step} of epoch {epoch}")
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": loss_sum.item() / seen,
+                "train_accuracy": correct.item() / seen,
+                "val_loss": None,
+                "val_accuracy": None,
+            }
+            if "val" in loaders:
+                y_val, p_val, row["val_loss"] = predict_loader(
+                    eval_model, loaders["val"], device, autocast, memory_format, config.tta
+                )
+                row["val_accuracy"] = float((p_val.argmax(1) == y_val).mean())
+            row["seconds"] = time.perf_counter() - epoch_start
+            row["images_per_second"] = seen / row["seconds"]
+            history.append(row)
+            if board is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None:
+                        board.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, epoch)
+                board.flush()
+
+            score = row[f"{monitor}_accuracy"]
+            improved = score > best_score
+            if improved:
+                best_score, best_epoch = score, epoch
+            ckpt = checkpoint(epoch)
+            if improved:  # best first: a crash between the two saves never leaves last.pt ahead of best.pt
+                save_atomic(ckpt, run_dir / "checkpoints" / "best.pt")
+            save_last(ckpt)
+            _write_history(history, run_dir / "history.csv")
+            val = "" if row["val_loss"] is None else f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+            log(f"epoch {epoch:3d}/{config.epochs} | train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+                f"{val} | {row['images_per_second']:.0f} img/s | {row['seconds']:.1f}s{' *' if improved else ''}")
+            if stop.signal is not None and epoch < config.epochs:
+                raise TrainingInterrupted(run_dir, stop.signal, f"epoch {epoch}")
+            if config.early_stopping and epoch - best_epoch >= config.early_stopping:
+                log(f"early stopping: no better {monitor} accuracy for {config.early_stopping} epochs")
+                break
 
     # -- final evaluation of the best weights ---------------------------------------------------
     best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=True)
@@ -259,7 +295,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     final_split = "test" if "test" in loaders else monitor
     y_true, probs, loss = predict_loader(eval_model, loaders[final_split], device, autocast, memory_format, config.tta)
     metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
-    metrics.update(split=final_split, loss=loss, best_epoch=best_epoch, model=config.model)
+    metrics.update(split=final_split, loss=loss, best_epoch=best_epoch, model=config.model, skipped_images=skipped)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if board is not None:
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss"):
@@ -276,6 +312,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
                  "batch size": config.batch_size, "optimizer": f"{config.optimizer}, lr {config.lr}",
                  "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
                  "training time": f"{seconds:.0f} s", "seed": config.seed},
+        skipped=skipped,
     )  # fmt: skip
     log(f"{final_split}: {format_metrics(metrics)}")
     log(f"report: {run_dir / 'report.md'}")
@@ -315,6 +352,24 @@ def predict_loader(
     return y, torch.cat(probs_all).numpy(), loss_sum.item() / max(1, len(y))
 
 
+def check_before_training(config: TrainConfig, log: Callable[..., None] = print) -> DataCheck:
+    """Read every image once; refuse unreadable ones (listing them) unless ``skip_bad_images``."""
+    check = check_data(config.data)
+    if check.structural_errors:
+        raise DataError("the data cannot be trained on:\n" + "\n".join(map(str, check.structural_errors)))
+    bad = check.errors
+    if bad and not config.skip_bad_images:
+        raise DataError(
+            f"{len(bad)} image file(s) cannot be used; fix or remove them, or pass --skip-bad-images "
+            "to train on the rest:\n" + "\n".join(map(str, bad))
+        )
+    for finding in check.of("warning"):
+        log(f"warning: {finding.path}: {finding.detail}")
+    if bad:
+        log(f"skipping {len(bad)} unreadable image(s), listed in the report: " + ", ".join(str(f.path) for f in bad))
+    return check
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the peak rate, then cosine decay to zero, stepped every batch."""
 
@@ -334,7 +389,8 @@ def _progress(loader: DataLoader, description: str, enabled: bool) -> Iterator[A
         return
     from tqdm import tqdm
 
-    total = len(loader) * loader.batch_size if loader.drop_last else len(loader.dataset)
+    remaining = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
+    total = len(loader) * loader.batch_size if loader.drop_last else remaining
     with tqdm(total=total, desc=description, unit="img", leave=False) as bar:
         for images, labels in loader:
             yield images, labels
@@ -422,23 +478,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def _loader(dataset: ImageDataset, config: TrainConfig, shuffle: bool) -> DataLoader:
-    generator = torch.Generator().manual_seed(config.seed)  # re-seeded every epoch by the loop
+    """Training (``shuffle``) or evaluation batches; training order comes from an :class:`EpochSampler`."""
     sampler = None
-    if shuffle and config.balance == "sampler":
-        # every class drawn equally often (with replacement); an epoch is still len(dataset) images
-        counts = np.bincount(dataset.samples.labels, minlength=len(dataset.samples.class_names))
-        weights = torch.tensor(1.0 / counts[dataset.samples.labels], dtype=torch.double)
-        sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+    if shuffle:
+        sampler = EpochSampler(dataset.samples.labels, config.seed, balance=config.balance == "sampler")
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle and sampler is None,
         sampler=sampler,
         # drop only a last batch of one image (BatchNorm cannot train on it): on small medical
         # data sets dropping a whole partial batch would skip up to a quarter of the photos
         drop_last=shuffle and len(dataset) % config.batch_size == 1,
         num_workers=config.workers,
-        generator=generator,
+        generator=torch.Generator().manual_seed(config.seed),  # workers' seeds; re-seeded every epoch
         worker_init_fn=_seed_worker,
         persistent_workers=config.workers > 0,
         pin_memory=torch.cuda.is_available(),
@@ -467,9 +519,9 @@ def complete_config(config: TrainConfig) -> TrainConfig:
                 values[key] = value
     values["model"] = values["model"] or DEFAULT_MODEL
     entry = get_entry(values["model"])  # unknown names fail here, before any work
-    values["image_size"] = values["image_size"] or entry.input_size[1]
-    values["epochs"] = values["epochs"] or 30
-    values["batch_size"] = values["batch_size"] or 32
+    for key, default in (("image_size", entry.input_size[1]), ("epochs", 30), ("batch_size", 32)):
+        if values[key] is None:  # only unset values: a typed 0 must be rejected below, not replaced
+            values[key] = default
     if values["lr"] is None:
         values["lr"] = 0.1 * values["batch_size"] / 256 if values["optimizer"] == "sgd" else 1e-3
     values["augment"] = values["augment"] or AugmentConfig()

@@ -187,12 +187,14 @@ def write_report(
     probs: np.ndarray,
     class_names: Sequence[str],
     details: dict[str, object] | None = None,
+    skipped: Sequence[str] = (),
 ) -> Path:
     """Write ``run_dir/report.md`` with its plots in ``run_dir/plots/`` and return its path.
 
     The report is self-contained Markdown with relative image links, so the run directory
     can be moved or zipped and still render. ``metrics`` is a ``classification_metrics``
-    result for ``y_true``/``probs`` (computed here if it is empty).
+    result for ``y_true``/``probs`` (computed here if it is empty). ``skipped`` lists image files
+    left out as unreadable (``--skip-bad-images``).
     """
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
@@ -260,6 +262,10 @@ def write_report(
         md += [f"![ROC curve](plots/{roc_png.name})", ""]
     else:
         md += ["ROC curve undefined: the evaluation set needs samples of more than one class.", ""]
+
+    if skipped:
+        md += ["## Skipped images", "", f"{len(skipped)} unreadable image(s) were left out (`--skip-bad-images`):", ""]
+        md += [f"- `{path}`" for path in skipped] + [""]
 
     md += ["## Training history", ""]
     if has_history:
