@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on labelled data, or predict a folder of images into a CSV file.
 
 Both start from a checkpoint alone: it carries the model, the class names and the preprocessing.
+An exported ``.onnx`` file (``resnexus export``) works in its place and runs on onnxruntime.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from ..data import ImageDataset, UnlabeledDataset, eval_transform, scan_dataset, scan_unlabeled
 from ..reports import classification_metrics
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .export import load_for_inference
 from .fit import class_probabilities, predict_loader
 
 
@@ -36,13 +37,13 @@ def evaluate(
     flip_tta: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on labelled data: class sub-folders (or its ``test/`` part), or a CSV."""
-    ckpt = load_checkpoint(checkpoint)
+    model, ckpt = load_for_inference(checkpoint)
     root = Path(data)
     if (root / "test").is_dir():
         root = root / "test"
     samples = scan_dataset(root, class_names=ckpt["class_names"])
-    device = _device()
-    model = model_from_checkpoint(ckpt).to(device)
+    device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    model = model.to(device)
     loader = DataLoader(ImageDataset(samples, _transform(ckpt)), batch_size=batch_size)
     y_true, probs, loss = predict_loader(model, loader, device, flip_tta=flip_tta)
     metrics = classification_metrics(y_true, probs, ckpt["class_names"], ckpt.get("positive_class"))
@@ -69,10 +70,10 @@ def predict(
     second class for two classes, as the cats-vs-dogs competition scores it, else the class name).
     ``flip_tta`` averages each image's probabilities with its mirror image's.
     """
-    ckpt = load_checkpoint(checkpoint)
+    model, ckpt = load_for_inference(checkpoint)
     paths = scan_unlabeled(inputs)
-    device = _device()
-    model = model_from_checkpoint(ckpt).to(device)
+    device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    model = model.to(device)
     loader = DataLoader(UnlabeledDataset(paths, _transform(ckpt)), batch_size=batch_size)
     probs = np.concatenate(
         [class_probabilities(model, images.to(device), flip_tta).cpu().numpy() for images, _ in loader]
