@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,6 +50,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="initial weights file or URL (torchvision, timm, Keras, resnexus)")
     p.add_argument("--folds", type=int, help="K-fold cross-validation (stratified, grouped): each fold is the test "
                    "set once, validation is --val-fraction of the rest; reports mean +- std")  # fmt: skip
+    p.add_argument("--nproc", type=int, help="train data-parallel in N processes on this machine "
+                   "(runs torchrun --standalone --nproc_per_node N); --batch-size is the global batch")  # fmt: skip
     _add_recipe_flags(p)
 
 
@@ -88,11 +91,15 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--balance", choices=("none", "loss", "sampler"),
                    help="imbalanced data: 'loss' weights the loss by class, 'sampler' draws balanced batches")
     p.add_argument("--tta", action="store_true", help="validate and test on image + mirror image (flip averaging)")
+    p.add_argument("--select", choices=("auto", "val", "last"),
+                   help="best.pt: 'val' best validation accuracy, 'last' final weights; 'auto' (default): "
+                   "'val' with >= 100 validation images, else 'last'")  # fmt: skip
     p.add_argument("--positive-class", help="two classes: the class sensitivity refers to (default: the second)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (slow start, may be faster)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN_DIR/tensorboard")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: from the machine)")
     p.add_argument("--overwrite", action="store_true", help="reuse an existing run directory")
+    p.add_argument("--sync-bn", action="store_true", help="several GPU processes: BatchNorm over the global batch")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="train on the readable images instead of refusing to start; the report lists the rest")
 
@@ -103,7 +110,7 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     from .engine import TrainConfig
     from .engine.fit import resume_config
 
-    not_config = ("command", "config_file", "resume", "folds", "models", "no_isolate")
+    not_config = ("command", "config_file", "resume", "folds", "models", "no_isolate", "nproc")
     given = {k: v for k, v in vars(args).items() if k not in not_config}
     if getattr(args, "resume", None):
         config = resume_config(args.resume)
@@ -125,9 +132,12 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     return TrainConfig(**(values | given))
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .engine import train
 
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(nproc, argv)
     config = train_config_from_args(args)
     folds = getattr(args, "folds", None)
     if folds is not None:
@@ -137,6 +147,24 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         train(config)
     return 0
+
+
+def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """``train --nproc N``: the same command under torchrun, N processes on this machine."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:  # drop --nproc N / --nproc=N, keep everything else as typed
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "resnexus", *rest]  # fmt: skip
+    print("launching: " + " ".join(command[1:]), flush=True)
+    return subprocess.call(command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,9 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        return _dispatch(args, argv)
     except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: one clear line
         print(f"resnexus {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -195,9 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "train":
-        return _run_train(args)
+        return _run_train(args, argv)
     if args.command == "compare":
         from .engine.comparison import compare
 

@@ -155,16 +155,3 @@ def test_bad_data_leaves_no_run_directory_behind(tmp_path):
     with pytest.raises(ValueError, match="cats"):
         train(TrainConfig(data=str(empty), out=str(out), model="resnet20_cifar", verbose=False))
     assert not (out / "checkpoints").exists()  # so the corrected command can reuse --out
-
-
-def test_every_training_image_is_used_unless_one_is_left_alone():
-    from resnexus.data import ImageDataset, Samples
-    from resnexus.engine.fit import _loader
-
-    def loader(n: int, batch: int):
-        samples = Samples(paths=[Path(f"{i}.png") for i in range(n)], labels=[0] * n, class_names=["a"],
-                          groups=[str(i) for i in range(n)], root=Path("."))  # fmt: skip
-        return _loader(ImageDataset(samples, lambda x: x), TrainConfig(batch_size=batch, workers=0), shuffle=True)
-
-    assert not loader(87, 32).drop_last and len(loader(87, 32)) == 3  # 32 + 32 + 23: no photo skipped
-    assert loader(33, 32).drop_last and len(loader(33, 32)) == 1  # a batch of one would break BatchNorm

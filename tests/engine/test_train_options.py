@@ -132,23 +132,10 @@ def test_progress_bar_on_a_terminal_only(data, tmp_path, monkeypatch):
     assert "epoch 1/1" in shown and "img/s" in shown and "/16 [" in shown  # 2 full batches of 8 images
 
 
-def test_balanced_sampler_draws_every_class_equally_often(data, tmp_path):
-    from resnexus.data import ImageDataset
-
-    samples = scan_folder(data).subset(list(range(16)) + list(range(16, 20)))  # 16 : 4
-    config = fit_module.complete_config(_config(data, tmp_path / "unused", balance="sampler", batch_size=5))
-    loader = fit_module._loader(ImageDataset(samples, lambda image: image[:, :2, :2]), config, shuffle=True)
-    drawn = []
-    for epoch in range(1, 11):  # re-seeded per epoch, as the training loop does
-        loader.sampler.set_epoch(epoch)
-        drawn += [int(y) for _, labels in loader for y in labels]
-    assert len(drawn) == 10 * 20  # an epoch is still one data set's worth of images
-    assert 0.4 < sum(drawn) / len(drawn) < 0.6  # the 20 % minority class fills about half the batches
-    unbalanced = fit_module._loader(ImageDataset(samples, lambda image: image[:, :2, :2]),
-                                    fit_module.complete_config(_config(data, tmp_path / "u2", batch_size=5)), True)  # fmt: skip
-    assert sorted(int(y) for _, labels in unbalanced for y in labels) == sorted(samples.labels)
+def test_balanced_sampler_trains(data, tmp_path):
     result = train(_config(data, tmp_path / "sampled", epochs=1, balance="sampler"))
-    assert result.history[0]["train_accuracy"] is not None
+    assert load_checkpoint(tmp_path / "sampled/checkpoints/best.pt")["config"]["balance"] == "sampler"
+    assert 0 <= result.history[0]["train_accuracy"] <= 1
 
 
 def test_flip_tta_averages_the_image_and_its_mirror(data, tmp_path):
@@ -214,3 +201,15 @@ def test_compiled_training_matches_eager(data, tmp_path):
     assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=1e-3)
     keys = load_checkpoint(tmp_path / "compiled/checkpoints/best.pt")["state_dict"].keys()
     assert not any(k.startswith("_orig_mod") for k in keys)  # checkpoints keep the plain model's names
+
+
+def test_small_validation_sets_keep_the_final_weights(data, tmp_path):
+    auto = train(_config(data, tmp_path / "auto", epochs=3))  # 6 validation images: too few to choose by
+    best, last = (load_checkpoint(tmp_path / f"auto/checkpoints/{n}.pt") for n in ("best", "last"))
+    assert auto.best_epoch == 3 and best["epoch"] == 3
+    assert all(torch.equal(best["state_dict"][k], last["state_dict"][k]) for k in best["state_dict"])
+    chosen = train(_config(data, tmp_path / "val", epochs=3, select="val"))
+    scores = [(h["val_accuracy"], -h["val_loss"]) for h in chosen.history]
+    assert chosen.best_epoch == 1 + scores.index(max(scores))  # best accuracy, ties to the lower loss
+    with pytest.raises(ValueError, match="unknown select 'best'"):
+        train(_config(data, tmp_path / "bad", select="best"))

@@ -120,8 +120,15 @@ class ImageDataset(Dataset):
             self._cache[i] = img
         return img
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.image(i)), self.samples.labels[i]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """Image ``key`` transformed; ``(index, seed)`` (from a training sampler) seeds the random
+        augmentation, so it does not depend on which process or worker loads the image."""
+        if isinstance(key, tuple):
+            i, seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.transform(self.image(i)), self.samples.labels[i]
+        return self.transform(self.image(key)), self.samples.labels[key]
 
 
 class UnlabeledDataset(Dataset):

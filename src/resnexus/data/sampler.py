@@ -1,8 +1,19 @@
-"""The order in which an epoch visits the training images, from (seed, epoch) alone.
+"""Which images each training step sees, from (seed, epoch) alone, for one process or many.
 
-Because the order does not depend on what ran before, a run resumed at any epoch, or in the
-middle of one (``set_epoch(epoch, start=...)``), visits exactly the images an uninterrupted run
-would have visited. ``balance=True`` draws every class equally often, with replacement.
+An epoch's order is a permutation drawn from (seed, epoch); it is cut into *global* batches of
+``batch_size`` images, and with ``world`` processes rank ``r`` takes the r-th of ``world`` nearly
+equal parts of every global batch. So
+
+* a run resumed at any epoch, or mid-epoch (``set_epoch(epoch, start=step)``), sees exactly the
+  batches an uninterrupted run would have seen;
+* N processes together see exactly the batches one process sees with the same global batch.
+
+Each item is ``(index, sample_seed)``: :class:`~resnexus.data.ImageDataset` seeds the image's
+augmentation with it, so an image is augmented the same way whichever process or DataLoader
+worker loads it. ``balance=True`` draws every class equally often (with replacement).
+
+A last global batch of a single image is dropped (BatchNorm cannot train on one image); with
+several processes, so is a last batch too small to give every process an image.
 """
 
 from __future__ import annotations
@@ -14,29 +25,67 @@ import torch
 from torch.utils.data import Sampler
 
 
-class EpochSampler(Sampler[int]):
-    def __init__(self, labels: Sequence[int], seed: int, shuffle: bool = True, balance: bool = False) -> None:
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one image in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        balance: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if batch_size < world:
+            raise ValueError(f"the global batch size ({batch_size}) must be at least the number of processes ({world})")
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.seed, self.shuffle, self.balance = seed, shuffle, balance
+        self.batch_size, self.seed, self.shuffle, self.balance = batch_size, seed, shuffle, balance
+        self.rank, self.world = rank, world
         self.epoch, self.start = 1, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Visit epoch ``epoch``'s order from position ``start`` on (0: the whole epoch)."""
+        """Epoch ``epoch``'s batches from step ``start`` on (0: the whole epoch)."""
         self.epoch, self.start = epoch, start
 
-    def order(self) -> torch.Tensor:
+    def order(self) -> np.ndarray:
         n = len(self.labels)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.balance:
             counts = np.bincount(self.labels)
             weights = torch.from_numpy(1.0 / counts[self.labels])
-            return torch.multinomial(weights, n, replacement=True, generator=generator)
+            return torch.multinomial(weights, n, replacement=True, generator=generator).numpy()
         if self.shuffle:
-            return torch.randperm(n, generator=generator)
-        return torch.arange(n)
+            return torch.randperm(n, generator=generator).numpy()
+        return np.arange(n)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start :].tolist())
+    def global_batches(self) -> list[np.ndarray]:
+        """The epoch's global batches (all processes together), the too-small last one dropped."""
+        order = self.order()
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if batches and len(batches[-1]) < max(2, self.world):
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.global_batches()[self.start :]:
+            share = np.array_split(batch, self.world)[self.rank]
+            yield [(int(i), sample_seed(self.seed, self.epoch, int(i))) for i in share]
 
     def __len__(self) -> int:
-        return max(0, len(self.labels) - self.start)
+        n, b = len(self.labels), self.batch_size
+        full, rest = divmod(n, b)
+        return max(0, full + (rest >= max(2, self.world)) - self.start)
+
+    def images(self) -> int:
+        """Images this process sees in the remaining steps of the epoch."""
+        return sum(len(np.array_split(b, self.world)[self.rank]) for b in self.global_batches()[self.start :])
+
+    def global_size(self, step: int) -> int:
+        """Images in global batch ``step`` (0-based) of the current epoch: all processes together."""
+        n, b = len(self.labels), self.batch_size
+        return min(b, n - step * b)

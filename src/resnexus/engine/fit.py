@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import random
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -30,10 +31,11 @@ from torch.utils.data import DataLoader
 
 from ..data import AugmentConfig, ImageDataset, Samples, digits_folder, eval_transform, resolve_splits, train_transform
 from ..data.check import DataCheck, check_data
-from ..data.sampler import EpochSampler
+from ..data.sampler import EpochBatches
 from ..data.scan import DataError
 from ..models.registry import create_model, get_entry
 from ..reports import classification_metrics, format_metrics, write_report
+from . import distributed
 from .checkpoint import make_checkpoint, save_atomic
 from .interrupt import StopOnSignal, TrainingInterrupted
 
@@ -82,10 +84,12 @@ class TrainConfig:
     early_stopping: int | None = None  # stop after this many epochs without a better validation accuracy
     balance: str = "none"  # imbalanced classes: "loss" (class-weighted cross-entropy) or "sampler" (balanced batches)
     tta: bool = False  # validate and test on the mean of each image's and its mirror's probabilities
+    select: str = "auto"  # best.pt: "val" (best validation accuracy), "last" (final weights), "auto" (see below)
     compile: bool = False  # torch.compile the training forward/backward (pays a compile time up front)
     tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard (needs `tensorboard`)
     positive_class: str | None = None  # two classes: the one sensitivity is about (default: the second)
     skip_bad_images: bool = False  # train on the readable images instead of refusing to start
+    sync_bn: bool = False  # several GPU processes: BatchNorm statistics over the global batch
     resume: bool = False  # continue the run in `out` from checkpoints/last.pt
     overwrite: bool = False
     verbose: bool = True
@@ -112,9 +116,12 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     """
     started = time.perf_counter()
     config = complete_config(config)
-    log = print if config.verbose else (lambda *a, **k: None)
+    ctx = distributed.setup()  # one process, or this one's rank under torchrun
+    main = ctx.is_main  # only rank 0 writes files and logs
+    log = print if config.verbose and main else (lambda *a, **k: None)
     seed_everything(config.seed)
     run_dir = _check_run_dir(config)
+    ctx.barrier()  # every rank has checked the run directory before rank 0 writes into it
 
     # -- data --------------------------------------------------------------------------------
     skipped: list[str] = []
@@ -134,23 +141,34 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     train_tf = train_transform(size, entry.mean, entry.std, config.augment)
     eval_tf = eval_transform(size, entry.mean, entry.std, config.crop_fraction)
     cache = math.ceil(size / config.crop_fraction)  # small data sets: decode each image once
-    loaders = {
-        name: _loader(ImageDataset(samples, train_tf if name == "train" else eval_tf, cache_size=cache),
-                      config, shuffle=name == "train")
-        for name, samples in splits.items()
-    }  # fmt: skip
+    batches = EpochBatches(splits["train"].labels, config.batch_size, config.seed,
+                           balance=config.balance == "sampler", rank=ctx.rank, world=ctx.world)  # fmt: skip
+    loaders = {"train": _loader(ImageDataset(splits["train"], train_tf, cache_size=cache), config, batches)}
+    shards = {name: ctx.shard(len(samples)) for name, samples in splits.items() if name != "train"}
+    for name, indices in shards.items():  # evaluation: each rank predicts its share, then all are gathered
+        loaders[name] = _loader(ImageDataset(splits[name].subset(indices), eval_tf, cache_size=cache), config)
     log(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
 
     # -- model, precision, optimiser ----------------------------------------------------------
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = ctx.device
     model = create_model(config.model, num_classes=len(class_names), weights=config.weights, **config.model_config)
     amp_dtype = autocast_dtype(config.precision, device)
     channels_last = config.channels_last if config.channels_last is not None else amp_dtype is not None
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if config.sync_bn:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPUs")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format)
     optimizer = _make_optimizer(model, config)
-    # the compiled wrapper only runs the training step; `model` (whose keys checkpoints use) is shared
-    train_forward = torch.compile(model) if config.compile else model
+    # DDP and compile wrap only the training step; `model` (whose keys checkpoints use) is shared
+    train_forward = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        train_forward = torch.compile(train_forward)
     steps_per_epoch = len(loaders["train"])
     scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
@@ -160,14 +178,15 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     mixer = _make_mixer(config, len(class_names))
     class_weights = _class_weights(splits["train"], device) if config.balance == "loss" else None
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {config.model} ({n_params:,} params) on {device}, "
+    log(f"model: {config.model} ({n_params:,} params) on {device}{f' x {ctx.world} processes' if ctx.enabled else ''}, "
         f"{'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
         f"{', channels_last' if channels_last else ''}; {config.epochs} epochs x {steps_per_epoch} steps")  # fmt: skip
 
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
-    board = _tensorboard_writer(run_dir) if config.tensorboard else None
+    if main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
+    board = _tensorboard_writer(run_dir) if config.tensorboard and main else None
     history: list[dict[str, Any]] = []
-    best_score, best_epoch, first_epoch, partial = -math.inf, 0, 1, None
+    best_score, best_epoch, first_epoch, partial = [-math.inf, -math.inf], 0, 1, None
     if config.resume and (run_dir / "checkpoints" / "last.pt").is_file():
         state = torch.load(run_dir / "checkpoints" / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model_state"])
@@ -199,11 +218,19 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         } | ({"ema": ema.state_dict()} if ema is not None else {})  # fmt: skip
         if in_progress is not None:
             resume_state["partial"] = in_progress
-        save_atomic(ckpt | resume_state, run_dir / "checkpoints" / "last.pt")
+        if main:
+            save_atomic(ckpt | resume_state, run_dir / "checkpoints" / "last.pt")
+
+    def evaluate_split(name: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """Labels, probabilities and mean loss of the evaluated weights on a whole split (all ranks)."""
+        y, p, loss = predict_loader(eval_model, loaders[name], device, autocast, memory_format, config.tta)
+        return ctx.gather(shards[name], y, p, loss * len(y))
 
     # -- epochs -------------------------------------------------------------------------------
     monitor = "val" if "val" in loaders else "train"
-    sampler: EpochSampler = loaders["train"].sampler
+    select = checkpoint_selection(config, len(splits["val"]) if "val" in splits else 0)
+    log(f"best.pt: {'the final weights' if select == 'last' else f'the epoch with the best {monitor} accuracy'}"
+        f"{' (fewer than ' + str(MIN_VAL_FOR_SELECTION) + ' validation images)' if config.select == 'auto' and select == 'last' else ''}")
     with StopOnSignal() as stop:  # SIGINT / SIGTERM: finish the step, save, exit with a resume hint
         for epoch in range(first_epoch, config.epochs + 1):
             # Each epoch's order and augmentation depend only on (seed, epoch), so a resumed run
@@ -216,12 +243,14 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
             correct = torch.zeros((), device=device)
             seen, step = 0, 0
             if partial is not None:  # stopped mid-epoch: skip the steps done, restore the RNG and sums
-                step, seen = partial["step"], partial["seen"]
-                loss_sum += partial["loss_sum"]
-                correct += partial["correct"]
+                step = partial["step"]
+                if main:  # the saved sums are over all ranks
+                    seen = partial["seen"]
+                    loss_sum += partial["loss_sum"]
+                    correct += partial["correct"]
                 torch.set_rng_state(partial["rng"])
                 partial = None
-            sampler.set_epoch(epoch, start=step * config.batch_size)
+            batches.set_epoch(epoch, start=step)
             for images, labels in _progress(loaders["train"], f"epoch {epoch}/{config.epochs}", config.verbose):
                 targets = labels
                 if mixer is not None:  # soft targets: a mix of two images' one-hot labels
@@ -231,8 +260,11 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
                 with autocast():
                     logits = train_forward(images)
                     loss = F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=config.label_smoothing)
+                # DDP averages the ranks' gradients; weighting each rank's mean by its share of the
+                # global batch makes that the global batch's mean even when shares differ in size
+                share = labels.numel() * ctx.world / batches.global_size(step) if ctx.enabled else 1.0
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss * share).backward()
                 if config.clip_grad_norm:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
@@ -245,10 +277,15 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
                 correct += (logits.detach().argmax(1) == labels).sum()
                 seen += labels.numel()
                 step += 1
-                if stop.signal is not None:
-                    save_last(checkpoint(epoch - 1), {"step": step, "seen": seen, "loss_sum": loss_sum.item(),
-                                                      "correct": correct.item(), "rng": torch.get_rng_state()})  # fmt: skip
-                    raise TrainingInterrupted(run_dir, stop.signal, f"step {step} of epoch {epoch}")
+                if ctx.any(stop.signal is not None):  # every rank stops after the same step
+                    sums = ctx.sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
+                    save_last(checkpoint(epoch - 1), {"step": step, "seen": int(sums[2].item()),
+                                                      "loss_sum": sums[0].item(), "correct": sums[1].item(),
+                                                      "rng": torch.get_rng_state()})  # fmt: skip
+                    ctx.barrier()  # rank 0 has saved before any rank exits (torchrun would kill it)
+                    raise TrainingInterrupted(run_dir, stop.signal or signal.SIGTERM, f"step {step} of epoch {epoch}")
+            loss_sum, correct, seen_all = ctx.sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
+            seen = int(seen_all.item())
             row: dict[str, Any] = {
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
@@ -258,9 +295,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
                 "val_accuracy": None,
             }
             if "val" in loaders:
-                y_val, p_val, row["val_loss"] = predict_loader(
-                    eval_model, loaders["val"], device, autocast, memory_format, config.tta
-                )
+                y_val, p_val, row["val_loss"] = evaluate_split("val")
                 row["val_accuracy"] = float((p_val.argmax(1) == y_val).mean())
             row["seconds"] = time.perf_counter() - epoch_start
             row["images_per_second"] = seen / row["seconds"]
@@ -271,38 +306,47 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
                         board.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, epoch)
                 board.flush()
 
-            score = row[f"{monitor}_accuracy"]
-            improved = score > best_score
+            # accuracy first, then lower loss (a small validation set has many ties)
+            score = [row[f"{monitor}_accuracy"], -(row[f"{monitor}_loss"] if row[f"{monitor}_loss"] is not None else 0.0)]
+            improved = select == "last" or score > best_score
             if improved:
                 best_score, best_epoch = score, epoch
             ckpt = checkpoint(epoch)
-            if improved:  # best first: a crash between the two saves never leaves last.pt ahead of best.pt
+            if improved and main:  # best first: a crash between the two saves never leaves last.pt ahead of best.pt
                 save_atomic(ckpt, run_dir / "checkpoints" / "best.pt")
             save_last(ckpt)
-            _write_history(history, run_dir / "history.csv")
+            if main:
+                _write_history(history, run_dir / "history.csv")
             val = "" if row["val_loss"] is None else f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
             log(f"epoch {epoch:3d}/{config.epochs} | train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
                 f"{val} | {row['images_per_second']:.0f} img/s | {row['seconds']:.1f}s{' *' if improved else ''}")
-            if stop.signal is not None and epoch < config.epochs:
-                raise TrainingInterrupted(run_dir, stop.signal, f"epoch {epoch}")
+            if ctx.any(stop.signal is not None) and epoch < config.epochs:
+                ctx.barrier()
+                raise TrainingInterrupted(run_dir, stop.signal or signal.SIGTERM, f"epoch {epoch}")
             if config.early_stopping and epoch - best_epoch >= config.early_stopping:
                 log(f"early stopping: no better {monitor} accuracy for {config.early_stopping} epochs")
                 break
 
     # -- final evaluation of the best weights ---------------------------------------------------
+    ctx.barrier()  # best.pt is on disk for every rank
     best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=True)
     eval_model.load_state_dict(best["state_dict"])
     final_split = "test" if "test" in loaders else monitor
-    y_true, probs, loss = predict_loader(eval_model, loaders[final_split], device, autocast, memory_format, config.tta)
+    if final_split == "train":  # no held-out images at all: report on the training images, unaugmented
+        shards["train"] = ctx.shard(len(splits["train"]))
+        loaders["train"] = _loader(ImageDataset(splits["train"].subset(shards["train"]), eval_tf, cache_size=cache), config)
+    y_true, probs, loss = evaluate_split(final_split)
     metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
     metrics.update(split=final_split, loss=loss, best_epoch=best_epoch, model=config.model, skipped_images=skipped)
+    seconds = time.perf_counter() - started
+    if not main:
+        return TrainResult(run_dir=run_dir, metrics=metrics, history=history, best_epoch=best_epoch, seconds=seconds)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if board is not None:
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss"):
             if isinstance(metrics.get(key), float):
                 board.add_scalar(f"{final_split}/{key}", metrics[key], best_epoch)
         board.close()
-    seconds = time.perf_counter() - started
     write_report(
         run_dir, title=f"{config.model} on {Path(config.data).name}", metrics=metrics, history=history,
         y_true=y_true, probs=probs, class_names=class_names,
@@ -352,6 +396,19 @@ def predict_loader(
     return y, torch.cat(probs_all).numpy(), loss_sum.item() / max(1, len(y))
 
 
+MIN_VAL_FOR_SELECTION = 100  # below this, "best on validation" mostly picks noise (see README)
+
+
+def checkpoint_selection(config: TrainConfig, n_val: int) -> str:
+    """"val" or "last": what best.pt holds. "auto" trusts a validation set of at least
+    MIN_VAL_FOR_SELECTION images; early stopping needs validation-based selection."""
+    if config.select not in ("auto", "val", "last"):
+        raise ValueError(f"unknown select {config.select!r}: expected 'auto', 'val' or 'last'")
+    if config.select != "auto":
+        return config.select
+    return "val" if n_val >= MIN_VAL_FOR_SELECTION or config.early_stopping else "last"
+
+
 def check_before_training(config: TrainConfig, log: Callable[..., None] = print) -> DataCheck:
     """Read every image once; refuse unreadable ones (listing them) unless ``skip_bad_images``."""
     check = check_data(config.data)
@@ -389,8 +446,8 @@ def _progress(loader: DataLoader, description: str, enabled: bool) -> Iterator[A
         return
     from tqdm import tqdm
 
-    remaining = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
-    total = len(loader) * loader.batch_size if loader.drop_last else remaining
+    batches = loader.batch_sampler
+    total = batches.images() if isinstance(batches, EpochBatches) else len(loader.dataset)
     with tqdm(total=total, desc=description, unit="img", leave=False) as bar:
         for images, labels in loader:
             yield images, labels
@@ -477,20 +534,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if bf16_cpu else None
 
 
-def _loader(dataset: ImageDataset, config: TrainConfig, shuffle: bool) -> DataLoader:
-    """Training (``shuffle``) or evaluation batches; training order comes from an :class:`EpochSampler`."""
-    sampler = None
-    if shuffle:
-        sampler = EpochSampler(dataset.samples.labels, config.seed, balance=config.balance == "sampler")
+def _loader(dataset: ImageDataset, config: TrainConfig, batches: EpochBatches | None = None) -> DataLoader:
+    """Training batches (from an :class:`EpochBatches`), or evaluation batches in order."""
+    batching = {"batch_sampler": batches} if batches is not None else {"batch_size": config.batch_size}
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        # drop only a last batch of one image (BatchNorm cannot train on it): on small medical
-        # data sets dropping a whole partial batch would skip up to a quarter of the photos
-        drop_last=shuffle and len(dataset) % config.batch_size == 1,
+        **batching,
         num_workers=config.workers,
-        generator=torch.Generator().manual_seed(config.seed),  # workers' seeds; re-seeded every epoch
+        generator=torch.Generator().manual_seed(config.seed),
         worker_init_fn=_seed_worker,
         persistent_workers=config.workers > 0,
         pin_memory=torch.cuda.is_available(),
@@ -533,6 +584,8 @@ def complete_config(config: TrainConfig) -> TrainConfig:
         values["out"] = str(unused_path(Path("runs") / f"{stem}-{values['model']}"))
     if values["epochs"] < 1 or values["batch_size"] < 1 or values["image_size"] < 8:
         raise ValueError("epochs and batch size must be >= 1 and the image size >= 8 pixels")
+    if values["select"] not in ("auto", "val", "last"):
+        raise ValueError(f"unknown select {values['select']!r}: expected 'auto', 'val' or 'last'")
     if values["balance"] not in ("none", "loss", "sampler"):
         raise ValueError(f"unknown balance {values['balance']!r}: expected 'none', 'loss' or 'sampler'")
     return TrainConfig(**values)
