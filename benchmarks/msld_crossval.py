@@ -2,7 +2,8 @@
 
 Ali et al. (2022, arXiv 2207.03342) report 82.96 % (± 4.57) 3-fold accuracy for an
 ImageNet-pretrained ResNet50 with augmented training data. This script trains a model FROM
-SCRATCH (no pretrained weights) on the MSLD sample in shared/data/msld, with every patient's
+SCRATCH (no pretrained weights), with resnexus's default recipe unless flags say otherwise, on
+the MSLD sample in shared/data/msld, with every patient's
 photos on one side of each fold (group_by "patient"), and prints mean ± std accuracy and macro F1
 over the folds, the paper's figure and the wall time. Per-fold runs, cv_metrics.json and
 cv_report.md go to --out.
@@ -24,7 +25,7 @@ import torch
 
 from resnexus.engine import TrainConfig
 from resnexus.engine.crossval import cross_validate
-from resnexus.engine.fit import unused_path
+from resnexus.engine.fit import complete_config, unused_path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "msld").resolve()
@@ -37,9 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data", default=str(DEFAULT_DATA), help=f"MSLD class-folder tree (default {DEFAULT_DATA})")
     p.add_argument("--model", default="resnext50_32x4d", help="registry name (default resnext50_32x4d)")
-    p.add_argument("--epochs", type=int, default=30, help="default 30")
-    p.add_argument("--image-size", type=int, default=224, help="default 224 (the photos' size)")
-    p.add_argument("--batch-size", type=int, default=16, help="default 16")
+    p.add_argument("--epochs", type=int, help="default: the package's default recipe (90)")
+    p.add_argument("--image-size", type=int, help="default: the package's default (128 px for resnext50)")
+    p.add_argument("--batch-size", type=int, help="default: the package's default (16)")
     p.add_argument("--folds", type=int, default=3, help="default 3 (the paper's)")
     p.add_argument("--val-fraction", type=float, default=0.125,
                    help="validation share of each fold's training part (default 0.125: ~70:10:20 overall)")
@@ -53,17 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out) if args.out else unused_path(REPO / "runs" / f"msld-cv-{args.model}")
-    config = TrainConfig(
+    config = complete_config(TrainConfig(
         data=args.data, out=str(out), model=args.model, epochs=args.epochs, image_size=args.image_size,
         batch_size=args.batch_size, val_fraction=args.val_fraction, group_by="patient", seed=args.seed,
         precision=args.precision, verbose=not args.quiet,
-    )  # fmt: skip
+    ))  # fmt: skip
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name()
     else:
         device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"MSLD {args.folds}-fold patient-grouped cross-validation: {args.model} from scratch, {args.epochs} epochs, "
-          f"{args.image_size} px, batch {args.batch_size}, seed {args.seed}, on {device}")  # fmt: skip
+    print(f"MSLD {args.folds}-fold patient-grouped cross-validation: {args.model} from scratch, {config.epochs} epochs, "
+          f"{config.image_size} px, batch {config.batch_size}, {config.optimizer} lr {config.lr} wd {config.weight_decay}, "
+          f"seed {args.seed}, on {device}")  # fmt: skip
     started = time.perf_counter()
     result = cross_validate(config, args.folds)
     wall = time.perf_counter() - started

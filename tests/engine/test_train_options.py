@@ -20,7 +20,8 @@ def data(tmp_path_factory):
 
 def _config(data, out, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), model="resnet20_cifar", model_config=TINY, epochs=4, batch_size=8,
-                lr=0.05, image_size=16, val_fraction=0.2, test_fraction=0.25, verbose=False, precision="fp32")  # fmt: skip
+                lr=0.05, image_size=16, val_fraction=0.2, test_fraction=0.25, verbose=False, precision="fp32",
+                checkpoint_every=0.0)  # fmt: skip
     return TrainConfig(**(base | kw))
 
 

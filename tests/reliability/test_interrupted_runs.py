@@ -24,7 +24,8 @@ from resnexus.engine import fit as fit_module
 from resnexus.engine.checkpoint import save_atomic
 from resnexus.engine.interrupt import TrainingInterrupted
 
-RECIPE = "model: resnet20_cifar\nmodel_config: {layers: [1, 1, 1]}\nimage_size: 32\nbatch_size: 4\nprecision: fp32\nworkers: 0\n"
+RECIPE = ("model: resnet20_cifar\nmodel_config: {layers: [1, 1, 1]}\nimage_size: 32\nbatch_size: 4\nprecision: fp32\n"
+          "workers: 0\ncheckpoint_every: 0\n")  # last.pt after every epoch, so a kill can land after one
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def test_sigterm_saves_and_says_how_to_resume(data, reference, tmp_path):
 
 def _tiny(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(data=str(data), out=str(out), model="resnet20_cifar", model_config={"layers": (1, 1, 1)},
-                       image_size=32, batch_size=4, epochs=3, precision="fp32", verbose=False, workers=0,
+                       image_size=32, batch_size=4, epochs=3, precision="fp32", verbose=False, workers=0, checkpoint_every=0,
                        ema_decay=0.9, mixup=0.2, **kw)  # fmt: skip
 
 

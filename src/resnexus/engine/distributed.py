@@ -85,7 +85,17 @@ def setup(timeout_minutes: float = 10.0) -> Context:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+        timeout = timedelta(minutes=timeout_minutes)
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restart and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # After an elastic restart the agent's store still holds the dead workers' addresses;
+            # a fresh key prefix per restart keeps the new workers from dialling them.
+            base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                 is_master=False, timeout=timeout)  # fmt: skip
+            store = dist.PrefixStore(f"resnexus/restart-{restart}", base)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
         atexit.register(_destroy)
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
         if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
