@@ -1,6 +1,8 @@
-"""Helpers shared by the tests: random-but-reproducible weights and logit comparison."""
+"""Helpers shared by the tests: random-but-reproducible weights, logit comparison, tiny image folders."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,3 +29,17 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+def bright_and_dark_folder(root: Path, per_class: int, size: int, seed: int = 0) -> Path:
+    """Two class folders, "bright" and "dark", of noise images any crop or flip keeps apart."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(("bright", "dark")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (size, size, 3)) + (20 if label else 140)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root

@@ -16,12 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from resnexus.engine import TrainConfig, load_checkpoint, train
+from tests.helpers import bright_and_dark_folder
 
 pytestmark = pytest.mark.slow
 ARGS = ["--model", "lenet", "--image-size", "32", "--batch-size", "8", "--precision", "fp32", "--lr", "0.05",
@@ -30,14 +29,7 @@ ARGS = ["--model", "lenet", "--image-size", "32", "--batch-size", "8", "--precis
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp") / "data"
-    rng = np.random.default_rng(0)
-    for label, name in enumerate(("bright", "dark")):
-        (root / name).mkdir(parents=True)
-        for i in range(27):  # 54 images: uneven shards for validation and test
-            pixels = rng.integers(0, 90, (36, 36, 3)) + (20 if label else 140)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return bright_and_dark_folder(tmp_path_factory.mktemp("ddp") / "data", per_class=27, size=36)  # 54 images: uneven shards for validation and test
 
 
 def _config_file(tmp: Path) -> Path:

@@ -14,15 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from resnexus.engine import TrainConfig, load_checkpoint, train
 from resnexus.engine import fit as fit_module
 from resnexus.engine.checkpoint import save_atomic
 from resnexus.engine.interrupt import TrainingInterrupted
+from tests.helpers import bright_and_dark_folder
 
 RECIPE = ("model: resnet20_cifar\nmodel_config: {layers: [1, 1, 1]}\nimage_size: 32\nbatch_size: 4\nprecision: fp32\n"
           "workers: 0\ncheckpoint_every: 0\n")  # last.pt after every epoch, so a kill can land after one
@@ -30,14 +29,7 @@ RECIPE = ("model: resnet20_cifar\nmodel_config: {layers: [1, 1, 1]}\nimage_size:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("interrupt") / "data"
-    rng = np.random.default_rng(0)
-    for label, name in enumerate(("bright", "dark")):
-        (root / name).mkdir(parents=True)
-        for i in range(20):
-            pixels = rng.integers(0, 90, (40, 40, 3)) + (20 if label else 140)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return bright_and_dark_folder(tmp_path_factory.mktemp("interrupt") / "data", per_class=20, size=40)
 
 
 def _command(*args: str) -> list[str]:
@@ -170,3 +162,12 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, mon
         save_atomic({"epoch": 2, "weights": torch.zeros(3)}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_checkpoints_get_the_usual_file_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_atomic({"epoch": 1}, tmp_path / "best.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600

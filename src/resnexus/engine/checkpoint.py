@@ -33,6 +33,12 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(obj: dict[str, Any], path: Path) -> Path:
     """Write to a temp file in the same folder, flush to disk, then rename over ``path``.
 
@@ -45,6 +51,7 @@ def save_atomic(obj: dict[str, Any], path: Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); a checkpoint is a normal file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
+from . import distributed
 from .fit import TrainConfig, check_before_training, complete_config, train
 
 # Headline metrics averaged over folds; sensitivity / specificity exist for two classes only.
@@ -67,16 +68,20 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
     started = time.perf_counter()
     config = complete_config(config)  # data (built-in digits when None), model, out, ...
-    log = print if config.verbose else (lambda *a, **k: None)
+    ctx = distributed.setup()  # under torchrun every fold trains data-parallel; rank 0 writes
+    main = ctx.is_main
+    log = print if config.verbose and main else (lambda *a, **k: None)
     run_dir = Path(config.out)
     _check_run_dir(run_dir, folds, config)
+    ctx.barrier()
 
     samples = _scan(config)
     fold_indices = kfold_splits(samples, folds, seed=config.seed)
     plans = [_fold_splits(samples, train_idx, test_idx, config) for train_idx, test_idx in fold_indices]
     _check_partition(samples, plans)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "cv_splits.json", _splits_record(samples, plans))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "cv_splits.json", _splits_record(samples, plans))
     n_groups = len(set(samples.groups))
     log(f"cross-validation: {folds} folds of {len(samples)} images / {n_groups} groups "
         f"(grouped by {config.group_by or 'file'}), seed {config.seed}, into {run_dir}")  # fmt: skip
@@ -127,8 +132,9 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
         "pooled_confusion_matrix": pooled,
         "seconds": seconds,
     }
-    _write_json(run_dir / "cv_metrics.json", record)
-    (run_dir / "cv_report.md").write_text(_report_markdown(record), encoding="utf-8")
+    if main:
+        _write_json(run_dir / "cv_metrics.json", record)
+        (run_dir / "cv_report.md").write_text(_report_markdown(record), encoding="utf-8")
     log(f"cross-validation ({folds} folds): {format_mean_std(mean, std)}")
     log(f"report: {run_dir / 'cv_report.md'}")
     return CrossValResult(
@@ -178,7 +184,8 @@ def _scan(config: TrainConfig) -> Samples:
                 f"{root} is already split into {split_dirs}; cross-validation needs one class-folder tree "
                 "(class sub-folders directly under the data folder)"
             )
-    check = check_before_training(config, print if config.verbose else (lambda *a, **k: None))
+    quiet = not (config.verbose and distributed.setup().is_main)
+    check = check_before_training(config, (lambda *a, **k: None) if quiet else print)
     return scan_dataset(root, config.group_by).excluding(check.unreadable).linking(check.duplicates)
 
 
