@@ -84,7 +84,7 @@ class TrainConfig:
     group_by: str | None = None  # regex on the file name (or "patient") keeping a group on one side
     seed: int = 0
     precision: str = "auto"  # "auto", "bf16", "fp16", "fp32"
-    channels_last: bool | None = None  # None: on when bf16/fp16 is used
+    channels_last: bool | None = None  # None: on for CPUs, and on GPUs when bf16/fp16 is used
     workers: int | None = None  # DataLoader workers; None: chosen from the machine
     augment: AugmentConfig | None = None
     mixup: float = 0.0  # Mixup alpha (Zhang et al., 2018 use 0.2 on ImageNet); 0 = off
@@ -166,7 +166,8 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     device = ctx.device
     model = create_model(config.model, num_classes=len(class_names), weights=config.weights, **config.model_config)
     amp_dtype = autocast_dtype(config.precision, device)
-    channels_last = config.channels_last if config.channels_last is not None else amp_dtype is not None
+    # channels_last: oneDNN's preferred layout on CPUs (fp32 too: 1.2x above), tensor cores' with AMP on GPUs
+    channels_last = config.channels_last if config.channels_last is not None else (amp_dtype is not None or device.type == "cpu")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if config.sync_bn:
         if device.type != "cuda":
@@ -537,7 +538,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware computes it natively, fp16 on older GPUs, else fp32."""
+    """bf16 where it is faster: GPUs with bf16, CPUs with AMX; fp16 on older GPUs; else fp32."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -548,10 +549,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"unknown precision {precision!r}: expected auto, bf16, fp16 or fp32")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    bf16_cpu = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False
-    )()
-    return torch.bfloat16 if bf16_cpu else None
+    # Measured on a 2-core Sapphire Rapids VM with AVX-512 bf16 but no AMX (resnext50_32x4d training
+    # step, batch 16, 224 px): fp32 + channels_last 5.3-6.1 images/s, bf16 + channels_last 4.7-4.9.
+    # bf16 only pays on CPUs with AMX tiles (the brief's machine: ~3x).
+    return torch.bfloat16 if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else None
 
 
 def _loader(dataset: ImageDataset, config: TrainConfig, batches: EpochBatches | None = None) -> DataLoader:

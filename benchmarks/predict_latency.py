@@ -1,0 +1,76 @@
+"""Single-image prediction latency: eager PyTorch versus the exported ONNX model on onnxruntime.
+
+A resnext50_32x4d checkpoint (random weights: latency does not depend on them) is exported with
+`resnexus export`'s code path; then batch-1 forward passes alternate between eager fp32, eager
+bf16 autocast + channels_last (what resnexus uses by default on this CPU) and onnxruntime fp32,
+in rounds, and the medians and ratios are printed.
+
+    python benchmarks/predict_latency.py [--model resnext50_32x4d] [--size 224] [--rounds 7] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from resnexus import create_model
+from resnexus.engine.checkpoint import make_checkpoint, save_atomic
+from resnexus.engine.export import OnnxClassifier, export_onnx
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnext50_32x4d")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--reps", type=int, default=5, help="forward passes per round and runtime")
+    args = p.parse_args()
+    model = create_model(args.model, num_classes=2).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = make_checkpoint(model, model_name=args.model, model_config={}, class_names=["a", "b"],
+                               image_size=args.size, mean=(0.5,) * 3, std=(0.25,) * 3, crop_fraction=0.875)  # fmt: skip
+        exported = export_onnx(save_atomic(ckpt, Path(tmp) / "m.pt"), Path(tmp) / "m.onnx")
+        runtime = OnnxClassifier(exported.path)
+        x = torch.randn(1, 3, args.size, args.size)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        model_cl = create_model(args.model, num_classes=2).eval().to(memory_format=torch.channels_last)
+        model_cl.load_state_dict(model.state_dict())
+
+        def eager_fp32() -> None:
+            model(x)
+
+        def eager_bf16() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model_cl(x_cl)
+
+        def onnx() -> None:
+            runtime(x)
+
+        runs = {"eager fp32": eager_fp32, "eager bf16 + channels_last": eager_bf16, "onnxruntime fp32": onnx}
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        with torch.no_grad():
+            for fn in runs.values():  # warm-up
+                fn()
+            for _ in range(args.rounds):
+                for name, fn in runs.items():
+                    start = time.perf_counter()
+                    for _ in range(args.reps):
+                        fn()
+                    times[name].append((time.perf_counter() - start) / args.reps)
+    print(f"{args.model}, batch 1, {args.size} px, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} alternating rounds x {args.reps} passes "
+          f"(export check: max |logit diff| {exported.max_abs_diff:.1e})")  # fmt: skip
+    base = statistics.median(times["eager fp32"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"  {name:28s} {1000 * median:7.1f} ms   speed vs eager fp32: {base / median:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
