@@ -107,7 +107,7 @@ class DataCheck:
 
 def inspect_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], str | None]:
     """Findings about one image file and the SHA-256 of its bytes (None if it cannot be read)."""
-    from PIL import Image, ImageFile, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         data = path.read_bytes()
@@ -117,7 +117,6 @@ def inspect_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[list[Findin
     if not data:
         return [Finding(path, "error", "zero-byte", "the file is empty (0 bytes)")], digest
     findings: list[Finding] = []
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail here, not decode half grey
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
@@ -127,7 +126,7 @@ def inspect_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[list[Findin
                 return [Finding(path, "error", "too-large", detail)], digest
             mode, fmt = im.mode, im.format
             orientation = im.getexif().get(0x0112, 1)
-            im.load()  # the whole image: truncated and corrupt data fail here
+            im.load()  # the whole image: truncated and corrupt data fail here (Pillow's default)
     except Image.DecompressionBombError as e:  # Pillow refuses before we see the size
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "more pixels than Pillow allows"

@@ -329,10 +329,12 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
             stopping_early = bool(config.early_stopping) and epoch - best_epoch >= config.early_stopping
             final = epoch == config.epochs or stopping_early
             stop_now = ctx.any(stop.signal is not None) and not final
-            ckpt = checkpoint(epoch)
-            if main and improved and (select == "val" or final):
+            save_best = main and improved and (select == "val" or final)
+            save_resumable = final or stop_now or time.monotonic() - last_saved >= config.checkpoint_every
+            ckpt = checkpoint(epoch) if save_best or save_resumable else {}  # a weights copy: only when saved
+            if save_best:
                 save_atomic(ckpt, run_dir / "checkpoints" / "best.pt")  # before last.pt: never behind it
-            if final or stop_now or time.monotonic() - last_saved >= config.checkpoint_every:
+            if save_resumable:
                 save_last(ckpt)  # optimizer state included: hundreds of MB for a ResNeXt-50, so not every epoch
                 last_saved = time.monotonic()
             if main:
