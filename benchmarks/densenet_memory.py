@@ -1,13 +1,13 @@
 """Peak memory of a densenet121 training step with and without the memory-efficient mode.
 
 Each mode runs in its own fresh process (so one cannot inherit the other's allocator high-water
-mark): build the model, record the resident memory, run training steps (batch 32, 224 px, bf16
-autocast + channels_last, as `resnexus train` does), and report the peak resident memory *above*
-that baseline (the activations, gradients and optimizer state the step needs) and the median
-step time. The memory-efficient mode recomputes each dense layer's concatenation and bottleneck
-in the backward pass instead of storing them (torch.utils.checkpoint).
+mark): build the model, record the resident memory, run training steps (batch 32, 224 px, with
+the precision and channels_last `resnexus train` picks for this machine), and report the peak
+resident memory *above* that baseline (the activations, gradients and optimizer state the step
+needs) and the median step time. The memory-efficient mode keeps only each dense layer's new
+channels and recomputes the rest of the layer in backward (torch.utils.checkpoint).
 
-    python benchmarks/densenet_memory.py [--batch 32] [--size 224] [--steps 3]
+    python benchmarks/densenet_memory.py [--batch 32] [--size 224] [--steps 3] [--precision auto]
 """
 
 from __future__ import annotations
@@ -21,10 +21,15 @@ import sys
 import time
 
 
-def one_mode(memory_efficient: bool, batch: int, size: int, steps: int) -> dict[str, float]:
+def one_mode(memory_efficient: bool, batch: int, size: int, steps: int, precision: str) -> dict[str, float]:
+    from contextlib import nullcontext
+
     import torch
 
     from resnexus import create_model
+    from resnexus.engine.fit import autocast_dtype
+
+    dtype = autocast_dtype(precision, torch.device("cpu"))
 
     model = create_model("densenet121", num_classes=1000, memory_efficient=memory_efficient)
     model.to(memory_format=torch.channels_last).train()
@@ -35,14 +40,15 @@ def one_mode(memory_efficient: bool, batch: int, size: int, steps: int) -> dict[
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype) if dtype else nullcontext():
             loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"baseline_mib": baseline, "peak_mib": peak, "step_s": statistics.median(times[1:] or times)}
+    return {"baseline_mib": baseline, "peak_mib": peak, "step_s": statistics.median(times[1:] or times),
+            "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch.")}
 
 
 def main() -> int:
@@ -50,20 +56,21 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="default: what train picks")
     p.add_argument("--child", choices=("plain", "efficient"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(one_mode(args.child == "efficient", args.batch, args.size, args.steps)))
+        print(json.dumps(one_mode(args.child == "efficient", args.batch, args.size, args.steps, args.precision)))
         return 0
     results = {}
     for mode in ("plain", "efficient"):
         command = [sys.executable, __file__, "--child", mode, "--batch", str(args.batch), "--size", str(args.size),
-                   "--steps", str(args.steps)]  # fmt: skip
+                   "--steps", str(args.steps), "--precision", args.precision]  # fmt: skip
         results[mode] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     plain, efficient = results["plain"], results["efficient"]
     extra_plain = plain["peak_mib"] - plain["baseline_mib"]
     extra_eff = efficient["peak_mib"] - efficient["baseline_mib"]
-    print(f"densenet121 training step, batch {args.batch}, {args.size} px, bf16 + channels_last, "
+    print(f"densenet121 training step, batch {args.batch}, {args.size} px, {plain['precision']} + channels_last, "
           f"median of {max(1, args.steps - 1)} steps after the first:")  # fmt: skip
     for name, r, extra in (("plain", plain, extra_plain), ("memory-efficient", efficient, extra_eff)):
         print(f"  {name:17s} peak {r['peak_mib']:7.0f} MiB (model and input {r['baseline_mib']:5.0f} MiB, "

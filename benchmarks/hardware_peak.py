@@ -1,17 +1,23 @@
-"""How close a resnext50_32x4d training step comes to this CPU's nominal bf16 peak.
+"""How close a resnext50_32x4d training step comes to this CPU's nominal peak, and where its time goes.
 
-Achieved FLOP/s = (FLOPs of one training step) / (median step time, bf16 autocast + channels_last,
-batch 16, 224 px). The step's FLOPs are 3 x the forward FLOPs counted by torch.utils.flop_counter
-on the meta device (the backward pass computes two convolutions per forward one: the input's and
-the weights' gradients). The counter's own backward figure is not used: for grouped convolutions
-(all of ResNeXt's 3x3s) it ignores the groups and overcounts about 16x (checked on one conv with
+Achieved FLOP/s = (FLOPs of one training step) / (median step time, batch 16, 224 px,
+channels_last), for fp32 and for bf16 autocast, each against its own nominal peak. The step's
+FLOPs are 3 x the forward FLOPs counted by torch.utils.flop_counter on the meta device (the
+backward pass computes two convolutions per forward one: the input's and the weights'
+gradients). The counter's own backward figure is not used: for grouped convolutions (all of
+ResNeXt's 3x3s) it ignores the groups and overcounts about 16x (checked on one conv with
 groups=32: 0.95 GFLOP counted where the forward is 0.029).
-Nominal peak = cores x GHz x FLOPs per cycle per core. Without AMX, a Sapphire Rapids core's
-best bf16 instruction is AVX-512 VDPBF16PS: 32 bf16 products summed into 16 fp32 lanes = 64 FLOPs,
-two per cycle on the two 512-bit FMA ports = 128 FLOPs/cycle. With AMX (not exposed on this VM)
-the tile unit does 1024 bf16 FLOPs/cycle. The GHz figure is /proc/cpuinfo's (the base clock).
 
-    python benchmarks/hardware_peak.py [--steps 5] [--batch 16] [--size 224]
+Nominal peak = cores x GHz x FLOPs per cycle per core. A Sapphire Rapids core has two 512-bit FMA
+ports: fp32 = 2 ports x 16 lanes x 2 (multiply + add) = 64 FLOPs/cycle; bf16 without AMX
+(AVX-512 VDPBF16PS: 32 products summed into 16 fp32 lanes) = 128; with AMX tiles 1024. The GHz
+figure is /proc/cpuinfo's (the base clock).
+
+Then torch.profiler splits the step of the precision `resnexus train` uses here into operator
+groups (convolutions forward and backward, batch norm, ReLU, optimizer, the rest): the evidence
+for what a faster data path or loop can and cannot change.
+
+    python benchmarks/hardware_peak.py [--steps 4] [--batch 16] [--size 224]
 """
 
 from __future__ import annotations
@@ -19,11 +25,22 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from resnexus import create_model
+from resnexus.engine.fit import autocast_dtype
+
+# operator-name fragments -> group, first match wins (self CPU time of aten ops)
+GROUPS = (
+    ("convolution backward", ("convolution_backward",)),
+    ("convolution forward", ("convolution", "mkldnn_conv")),
+    ("batch norm", ("batch_norm",)),
+    ("ReLU", ("threshold_backward", "relu", "clamp_min")),
+    ("optimizer (fused AdamW)", ("adam",)),
+)
 
 
 def cpu_ghz() -> float:
@@ -44,40 +61,74 @@ def step_flops(name: str, batch: int, size: int) -> int:
     return 3 * counter.get_total_flops()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="resnext50_32x4d")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=224)
-    args = p.parse_args()
-    flops = step_flops(args.model, args.batch, args.size)
-    model = create_model(args.model, num_classes=1000).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(args.batch, 3, args.size, args.size).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (args.batch,))
-    times = []
-    for step in range(args.steps + 1):  # the first step warms up oneDNN
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+def make_step(name: str, batch: int, size: int, dtype: torch.dtype | None):
+    model = create_model(name, num_classes=1000).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype) if dtype else nullcontext():
             loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step:
-            times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    achieved = flops / seconds / 1e9
+
+    return step
+
+
+def median_step_seconds(step, steps: int) -> float:
+    step()  # oneDNN picks and caches its kernels on the first call
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_by_group(step, steps: int = 2) -> tuple[dict[str, float], float]:
+    """Seconds per step in each operator group (self CPU time), and the step's total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    totals = dict.fromkeys([g for g, _ in GROUPS] + ["other"], 0.0)
+    for event in prof.key_averages():
+        name = event.key.lower()
+        group = next((g for g, keys in GROUPS if any(k in name for k in keys)), "other")
+        totals[group] += event.self_cpu_time_total / 1e6 / steps
+    return totals, sum(totals.values())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnext50_32x4d")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    args = p.parse_args()
+    flops = step_flops(args.model, args.batch, args.size)
     cores, ghz = torch.get_num_threads(), cpu_ghz()
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    per_cycle = 1024 if amx else 128
-    peak = cores * ghz * per_cycle
-    print(f"{args.model}, batch {args.batch}, {args.size} px, bf16 + channels_last, {cores} threads at {ghz:.2f} GHz, "
-          f"AMX {'yes' if amx else 'no'}")  # fmt: skip
-    print(f"  FLOPs per training step (3 x forward): {flops / 1e9:.1f} G ({flops / args.batch / 1e9:.1f} G per image)")
-    print(f"  median step: {seconds:.2f} s ({args.batch / seconds:.2f} images/s) over {args.steps} steps")
-    print(f"  achieved: {achieved:.0f} GFLOP/s; nominal bf16 peak {peak:.0f} GFLOP/s "
-          f"({cores} x {ghz:.2f} GHz x {per_cycle} FLOPs/cycle): {100 * achieved / peak:.1f} % of peak")  # fmt: skip
+    print(f"{args.model} training step, batch {args.batch}, {args.size} px, channels_last, fused AdamW; "
+          f"{cores} threads at {ghz:.2f} GHz, AMX {'yes' if amx else 'no'}")  # fmt: skip
+    print(f"  FLOPs per step (3 x forward): {flops / 1e9:.1f} G ({flops / args.batch / 1e9:.1f} G per image); "
+          f"median of {args.steps} steps")  # fmt: skip
+    for label, dtype, per_cycle in (("fp32", None, 64), ("bf16", torch.bfloat16, 1024 if amx else 128)):
+        seconds = median_step_seconds(make_step(args.model, args.batch, args.size, dtype), args.steps)
+        achieved, peak = flops / seconds / 1e9, cores * ghz * per_cycle
+        print(f"  {label}: {seconds:.2f} s/step ({args.batch / seconds:.2f} images/s), {achieved:.0f} GFLOP/s of a "
+              f"nominal {peak:.0f} ({cores} x {ghz:.2f} GHz x {per_cycle} FLOPs/cycle): {100 * achieved / peak:.1f} % of peak")  # fmt: skip
+
+    dtype = autocast_dtype("auto", torch.device("cpu"))
+    groups, total = time_by_group(make_step(args.model, args.batch, args.size, dtype))
+    label = "fp32" if dtype is None else "bf16"
+    print(f"  where the {label} step's time goes (torch.profiler, self CPU time, {total:.2f} s/step profiled):")
+    for group, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"    {group:26s} {seconds:6.3f} s  {100 * seconds / total:5.1f} %")
     return 0
 
 

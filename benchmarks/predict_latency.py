@@ -2,8 +2,9 @@
 
 A resnext50_32x4d checkpoint (random weights: latency does not depend on them) is exported with
 `resnexus export`'s code path; then batch-1 forward passes alternate between eager fp32, eager
-bf16 autocast + channels_last (what resnexus uses by default on this CPU) and onnxruntime fp32,
-in rounds, and the medians and ratios are printed.
+bf16 autocast + channels_last, eager fp32 as `predict` runs it (BatchNorm folded into the
+convolutions, channels_last: engine.inference.optimize_for_inference) and onnxruntime fp32, in
+rounds, and the medians and ratios are printed.
 
     python benchmarks/predict_latency.py [--model resnext50_32x4d] [--size 224] [--rounds 7] [--reps 5]
 """
@@ -21,6 +22,7 @@ import torch
 from resnexus import create_model
 from resnexus.engine.checkpoint import make_checkpoint, save_atomic
 from resnexus.engine.export import OnnxClassifier, export_onnx
+from resnexus.engine.inference import optimize_for_inference
 
 
 def main() -> int:
@@ -40,6 +42,12 @@ def main() -> int:
         x_cl = x.contiguous(memory_format=torch.channels_last)
         model_cl = create_model(args.model, num_classes=2).eval().to(memory_format=torch.channels_last)
         model_cl.load_state_dict(model.state_dict())
+        twin = create_model(args.model, num_classes=2)
+        twin.load_state_dict(model.state_dict())
+        folded, folded_format = optimize_for_inference(twin, torch.device("cpu"))
+        x_folded = x.contiguous(memory_format=folded_format)
+        with torch.no_grad():
+            folded_diff = (folded(x_folded) - model(x)).abs().max().item()
 
         def eager_fp32() -> None:
             model(x)
@@ -48,10 +56,14 @@ def main() -> int:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 model_cl(x_cl)
 
+        def eager_folded() -> None:
+            folded(x_folded)
+
         def onnx() -> None:
             runtime(x)
 
-        runs = {"eager fp32": eager_fp32, "eager bf16 + channels_last": eager_bf16, "onnxruntime fp32": onnx}
+        runs = {"eager fp32": eager_fp32, "eager bf16 + channels_last": eager_bf16,
+                "eager fp32, predict's path": eager_folded, "onnxruntime fp32": onnx}  # fmt: skip
         times: dict[str, list[float]] = {name: [] for name in runs}
         with torch.no_grad():
             for fn in runs.values():  # warm-up
@@ -64,7 +76,7 @@ def main() -> int:
                     times[name].append((time.perf_counter() - start) / args.reps)
     print(f"{args.model}, batch 1, {args.size} px, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} alternating rounds x {args.reps} passes "
-          f"(export check: max |logit diff| {exported.max_abs_diff:.1e})")  # fmt: skip
+          f"(max |logit diff| vs eager: ONNX {exported.max_abs_diff:.1e}, folded {folded_diff:.1e})")  # fmt: skip
     base = statistics.median(times["eager fp32"])
     for name, values in times.items():
         median = statistics.median(values)

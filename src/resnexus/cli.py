@@ -95,9 +95,11 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="best.pt: 'val' best validation accuracy, 'last' final weights; 'auto' (default): "
                    "'val' with >= 100 validation images, else 'last'")  # fmt: skip
     p.add_argument("--positive-class", help="two classes: the class sensitivity refers to (default: the second)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step (slow start, may be faster)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (a slow start; no gain on 2 CPU cores, measured)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN_DIR/tensorboard")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: from the machine)")
+    p.add_argument("--cache-dir", help="where decoded images are kept between runs (default: ~/.cache/resnexus/"
+                   "decoded or $RESNEXUS_CACHE_DIR); 'off': decode every run")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="reuse an existing run directory")
     p.add_argument("--checkpoint-every", type=float, help="seconds between resumable checkpoints (default 60; 0: every epoch)")
     p.add_argument("--sync-bn", action="store_true", help="several GPU processes: BatchNorm over the global batch")
@@ -115,7 +117,7 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     given = {k: v for k, v in vars(args).items() if k not in not_config}
     if getattr(args, "resume", None):
         config = resume_config(args.resume)
-        return dataclasses.replace(config, **{k: v for k, v in given.items() if k in ("workers", "verbose")})
+        return dataclasses.replace(config, **{k: v for k, v in given.items() if k in ("workers", "cache_dir", "verbose")})
     values: dict[str, Any] = {}
     if getattr(args, "config_file", None):
         import yaml

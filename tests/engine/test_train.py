@@ -36,7 +36,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run1"
     config = TrainConfig(
         data=str(data), out=str(out), model="resnet20_cifar", model_config=TINY, epochs=4, batch_size=8,
-        lr=0.05, image_size=16, val_fraction=0.2, test_fraction=0.25, verbose=False, precision="fp32",
+        lr=0.05, optimizer="sgd", image_size=16, val_fraction=0.2, test_fraction=0.25, verbose=False, precision="fp32",
     )  # fmt: skip
     return data, out, config, train(config)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ def data(tmp_path_factory):
 
 def _config(data, out, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), model="resnet20_cifar", model_config=TINY, epochs=4, batch_size=8,
-                lr=0.05, image_size=16, val_fraction=0.2, test_fraction=0.25, verbose=False, precision="fp32",
+                lr=0.05, optimizer="sgd", image_size=16, val_fraction=0.2, test_fraction=0.25, verbose=False, precision="fp32",
                 checkpoint_every=0.0)  # fmt: skip
     return TrainConfig(**(base | kw))
 
@@ -214,3 +216,49 @@ def test_small_validation_sets_keep_the_final_weights(data, tmp_path):
     assert chosen.best_epoch == 1 + scores.index(max(scores))  # best accuracy, ties to the lower loss
     with pytest.raises(ValueError, match="unknown select 'best'"):
         train(_config(data, tmp_path / "bad", select="best"))
+
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_optimizer_is_fused_and_decays_only_weights(optimizer):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    reference_model, initial = copy.deepcopy(model), copy.deepcopy(model)
+    fused = fit_module._make_optimizer(model, TrainConfig(optimizer=optimizer, lr=0.1, weight_decay=0.01))
+    assert all(group["fused"] for group in fused.param_groups)
+    decayed = {id(p) for p in fused.param_groups[0]["params"]}
+    assert decayed == {id(model[0].weight), id(model[3].weight)}
+    assert fused.param_groups[0]["weight_decay"] == 0.01 and fused.param_groups[1]["weight_decay"] == 0.0
+    # the fused kernels make the updates of PyTorch's plain for-loop implementation
+    groups = [{"params": [p for p in reference_model.parameters() if p.ndim > 1], "weight_decay": 0.01},
+              {"params": [p for p in reference_model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]  # fmt: skip
+    extra = {"momentum": 0.9, "nesterov": True} if optimizer == "sgd" else {}
+    reference = type(fused)(groups, lr=0.1, foreach=False, **extra)
+    for step in range(3):
+        x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(step))
+        for m, opt in ((model, fused), (reference_model, reference)):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(model.parameters(), reference_model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert not torch.allclose(model[0].weight, initial[0].weight, atol=1e-3)  # the steps did change the weights
+
+
+def test_decoded_images_are_cached_on_disk_for_the_next_run(data, tmp_path, monkeypatch):
+    from resnexus.data import dataset as dataset_module
+
+    cache = tmp_path / "cache"
+    # batch 9: 17 training images make batches of 9 and 8, none dropped, so every image is read
+    first = train(_config(data, tmp_path / "first", epochs=1, batch_size=9, cache_dir=str(cache)))
+    n_images = sum(1 for p in data.rglob("*.png"))
+    assert len(list(cache.rglob("*.npy"))) == n_images == 32  # train, val and test images, once each
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although cached")
+
+    monkeypatch.setattr(dataset_module, "decode_image_bytes", no_decoding)
+    second = train(_config(data, tmp_path / "second", epochs=1, batch_size=9, cache_dir=str(cache)))
+    assert second.metrics["accuracy"] == first.metrics["accuracy"]
+    with pytest.raises(AssertionError, match="decoded although cached"):  # "off": every run decodes
+        train(_config(data, tmp_path / "third", epochs=1, batch_size=9, cache_dir="off"))

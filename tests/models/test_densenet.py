@@ -161,6 +161,27 @@ def test_memory_efficient_same_outputs_gradients_and_stats(monkeypatch) -> None:
     assert not calls  # checkpointing only when training with grad enabled
 
 
+def test_memory_efficient_with_dropout_recomputes_the_same_masks() -> None:
+    """The recomputation in backward must draw the dropout masks the first forward drew."""
+    torch.manual_seed(0)
+    plain = resnexus.create_model("densenet_bc_100_12", num_classes=3, growth_rate=4, block_config=(3, 3, 3), drop_rate=0.3)
+    efficient = resnexus.create_model("densenet_bc_100_12", num_classes=3, growth_rate=4, block_config=(3, 3, 3), drop_rate=0.3,
+                                      memory_efficient=True)  # fmt: skip
+    randomize_(plain)
+    efficient.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 16, 16)
+    torch.manual_seed(7)
+    out_p, grads_p = _train_step(plain, x)
+    torch.manual_seed(7)
+    out_e, grads_e = _train_step(efficient, x)
+    assert max_abs_diff(out_p, out_e) < 1e-6
+    for name, g in grads_p.items():
+        assert max_abs_diff(g, grads_e[name]) <= 1e-5 * max(1.0, g.abs().max().item()), name
+    torch.manual_seed(8)  # other masks give other gradients: the comparison above can fail
+    _, grads_other = _train_step(plain, x)
+    assert any(max_abs_diff(g, grads_other[n]) > 1e-3 for n, g in grads_p.items())
+
+
 # -- stages --------------------------------------------------------------------------------------
 def test_feature_info_and_stage_shapes() -> None:
     model = resnexus.create_model("densenet121").eval()

@@ -5,7 +5,7 @@ the data raise :class:`DataError`, whose message names the offending path.
 """
 
 from .builtin import digits_folder
-from .dataset import ImageDataset, UnlabeledDataset, load_image
+from .dataset import DecodedCache, ImageDataset, UnlabeledDataset, decode_image_bytes, default_cache_dir, load_image
 from .scan import (
     GROUP_PATTERNS,
     IMAGE_EXTENSIONS,
@@ -19,16 +19,22 @@ from .scan import (
     scan_unlabeled,
 )
 from .split import kfold_splits, resolve_splits, split_samples
-from .transforms import AugmentConfig, eval_transform, train_transform
+from .transforms import AugmentConfig, EvalPreprocess, Preprocess, TrainAugment, eval_transform, train_transform
 
 __all__ = [
     "GROUP_PATTERNS",
     "IMAGE_EXTENSIONS",
     "AugmentConfig",
     "DataError",
+    "DecodedCache",
+    "EvalPreprocess",
     "ImageDataset",
+    "Preprocess",
     "Samples",
+    "TrainAugment",
     "UnlabeledDataset",
+    "decode_image_bytes",
+    "default_cache_dir",
     "digits_folder",
     "eval_transform",
     "group_ids",

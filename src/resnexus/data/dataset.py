@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,11 +60,18 @@ def load_image(path: Path) -> torch.Tensor:
     RGB); Pillow handles what it cannot (BMP, TIFF, ...). Raises :class:`DataError` naming the
     file if it cannot be read or decoded by either.
     """
-    path = Path(path)
+    return decode_image_bytes(_read(Path(path)), path)
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
+
+
+def decode_image_bytes(data: bytes, path: Path | str = "<bytes>") -> torch.Tensor:
+    """:func:`load_image` on the file's bytes; ``path`` only names the file in errors."""
     try:
         return _decode_torchvision(data)
     except (RuntimeError, ValueError):
@@ -81,27 +90,87 @@ def _shrink(img: torch.Tensor, short_side: int) -> torch.Tensor:
     return F.resize(img, short_side, antialias=True)
 
 
+def default_cache_dir() -> Path:
+    """Where decoded images are kept between runs: $RESNEXUS_CACHE_DIR, else the user cache folder."""
+    if os.environ.get("RESNEXUS_CACHE_DIR"):
+        return Path(os.environ["RESNEXUS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "resnexus" / "decoded"
+
+
+class DecodedCache:
+    """Decoded, downscaled uint8 images on disk, keyed by the file's content and the kept size.
+
+    An entry is ``<sha256 of the file bytes>-<short side>.npy``: an edited image gets a new key
+    (never a stale entry), a copy of an image shares its entry, and another run, fold or model on
+    the same photos reads ~100 KB of pixels instead of decoding a full-size photo again. Reading
+    and hashing the bytes costs far less than decoding them. Entries are written atomically; an
+    unreadable entry is decoded again and replaced.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def entry(self, data: bytes, short_side: int) -> Path:
+        digest = hashlib.sha256(data).hexdigest()
+        return self.root / digest[:2] / f"{digest}-{short_side}.npy"
+
+    def load(self, path: Path, short_side: int) -> torch.Tensor:
+        data = _read(path)
+        entry = self.entry(data, short_side)
+        try:
+            return torch.from_numpy(np.load(entry, allow_pickle=False))
+        except (OSError, ValueError, EOFError):
+            pass  # no entry yet, or a damaged one: decode and (re)write it
+        img = _shrink(decode_image_bytes(data, path), short_side)
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+            with tmp.open("wb") as f:
+                np.save(f, img.numpy(), allow_pickle=False)
+            tmp.replace(entry)
+        except OSError:  # a read-only or full disk costs speed, not the run
+            pass
+        return img
+
+
+def _memory_budget() -> int:
+    """Bytes of decoded images to keep in memory: a quarter of the machine's RAM."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
 class ImageDataset(Dataset):
     """Labelled images: ``(transform(image), label)``, images decoded by :func:`load_image`.
 
-    With ``cache_size`` each image is decoded once and kept in memory as uint8, downscaled so its
-    shorter side is ``cache_size`` (never enlarged), so small datasets skip decoding after the
-    first epoch. Pick ``cache_size`` >= the size the transform resizes to. The cache lives in the
-    process that reads: with DataLoader workers use ``persistent_workers=True`` to keep it.
+    A transform that returns ``(image, params)`` (the per-image half of
+    :class:`~resnexus.data.TrainAugment`) gives items ``(image, label, params)``.
+
+    With ``cache_size`` each image is decoded once and kept as uint8, downscaled so its shorter
+    side is ``cache_size`` (never enlarged): in memory (up to a quarter of the RAM) and, with
+    ``cache_dir``, on disk across runs (:class:`DecodedCache`). Pick ``cache_size`` >= the size the
+    transform resizes to. The memory cache lives in the process that reads: with DataLoader
+    workers use ``persistent_workers=True`` to keep it.
     """
 
     def __init__(
         self,
         samples: Samples,
-        transform: Callable[[torch.Tensor], torch.Tensor],
+        transform: Callable[[torch.Tensor], Any],
         cache_size: int | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         if cache_size is not None and cache_size < 1:
             raise ValueError(f"cache_size must be positive or None, got {cache_size}")
         self.samples = samples
         self.transform = transform
         self.cache_size = cache_size
+        self.disk_cache = DecodedCache(cache_dir) if cache_dir is not None and cache_size is not None else None
         self._cache: dict[int, torch.Tensor] = {}
+        self._cached_bytes = 0
+        self._budget = _memory_budget()
 
     @property
     def class_names(self) -> list[str]:
@@ -111,24 +180,34 @@ class ImageDataset(Dataset):
         return len(self.samples)
 
     def image(self, i: int) -> torch.Tensor:
-        """The untransformed uint8 image ``i`` (from the cache when enabled)."""
+        """The untransformed uint8 image ``i`` (from the caches when enabled)."""
         if self.cache_size is None:
             return load_image(self.samples.paths[i])
         img = self._cache.get(i)
         if img is None:
-            img = _shrink(load_image(self.samples.paths[i]), self.cache_size)
-            self._cache[i] = img
+            path = self.samples.paths[i]
+            if self.disk_cache is not None:
+                img = self.disk_cache.load(path, self.cache_size)
+            else:
+                img = _shrink(load_image(path), self.cache_size)
+            if self._cached_bytes + img.numel() <= self._budget:
+                self._cache[i] = img
+                self._cached_bytes += img.numel()
         return img
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, ...]:
         """Image ``key`` transformed; ``(index, seed)`` (from a training sampler) seeds the random
         augmentation, so it does not depend on which process or worker loads the image."""
         if isinstance(key, tuple):
             i, seed = key
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self.transform(self.image(i)), self.samples.labels[i]
-        return self.transform(self.image(key)), self.samples.labels[key]
+                out = self.transform(self.image(i))
+        else:
+            i, out = key, self.transform(self.image(key))
+        if isinstance(out, tuple):
+            return out[0], self.samples.labels[i], out[1]
+        return out, self.samples.labels[i]
 
 
 class UnlabeledDataset(Dataset):

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import AugmentConfig, ImageDataset, Samples, digits_folder, eval_transform, resolve_splits, train_transform
+from ..data import (
+    AugmentConfig, ImageDataset, Samples, default_cache_dir, digits_folder, eval_transform, resolve_splits, train_transform,
+)  # fmt: skip
 from ..data.check import DataCheck, check_data
 from ..data.sampler import EpochBatches
 from ..data.scan import DataError
@@ -86,6 +88,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto", "bf16", "fp16", "fp32"
     channels_last: bool | None = None  # None: on for CPUs, and on GPUs when bf16/fp16 is used
     workers: int | None = None  # DataLoader workers; None: chosen from the machine
+    cache_dir: str | None = None  # decoded images kept on disk across runs; None: the user cache folder; "off": none
     augment: AugmentConfig | None = None
     mixup: float = 0.0  # Mixup alpha (Zhang et al., 2018 use 0.2 on ImageNet); 0 = off
     cutmix: float = 0.0  # CutMix alpha (Yun et al., 2019 use 1.0); 0 = off; both on: each batch picks one
@@ -153,13 +156,16 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     size = config.image_size
     train_tf = train_transform(size, entry.mean, entry.std, config.augment)
     eval_tf = eval_transform(size, entry.mean, entry.std, config.crop_fraction)
-    cache = math.ceil(size / config.crop_fraction)  # small data sets: decode each image once
+    # Each image is decoded once, kept as uint8 at the size the crops need (in memory, and on disk
+    # for the next run); the loaders crop and flip it (`.sample`), the device does the rest (`.batch`).
+    cache = dict(cache_size=math.ceil(size / config.crop_fraction),
+                 cache_dir=None if config.cache_dir == "off" else config.cache_dir or default_cache_dir())  # fmt: skip
     batches = EpochBatches(splits["train"].labels, config.batch_size, config.seed,
                            balance=config.balance == "sampler", rank=ctx.rank, world=ctx.world)  # fmt: skip
-    loaders = {"train": _loader(ImageDataset(splits["train"], train_tf, cache_size=cache), config, batches)}
+    loaders = {"train": _loader(ImageDataset(splits["train"], train_tf.sample, **cache), config, batches)}
     shards = {name: ctx.shard(len(samples)) for name, samples in splits.items() if name != "train"}
     for name, indices in shards.items():  # evaluation: each rank predicts its share, then all are gathered
-        loaders[name] = _loader(ImageDataset(splits[name].subset(indices), eval_tf, cache_size=cache), config)
+        loaders[name] = _loader(ImageDataset(splits[name].subset(indices), eval_tf.sample, **cache), config)
     log(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
 
     # -- model, precision, optimiser ----------------------------------------------------------
@@ -237,7 +243,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
 
     def evaluate_split(name: str) -> tuple[np.ndarray, np.ndarray, float]:
         """Labels, probabilities and mean loss of the evaluated weights on a whole split (all ranks)."""
-        y, p, loss = predict_loader(eval_model, loaders[name], device, autocast, memory_format, config.tta)
+        y, p, loss = predict_loader(eval_model, loaders[name], device, autocast, memory_format, config.tta, eval_tf.batch)
         return ctx.gather(shards[name], y, p, loss * len(y))
 
     # -- epochs -------------------------------------------------------------------------------
@@ -266,12 +272,13 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
                 torch.set_rng_state(partial["rng"])
                 partial = None
             batches.set_epoch(epoch, start=step)
-            for images, labels in _progress(loaders["train"], f"epoch {epoch}/{config.epochs}", config.verbose):
-                targets = labels
+            for images, labels, params in _progress(loaders["train"], f"epoch {epoch}/{config.epochs}", config.verbose):
+                # uint8 crops to the device, then colour jitter, normalisation and erasing there
+                images = train_tf.batch(images.to(device, non_blocking=True), params)
+                images = images.contiguous(memory_format=memory_format)
+                labels = targets = labels.to(device, non_blocking=True)
                 if mixer is not None:  # soft targets: a mix of two images' one-hot labels
                     images, targets = mixer(images, labels)
-                images = images.to(device, memory_format=memory_format, non_blocking=True)
-                labels, targets = labels.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 with autocast():
                     logits = train_forward(images)
                     loss = F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=config.label_smoothing)
@@ -357,7 +364,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     final_split = "test" if "test" in loaders else monitor
     if final_split == "train":  # no held-out images at all: report on the training images, unaugmented
         shards["train"] = ctx.shard(len(splits["train"]))
-        loaders["train"] = _loader(ImageDataset(splits["train"].subset(shards["train"]), eval_tf, cache_size=cache), config)
+        loaders["train"] = _loader(ImageDataset(splits["train"].subset(shards["train"]), eval_tf.sample, **cache), config)
     y_true, probs, loss = evaluate_split(final_split)
     metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
     metrics.update(split=final_split, loss=loss, best_epoch=best_epoch, model=config.model, skipped_images=skipped)
@@ -403,12 +410,20 @@ def predict_loader(
     autocast: Callable[[], Any] = nullcontext,
     memory_format: torch.memory_format = torch.contiguous_format,
     flip_tta: bool = False,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Labels, class probabilities and mean cross-entropy over a whole loader (eval mode)."""
+    """Labels, class probabilities and mean cross-entropy over a whole loader (eval mode).
+
+    ``preprocess`` turns each batch into model input on the device (``EvalPreprocess.batch``
+    when the loader gives uint8 crops).
+    """
     model.eval()
     labels_all, probs_all, loss_sum = [], [], torch.zeros((), device=device)
     for images, labels in loader:
-        images = images.to(device, memory_format=memory_format, non_blocking=True)
+        images = images.to(device, non_blocking=True)
+        if preprocess is not None:
+            images = preprocess(images)
+        images = images.contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         with autocast():
             probs = class_probabilities(model, images, flip_tta)
@@ -472,9 +487,9 @@ def _progress(loader: DataLoader, description: str, enabled: bool) -> Iterator[A
     batches = loader.batch_sampler
     total = batches.images() if isinstance(batches, EpochBatches) else len(loader.dataset)
     with tqdm(total=total, desc=description, unit="img", leave=False) as bar:
-        for images, labels in loader:
-            yield images, labels
-            bar.update(len(labels))
+        for batch in loader:
+            yield batch
+            bar.update(len(batch[1]))  # (images, labels, ...)
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:
@@ -528,15 +543,24 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on convolution and linear weights only: decaying norms and biases only hurts."""
+    """Weight decay on convolution and linear weights only: decaying norms and biases only hurts.
+
+    The fused (single-kernel) implementation where PyTorch has one for the parameters' device:
+    a resnext50_32x4d AdamW step takes 20 ms fused against 78 ms with the default on 2 CPU cores.
+    """
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    device = next(model.parameters()).device.type
+    fused = {"fused": True} if device in _FUSED_OPTIMIZER_DEVICES else {}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True, **fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.AdamW(groups, lr=config.lr, **fused)
     raise ValueError(f"unknown optimizer {config.optimizer!r}: expected 'sgd' or 'adamw'")
+
+
+_FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # fused SGD and AdamW: PyTorch >= 2.4
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -78,36 +78,6 @@ class DenseLayer(nn.Module):
         """norm1-relu1-conv1 on an already concatenated input."""
         return self.conv1(F.relu(self.norm1(x), inplace=True))
 
-    def _bottleneck_of(self, features: Sequence[Tensor], update_stats: bool = True) -> Tensor:
-        x = torch.cat(list(features), 1) if len(features) > 1 else features[0]
-        if update_stats or not self.training:
-            x = self.norm1(x)
-        else:
-            # Checkpoint recomputation during backward: the same batch statistics, but the running
-            # statistics must not be updated a second time, so they go to throwaway copies.
-            bn = self.norm1
-            x = F.batch_norm(
-                x,
-                bn.running_mean.clone() if bn.running_mean is not None else None,
-                bn.running_var.clone() if bn.running_var is not None else None,
-                bn.weight,
-                bn.bias,
-                True,
-                0.0,
-                bn.eps,
-            )
-        return self.conv1(F.relu(x, inplace=True))
-
-    def _checkpointed_bottleneck(self, features: Sequence[Tensor]) -> Tensor:
-        calls = 0
-
-        def run(*xs: Tensor) -> Tensor:
-            nonlocal calls
-            calls += 1
-            return self._bottleneck_of(xs, update_stats=calls == 1)
-
-        return checkpoint(run, *features, use_reentrant=False)
-
     def head(self, x: Tensor) -> Tensor:
         """norm2-relu2-conv2 (+ dropout): the ``growth_rate`` new channels."""
         x = self.conv2(F.relu(self.norm2(x), inplace=True))
@@ -115,13 +85,48 @@ class DenseLayer(nn.Module):
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x
 
+    def _recompute(self, features: Sequence[Tensor]) -> Tensor:
+        """The whole layer again, in backward: same batch statistics, running statistics untouched.
+
+        The running statistics were updated by the first forward; updating them a second time
+        would count every batch twice, so the recomputation normalises with throwaway copies.
+        """
+        x = torch.cat(list(features), 1) if len(features) > 1 else features[0]
+        x = self.conv1(F.relu(_batch_norm_without_update(self.norm1, x), inplace=True))
+        x = self.conv2(F.relu(_batch_norm_without_update(self.norm2, x), inplace=True))
+        if self.drop_rate > 0:  # checkpoint restores the RNG state: the same dropout mask
+            x = F.dropout(x, p=self.drop_rate, training=True)
+        return x
+
+    def _checkpointed(self, features: Sequence[Tensor]) -> Tensor:
+        calls = 0
+
+        def run(*xs: Tensor) -> Tensor:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # the real forward
+                return self.head(self.bottleneck(torch.cat(xs, 1) if len(xs) > 1 else xs[0]))
+            return self._recompute(xs)
+
+        return checkpoint(run, *features, use_reentrant=False)
+
     def forward(self, features: Tensor | Sequence[Tensor]) -> Tensor:
         """New features from one concatenated tensor or from the list of earlier outputs."""
         if isinstance(features, Tensor):
             return self.head(self.bottleneck(features))
         if self.memory_efficient and self.training and torch.is_grad_enabled():
-            return self.head(self._checkpointed_bottleneck(features))
-        return self.head(self._bottleneck_of(features))
+            return self._checkpointed(features)
+        return self.head(self.bottleneck(torch.cat(list(features), 1) if len(features) > 1 else features[0]))
+
+
+def _batch_norm_without_update(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """Training-mode batch norm of ``x`` that leaves ``bn``'s running statistics as they are."""
+    return F.batch_norm(
+        x,
+        bn.running_mean.clone() if bn.running_mean is not None else None,
+        bn.running_var.clone() if bn.running_var is not None else None,
+        bn.weight, bn.bias, True, 0.0, bn.eps,
+    )  # fmt: skip
 
 
 class DenseBlock(nn.ModuleDict):
@@ -147,7 +152,7 @@ class DenseBlock(nn.ModuleDict):
     def forward(self, x: Tensor) -> Tensor:
         layers: list[DenseLayer] = list(self.values())  # type: ignore[arg-type]
         if layers and layers[0].memory_efficient and self.training and torch.is_grad_enabled():
-            # Keep only the individual outputs; each layer's concatenation is recomputed in backward.
+            # Keep only the individual outputs; each layer is recomputed from them in backward.
             features = [x]
             for layer in layers:
                 features.append(layer(features))
@@ -186,11 +191,12 @@ class DenseNet(ImageClassifier):
     ``num_init_features`` channels; ``stem="cifar"``: one 3x3 conv with ``num_init_features``
     channels (2 x growth rate in the paper) and nothing else, as in the authors' CIFAR models.
 
-    ``memory_efficient=True`` checkpoints the concatenation and the bottleneck (norm1-relu1-conv1)
-    of every dense layer while training, so the concatenated inputs are recomputed in backward
-    instead of stored (memory linear instead of quadratic in depth, at the cost of one more
-    bottleneck forward per layer); results are the same as the plain path, running statistics
-    included.
+    ``memory_efficient=True`` checkpoints every dense layer while training (torch.utils.checkpoint):
+    only each layer's ``growth_rate`` new channels are kept, and its concatenated input, bottleneck
+    and BN-ReLU maps are recomputed in backward, so activation memory grows linearly instead of
+    quadratically with depth for the cost of one more forward of each dense layer. torchvision's
+    and timm's mode recompute only the bottleneck, and the stored 3x3 inputs dominate what remains.
+    Outputs, gradients and running statistics equal the plain path's.
     """
 
     classifier_name = "classifier"
