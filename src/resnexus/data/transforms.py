@@ -3,9 +3,9 @@
 Per image, in the DataLoader (CPU): crop, resize and flip the decoded uint8 image, and draw that
 image's random colour and erasing parameters. Per batch, on the training device: convert to float,
 colour-jitter, normalise and erase, all as a few vectorised tensor operations. Batches cross to the
-device as uint8 (a quarter of the float32 bytes), and the per-image CPU work drops from 1.7 ms to
-0.5 ms at 224 px (one core, see benchmarks/RESULTS.md), which is what decides whether a few CPU
-cores can keep a GPU busy.
+device as uint8 (a quarter of the float32 bytes), and the loader's per-image work drops from
+1.7 ms to 0.7 ms at 224 px (one core), which is what decides whether a few CPU cores can keep a
+GPU busy. (On a CPU-only machine the batch half runs on the CPU as well: no gain, no loss.)
 
 Calling a preprocessing object on one image runs both halves, so it can be used like any
 torchvision transform: ``preprocess(image)`` gives the normalised float image.
