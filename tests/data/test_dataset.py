@@ -247,6 +247,9 @@ def test_damaged_disk_cache_entry_is_rewritten(tmp_path):
     entry.write_bytes(entry.read_bytes()[:20])
     again = ImageDataset(samples, t, cache_size=5, cache_dir=tmp_path / "cache").image(0)
     assert torch.equal(again, good) and torch.equal(torch.from_numpy(np.load(entry)), good)
+    np.save(entry, np.zeros((5, 6), dtype=np.float32))  # readable, but not an image
+    again = ImageDataset(samples, t, cache_size=5, cache_dir=tmp_path / "cache").image(0)
+    assert torch.equal(again, good) and torch.equal(torch.from_numpy(np.load(entry)), good)
 
 
 def test_memory_cache_stops_at_its_budget(tmp_path, monkeypatch):

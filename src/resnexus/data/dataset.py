@@ -119,7 +119,9 @@ class DecodedCache:
         data = _read(path)
         entry = self.entry(data, short_side)
         try:
-            return torch.from_numpy(np.load(entry, allow_pickle=False))
+            pixels = np.load(entry, allow_pickle=False)
+            if pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[0] == 3:
+                return torch.from_numpy(pixels)
         except (OSError, ValueError, EOFError):
             pass  # no entry yet, or a damaged one: decode and (re)write it
         img = _shrink(decode_image_bytes(data, path), short_side)
