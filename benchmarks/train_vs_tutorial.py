@@ -40,16 +40,23 @@ def subset_folder(data: Path, per_class: int, root: Path) -> Path:
     return root
 
 
-def tutorial_epochs(folder: Path, epochs: int, size: int, batch: int) -> list[float]:
-    """The loop as tutorials write it; images/s of each epoch."""
+def tutorial_loader(folder: Path, size: int, batch: int) -> torch.utils.data.DataLoader:
+    """ImageFolder + PIL transforms per sample + a default DataLoader, as tutorials write it."""
     import torchvision
     from torchvision import transforms
 
     tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
                              transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
-    dataset = torchvision.datasets.ImageFolder(str(folder), transform=tf)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True)
-    model = torchvision.models.resnext50_32x4d(num_classes=len(dataset.classes))
+    return torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(str(folder), transform=tf),
+                                       batch_size=batch, shuffle=True)  # fmt: skip
+
+
+def tutorial_epochs(folder: Path, epochs: int, size: int, batch: int) -> list[float]:
+    """The loop as tutorials write it; images/s of each epoch."""
+    import torchvision
+
+    loader = tutorial_loader(folder, size, batch)
+    model = torchvision.models.resnext50_32x4d(num_classes=len(loader.dataset.classes))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     rates = []
     for _ in range(epochs):
@@ -67,13 +74,7 @@ def tutorial_epochs(folder: Path, epochs: int, size: int, batch: int) -> list[fl
 
 def tutorial_data_rate(folder: Path, size: int, batch: int, epochs: int = 2) -> float:
     """Images/s of the tutorial's loader alone (PIL decode + transforms + collate)."""
-    import torchvision
-    from torchvision import transforms
-
-    tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
-    loader = torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(str(folder), transform=tf),
-                                         batch_size=batch, shuffle=True)  # fmt: skip
+    loader = tutorial_loader(folder, size, batch)
     start, seen = time.perf_counter(), 0
     for _ in range(epochs):
         for images, labels in loader:

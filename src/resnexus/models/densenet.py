@@ -34,7 +34,7 @@ with 216, 300 and 342 channels.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,49 +74,41 @@ class DenseLayer(nn.Module):
         self.drop_rate = float(drop_rate)
         self.memory_efficient = memory_efficient
 
-    def bottleneck(self, x: Tensor) -> Tensor:
-        """norm1-relu1-conv1 on an already concatenated input."""
-        return self.conv1(F.relu(self.norm1(x), inplace=True))
-
-    def head(self, x: Tensor) -> Tensor:
-        """norm2-relu2-conv2 (+ dropout): the ``growth_rate`` new channels."""
-        x = self.conv2(F.relu(self.norm2(x), inplace=True))
-        if self.drop_rate > 0:
+    def new_features(self, x: Tensor, norm: Callable[[nn.BatchNorm2d, Tensor], Tensor] | None = None) -> Tensor:
+        """BN-ReLU-1x1 conv-BN-ReLU-3x3 conv (+ dropout) of the concatenated input: the
+        ``growth_rate`` new channels. ``norm`` replaces the BatchNorm calls (recomputation)."""
+        norm = norm or (lambda bn, t: bn(t))
+        x = self.conv1(F.relu(norm(self.norm1, x), inplace=True))
+        x = self.conv2(F.relu(norm(self.norm2, x), inplace=True))
+        if self.drop_rate > 0:  # in a recomputation, checkpoint has restored the RNG: the same mask
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x
 
-    def _recompute(self, features: Sequence[Tensor]) -> Tensor:
-        """The whole layer again, in backward: same batch statistics, running statistics untouched.
-
-        The running statistics were updated by the first forward; updating them a second time
-        would count every batch twice, so the recomputation normalises with throwaway copies.
-        """
-        x = torch.cat(list(features), 1) if len(features) > 1 else features[0]
-        x = self.conv1(F.relu(_batch_norm_without_update(self.norm1, x), inplace=True))
-        x = self.conv2(F.relu(_batch_norm_without_update(self.norm2, x), inplace=True))
-        if self.drop_rate > 0:  # checkpoint restores the RNG state: the same dropout mask
-            x = F.dropout(x, p=self.drop_rate, training=True)
-        return x
-
     def _checkpointed(self, features: Sequence[Tensor]) -> Tensor:
+        """The layer under torch.utils.checkpoint: only its output is kept for backward, which
+        runs it again. The first forward already updated the running statistics; the second
+        normalises with the same batch statistics but leaves them alone (else every batch
+        would count twice)."""
         calls = 0
 
         def run(*xs: Tensor) -> Tensor:
             nonlocal calls
             calls += 1
-            if calls == 1:  # the real forward
-                return self.head(self.bottleneck(torch.cat(xs, 1) if len(xs) > 1 else xs[0]))
-            return self._recompute(xs)
+            return self.new_features(_concat(xs), norm=None if calls == 1 else _batch_norm_without_update)
 
         return checkpoint(run, *features, use_reentrant=False)
 
     def forward(self, features: Tensor | Sequence[Tensor]) -> Tensor:
         """New features from one concatenated tensor or from the list of earlier outputs."""
         if isinstance(features, Tensor):
-            return self.head(self.bottleneck(features))
+            return self.new_features(features)
         if self.memory_efficient and self.training and torch.is_grad_enabled():
             return self._checkpointed(features)
-        return self.head(self.bottleneck(torch.cat(list(features), 1) if len(features) > 1 else features[0]))
+        return self.new_features(_concat(features))
+
+
+def _concat(features: Sequence[Tensor]) -> Tensor:
+    return torch.cat(list(features), 1) if len(features) > 1 else features[0]
 
 
 def _batch_norm_without_update(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
