@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from resnexus import create_model
-from resnexus.engine.fit import autocast_dtype
+from resnexus.engine.config import autocast_dtype
 
 
 def main() -> int:
@@ -61,14 +61,18 @@ def main() -> int:
             rates[name].append(2 * args.batch / (time.perf_counter() - start))
     eager, comp = statistics.median(rates["eager"]), statistics.median(rates["compiled"])
     label = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
-    print(f"{args.model} training step on {device}, {label} + channels_last, batch {args.batch}, {args.size} px, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"{args.model} training step on {device}, {label} + channels_last, batch {args.batch}, {args.size} px, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"  compile + first step: {compile_s:.0f} s")
-    print(f"  eager {eager:.2f} images/s, compiled {comp:.2f} images/s (medians of {args.rounds} rounds): "
-          f"{comp / eager:.2f}x; break-even after {compile_s / max(1e-9, 1 / eager - 1 / comp):.0f} images"
-          if comp > eager else
-          f"  eager {eager:.2f} images/s, compiled {comp:.2f} images/s (medians of {args.rounds} rounds): "
-          f"{comp / eager:.2f}x, so compiling never pays here")  # fmt: skip
+    print(
+        f"  eager {eager:.2f} images/s, compiled {comp:.2f} images/s (medians of {args.rounds} rounds): "
+        f"{comp / eager:.2f}x; break-even after {compile_s / max(1e-9, 1 / eager - 1 / comp):.0f} images"
+        if comp > eager
+        else f"  eager {eager:.2f} images/s, compiled {comp:.2f} images/s (medians of {args.rounds} rounds): "
+        f"{comp / eager:.2f}x, so compiling never pays here"
+    )
     return 0
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from resnexus.engine.distributed import torchrun_command
+
 
 def make_images(root: Path, per_class: int, size: int) -> Path:
     rng = np.random.default_rng(0)
@@ -36,14 +38,32 @@ def make_images(root: Path, per_class: int, size: int) -> Path:
 
 
 def run(nproc: int, args: argparse.Namespace, data: Path, out: Path) -> float:
-    common = ["--data", str(data), "--model", args.model, "--image-size", str(args.image_size),
-              "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--out", str(out),
-              "--val-fraction", "0", "--test-fraction", "0.1", "--workers", "0", "--checkpoint-every", "1e9"]  # fmt: skip
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        args.model,
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--out",
+        str(out),
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0.1",
+        "--workers",
+        "0",
+        "--checkpoint-every",
+        "1e9",
+    ]
     if nproc == 1:
         command = [sys.executable, "-m", "resnexus", "train", *common]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   "-m", "resnexus", "train", *common]  # fmt: skip
+        command = torchrun_command(nproc, ["train", *common])
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))  # the cores, shared out
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -65,8 +85,10 @@ def main() -> int:
         data = make_images(Path(tmp) / "data", args.images, args.image_size + 16)
         alone = run(1, args, data, Path(tmp) / "one")
         spread = run(args.nproc, args, data, Path(tmp) / "many")
-    print(f"{args.model} at {args.image_size} px, global batch {args.batch_size}, {os.cpu_count()} CPU cores, "
-          f"median over epochs 2..{args.epochs}:")  # fmt: skip
+    print(
+        f"{args.model} at {args.image_size} px, global batch {args.batch_size}, {os.cpu_count()} CPU cores, "
+        f"median over epochs 2..{args.epochs}:"
+    )
     print(f"  1 process:            {alone:7.1f} images/s")
     print(f"  {args.nproc} processes (gloo):  {spread:7.1f} images/s   ratio {spread / alone:.2f}")
     return 0

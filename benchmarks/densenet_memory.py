@@ -27,7 +27,7 @@ def one_mode(memory_efficient: bool, batch: int, size: int, steps: int, precisio
     import torch
 
     from resnexus import create_model
-    from resnexus.engine.fit import autocast_dtype
+    from resnexus.engine.config import autocast_dtype
 
     dtype = autocast_dtype(precision, torch.device("cpu"))
 
@@ -47,8 +47,12 @@ def one_mode(memory_efficient: bool, batch: int, size: int, steps: int, precisio
         optimizer.step()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"baseline_mib": baseline, "peak_mib": peak, "step_s": statistics.median(times[1:] or times),
-            "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch.")}
+    return {
+        "baseline_mib": baseline,
+        "peak_mib": peak,
+        "step_s": statistics.median(times[1:] or times),
+        "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch."),
+    }
 
 
 def main() -> int:
@@ -64,19 +68,37 @@ def main() -> int:
         return 0
     results = {}
     for mode in ("plain", "efficient"):
-        command = [sys.executable, __file__, "--child", mode, "--batch", str(args.batch), "--size", str(args.size),
-                   "--steps", str(args.steps), "--precision", args.precision]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--batch",
+            str(args.batch),
+            "--size",
+            str(args.size),
+            "--steps",
+            str(args.steps),
+            "--precision",
+            args.precision,
+        ]
         results[mode] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     plain, efficient = results["plain"], results["efficient"]
     extra_plain = plain["peak_mib"] - plain["baseline_mib"]
     extra_eff = efficient["peak_mib"] - efficient["baseline_mib"]
-    print(f"densenet121 training step, batch {args.batch}, {args.size} px, {plain['precision']} + channels_last, "
-          f"median of {max(1, args.steps - 1)} steps after the first:")  # fmt: skip
+    print(
+        f"densenet121 training step, batch {args.batch}, {args.size} px, {plain['precision']} + channels_last, "
+        f"median of {max(1, args.steps - 1)} steps after the first:"
+    )
     for name, r, extra in (("plain", plain, extra_plain), ("memory-efficient", efficient, extra_eff)):
-        print(f"  {name:17s} peak {r['peak_mib']:7.0f} MiB (model and input {r['baseline_mib']:5.0f} MiB, "
-              f"step {extra:6.0f} MiB), {r['step_s']:.2f} s/step")  # fmt: skip
-    print(f"  memory-efficient / plain: step memory {extra_eff / extra_plain:.2f}x, "
-          f"peak {efficient['peak_mib'] / plain['peak_mib']:.2f}x, time {efficient['step_s'] / plain['step_s']:.2f}x")
+        print(
+            f"  {name:17s} peak {r['peak_mib']:7.0f} MiB (model and input {r['baseline_mib']:5.0f} MiB, "
+            f"step {extra:6.0f} MiB), {r['step_s']:.2f} s/step"
+        )
+    print(
+        f"  memory-efficient / plain: step memory {extra_eff / extra_plain:.2f}x, "
+        f"peak {efficient['peak_mib'] / plain['peak_mib']:.2f}x, time {efficient['step_s'] / plain['step_s']:.2f}x"
+    )
     return 0
 
 

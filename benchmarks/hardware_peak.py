@@ -31,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from resnexus import create_model
-from resnexus.engine.fit import autocast_dtype
+from resnexus.engine.config import autocast_dtype
 
 # operator-name fragments -> group, first match wins (self CPU time of aten ops)
 GROUPS = (
@@ -113,15 +113,21 @@ def main() -> int:
     flops = step_flops(args.model, args.batch, args.size)
     cores, ghz = torch.get_num_threads(), cpu_ghz()
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    print(f"{args.model} training step, batch {args.batch}, {args.size} px, channels_last, fused AdamW; "
-          f"{cores} threads at {ghz:.2f} GHz, AMX {'yes' if amx else 'no'}")  # fmt: skip
-    print(f"  FLOPs per step (3 x forward): {flops / 1e9:.1f} G ({flops / args.batch / 1e9:.1f} G per image); "
-          f"median of {args.steps} steps")  # fmt: skip
+    print(
+        f"{args.model} training step, batch {args.batch}, {args.size} px, channels_last, fused AdamW; "
+        f"{cores} threads at {ghz:.2f} GHz, AMX {'yes' if amx else 'no'}"
+    )
+    print(
+        f"  FLOPs per step (3 x forward): {flops / 1e9:.1f} G ({flops / args.batch / 1e9:.1f} G per image); "
+        f"median of {args.steps} steps"
+    )
     for label, dtype, per_cycle in (("fp32", None, 64), ("bf16", torch.bfloat16, 1024 if amx else 128)):
         seconds = median_step_seconds(make_step(args.model, args.batch, args.size, dtype), args.steps)
         achieved, peak = flops / seconds / 1e9, cores * ghz * per_cycle
-        print(f"  {label}: {seconds:.2f} s/step ({args.batch / seconds:.2f} images/s), {achieved:.0f} GFLOP/s of a "
-              f"nominal {peak:.0f} ({cores} x {ghz:.2f} GHz x {per_cycle} FLOPs/cycle): {100 * achieved / peak:.1f} % of peak")  # fmt: skip
+        print(
+            f"  {label}: {seconds:.2f} s/step ({args.batch / seconds:.2f} images/s), {achieved:.0f} GFLOP/s of a "
+            f"nominal {peak:.0f} ({cores} x {ghz:.2f} GHz x {per_cycle} FLOPs/cycle): {100 * achieved / peak:.1f} % of peak"
+        )
 
     dtype = autocast_dtype("auto", torch.device("cpu"))
     groups, total = time_by_group(make_step(args.model, args.batch, args.size, dtype))

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from resnexus.engine import TrainConfig
+from resnexus.engine.config import complete_config, unused_path
 from resnexus.engine.crossval import cross_validate
-from resnexus.engine.fit import complete_config, unused_path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "msld").resolve()
@@ -42,8 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, help="default: the package's default (128 px for resnext50)")
     p.add_argument("--batch-size", type=int, help="default: the package's default (16)")
     p.add_argument("--folds", type=int, default=3, help="default 3 (the paper's)")
-    p.add_argument("--val-fraction", type=float, default=0.125,
-                   help="validation share of each fold's training part (default 0.125: ~70:10:20 overall)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.125,
+        help="validation share of each fold's training part (default 0.125: ~70:10:20 overall)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--out", help="run directory (default runs/msld-cv-<model>[-N] in the repository)")
@@ -54,18 +58,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out) if args.out else unused_path(REPO / "runs" / f"msld-cv-{args.model}")
-    config = complete_config(TrainConfig(
-        data=args.data, out=str(out), model=args.model, epochs=args.epochs, image_size=args.image_size,
-        batch_size=args.batch_size, val_fraction=args.val_fraction, group_by="patient", seed=args.seed,
-        precision=args.precision, verbose=not args.quiet,
-    ))  # fmt: skip
+    config = complete_config(
+        TrainConfig(
+            data=args.data,
+            out=str(out),
+            model=args.model,
+            epochs=args.epochs,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            val_fraction=args.val_fraction,
+            group_by="patient",
+            seed=args.seed,
+            precision=args.precision,
+            verbose=not args.quiet,
+        )
+    )
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name()
     else:
         device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"MSLD {args.folds}-fold patient-grouped cross-validation: {args.model} from scratch, {config.epochs} epochs, "
-          f"{config.image_size} px, batch {config.batch_size}, {config.optimizer} lr {config.lr} wd {config.weight_decay}, "
-          f"seed {args.seed}, on {device}")  # fmt: skip
+    print(
+        f"MSLD {args.folds}-fold patient-grouped cross-validation: {args.model} from scratch, {config.epochs} epochs, "
+        f"{config.image_size} px, batch {config.batch_size}, {config.optimizer} lr {config.lr} wd {config.weight_decay}, "
+        f"seed {args.seed}, on {device}"
+    )
     started = time.perf_counter()
     result = cross_validate(config, args.folds)
     wall = time.perf_counter() - started

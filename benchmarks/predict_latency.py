@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from resnexus import create_model
-from resnexus.engine.checkpoint import make_checkpoint, save_atomic
-from resnexus.engine.export import OnnxClassifier, export_onnx
+from resnexus.engine.checkpoint import OnnxClassifier, make_checkpoint, save_atomic
+from resnexus.engine.export import export_onnx
 from resnexus.engine.inference import optimize_for_inference
 
 
@@ -34,8 +34,16 @@ def main() -> int:
     args = p.parse_args()
     model = create_model(args.model, num_classes=2).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = make_checkpoint(model, model_name=args.model, model_config={}, class_names=["a", "b"],
-                               image_size=args.size, mean=(0.5,) * 3, std=(0.25,) * 3, crop_fraction=0.875)  # fmt: skip
+        ckpt = make_checkpoint(
+            model,
+            model_name=args.model,
+            model_config={},
+            class_names=["a", "b"],
+            image_size=args.size,
+            mean=(0.5,) * 3,
+            std=(0.25,) * 3,
+            crop_fraction=0.875,
+        )
         exported = export_onnx(save_atomic(ckpt, Path(tmp) / "m.pt"), Path(tmp) / "m.onnx")
         runtime = OnnxClassifier(exported.path)
         x = torch.randn(1, 3, args.size, args.size)
@@ -62,8 +70,12 @@ def main() -> int:
         def onnx() -> None:
             runtime(x)
 
-        runs = {"eager fp32": eager_fp32, "eager bf16 + channels_last": eager_bf16,
-                "eager fp32, predict's path": eager_folded, "onnxruntime fp32": onnx}  # fmt: skip
+        runs = {
+            "eager fp32": eager_fp32,
+            "eager bf16 + channels_last": eager_bf16,
+            "eager fp32, predict's path": eager_folded,
+            "onnxruntime fp32": onnx,
+        }
         times: dict[str, list[float]] = {name: [] for name in runs}
         with torch.no_grad():
             for fn in runs.values():  # warm-up
@@ -74,9 +86,11 @@ def main() -> int:
                     for _ in range(args.reps):
                         fn()
                     times[name].append((time.perf_counter() - start) / args.reps)
-    print(f"{args.model}, batch 1, {args.size} px, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} alternating rounds x {args.reps} passes "
-          f"(max |logit diff| vs eager: ONNX {exported.max_abs_diff:.1e}, folded {folded_diff:.1e})")  # fmt: skip
+    print(
+        f"{args.model}, batch 1, {args.size} px, {torch.get_num_threads()} threads, "
+        f"median of {args.rounds} alternating rounds x {args.reps} passes "
+        f"(max |logit diff| vs eager: ONNX {exported.max_abs_diff:.1e}, folded {folded_diff:.1e})"
+    )
     base = statistics.median(times["eager fp32"])
     for name, values in times.items():
         median = statistics.median(values)

@@ -71,8 +71,12 @@ def main() -> int:
             continue
         emit(f"\n== {title}\n$ python benchmarks/{' '.join(command)}")
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(HERE / command[0]), *command[1:]], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / command[0]), *command[1:]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             if "Warning" not in line and not line.startswith(_NOISE):

@@ -45,10 +45,17 @@ def tutorial_loader(folder: Path, size: int, batch: int) -> torch.utils.data.Dat
     import torchvision
     from torchvision import transforms
 
-    tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
-    return torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(str(folder), transform=tf),
-                                       batch_size=batch, shuffle=True)  # fmt: skip
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    return torch.utils.data.DataLoader(
+        torchvision.datasets.ImageFolder(str(folder), transform=tf), batch_size=batch, shuffle=True
+    )
 
 
 def tutorial_epochs(folder: Path, epochs: int, size: int, batch: int) -> list[float]:
@@ -77,7 +84,7 @@ def tutorial_data_rate(folder: Path, size: int, batch: int, epochs: int = 2) -> 
     loader = tutorial_loader(folder, size, batch)
     start, seen = time.perf_counter(), 0
     for _ in range(epochs):
-        for images, labels in loader:
+        for _images, labels in loader:
             seen += len(labels)
     return seen / (time.perf_counter() - start)
 
@@ -90,8 +97,9 @@ def resnexus_data_rate(folder: Path, size: int, batch: int, epochs: int = 2) -> 
     samples = scan_folder(folder)
     augment = train_transform(size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), AugmentConfig())
     batches = EpochBatches(samples.labels, batch, seed=0)
-    loader = torch.utils.data.DataLoader(ImageDataset(samples, augment.sample, cache_size=round(size / 0.875)),
-                                         batch_sampler=batches)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(samples, augment.sample, cache_size=round(size / 0.875)), batch_sampler=batches
+    )
     for _ in loader:  # fills the memory cache, as the first training epoch does
         pass
     start, seen = time.perf_counter(), 0
@@ -106,9 +114,20 @@ def resnexus_data_rate(folder: Path, size: int, batch: int, epochs: int = 2) -> 
 def resnexus_epochs(folder: Path, epochs: int, size: int, batch: int, out: Path) -> list[float]:
     from resnexus.engine import TrainConfig, train
 
-    result = train(TrainConfig(data=str(folder), out=str(out), model="resnext50_32x4d", image_size=size,
-                               batch_size=batch, epochs=epochs, val_fraction=0.0, test_fraction=0.0,
-                               checkpoint_every=1e9, verbose=False))  # fmt: skip
+    result = train(
+        TrainConfig(
+            data=str(folder),
+            out=str(out),
+            model="resnext50_32x4d",
+            image_size=size,
+            batch_size=batch,
+            epochs=epochs,
+            val_fraction=0.0,
+            test_fraction=0.0,
+            checkpoint_every=1e9,
+            verbose=False,
+        )
+    )
     return [h["images_per_second"] for h in result.history]
 
 
@@ -131,14 +150,20 @@ def main() -> int:
         data_theirs = statistics.median(tutorial_data_rate(folder, args.size, args.batch) for _ in range(3))
     a, b = statistics.median(ours), statistics.median(theirs)
     compute_ours = 1 / a - 1 / data_ours  # seconds per image outside the data path
-    print(f"resnext50_32x4d training, {args.images} MSLD photos, {args.size} px, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads; medians over {len(ours)} epochs a side ({args.rounds} alternating rounds)")  # fmt: skip
+    print(
+        f"resnext50_32x4d training, {args.images} MSLD photos, {args.size} px, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads; medians over {len(ours)} epochs a side ({args.rounds} alternating rounds)"
+    )
     print(f"  tutorial loop (ImageFolder + PIL, fp32):         {b:6.2f} images/s")
     print(f"  resnexus train (its defaults on this machine):   {a:6.2f} images/s   ratio {a / b:.2f}x")
-    print(f"  data path alone: tutorial {data_theirs:7.1f} images/s ({1000 / data_theirs:.1f} ms/image), "
-          f"resnexus {data_ours:7.1f} images/s ({1000 / data_ours:.1f} ms/image)")  # fmt: skip
-    print(f"  resnexus time per image: {1000 / a:.0f} ms, of which data {1000 / data_ours:.1f} ms; with a free data path "
-          f"the ratio could reach at most {1 / compute_ours / b:.2f}x")  # fmt: skip
+    print(
+        f"  data path alone: tutorial {data_theirs:7.1f} images/s ({1000 / data_theirs:.1f} ms/image), "
+        f"resnexus {data_ours:7.1f} images/s ({1000 / data_ours:.1f} ms/image)"
+    )
+    print(
+        f"  resnexus time per image: {1000 / a:.0f} ms, of which data {1000 / data_ours:.1f} ms; with a free data path "
+        f"the ratio could reach at most {1 / compute_ours / b:.2f}x"
+    )
     return 0
 
 

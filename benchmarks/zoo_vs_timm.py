@@ -101,7 +101,10 @@ def bench_pair(ours_name: str, timm_name: str, args: argparse.Namespace) -> dict
         for r in range(args.rounds):
             for key in list(runs) if r % 2 == 0 else list(runs)[::-1]:
                 rates[key].append(images_per_second(runs[key], args.batch_size, args.steps))
-            print(f"  {mode} round {r + 1}: " + "   ".join(f"{k} {v[-1]:6.2f} img/s" for k, v in rates.items()), flush=True)
+            print(
+                f"  {mode} round {r + 1}: " + "   ".join(f"{k} {v[-1]:6.2f} img/s" for k, v in rates.items()),
+                flush=True,
+            )
         for key, values in rates.items():
             result[f"{mode}_{key}"] = statistics.median(values)
             result[f"{mode}_{key}_ratio"] = statistics.median(a / b for a, b in zip(values, rates["timm"]))
@@ -120,21 +123,27 @@ def main() -> None:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     args = parser.parse_args()
 
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; {args.dtype}, channels_last={args.channels_last}, "
-          f"batch {args.batch_size}, {args.image_size} px, {args.rounds} rounds x {args.steps} steps")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; {args.dtype}, channels_last={args.channels_last}, "
+        f"batch {args.batch_size}, {args.image_size} px, {args.rounds} rounds x {args.steps} steps"
+    )
     results = {}
     for name in args.models.split(","):
         print(f"{name} vs timm {PAIRS[name]}", flush=True)
         results[name] = bench_pair(name, PAIRS[name], args)
-    print("\n| model | timm model | train: ours / timm img/s | ratio | inference: ours / timm img/s | ratio "
-          "| predict's path (BN folded) img/s | ratio | same weights |")  # fmt: skip
+    print(
+        "\n| model | timm model | train: ours / timm img/s | ratio | inference: ours / timm img/s | ratio "
+        "| predict's path (BN folded) img/s | ratio | same weights |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for name, r in results.items():
-        print(f"| {name} | {PAIRS[name]} | {r['train_ours']:.2f} / {r['train_timm']:.2f} | {r['train_ours_ratio']:.3f} | "
-              f"{r['infer_ours']:.1f} / {r['infer_timm']:.1f} | {r['infer_ours_ratio']:.3f} | "
-              f"{r['infer_predict']:.1f} | {r['infer_predict_ratio']:.3f} | "
-              f"{'yes' if r['same_weights'] else 'no (other layout)'} |")  # fmt: skip
+        print(
+            f"| {name} | {PAIRS[name]} | {r['train_ours']:.2f} / {r['train_timm']:.2f} | {r['train_ours_ratio']:.3f} | "
+            f"{r['infer_ours']:.1f} / {r['infer_timm']:.1f} | {r['infer_ours_ratio']:.3f} | "
+            f"{r['infer_predict']:.1f} | {r['infer_predict_ratio']:.3f} | "
+            f"{'yes' if r['same_weights'] else 'no (other layout)'} |"
+        )
     worst = min(min(r["train_ours_ratio"], r["infer_ours_ratio"]) for r in results.values())
     print(f"lowest ratio: {worst:.3f} (target >= 1.0; the machine's run-to-run noise is 5-15 %)")
 

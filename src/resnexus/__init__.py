@@ -1,8 +1,8 @@
 """resnexus: the ResNet family of image classifiers, exact and verified.
 
-    import resnexus
-    model = resnexus.create_model("resnext50_32x4d", num_classes=2)
-    result = resnexus.train(resnexus.TrainConfig(data="photos/", model="resnext50_32x4d"))
+import resnexus
+model = resnexus.create_model("resnext50_32x4d", num_classes=2)
+result = resnexus.train(resnexus.TrainConfig(data="photos/", model="resnext50_32x4d"))
 """
 
 from typing import Any
@@ -12,6 +12,7 @@ from .models import create_model, list_models, model_info
 __version__ = "0.1.0"
 __all__ = [
     "TrainConfig",
+    "__version__",
     "compare",
     "create_model",
     "cross_validate",
@@ -20,7 +21,6 @@ __all__ = [
     "model_info",
     "predict",
     "train",
-    "__version__",
 ]
 
 _ENGINE = {"TrainConfig", "train", "evaluate", "predict", "cross_validate", "compare"}

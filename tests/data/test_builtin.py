@@ -8,7 +8,6 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from resnexus.data import DataError, digits_folder, scan_folder
-from resnexus.data.builtin import default_cache_dir
 
 
 def test_digits_folder_written_once_with_right_labels(tmp_path):
@@ -45,9 +44,7 @@ def test_digits_folder_repairs_incomplete_set_and_refuses_foreign_folder(tmp_pat
     assert (tmp_path / "mine" / "keep.txt").is_file()
 
 
-def test_default_cache_dir(monkeypatch, tmp_path):
+def test_default_digits_folder_follows_resnexus_home(monkeypatch, tmp_path):
     monkeypatch.setenv("RESNEXUS_HOME", str(tmp_path / "home"))
-    assert default_cache_dir() == tmp_path / "home"
-    monkeypatch.delenv("RESNEXUS_HOME")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "resnexus"
+    assert digits_folder() == tmp_path / "home" / "digits"
+    assert len(scan_folder(tmp_path / "home" / "digits")) == 1797

@@ -79,13 +79,13 @@ def test_other_formats(tmp_path, suffix):
 
 def test_corrupt_and_missing_files_named(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"this is not an image")
-    with pytest.raises(DataError, match="bad.png"):
+    with pytest.raises(DataError, match=r"bad\.png"):
         load_image(tmp_path / "bad.png")
     data = write_image(tmp_path / "cut.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[:40])
-    with pytest.raises(DataError, match="cut.jpg"):
+    with pytest.raises(DataError, match=r"cut\.jpg"):
         load_image(tmp_path / "cut.jpg")
-    with pytest.raises(DataError, match="gone.png"):
+    with pytest.raises(DataError, match=r"gone\.png"):
         load_image(tmp_path / "gone.png")
 
 
@@ -154,7 +154,7 @@ def test_dataset_items_follow_the_sample_seed(tmp_path):
     ds = ImageDataset(scan_folder(tmp_path), t.sample, cache_size=16)
     x1, y1, p1 = ds[(2, 1234)]
     x2, y2, p2 = ds[(2, 1234)]
-    x3, _, p3 = ds[(2, 99)]
+    _, _, p3 = ds[(2, 99)]
     assert x1.dtype == torch.uint8 and y1 == y2 == 1 and torch.equal(x1, x2) and torch.equal(p1, p2)
     assert not torch.equal(p1, p3)
 
@@ -250,6 +250,26 @@ def test_damaged_disk_cache_entry_is_rewritten(tmp_path):
     np.save(entry, np.zeros((5, 6), dtype=np.float32))  # readable, but not an image
     again = ImageDataset(samples, t, cache_size=5, cache_dir=tmp_path / "cache").image(0)
     assert torch.equal(again, good) and torch.equal(torch.from_numpy(np.load(entry)), good)
+
+
+def test_unwritable_disk_cache_costs_speed_not_the_run(tmp_path, monkeypatch):
+    from resnexus.data import dataset as dataset_module
+
+    make_tree(tmp_path / "data", {"a": ["1.png"], "b": ["2.png"]})
+    samples = scan_folder(tmp_path / "data")
+    t = eval_transform(4, MEAN, STD)
+    (tmp_path / "file").write_text("not a folder")
+    blocked = ImageDataset(samples, t, cache_size=5, cache_dir=tmp_path / "file" / "cache")  # mkdir fails
+    expected = ImageDataset(samples, t, cache_size=5).image(0)
+    assert torch.equal(blocked.image(0), expected)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dataset_module.np, "save", full_disk)  # the entry's write fails half-way
+    full = ImageDataset(samples, t, cache_size=5, cache_dir=tmp_path / "cache")
+    assert torch.equal(full.image(0), expected)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no entry, no temporary file
 
 
 def test_memory_cache_stops_at_its_budget(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def test_ranks_split_every_global_batch_exactly(n, batch, world):
     assert len({len(r) for r in ranks}) == 1  # every rank takes the same number of steps
     for step, together in enumerate(alone):
         parts = [ranks[r][step] for r in range(world)]
-        assert sorted(sum(parts, [])) == sorted(together)  # same images, same augmentation seeds
+        assert sorted(i for part in parts for i in part) == sorted(together)  # same images, same augmentation seeds
         assert max(map(len, parts)) - min(map(len, parts)) <= 1 and min(map(len, parts)) >= 1
     remainder = n % batch
     assert len(alone) == n // batch + (remainder >= 2)

@@ -106,7 +106,7 @@ def test_group_ids_regex_and_none():
     assert group_ids(paths, r"p(\d+)-") == ["01", "02"]  # first capture group
     assert group_ids(paths, r"p\d+") == ["p01", "p02"]  # whole match
     assert group_ids(paths, None) == ["cls/p01-img3.png", "cls/p02-img1.png"]
-    with pytest.raises(DataError, match="other.png"):
+    with pytest.raises(DataError, match=r"other\.png"):
         group_ids([Path("cls/other.png")], r"p(\d+)-")
     with pytest.raises(DataError, match="invalid group pattern"):
         group_ids(paths, "(")
@@ -134,7 +134,7 @@ def test_scan_unlabeled(tmp_path):
         "sub/img1.jpg",
     ]
     assert scan_unlabeled(tmp_path / "img2.png") == [tmp_path / "img2.png"]
-    with pytest.raises(DataError, match="missing.png"):
+    with pytest.raises(DataError, match=r"missing\.png"):
         scan_unlabeled(tmp_path / "missing.png")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty"):
@@ -161,7 +161,7 @@ def test_scan_csv(tmp_path):
     assert s.groups == ["imgs/a.png", "imgs/b c.png", "imgs/d.png"]
     g = scan_csv(csv, group_column="patient", class_names=["dog", "cat", "bird"])
     assert g.groups == ["p1", "p1", "p2"] and g.labels == [0, 1, 0]
-    with pytest.raises(DataError, match="row 3.*'cat'"):
+    with pytest.raises(DataError, match=r"row 3.*'cat'"):
         scan_csv(csv, class_names=["dog"])
     with pytest.raises(DataError, match="missing column"):
         scan_csv(csv, group_column="site")
@@ -181,7 +181,7 @@ def test_scan_csv_rejects_escape(tmp_path):
     with pytest.raises(DataError, match=r"row 3.*\.\./escape\.png.*outside"):
         scan_csv(csv)
     csv = _csv(tmp_path / "data" / "l.csv", f"path,label\n{(tmp_path / 'escape.png').as_posix()},a\n")
-    with pytest.raises(DataError, match="row 2.*outside"):
+    with pytest.raises(DataError, match=r"row 2.*outside"):
         scan_csv(csv)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -14,31 +16,32 @@ from PIL import Image
 
 from resnexus.engine import TrainConfig, load_checkpoint, model_from_checkpoint
 from resnexus.engine.comparison import COLUMNS, compare
+from resnexus.reports import MISSING
+from tests.helpers import bright_and_dark_folder
 
 MODELS = ["resnet20_cifar", "lenet"]
 CONFIGS = {"resnet20_cifar": {"layers": (1, 1, 1)}, "lenet": {"img_size": 16}}
 
 
-def _make_folder(root: Path, per_class: int = 12, size: int = 16) -> Path:
-    """Two classes any crop keeps apart: dark and bright noise images."""
-    rng = np.random.default_rng(0)
-    for label, name in enumerate(("bright", "dark")):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8) + (20 if label else 140)
-            Image.fromarray(img.astype(np.uint8)).save(root / name / f"img{i}.png")
-    return root
-
-
 def _base(data: Path, **overrides) -> TrainConfig:
-    values = dict(data=str(data), epochs=2, batch_size=8, lr=0.05, image_size=16, val_fraction=0.25,
-                  test_fraction=0.25, precision="fp32", workers=0, verbose=False)  # fmt: skip
+    values = dict(
+        data=str(data),
+        epochs=2,
+        batch_size=8,
+        lr=0.05,
+        image_size=16,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        precision="fp32",
+        workers=0,
+        verbose=False,
+    )
     return TrainConfig(**values | overrides)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return _make_folder(tmp_path_factory.mktemp("data") / "halves")
+    return bright_and_dark_folder(tmp_path_factory.mktemp("data") / "halves", per_class=12, size=16)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def test_params_and_macs_are_those_of_the_trained_model(result):
 
 
 def test_both_models_saw_the_same_test_images(result):
-    out, res = result
+    out, _ = result
     m = [json.loads((out / name / "metrics.json").read_text()) for name in MODELS]
     assert m[0]["split"] == m[1]["split"] == "test"
     assert m[0]["n"] == m[1]["n"] == 6  # 25% of 24
@@ -96,7 +99,7 @@ def test_both_models_saw_the_same_test_images(result):
 
 
 def test_csv_and_markdown_hold_the_same_numbers(result):
-    out, res = result
+    _, res = result
     with res.csv.open(encoding="utf-8") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == [key for key, _ in COLUMNS]
@@ -113,7 +116,7 @@ def test_csv_and_markdown_hold_the_same_numbers(result):
             assert int(c[key]) == row[key] == int(m[headers[key]].replace(",", ""))
         for key in ("train_seconds", "train_images_per_second", "inference_images_per_second"):
             assert float(m[headers[key]].replace(",", "")) == pytest.approx(float(c[key]), abs=0.051)
-        assert c["peak_memory_mib"] == "" and m[headers["peak_memory_mib"]] == "–"
+        assert c["peak_memory_mib"] == "" and m[headers["peak_memory_mib"]] == MISSING
     # recipe, split sizes and the best model by accuracy (ties: fewer MACs)
     assert "12 train / 6 val / 6 test" in text and "epochs: 2, batch size: 8" in text
     best = max(res.rows, key=lambda r: (r["accuracy"], -r["macs"]))
@@ -139,9 +142,14 @@ def test_bad_input_is_rejected_before_training(data, tmp_path):
     with pytest.raises(ValueError, match="not being compared: resnet18"):
         compare(["lenet"], base, tmp_path / "d", model_configs={"resnet18": {}})
     # LeNet's default img_size (256) cannot take 16x16 images: caught on the meta device, before any run
-    with pytest.raises(ValueError, match="lenet .* cannot run on 16x16"):
-        compare(["resnet20_cifar", "lenet"], base, tmp_path / "e", isolate=False,
-                model_configs={"resnet20_cifar": {"layers": (1, 1, 1)}})
+    with pytest.raises(ValueError, match=r"lenet .* cannot run on 16x16"):
+        compare(
+            ["resnet20_cifar", "lenet"],
+            base,
+            tmp_path / "e",
+            isolate=False,
+            model_configs={"resnet20_cifar": {"layers": (1, 1, 1)}},
+        )
     with pytest.raises(ValueError, match="unknown precision"):
         compare(["lenet"], _base(data, precision="fp8"), tmp_path / "g", model_configs={"lenet": CONFIGS["lenet"]})
     with pytest.raises(TypeError):
@@ -185,6 +193,25 @@ def test_isolated_runs_report_peak_memory(data, tmp_path):
     assert not list(tmp_path.glob(".compare-*.json"))  # the hand-over file is cleaned up
 
 
+@pytest.mark.slow  # a spawned process re-imports PyTorch
+def test_an_isolated_run_logs_like_the_parent(data, tmp_path, capfd):
+    """The spawned child starts with logging unconfigured: it must still show its training log when the
+    parent shows resnexus messages (as the CLI does), at the parent's level, as plain lines on stdout."""
+    package = logging.getLogger("resnexus")
+    parent_lines = io.StringIO()
+    handler = logging.StreamHandler(parent_lines)
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        compare(["lenet"], _base(data, epochs=1, verbose=True), tmp_path, model_configs={"lenet": CONFIGS["lenet"]})
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+    assert f"compare [1/1]: lenet -> {tmp_path / 'lenet'}" in parent_lines.getvalue()
+    child_output = capfd.readouterr().out  # the child writes to the inherited file descriptor 1
+    assert f"report: {tmp_path / 'lenet' / 'report.md'}" in child_output.splitlines()
+
 
 def test_cli_compare_writes_the_table(tmp_path, capsys):
     from resnexus.cli import main
@@ -195,8 +222,24 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--models", "resnet20_cifar,resnet20_cifar", "--data", str(data), "--out", str(out)]) == 2
     assert "resnet20_cifar" in capsys.readouterr().err
-    args = ["compare", "--models", "resnet20_cifar,resnet32_cifar", "--data", str(data), "--out", str(out),
-            "--epochs", "1", "--image-size", "16", "--batch-size", "8", "--precision", "fp32", "--no-isolate"]  # fmt: skip
+    args = [
+        "compare",
+        "--models",
+        "resnet20_cifar,resnet32_cifar",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--precision",
+        "fp32",
+        "--no-isolate",
+    ]
     assert main(args) == 0
     assert f"comparison: {out / 'comparison.md'}" in capsys.readouterr().out
     rows = list(csv.DictReader((out / "comparison.csv").open()))

@@ -39,10 +39,20 @@ def _patient(path: str | Path) -> str:
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
     values = dict(
-        data=str(data), out=str(out), model="resnet20_cifar", model_config={"layers": (1, 1, 1)}, epochs=1,
-        batch_size=8, lr=0.05, image_size=16, val_fraction=0.2, group_by="patient", precision="fp32",
-        verbose=False, workers=0,
-    )  # fmt: skip
+        data=str(data),
+        out=str(out),
+        model="resnet20_cifar",
+        model_config={"layers": (1, 1, 1)},
+        epochs=1,
+        batch_size=8,
+        lr=0.05,
+        image_size=16,
+        val_fraction=0.2,
+        group_by="patient",
+        precision="fp32",
+        verbose=False,
+        workers=0,
+    )
     return TrainConfig(**(values | kw))
 
 
@@ -131,7 +141,7 @@ def test_fewer_than_two_folds_is_rejected(tmp_path):
 
 
 def test_existing_cv_run_is_not_overwritten(cv):
-    data, out, config, _ = cv
+    _, out, config, _ = cv
     before = (out / "cv_metrics.json").read_bytes()
     with pytest.raises(FileExistsError, match="already holds a cross-validation run"):
         cross_validate(config, FOLDS)
@@ -155,13 +165,31 @@ def test_aggregate_skips_missing_values():
 def test_cli_train_folds(tmp_path, capsys):
     data = _make_folder(tmp_path / "lesions")
     out = tmp_path / "cli-cv"
-    args = ["train", "--data", str(data), "--model", "resnet20_cifar", "--out", str(out), "--epochs", "1",
-            "--batch-size", "8", "--image-size", "16", "--precision", "fp32", "--group-by", "patient",
-            "--folds", "2"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "resnet20_cifar",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "16",
+        "--precision",
+        "fp32",
+        "--group-by",
+        "patient",
+        "--folds",
+        "2",
+    ]
     assert main(args) == 0
     assert "cross-validation (2 folds): accuracy" in capsys.readouterr().out
     assert len(json.loads((out / "cv_metrics.json").read_text())["folds"]) == 2
-    assert main(args[:-1] + ["1"]) == 2
+    assert main([*args[:-1], "1"]) == 2
     assert "at least 2 folds" in capsys.readouterr().err
 
 
@@ -169,8 +197,14 @@ def test_partition_check_catches_a_leaked_patient(tmp_path):
     from resnexus.data import Samples
     from resnexus.engine.crossval import _check_partition
 
-    s = Samples(paths=[Path(f"p{i}_1.png") for i in range(4)], labels=[0, 1, 0, 1],
-                class_names=["a", "b"], groups=["p0", "p1", "p0", "p3"], root=tmp_path)  # fmt: skip
+    s = Samples(
+        paths=[Path(f"p{i}_1.png") for i in range(4)],
+        labels=[0, 1, 0, 1],
+        class_names=["a", "b"],
+        groups=["p0", "p1", "p0", "p3"],
+        root=tmp_path,
+    )
+
     def plan(train, test):
         return {"train": s.subset(train), "test": s.subset(test)}
 

@@ -20,18 +20,41 @@ import pytest
 import torch
 
 from resnexus.engine import TrainConfig, load_checkpoint, train
+from resnexus.engine.distributed import torchrun_command
 from tests.helpers import bright_and_dark_folder
 
 pytestmark = pytest.mark.slow
 # SGD, not the default AdamW: Adam divides by the gradient scale, which magnifies the rounding
 # differences of near-zero gradients between one process and two beyond any useful tolerance.
-ARGS = ["--model", "lenet", "--image-size", "32", "--batch-size", "8", "--precision", "fp32", "--optimizer", "sgd", "--lr", "0.05",
-        "--val-fraction", "0.2", "--test-fraction", "0.2", "--workers", "0", "--checkpoint-every", "0"]  # fmt: skip
+ARGS = [
+    "--model",
+    "lenet",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--precision",
+    "fp32",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.05",
+    "--val-fraction",
+    "0.2",
+    "--test-fraction",
+    "0.2",
+    "--workers",
+    "0",
+    "--checkpoint-every",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return bright_and_dark_folder(tmp_path_factory.mktemp("ddp") / "data", per_class=27, size=36)  # 54 images: uneven shards for validation and test
+    return bright_and_dark_folder(
+        tmp_path_factory.mktemp("ddp") / "data", per_class=27, size=36
+    )  # 54 images: uneven shards for validation and test
 
 
 def _config_file(tmp: Path) -> Path:
@@ -46,18 +69,27 @@ def _env() -> dict[str, str]:
 
 
 def _torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
-            "-m", "resnexus", "train", *args]  # fmt: skip
+    return torchrun_command(nproc, ["train", *args], torchrun_options=extra)
 
 
 def test_two_processes_end_with_the_weights_of_one(data, tmp_path):
     config = _config_file(tmp_path)
     common = ["--data", str(data), "--config", str(config), "--epochs", "3", *ARGS]
-    alone = subprocess.run([sys.executable, "-m", "resnexus", "train", *common, "--out", str(tmp_path / "one")],
-                           env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    alone = subprocess.run(
+        [sys.executable, "-m", "resnexus", "train", *common, "--out", str(tmp_path / "one")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert alone.returncode == 0, alone.stderr
-    two = subprocess.run([sys.executable, "-m", "resnexus", "train", "--nproc", "2", *common, "--out", str(tmp_path / "two")],
-                         env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    two = subprocess.run(
+        [sys.executable, "-m", "resnexus", "train", "--nproc", "2", *common, "--out", str(tmp_path / "two")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr
     assert "torch.distributed.run --standalone --nproc_per_node=2" in two.stdout
     assert two.stdout.count("report: ") == 1 and "x 2 processes" in two.stdout  # rank 0 alone logs
@@ -103,8 +135,14 @@ def _wait_for_epoch(out: Path, epoch: int, process: subprocess.Popen, timeout: f
 
 def _start(data: Path, tmp: Path, out: Path, epochs: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     args = ["--data", str(data), "--config", str(_config_file(tmp)), "--epochs", str(epochs), "--out", str(out), *ARGS]
-    return subprocess.Popen(_torchrun(*args, extra=extra), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        _torchrun(*args, extra=extra),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_a_killed_rank_ends_the_job_then_it_resumes(data, tmp_path):
@@ -140,6 +178,17 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(data, tmp_path):
 
 
 def test_in_process_training_is_unchanged_without_torchrun(data, tmp_path):
-    result = train(TrainConfig(data=str(data), out=str(tmp_path / "plain"), model="lenet", model_config={"img_size": 32},
-                               image_size=32, batch_size=8, epochs=1, precision="fp32", verbose=False))  # fmt: skip
+    result = train(
+        TrainConfig(
+            data=str(data),
+            out=str(tmp_path / "plain"),
+            model="lenet",
+            model_config={"img_size": 32},
+            image_size=32,
+            batch_size=8,
+            epochs=1,
+            precision="fp32",
+            verbose=False,
+        )
+    )
     assert result.metrics["n"] == 11

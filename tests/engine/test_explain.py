@@ -68,9 +68,15 @@ def test_map_points_at_the_evidence_without_flipping_or_transposing():
 
 @pytest.mark.parametrize(
     "name, size, layer",
-    [("resnet18", 64, "layer4"), ("resnet50v2", 64, "post_act"), ("densenet121", 64, "features.relu5"),
-     ("res2net50_26w_4s", 64, "layer4"), ("fractalnet20", 32, "blocks.4"), ("lenet", 256, "conv2")],
-)  # fmt: skip
+    [
+        ("resnet18", 64, "layer4"),
+        ("resnet50v2", 64, "post_act"),
+        ("densenet121", 64, "features.relu5"),
+        ("res2net50_26w_4s", 64, "layer4"),
+        ("fractalnet20", 32, "blocks.4"),
+        ("lenet", 256, "conv2"),
+    ],
+)
 def test_every_family_has_a_default_layer_and_a_map(name, size, layer):
     model = create_model(name, num_classes=2).eval()
     assert default_cam_layer(model) == layer
@@ -80,8 +86,16 @@ def test_every_family_has_a_default_layer_and_a_map(name, size, layer):
 
 def _checkpoint(tmp_path: Path) -> Path:
     model = randomize_(create_model("resnet20_cifar", num_classes=2, **TINY))
-    ckpt = make_checkpoint(model, model_name="resnet20_cifar", model_config=TINY, class_names=["cat", "dog"],
-                           image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, crop_fraction=1.0)  # fmt: skip
+    ckpt = make_checkpoint(
+        model,
+        model_name="resnet20_cifar",
+        model_config=TINY,
+        class_names=["cat", "dog"],
+        image_size=32,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        crop_fraction=1.0,
+    )
     return save_atomic(ckpt, tmp_path / "best.pt")
 
 
@@ -111,8 +125,22 @@ def test_explain_writes_one_overlay_per_image_and_an_index(tmp_path):
 
 def test_explain_a_chosen_class_and_cli(tmp_path, capsys):
     ckpt, images = _checkpoint(tmp_path), _images(tmp_path / "imgs")
-    assert main(["explain", "--checkpoint", str(ckpt), "--input", str(images / "b" / "x2.png"),
-                 "--out", str(tmp_path / "cam"), "--target", "dog"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                "--checkpoint",
+                str(ckpt),
+                "--input",
+                str(images / "b" / "x2.png"),
+                "--out",
+                str(tmp_path / "cam"),
+                "--target",
+                "dog",
+            ]
+        )
+        == 0
+    )
     assert f"index: {tmp_path / 'cam' / 'explain.csv'}" in capsys.readouterr().out
     (row,) = csv.DictReader((tmp_path / "cam" / "explain.csv").open())
     assert row["target"] == "dog" and (tmp_path / "cam" / "x2_gradcam.png").stat().st_size > 1000
@@ -120,10 +148,38 @@ def test_explain_a_chosen_class_and_cli(tmp_path, capsys):
 
 def test_explain_bad_class_or_layer_is_one_clear_error(tmp_path, capsys):
     ckpt, images = _checkpoint(tmp_path), _images(tmp_path / "imgs")
-    assert main(["explain", "--checkpoint", str(ckpt), "--input", str(images), "--out", str(tmp_path / "c"),
-                 "--target", "horse"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                "--checkpoint",
+                str(ckpt),
+                "--input",
+                str(images),
+                "--out",
+                str(tmp_path / "c"),
+                "--target",
+                "horse",
+            ]
+        )
+        == 2
+    )
     assert "'horse' is not one of the checkpoint's classes ['cat', 'dog']" in capsys.readouterr().err
-    assert main(["explain", "--checkpoint", str(ckpt), "--input", str(images), "--out", str(tmp_path / "c"),
-                 "--layer", "layer9"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                "--checkpoint",
+                str(ckpt),
+                "--input",
+                str(images),
+                "--out",
+                str(tmp_path / "c"),
+                "--layer",
+                "layer9",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no module 'layer9' in ResNet" in err and "e.g. 'layer3'" in err

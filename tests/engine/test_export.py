@@ -24,9 +24,16 @@ pytest.importorskip("onnxscript")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("onnx")
     model = randomize_(create_model("resnext29_8x64d", num_classes=3, base_width=4, cardinality=2))
-    ckpt = make_checkpoint(model, model_name="resnext29_8x64d", model_config={"base_width": 4, "cardinality": 2},
-                           class_names=["a", "b", "c"], image_size=32, mean=(0.4,) * 3, std=(0.2,) * 3,
-                           crop_fraction=1.0)  # fmt: skip
+    ckpt = make_checkpoint(
+        model,
+        model_name="resnext29_8x64d",
+        model_config={"base_width": 4, "cardinality": 2},
+        class_names=["a", "b", "c"],
+        image_size=32,
+        mean=(0.4,) * 3,
+        std=(0.2,) * 3,
+        crop_fraction=1.0,
+    )
     path = save_atomic(ckpt, tmp / "best.pt")
     images = tmp / "images"
     rng = np.random.default_rng(0)
@@ -68,5 +75,5 @@ def test_cli_export_reports_the_check(exported, tmp_path, capsys):
 
 def test_a_foreign_onnx_file_is_refused(tmp_path):
     (tmp_path / "x.onnx").write_bytes(b"not onnx")
-    with pytest.raises(ValueError, match="x.onnx: not a readable ONNX model"):
+    with pytest.raises(ValueError, match=r"x\.onnx: not a readable ONNX model"):
         OnnxClassifier(tmp_path / "x.onnx")

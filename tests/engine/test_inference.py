@@ -52,8 +52,16 @@ def test_folded_model_computes_the_same_logits(name, config, size, folded_all):
 def test_predict_with_a_folded_model_gives_the_unfolded_probabilities(tmp_path):
     make_tree(tmp_path / "images", {"x": ["a.png", "b.png", "c.jpg"]})
     model = randomize_(resnexus.create_model("resnet20_cifar", num_classes=2)).eval()
-    ckpt = make_checkpoint(model, model_name="resnet20_cifar", model_config={}, class_names=["no", "yes"],
-                           image_size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_fraction=1.0)  # fmt: skip
+    ckpt = make_checkpoint(
+        model,
+        model_name="resnet20_cifar",
+        model_config={},
+        class_names=["no", "yes"],
+        image_size=8,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        crop_fraction=1.0,
+    )
     save_atomic(ckpt, tmp_path / "model.pt")
     rows = list(csv.DictReader(predict(tmp_path / "model.pt", tmp_path / "images", tmp_path / "p.csv").open()))
     from resnexus.data import eval_transform, load_image

@@ -35,14 +35,25 @@ def run(tmp_path_factory):
     data = _make_folder(tmp_path_factory.mktemp("data") / "halves")
     out = tmp_path_factory.mktemp("runs") / "run1"
     config = TrainConfig(
-        data=str(data), out=str(out), model="resnet20_cifar", model_config=TINY, epochs=4, batch_size=8,
-        lr=0.05, optimizer="sgd", image_size=16, val_fraction=0.2, test_fraction=0.25, verbose=False, precision="fp32",
-    )  # fmt: skip
+        data=str(data),
+        out=str(out),
+        model="resnet20_cifar",
+        model_config=TINY,
+        epochs=4,
+        batch_size=8,
+        lr=0.05,
+        optimizer="sgd",
+        image_size=16,
+        val_fraction=0.2,
+        test_fraction=0.25,
+        verbose=False,
+        precision="fp32",
+    )
     return data, out, config, train(config)
 
 
 def test_run_directory_holds_the_documented_outputs(run):
-    data, out, config, result = run
+    _, out, _, result = run
     assert result.run_dir == out
     for name in ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.json", "history.csv", "report.md"):
         assert (out / name).is_file(), name
@@ -124,14 +135,41 @@ def test_same_seed_same_metrics(run, tmp_path):
 def test_cli_train_evaluate_predict(run, tmp_path, capsys):
     data, *_ = run
     out = tmp_path / "cli-run"
-    args = ["train", "--data", str(data), "--model", "resnet20_cifar", "--out", str(out), "--epochs", "1",
-            "--batch-size", "8", "--image-size", "16", "--precision", "fp32"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "resnet20_cifar",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "16",
+        "--precision",
+        "fp32",
+    ]
     assert main(args) == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(out / "checkpoints/best.pt"), "--data", str(data)]) == 0
     assert "32 images: accuracy" in capsys.readouterr().out
-    assert main(["predict", "--checkpoint", str(out / "checkpoints/best.pt"), "--input", str(data),
-                 "--output", str(tmp_path / "p.csv")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(out / "checkpoints/best.pt"),
+                "--input",
+                str(data),
+                "--output",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 33
 
 

@@ -10,7 +10,8 @@ import torch
 from resnexus.data import scan_folder
 from resnexus.engine import TrainConfig, load_checkpoint, train
 from resnexus.engine import fit as fit_module
-from resnexus.engine.fit import _class_weights, resume_config
+from resnexus.engine.config import resume_config
+from resnexus.engine.fit import _class_weights
 
 from .test_train import TINY, _make_folder
 
@@ -21,9 +22,22 @@ def data(tmp_path_factory):
 
 
 def _config(data, out, **kw) -> TrainConfig:
-    base = dict(data=str(data), out=str(out), model="resnet20_cifar", model_config=TINY, epochs=4, batch_size=8,
-                lr=0.05, optimizer="sgd", image_size=16, val_fraction=0.2, test_fraction=0.25, verbose=False, precision="fp32",
-                checkpoint_every=0.0)  # fmt: skip
+    base = dict(
+        data=str(data),
+        out=str(out),
+        model="resnet20_cifar",
+        model_config=TINY,
+        epochs=4,
+        batch_size=8,
+        lr=0.05,
+        optimizer="sgd",
+        image_size=16,
+        val_fraction=0.2,
+        test_fraction=0.25,
+        verbose=False,
+        precision="fp32",
+        checkpoint_every=0.0,
+    )
     return TrainConfig(**(base | kw))
 
 
@@ -151,7 +165,9 @@ def test_flip_tta_averages_the_image_and_its_mirror(data, tmp_path):
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     paths = scan_unlabeled(data)
-    dataset = UnlabeledDataset(paths, eval_transform(16, tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"]))
+    dataset = UnlabeledDataset(
+        paths, eval_transform(16, tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"])
+    )
     images = torch.stack([dataset[i][0] for i in range(len(paths))])
     with torch.no_grad():
         expected = 0.5 * (model(images).softmax(1) + model(images.flip(-1)).softmax(1))
@@ -162,7 +178,9 @@ def test_flip_tta_averages_the_image_and_its_mirror(data, tmp_path):
     torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
     metrics = evaluate(ckpt_path, data, flip_tta=True)
     assert metrics["flip_tta"] is True
-    assert metrics["accuracy"] == pytest.approx(float((expected.argmax(1) == torch.tensor(scan_folder(data).labels)).float().mean()))
+    assert metrics["accuracy"] == pytest.approx(
+        float((expected.argmax(1) == torch.tensor(scan_folder(data).labels)).float().mean())
+    )
 
 
 def test_train_and_evaluate_from_a_csv_with_a_group_column(data, tmp_path):
@@ -218,11 +236,12 @@ def test_small_validation_sets_keep_the_final_weights(data, tmp_path):
         train(_config(data, tmp_path / "bad", select="best"))
 
 
-
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_optimizer_is_fused_and_decays_only_weights(optimizer):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(64, 2)
+    )
     reference_model, initial = copy.deepcopy(model), copy.deepcopy(model)
     fused = fit_module._make_optimizer(model, TrainConfig(optimizer=optimizer, lr=0.1, weight_decay=0.01))
     assert all(group["fused"] for group in fused.param_groups)
@@ -230,8 +249,10 @@ def test_optimizer_is_fused_and_decays_only_weights(optimizer):
     assert decayed == {id(model[0].weight), id(model[3].weight)}
     assert fused.param_groups[0]["weight_decay"] == 0.01 and fused.param_groups[1]["weight_decay"] == 0.0
     # the fused kernels make the updates of PyTorch's plain for-loop implementation
-    groups = [{"params": [p for p in reference_model.parameters() if p.ndim > 1], "weight_decay": 0.01},
-              {"params": [p for p in reference_model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]  # fmt: skip
+    groups = [
+        {"params": [p for p in reference_model.parameters() if p.ndim > 1], "weight_decay": 0.01},
+        {"params": [p for p in reference_model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
+    ]
     extra = {"momentum": 0.9, "nesterov": True} if optimizer == "sgd" else {}
     reference = type(fused)(groups, lr=0.1, foreach=False, **extra)
     for step in range(3):

@@ -164,9 +164,12 @@ def test_memory_efficient_same_outputs_gradients_and_stats(monkeypatch) -> None:
 def test_memory_efficient_with_dropout_recomputes_the_same_masks() -> None:
     """The recomputation in backward must draw the dropout masks the first forward drew."""
     torch.manual_seed(0)
-    plain = resnexus.create_model("densenet_bc_100_12", num_classes=3, growth_rate=4, block_config=(3, 3, 3), drop_rate=0.3)
-    efficient = resnexus.create_model("densenet_bc_100_12", num_classes=3, growth_rate=4, block_config=(3, 3, 3), drop_rate=0.3,
-                                      memory_efficient=True)  # fmt: skip
+    plain = resnexus.create_model(
+        "densenet_bc_100_12", num_classes=3, growth_rate=4, block_config=(3, 3, 3), drop_rate=0.3
+    )
+    efficient = resnexus.create_model(
+        "densenet_bc_100_12", num_classes=3, growth_rate=4, block_config=(3, 3, 3), drop_rate=0.3, memory_efficient=True
+    )
     randomize_(plain)
     efficient.load_state_dict(plain.state_dict())
     x = torch.randn(3, 3, 16, 16)
@@ -210,7 +213,11 @@ def test_feature_info_and_stage_shapes() -> None:
 
 @pytest.mark.parametrize(
     "name,channels",
-    [("densenet161", [384, 768, 2112, 2208]), ("densenet169", [256, 512, 1280, 1664]), ("densenet201", [256, 512, 1792, 1920])],
+    [
+        ("densenet161", [384, 768, 2112, 2208]),
+        ("densenet169", [256, 512, 1280, 1664]),
+        ("densenet201", [256, 512, 1792, 1920]),
+    ],
 )
 def test_feature_channels_other_variants(name: str, channels: list[int]) -> None:
     with torch.device("meta"):
@@ -243,11 +250,19 @@ def _random_keras_densenet121(seed: int = 0):
             continue
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, var = (w.shape for w in weights)
-            new = [1 + 0.1 * rng.standard_normal(gamma), 0.1 * rng.standard_normal(beta),
-                   0.1 * rng.standard_normal(mean), 0.5 + rng.random(var)]
+            new = [
+                1 + 0.1 * rng.standard_normal(gamma),
+                0.1 * rng.standard_normal(beta),
+                0.1 * rng.standard_normal(mean),
+                0.5 + rng.random(var),
+            ]
         else:  # kernels scaled by fan-in so activations stay O(1); random biases
-            new = [rng.standard_normal(w.shape) * (0.5 / np.sqrt(np.prod(w.shape[:-1]))) if w.ndim > 1
-                   else 0.1 * rng.standard_normal(w.shape) for w in weights]
+            new = [
+                rng.standard_normal(w.shape) * (0.5 / np.sqrt(np.prod(w.shape[:-1])))
+                if w.ndim > 1
+                else 0.1 * rng.standard_normal(w.shape)
+                for w in weights
+            ]
         layer.set_weights([w.astype("float32") for w in new])
     return keras, model
 

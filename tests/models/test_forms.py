@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import resnexus
+from resnexus.models.blocks import BasicBlock, Bottleneck, make_downsample
 from resnexus.models.forms import (
     ResNeXtBlockA,
     ResNeXtBlockB,
@@ -18,7 +19,6 @@ from resnexus.models.forms import (
     convert_model_form,
     form_of,
 )
-from resnexus.models.resnet import BasicBlock, Bottleneck, make_downsample
 from tests.helpers import max_abs_diff, randomize_
 
 TOL = 1e-5

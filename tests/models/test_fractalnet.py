@@ -105,7 +105,7 @@ def _recursive_block(x: Tensor, block: FractalBlock) -> Tensor:
         first = [c[: len(c) // 2] for c in deeper]
         second = [c[len(c) // 2 :] for c in deeper]
         mid = fractal_join(branches(z, first))
-        return branches(mid, second) + [cols[0][0](z)]
+        return [*branches(mid, second), cols[0][0](z)]
 
     cols = [list(col) for col in block.columns]
     return block.pool(fractal_join(branches(x, cols)))

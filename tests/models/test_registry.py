@@ -12,7 +12,19 @@ import torch
 
 import resnexus
 from resnexus.cli import main, models_table
-from resnexus.models import FeatureExtractor, ImageClassifier, get_entry, list_models, model_info
+from resnexus.models import (
+    FeatureExtractor,
+    ImageClassifier,
+    densenet,
+    fractalnet,
+    get_entry,
+    lenet,
+    list_models,
+    model_info,
+    res2net,
+    resnet,
+    resnet_v2,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -25,11 +37,37 @@ res2net50_26w_4s res2net50_48w_2s res2net50_14w_8s res2net50_26w_6s res2net50_26
 res2net101_26w_4s res2net50_v1b_26w_4s res2next50
 densenet121 densenet161 densenet169 densenet201 densenet_bc_100_12
 fractalnet20 lenet
-""".split()
+""".split()  # noqa: SIM905 (laid out like the issue's list)
 
 
 def test_every_required_model_is_registered():
     assert set(REQUIRED) <= set(list_models())
+
+
+FAMILY_MODULES = [densenet, fractalnet, lenet, res2net, resnet, resnet_v2]
+
+
+@pytest.mark.parametrize("module", FAMILY_MODULES, ids=lambda m: m.__name__.rpartition(".")[2])
+def test_every_family_module_registers_its_tables_the_same_way(module):
+    """``*SPECS`` tables of keyword rows, plus ``REFERENCES`` and ``EQUIVALENTS`` keyed by the same names."""
+    tables = {key: table for key, table in vars(module).items() if key.endswith("SPECS")}
+    assert tables, f"{module.__name__} has no spec table"
+    names = [name for table in tables.values() for name in table]
+    assert len(names) == len(set(names)), "a name in two tables"
+    assert set(module.REFERENCES) <= set(names) and set(module.EQUIVALENTS) <= set(names)
+    for table in tables.values():
+        for name, row in table.items():
+            entry = get_entry(name)
+            assert entry.config == row
+            assert isinstance(entry.builder, type) and issubclass(entry.builder, ImageClassifier)
+            assert entry.builder.__module__ == module.__name__
+            assert entry.reference is module.REFERENCES[name]  # every variant cites its source
+            assert entry.equivalents == module.EQUIVALENTS.get(name, {})
+
+
+def test_every_registered_model_comes_from_a_family_table():
+    tabled = {name for m in FAMILY_MODULES for key, t in vars(m).items() if key.endswith("SPECS") for name in t}
+    assert tabled == set(list_models())
 
 
 def test_list_models_filters_by_pattern_and_family():

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 import resnexus
+from resnexus.models.blocks import Bottleneck
 from resnexus.models.res2net import Bottle2neck, Res2Net
-from resnexus.models.resnet import Bottleneck, ResNet
+from resnexus.models.resnet import ResNet
 from tests.helpers import max_abs_diff, randomize_
 
 timm = pytest.importorskip("timm")
@@ -157,9 +158,7 @@ def test_scale_one_is_the_resnet_bottleneck() -> None:
     ours = resnexus.create_model("res2net50_26w_4s", num_classes=10, scale=1).eval()
     assert all(len(m.convs) == 1 and m.pool is None for m in ours.modules() if isinstance(m, Bottle2neck))
     resnet = randomize_(ResNet(Bottleneck, (3, 4, 6, 3), num_classes=10, base_width=26)).eval()
-    renamed = {
-        k.replace(".conv2.", ".convs.0.").replace(".bn2.", ".bns.0."): v for k, v in resnet.state_dict().items()
-    }
+    renamed = {k.replace(".conv2.", ".convs.0.").replace(".bn2.", ".bns.0."): v for k, v in resnet.state_dict().items()}
     ours.load_state_dict(renamed)
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import timm
@@ -34,7 +35,7 @@ PARAMS = {
 }
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"]  # fmt: skip
-TIMM = TORCHVISION + ["resnext101_32x4d"]
+TIMM = [*TORCHVISION, "resnext101_32x4d"]
 BIG = {"resnet101", "resnet152", "resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d"}
 
 
@@ -167,14 +168,12 @@ def test_num_classes_and_in_chans() -> None:
 def test_unknown_name_suggests_near_names() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'resnxt50_32x4d'.*did you mean.*resnext50_32x4d"):
         resnexus.create_model("resnxt50_32x4d")
-    with pytest.raises(ValueError, match="did you mean.*resnet50"):
+    with pytest.raises(ValueError, match=r"did you mean.*resnet50"):
         resnexus.model_info("resnet05")
 
 
 # -- features ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "name,channels", [("resnet18", (64, 128, 256, 512)), ("resnet50", (256, 512, 1024, 2048))]
-)
+@pytest.mark.parametrize("name,channels", [("resnet18", (64, 128, 256, 512)), ("resnet50", (256, 512, 1024, 2048))])
 def test_features_only(name: str, channels: tuple[int, ...]) -> None:
     extractor = resnexus.create_model(name, features_only=True).eval()
     assert tuple(extractor.channels) == channels and tuple(extractor.strides) == (4, 8, 16, 32)
@@ -249,7 +248,7 @@ def test_cifar_resnet_parameter_counts(name):
 
 
 def test_cifar_resnet_zero_pad_shortcut_is_parameter_free_and_exact():
-    from resnexus.models.resnet import ZeroPadShortcut
+    from resnexus.models.blocks import ZeroPadShortcut
 
     x = torch.randn(2, 16, 8, 8)
     y = ZeroPadShortcut(32, 2)(x)

@@ -276,7 +276,7 @@ def test_keras_equivalence_inline_conversion(keras_resnet50v2: dict[str, Any]) -
 @pytest.mark.parametrize("fmt", ["v3", "legacy"])
 def test_keras_equivalence_weights_file(keras_resnet50v2: dict[str, Any], fmt: str) -> None:
     """create_model(weights=<Keras file>) gives Keras' logits, for both h5 layouts."""
-    pytest.importorskip("resnexus.weights")
+    pytest.importorskip("resnexus.models.weights")
     path: Path = keras_resnet50v2[fmt]
     model = resnexus.create_model("resnet50v2", weights=path).eval()
     with torch.no_grad():

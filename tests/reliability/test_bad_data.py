@@ -39,7 +39,12 @@ def _png_bomb(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture()
@@ -139,7 +144,9 @@ def test_duplicates_in_one_folder_stay_on_one_side_of_the_split(tmp_path):
     for i in range(3):  # three copies of one photo, under different names
         (root / "a" / f"copy{i}.png").write_bytes((root / "a" / "0.png").read_bytes())
     report = check_data(root)
-    assert [sorted(p.name for p in group) for group in report.duplicates] == [["0.png", "copy0.png", "copy1.png", "copy2.png"]]
+    assert [sorted(p.name for p in group) for group in report.duplicates] == [
+        ["0.png", "copy0.png", "copy1.png", "copy2.png"]
+    ]
     for seed in range(5):
         splits = resolve_splits(root, val_fraction=0.2, test_fraction=0.3, seed=seed, same_group=report.duplicates)
         copies = {root / "a" / n for n in ("0.png", "copy0.png", "copy1.png", "copy2.png")}
@@ -148,8 +155,18 @@ def test_duplicates_in_one_folder_stay_on_one_side_of_the_split(tmp_path):
 
 
 def _train_config(data: Path, out: Path, **kw) -> TrainConfig:
-    return TrainConfig(data=str(data), out=str(out), model="resnet20_cifar", model_config={"layers": (1, 1, 1)},
-                       epochs=1, batch_size=4, image_size=16, precision="fp32", verbose=False, **kw)  # fmt: skip
+    return TrainConfig(
+        data=str(data),
+        out=str(out),
+        model="resnet20_cifar",
+        model_config={"layers": (1, 1, 1)},
+        epochs=1,
+        batch_size=4,
+        image_size=16,
+        precision="fp32",
+        verbose=False,
+        **kw,
+    )
 
 
 def test_train_refuses_unreadable_images_before_creating_anything(messy, tmp_path):
@@ -167,7 +184,10 @@ def test_skip_bad_images_trains_on_the_rest_and_reports_them(messy, tmp_path):
     result = train(_train_config(messy, tmp_path / "run", skip_bad_images=True, val_fraction=0.0, test_fraction=0.3))
     skipped = sorted(Path(p).name for p in result.metrics["skipped_images"])
     assert skipped == ["bomb.png", "empty.jpg", "half.jpg", "half.png", "page.jpg"]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_images"] == result.metrics["skipped_images"]
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_images"]
+        == result.metrics["skipped_images"]
+    )
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Skipped images" in report and "half.png" in report
     splits = resolve_splits(messy, val_fraction=0.0, test_fraction=0.3, exclude=check_data(messy).unreadable)

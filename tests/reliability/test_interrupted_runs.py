@@ -20,11 +20,14 @@ import torch
 from resnexus.engine import TrainConfig, load_checkpoint, train
 from resnexus.engine import fit as fit_module
 from resnexus.engine.checkpoint import save_atomic
+from resnexus.engine.config import resume_config
 from resnexus.engine.interrupt import TrainingInterrupted
 from tests.helpers import bright_and_dark_folder
 
-RECIPE = ("model: resnet20_cifar\nmodel_config: {layers: [1, 1, 1]}\nimage_size: 32\nbatch_size: 4\nprecision: fp32\n"
-          "workers: 0\ncheckpoint_every: 0\n")  # last.pt after every epoch, so a kill can land after one
+RECIPE = (
+    "model: resnet20_cifar\nmodel_config: {layers: [1, 1, 1]}\nimage_size: 32\nbatch_size: 4\nprecision: fp32\n"
+    "workers: 0\ncheckpoint_every: 0\n"
+)  # last.pt after every epoch, so a kill can land after one
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +118,22 @@ def test_sigterm_saves_and_says_how_to_resume(data, reference, tmp_path):
 
 
 def _tiny(data: Path, out: Path, **kw) -> TrainConfig:
-    return TrainConfig(data=str(data), out=str(out), model="resnet20_cifar", model_config={"layers": (1, 1, 1)},
-                       image_size=32, batch_size=4, epochs=3, precision="fp32", verbose=False, workers=0, checkpoint_every=0,
-                       ema_decay=0.9, mixup=0.2, **kw)  # fmt: skip
+    return TrainConfig(
+        data=str(data),
+        out=str(out),
+        model="resnet20_cifar",
+        model_config={"layers": (1, 1, 1)},
+        image_size=32,
+        batch_size=4,
+        epochs=3,
+        precision="fp32",
+        verbose=False,
+        workers=0,
+        checkpoint_every=0,
+        ema_decay=0.9,
+        mixup=0.2,
+        **kw,
+    )
 
 
 def test_a_stop_signal_mid_epoch_saves_the_position_and_resume_replays_the_rest(data, tmp_path, monkeypatch):
@@ -141,7 +157,7 @@ def test_a_stop_signal_mid_epoch_saves_the_position_and_resume_replays_the_rest(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
     monkeypatch.setattr(fit_module, "_progress", real_progress)
 
-    resumed = train(fit_module.resume_config(tmp_path / "cut"))
+    resumed = train(resume_config(tmp_path / "cut"))
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
     a = load_checkpoint(tmp_path / "whole/checkpoints/last.pt")
     b = load_checkpoint(tmp_path / "cut/checkpoints/last.pt")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from resnexus.cli import main
 from resnexus.models import create_model
-from resnexus.weights import load_weights, save_weights
+from resnexus.models.weights import load_weights, save_weights
 from tests.helpers import randomize_
 
 
@@ -32,7 +32,9 @@ def data(tmp_path) -> Path:
     for cls in ("a", "b"):
         (tmp_path / "data" / cls).mkdir(parents=True)
         for i in range(8):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / cls / f"{i}.png"
+            )
     return tmp_path / "data"
 
 
@@ -51,9 +53,20 @@ def test_a_pickle_that_runs_code_is_refused_everywhere_a_file_is_read(command, d
         "evaluate": ["evaluate", "--checkpoint", str(evil), "--data", str(data)],
         "predict": ["predict", "--checkpoint", str(evil), "--input", str(data), "--output", str(tmp_path / "p.csv")],
         "explain": ["explain", "--checkpoint", str(evil), "--input", str(data), "--out", str(tmp_path / "cam")],
-        "train-weights": ["train", "--data", str(data), "--model", "resnet20_cifar", "--weights", str(evil),
-                          "--epochs", "1", "--out", str(tmp_path / "run")],
-    }[command]  # fmt: skip
+        "train-weights": [
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "resnet20_cifar",
+            "--weights",
+            str(evil),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    }[command]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "refusing to load" in err and str(evil) in err and "Traceback" not in err
@@ -88,9 +101,12 @@ def test_csv_paths_cannot_leave_the_data_root(data, tmp_path, capsys):
         (["--batch-size", "0"], "batch size must be >= 1"),
         (["--folds", "1"], "cross-validation needs at least 2 folds, got 1"),
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "val_fraction + test_fraction must be < 1"),
-        (["--optimizer", "adamw", "--precision", "fp32", "--balance", "sampler", "--group-by", "(["], "invalid group pattern"),
+        (
+            ["--optimizer", "adamw", "--precision", "fp32", "--balance", "sampler", "--group-by", "(["],
+            "invalid group pattern",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_options_are_one_clear_line(argv, message, data, tmp_path, capsys):
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *argv]) == 2
     err = capsys.readouterr().err
@@ -100,8 +116,26 @@ def test_bad_options_are_one_clear_line(argv, message, data, tmp_path, capsys):
 
 def test_a_checkpoint_for_other_classes_or_another_architecture(data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--model", "resnet20_cifar", "--image-size", "16", "--epochs", "1",
-                 "--precision", "fp32", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--model",
+                "resnet20_cifar",
+                "--image-size",
+                "16",
+                "--epochs",
+                "1",
+                "--precision",
+                "fp32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     other = tmp_path / "other"
     for cls in ("a", "zebra"):
         (other / cls).mkdir(parents=True)
@@ -110,8 +144,24 @@ def test_a_checkpoint_for_other_classes_or_another_architecture(data, tmp_path, 
     assert main(["evaluate", "--checkpoint", str(out / "checkpoints/best.pt"), "--data", str(other)]) == 2
     assert "['zebra']" in capsys.readouterr().err
     save_weights(create_model("resnet18", num_classes=2), tmp_path / "r18.safetensors")
-    assert main(["train", "--data", str(data), "--model", "resnet20_cifar", "--weights", str(tmp_path / "r18.safetensors"),
-                 "--epochs", "1", "--out", str(tmp_path / "r2")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--model",
+                "resnet20_cifar",
+                "--weights",
+                str(tmp_path / "r18.safetensors"),
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     first, *details = err.splitlines()  # one line that says it all, then the keys that differ
     assert first.startswith(f"resnexus train: error: {tmp_path / 'r18.safetensors'} does not fit model")

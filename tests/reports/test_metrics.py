@@ -196,8 +196,15 @@ def test_bad_inputs_raise_clearly(y, p, names, msg):
 
 def test_format_metrics_binary_and_multiclass():
     text = format_metrics(classification_metrics(BIN_Y, BIN_P, BIN_NAMES))
-    for part in ("accuracy 0.700", "balanced 0.708", "macro-F1 0.697", "ROC-AUC 0.875",
-                 "sensitivity 0.750", "specificity 0.667", "malignant"):
+    for part in (
+        "accuracy 0.700",
+        "balanced 0.708",
+        "macro-F1 0.697",
+        "ROC-AUC 0.875",
+        "sensitivity 0.750",
+        "specificity 0.667",
+        "malignant",
+    ):
         assert part in text, (part, text)
     text3 = format_metrics(classification_metrics(TRI_Y, one_hot_probs(TRI_PRED, 3), TRI_NAMES))
     assert "accuracy 0.778" in text3 and "macro-F1 0.775" in text3 and "balanced 0.806" in text3

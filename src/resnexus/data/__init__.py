@@ -5,7 +5,7 @@ the data raise :class:`DataError`, whose message names the offending path.
 """
 
 from .builtin import digits_folder
-from .dataset import DecodedCache, ImageDataset, UnlabeledDataset, decode_image_bytes, default_cache_dir, load_image
+from .dataset import DecodedCache, ImageDataset, UnlabeledDataset, decode_image_bytes, load_image
 from .scan import (
     GROUP_PATTERNS,
     IMAGE_EXTENSIONS,
@@ -34,7 +34,6 @@ __all__ = [
     "TrainAugment",
     "UnlabeledDataset",
     "decode_image_bytes",
-    "default_cache_dir",
     "digits_folder",
     "eval_transform",
     "group_ids",

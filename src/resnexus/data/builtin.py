@@ -14,19 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import default_cache_dir
 from .scan import DataError
 
 DIGITS_COUNT = 1797
 _MARKER = ".complete"  # hidden, so scan_folder ignores it
-
-
-def default_cache_dir() -> Path:
-    """``$RESNEXUS_HOME`` if set, else ``$XDG_CACHE_HOME/resnexus`` (``~/.cache/resnexus``)."""
-    home = os.environ.get("RESNEXUS_HOME")
-    if home:
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnexus"
 
 
 def _complete(root: Path, counts: dict[int, int]) -> bool:
@@ -44,14 +36,15 @@ def digits_folder(root: str | Path | None = None) -> Path:
 
     Images are saved at their native 8x8 as 8-bit greyscale PNG, values scaled from 0..16 to
     0..255 as ``(v * 255 + 8) // 16`` (rounded); ``<index>`` is the row in
-    ``sklearn.datasets.load_digits()``. The default root is ``default_cache_dir() / "digits"``.
+    ``sklearn.datasets.load_digits()``. The default root is ``default_cache_dir("digits")``
+    (resnexus/files.py: under ``$RESNEXUS_HOME`` when set).
     A complete folder is left alone; a new one is built in a temporary folder beside ``root``
     and renamed into place, so an interrupted run never leaves a half-written set.
     """
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    root = Path(root).expanduser() if root is not None else default_cache_dir() / "digits"
+    root = Path(root).expanduser() if root is not None else default_cache_dir("digits")
     digits = load_digits()
     images = digits.images.astype(np.int64)  # (1797, 8, 8), values 0..16
     targets = digits.target.astype(int)
@@ -62,8 +55,7 @@ def digits_folder(root: str | Path | None = None) -> Path:
         raise DataError(f"digits folder path is a file: {root}")
     if root.is_dir() and any(root.iterdir()) and not (root / _MARKER).exists():
         raise DataError(
-            f"{root} exists and is not a digits folder written by resnexus; "
-            "choose another folder or empty it"
+            f"{root} exists and is not a digits folder written by resnexus; choose another folder or empty it"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))

@@ -95,8 +95,10 @@ class DataCheck:
     def summary(self) -> str:
         counts = {s: len(self.of(s)) for s in ("error", "warning", "note")}
         parts = ", ".join(f"{part}: {len(names)} classes" for part, names in self.classes.items())
-        return (f"{self.root}: {self.images} images ({parts}); {counts['error']} errors, "
-                f"{counts['warning']} warnings, {counts['note']} notes")  # fmt: skip
+        return (
+            f"{self.root}: {self.images} images ({parts}); {counts['error']} errors, "
+            f"{counts['warning']} warnings, {counts['note']} notes"
+        )
 
     def format(self, notes: bool = True) -> str:
         """The summary line, then one line per finding, errors first."""
@@ -121,8 +123,10 @@ def inspect_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[list[Findin
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
             if width * height > max_pixels:
-                detail = (f"{width} x {height} = {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
-                          "limit: too large to decode safely (a decompression bomb?)")  # fmt: skip
+                detail = (
+                    f"{width} x {height} = {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
+                    "limit: too large to decode safely (a decompression bomb?)"
+                )
                 return [Finding(path, "error", "too-large", detail)], digest
             mode, fmt = im.mode, im.format
             orientation = im.getexif().get(0x0112, 1)
@@ -134,8 +138,9 @@ def inspect_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[list[Findin
         return [Finding(path, "error", "too-large", detail)], digest
     except UnidentifiedImageError:
         head = data[:12]
-        return [Finding(path, "error", "not-an-image", f"not an image file whatever its extension "
-                        f"(first bytes: {head!r})")], digest  # fmt: skip
+        return [
+            Finding(path, "error", "not-an-image", f"not an image file whatever its extension (first bytes: {head!r})")
+        ], digest
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for broken data
         kind = "truncated" if "truncated" in str(e).lower() else "corrupt"
         return [Finding(path, "error", kind, f"cannot be decoded: {e}")], digest
@@ -205,15 +210,20 @@ def _class_tree(folder: Path, part: str, report: DataCheck) -> list[tuple[Path, 
                 if _is_hidden(name):
                     report.findings.append(Finding(path, "note", "skipped", "hidden file"))
                 elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    report.findings.append(Finding(path, "note", "skipped", f"not an image extension ({path.suffix or 'none'})"))
+                    report.findings.append(
+                        Finding(path, "note", "skipped", f"not an image extension ({path.suffix or 'none'})")
+                    )
                 else:
                     items.append((path, part, class_dir.name))
                     found += 1
         if not found:
             report.findings.append(Finding(class_dir, "error", "empty-class", "class folder has no images"))
     if part in ("all", "train") and len(classes) == 1:
-        report.findings.append(Finding(folder, "error", "single-class",
-                                       f"only one class ({classes[0].name}); a classifier needs two or more"))  # fmt: skip
+        report.findings.append(
+            Finding(
+                folder, "error", "single-class", f"only one class ({classes[0].name}); a classifier needs two or more"
+            )
+        )
     elif part in ("all", "train") and not classes:
         report.findings.append(Finding(folder, "error", "no-classes", "no class folders"))
     return items
@@ -229,11 +239,23 @@ def _compare_parts(report: DataCheck) -> None:
         if names is None:
             continue
         for extra in [n for n in names if n not in train]:
-            report.findings.append(Finding(report.root / part, "error", "class-mismatch",
-                                           f"class folder {extra!r} is not among train's classes {train}"))  # fmt: skip
+            report.findings.append(
+                Finding(
+                    report.root / part,
+                    "error",
+                    "class-mismatch",
+                    f"class folder {extra!r} is not among train's classes {train}",
+                )
+            )
         for missing in [n for n in train if n not in names]:
-            report.findings.append(Finding(report.root / part, "warning", "class-mismatch",
-                                           f"no {missing!r} folder: that class is not {'validated' if part == 'val' else 'tested'}"))  # fmt: skip
+            report.findings.append(
+                Finding(
+                    report.root / part,
+                    "warning",
+                    "class-mismatch",
+                    f"no {missing!r} folder: that class is not {'validated' if part == 'val' else 'tested'}",
+                )
+            )
 
 
 def _csv_listing(csv_path: Path, report: DataCheck) -> list[tuple[Path, str, str]]:

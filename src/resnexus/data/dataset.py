@@ -6,8 +6,9 @@ import hashlib
 import io
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
+from ..files import atomic_write
 from .scan import DataError, Samples
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec but they work and are what we
@@ -90,14 +92,6 @@ def _shrink(img: torch.Tensor, short_side: int) -> torch.Tensor:
     return F.resize(img, short_side, antialias=True)
 
 
-def default_cache_dir() -> Path:
-    """Where decoded images are kept between runs: $RESNEXUS_CACHE_DIR, else the user cache folder."""
-    if os.environ.get("RESNEXUS_CACHE_DIR"):
-        return Path(os.environ["RESNEXUS_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "resnexus" / "decoded"
-
-
 class DecodedCache:
     """Decoded, downscaled uint8 images on disk, keyed by the file's content and the kept size.
 
@@ -126,11 +120,8 @@ class DecodedCache:
             pass  # no entry yet, or a damaged one: decode and (re)write it
         img = _shrink(decode_image_bytes(data, path), short_side)
         try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
-            with tmp.open("wb") as f:
+            with atomic_write(entry, "wb") as f:  # workers writing one entry at once each rename a whole file
                 np.save(f, img.numpy(), allow_pickle=False)
-            tmp.replace(entry)
         except OSError:  # a read-only or full disk costs speed, not the run
             pass
         return img

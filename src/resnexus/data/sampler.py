@@ -18,7 +18,7 @@ several processes, so is a last batch too small to give every process an image.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch

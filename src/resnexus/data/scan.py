@@ -11,13 +11,11 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Sequence
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 # Named group-id conventions. "patient": MSLD-style names where the images of one patient share
 # a stem and differ by a trailing "_<n>" (a13_1.jpg, a13_2.jpg -> "a13"; 17.jpg, 17_2.jpg -> "17").
@@ -108,8 +106,7 @@ def natural_key(path: Path | str) -> tuple:
     # re.split with a capture group alternates str, int, str, ..., str, so tuples of two keys
     # never compare a str with an int.
     folded = tuple(
-        tuple(int(tok) if i % 2 else tok.casefold() for i, tok in enumerate(_DIGITS.split(part)))
-        for part in parts
+        tuple(int(tok) if i % 2 else tok.casefold() for i, tok in enumerate(_DIGITS.split(part))) for part in parts
     )
     return folded, parts
 
@@ -188,9 +185,7 @@ def _check_root(root: Path) -> Path:
     return root.absolute()
 
 
-def scan_folder(
-    root: str | Path, group_by: str | None = None, class_names: Sequence[str] | None = None
-) -> Samples:
+def scan_folder(root: str | Path, group_by: str | None = None, class_names: Sequence[str] | None = None) -> Samples:
     """Scan an ImageFolder-style tree: one sub-folder per class, images at any depth below it.
 
     Class names are the sorted folder names (the same order torchvision's ImageFolder uses), or
@@ -213,9 +208,7 @@ def scan_folder(
         names = list(class_names)
         unknown = [f for f in folders if f not in names]
         if unknown:
-            raise DataError(
-                f"class folder(s) {unknown} in {root} are not among the known classes {names}"
-            )
+            raise DataError(f"class folder(s) {unknown} in {root} are not among the known classes {names}")
     index = {name: i for i, name in enumerate(names)}
     paths: list[Path] = []
     labels: list[int] = []
@@ -229,9 +222,7 @@ def scan_folder(
     return Samples(paths=paths, labels=labels, class_names=names, groups=groups, root=root)
 
 
-def scan_dataset(
-    source: str | Path, group_by: str | None = None, class_names: Sequence[str] | None = None
-) -> Samples:
+def scan_dataset(source: str | Path, group_by: str | None = None, class_names: Sequence[str] | None = None) -> Samples:
     """One labelled data set from a class-folder tree or a ``path,label`` CSV file.
 
     For a CSV, ``group_by`` is a column name when the file has such a column, else (as for

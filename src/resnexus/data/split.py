@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Collection, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from .scan import DataError, Samples, scan_dataset, scan_folder
+from .scan import DataError, Samples, scan_dataset
 
 _VAL_DIRS = ("val", "valid", "validation")
 _MAX_FOLDS = 20  # finest fold grid used to approximate a holdout fraction with whole groups
@@ -28,9 +28,7 @@ def _per_class(labels: Sequence[int], groups: Sequence[str], class_names: Sequen
     for y, g in zip(labels, groups):
         images[y] += 1
         group_sets[y].add(g)
-    parts = [
-        f"{class_names[y]!r}: {images[y]} images / {len(group_sets[y])} groups" for y in sorted(images)
-    ]
+    parts = [f"{class_names[y]!r}: {images[y]} images / {len(group_sets[y])} groups" for y in sorted(images)]
     return "; ".join(parts)
 
 
@@ -47,7 +45,11 @@ def _fold_grid(fraction: float, n_groups: int) -> tuple[int, int]:
 
 
 def _holdout(
-    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, what: str,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    fraction: float,
+    seed: int,
+    what: str,
     class_names: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split positions 0..n-1 into (keep, holdout) with about ``fraction`` held out."""
@@ -70,9 +72,7 @@ def _holdout(
     positions = np.arange(n)
     if len(set(groups.tolist())) == n:  # every group a single file: plain stratified split
         try:
-            keep, hold = train_test_split(
-                positions, test_size=fraction, stratify=labels, random_state=seed
-            )
+            keep, hold = train_test_split(positions, test_size=fraction, stratify=labels, random_state=seed)
         except ValueError as e:
             raise too_few(str(e)) from None
         if set(labels[keep].tolist()) != classes:
@@ -116,9 +116,7 @@ def split_samples(
         if not 0.0 <= f < 1.0:
             raise DataError(f"{name} must be in [0, 1), got {f}")
     if val_fraction + test_fraction >= 1.0:
-        raise DataError(
-            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
-        )
+        raise DataError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
     if len(samples) == 0:
         raise DataError(f"no images to split in {samples.root}")
     labels = np.asarray(samples.labels)
@@ -159,9 +157,7 @@ def kfold_splits(samples: Samples, folds: int, seed: int = 0) -> list[tuple[list
     result: list[tuple[list[int], list[int]]] = []
     for train, val in splitter.split(np.zeros(len(samples)), labels, groups):
         if set(labels[train].tolist()) != classes:
-            raise DataError(
-                f"with {folds} folds a class would be missing from a training fold; {detail}"
-            )
+            raise DataError(f"with {folds} folds a class would be missing from a training fold; {detail}")
         result.append((np.sort(train).tolist(), np.sort(val).tolist()))
     return result
 

@@ -14,8 +14,8 @@ torchvision transform: ``preprocess(image)`` gives the normalised float image.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -85,7 +85,7 @@ class EvalPreprocess(Preprocess):
         super().__init__(mean, std)
         if not 0.0 < crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-        resize = max(image_size, int(math.floor(image_size / crop_fraction + 1e-6)))
+        resize = max(image_size, math.floor(image_size / crop_fraction + 1e-6))
         self.geometry = v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)])
 
     def sample(self, image: Tensor) -> Tensor:
@@ -181,7 +181,9 @@ def _erase_box(height: int, width: int) -> tuple[int, int, int, int] | None:
     return None
 
 
-def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], augment: AugmentConfig) -> TrainAugment:
+def train_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], augment: AugmentConfig
+) -> TrainAugment:
     """Random training augmentation to ``image_size`` squares (see :class:`TrainAugment`)."""
     return TrainAugment(image_size, mean, std, augment)
 

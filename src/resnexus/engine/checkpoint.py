@@ -2,24 +2,44 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads with
 ``torch.load(weights_only=True)``: model name and config, class names, preprocessing (image size,
-mean, std, crop fraction), the weights, and for resuming the optimizer / scheduler state.
+mean, std, crop fraction), the weights, and for resuming the optimizer / scheduler state (what
+last.pt adds is defined by :class:`resnexus.engine.fit.RunState`).
+
+An ONNX file written by ``resnexus export`` stands in for a checkpoint at inference time: it
+carries the same metadata, and :func:`load_for_inference` opens either kind.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..files import atomic_write
 from ..models.registry import create_model
-from ..weights import WeightsError, read_state_dict
+from ..models.weights import WeightsError, read_state_dict
 
 FORMAT = "resnexus-checkpoint"
 VERSION = 1
+ONNX_META_KEY = "resnexus"  # the ONNX metadata entry holding a checkpoint's inference keys (JSON)
+# what inference needs from a checkpoint, and what an exported ONNX file therefore carries
+INFERENCE_KEYS = (
+    "model_name",
+    "model_config",
+    "num_classes",
+    "in_chans",
+    "class_names",
+    "image_size",
+    "mean",
+    "std",
+    "crop_fraction",
+    "positive_class",
+)
 
 
 def plain(value: Any) -> Any:
@@ -33,30 +53,11 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_atomic(obj: dict[str, Any], path: Path) -> Path:
-    """Write to a temp file in the same folder, flush to disk, then rename over ``path``.
-
-    A crash at any moment leaves either the previous file or the new one, never half of one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); a checkpoint is a normal file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` that never leaves half a checkpoint: a crash leaves the previous file or the new one."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def make_checkpoint(
@@ -115,3 +116,51 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     )
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def require_onnx_package(module: str) -> Any:
+    """Import one of the optional ONNX packages, or say how to install them."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ValueError(f"ONNX export needs {module}: pip install 'resnexus[onnx]'") from error
+
+
+class OnnxClassifier:
+    """An onnxruntime session that behaves like an eval-mode model: tensor in, logits tensor out."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        ort = require_onnx_package("onnxruntime")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {self.path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own types for broken files
+            raise ValueError(f"{self.path}: not a readable ONNX model ({error})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if ONNX_META_KEY not in props:
+            raise ValueError(f"{self.path}: no resnexus metadata; export it with `resnexus export`")
+        self.meta: dict[str, Any] = json.loads(props[ONNX_META_KEY])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().float().contiguous().cpu().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+    def eval(self) -> OnnxClassifier:  # the inference helpers call model.eval()
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> OnnxClassifier:
+        return self
+
+
+def load_for_inference(path: str | Path) -> tuple[nn.Module | OnnxClassifier, dict[str, Any]]:
+    """(model, inference metadata) from a resnexus checkpoint or an exported .onnx file."""
+    if Path(path).suffix.lower() == ".onnx":
+        runtime = OnnxClassifier(path)
+        return runtime, runtime.meta
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt), ckpt

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -41,18 +42,24 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from ..data import Samples, resolve_splits
+from ..data import Samples
+from ..files import atomic_write, write_text_atomic
 from ..models.registry import count_macs, create_model, get_entry
-from .fit import TrainConfig, autocast_dtype, check_before_training, complete_config, describe_splits, train
+from ..reports import fixed_decimals, markdown_cell, markdown_table, plot_accuracy_vs_macs
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import TrainConfig, autocast_dtype, checked_splits, complete_config, describe_splits
+from .fit import train
 
 __all__ = ["COLUMNS", "CompareResult", "compare"]
+
+logger = logging.getLogger(__name__)
 
 # (CSV column, Markdown header); the CSV and the table always hold the same columns in this order.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -119,22 +126,19 @@ def compare(
     configs = {
         name: complete_config(replace(base, model=name, model_config=model_configs.get(name, {}), out=str(out / name)))
         for name in models
-    }  # fmt: skip
+    }
     recipe = configs[models[0]]
     autocast_dtype(recipe.precision, torch.device("cpu"))  # a typo here would fail every run, later
     if recipe.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}: expected 'sgd' or 'adamw'")
     taken = [str(out / n) for n in models if (out / n / "checkpoints").exists()]
     if taken and not base.overwrite:
-        raise FileExistsError(f"run directories already hold runs: {', '.join(taken)}; choose another out "
-                              "or set overwrite")  # fmt: skip
+        raise FileExistsError(
+            f"run directories already hold runs: {', '.join(taken)}; choose another out or set overwrite"
+        )
 
     # the one split every model sees, of the images that passed the check
-    check = check_before_training(recipe, print if recipe.verbose else (lambda *a, **k: None))
-    splits = resolve_splits(
-        recipe.data, group_by=recipe.group_by, val_fraction=recipe.val_fraction,
-        test_fraction=recipe.test_fraction, seed=recipe.seed, exclude=check.unreadable, same_group=check.duplicates,
-    )  # fmt: skip
+    splits, _ = checked_splits(recipe, verbose=recipe.verbose)
     num_classes = len(splits["train"].class_names)
 
     # parameters and MACs as trained; building each model here also checks its overrides and image size
@@ -143,17 +147,24 @@ def compare(
         cfg = configs[name]
         try:
             params, macs = _params_and_macs(name, cfg.model_config, num_classes, cfg.image_size)
-        except Exception as error:  # noqa: BLE001 - reported with the model's name, before training
+        except Exception as error:  # reported with the model's name, before training
             raise ValueError(
                 f"compare: {name} with overrides {cfg.model_config} cannot run on {cfg.image_size}x{cfg.image_size} "
                 f"images with {num_classes} classes: {type(error).__name__}: {error}"
             ) from error
-        rows.append({key: None for key, _ in COLUMNS} | {
-            "model": name, "params": params, "macs": macs, "image_size": cfg.image_size, "run_dir": str(out / name),
-        })  # fmt: skip
+        rows.append(
+            {key: None for key, _ in COLUMNS}
+            | {
+                "model": name,
+                "params": params,
+                "macs": macs,
+                "image_size": cfg.image_size,
+                "run_dir": str(out / name),
+            }
+        )
 
     out.mkdir(parents=True, exist_ok=True)
-    log = print if base.verbose else (lambda *a, **k: None)
+    log = logger.info if base.verbose else logger.debug
     for i, (name, row) in enumerate(zip(models, rows), 1):
         log(f"compare [{i}/{len(models)}]: {name} -> {out / name}")
         measured = _run_isolated(configs[name], splits) if isolate else _run_in_process(configs[name], splits)
@@ -163,8 +174,8 @@ def compare(
 
     csv_path = _write_csv(rows, out / "comparison.csv")
     plot_path = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png")
-    md_path = out / "comparison.md"
-    md_path.write_text(_markdown(rows, recipe, splits, model_configs, isolate, plot_path.name), encoding="utf-8")
+    markdown = _markdown(rows, recipe, splits, model_configs, isolate, plot_path.name)
+    md_path = write_text_atomic(out / "comparison.md", markdown)
     log(f"comparison: {md_path}")
     return CompareResult(rows=rows, markdown=md_path, csv=csv_path, plot=plot_path)
 
@@ -225,8 +236,6 @@ def _measure(config: TrainConfig, splits: dict[str, Samples], peak_rss: bool) ->
 @torch.inference_mode()
 def _inference_speed(config: TrainConfig, run_dir: Path) -> float:
     """Images/s of the best checkpoint on one fixed batch, eval mode, the training precision."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp_dtype = autocast_dtype(config.precision, device)
     channels_last = config.channels_last if config.channels_last is not None else amp_dtype is not None
@@ -271,22 +280,43 @@ def _failure(error: BaseException | str) -> dict[str, Any]:
 def _run_in_process(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, Any]:
     try:
         return _measure(config, splits, peak_rss=False)
-    except Exception as error:  # noqa: BLE001 - one model's failure must not stop the comparison
-        traceback.print_exc()
+    except Exception as error:  # one model's failure must not stop the comparison
+        logger.exception(f"compare: {config.model} failed while training")
         return _failure(error)
 
 
-def _child(config: TrainConfig, splits: dict[str, Samples], result_path: str, threads: int) -> None:
+def _logging_of_this_process() -> tuple[int, bool]:
+    """What a spawned child needs to log as this process does: the package logger's level, and
+    whether its messages are shown at all (the CLI, or an application, configured a handler)."""
+    package = logging.getLogger("resnexus")
+    return package.getEffectiveLevel(), package.hasHandlers()
+
+
+def _log_like_parent(level: int, shown: bool) -> None:
+    """A spawned process starts with logging unconfigured; show its messages as plain lines on stdout,
+    as the CLI does, so a model's training log reads the same isolated or not."""
+    package = logging.getLogger("resnexus")
+    package.setLevel(level)
+    if shown and not package.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+
+
+def _child(
+    config: TrainConfig, splits: dict[str, Samples], result_path: str, threads: int, logging_setup: tuple[int, bool]
+) -> None:
     """Entry point of the spawned process: train, then write the measured row as JSON."""
+    _log_like_parent(*logging_setup)
     torch.set_num_threads(threads)
     baseline = _peak_rss_mib()  # the interpreter, PyTorch and resnexus, before any training
     try:
         row = _measure(config, splits, peak_rss=True)
-    except Exception as error:  # noqa: BLE001
-        traceback.print_exc()
+    except Exception as error:  # reported in the row; the parent reads it
+        logger.exception(f"compare: {config.model} failed while training")
         row = _failure(error)
     row["baseline_memory_mib"] = baseline
-    Path(result_path).write_text(json.dumps(row))
+    write_text_atomic(result_path, json.dumps(row))
 
 
 def _run_isolated(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, Any]:
@@ -295,9 +325,8 @@ def _run_isolated(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, 
     fd, result_path = tempfile.mkstemp(prefix=".compare-", suffix=".json", dir=Path(config.out).parent)
     os.close(fd)
     try:
-        process = ctx.Process(
-            target=_child, args=(config, splits, result_path, torch.get_num_threads()), name=f"compare-{config.model}"
-        )
+        args = (config, splits, result_path, torch.get_num_threads(), _logging_of_this_process())
+        process = ctx.Process(target=_child, args=args, name=f"compare-{config.model}")
         process.start()
         try:
             process.join()
@@ -308,8 +337,10 @@ def _run_isolated(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, 
         try:
             return json.loads(Path(result_path).read_text())
         except (OSError, ValueError):  # missing or empty: the child died before writing its row
-            return _failure(f"training process exited with code {process.exitcode} without a result "
-                            "(killed, e.g. out of memory? its output above may say why)")  # fmt: skip
+            return _failure(
+                f"training process exited with code {process.exitcode} without a result "
+                "(killed, e.g. out of memory? its output above may say why)"
+            )
     finally:
         Path(result_path).unlink(missing_ok=True)
 
@@ -329,7 +360,7 @@ def _csv_value(value: Any) -> str:
 
 
 def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([key for key, _ in COLUMNS])
         for row in rows:
@@ -338,16 +369,15 @@ def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def _cell(key: str, value: Any) -> str:
-    """Markdown cell: metrics to 4 decimals, counts exact with thousands separators."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
+    """Markdown cell: metrics to 4 decimals, counts exact and times, speeds, memory to 0.1, with thousands
+    separators; a missing value gets the reports' one mark."""
     if key in _METRICS:
-        return f"{value:.4f}"
-    if isinstance(value, int):
+        return fixed_decimals(value)
+    if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    if isinstance(value, float):
+    if isinstance(value, float) and math.isfinite(value):
         return f"{value:,.1f}"
-    return str(value).replace("|", "\\|")
+    return markdown_cell(value)
 
 
 def _markdown(
@@ -359,13 +389,12 @@ def _markdown(
     plot_name: str,
 ) -> str:
     keys = [(k, h) for k, h in COLUMNS if k != "error" or any(r.get("error") for r in rows)]
-    lines = [
-        "# Model comparison",
-        "",
-        "| " + " | ".join(h for _, h in keys) + " |",
-        "|" + "|".join("---" if k in ("model", "status", "error") else "---:" for k, _ in keys) + "|",
-    ]
-    lines += ["| " + " | ".join(_cell(k, r.get(k)) for k, _ in keys) + " |" for r in rows]
+    table = markdown_table(
+        [h for _, h in keys],
+        [[_cell(k, r.get(k)) for k, _ in keys] for r in rows],
+        "".join("l" if k in ("model", "status", "error") else "r" for k, _ in keys),
+    )
+    lines = ["# Model comparison", "", table]
     best = _best(rows)
     lines.append("")
     if best is None:
@@ -380,10 +409,12 @@ def _markdown(
     sizes = sorted({r["image_size"] for r in rows})
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     memory = (
-        "CUDA max_memory_allocated (tensors, training and inference)" if torch.cuda.is_available()
+        "CUDA max_memory_allocated (tensors, training and inference)"
+        if torch.cuda.is_available()
         else "peak resident set size of each model's own training process (includes the Python/PyTorch runtime)"
-        if isolate else "not measured (all models trained in one process)"
-    )  # fmt: skip
+        if isolate
+        else "not measured (all models trained in one process)"
+    )
     cpu = not torch.cuda.is_available()
     baselines = [r["baseline_memory_mib"] for r in rows if cpu and r.get("baseline_memory_mib")]
     if baselines:
@@ -417,30 +448,3 @@ def _markdown(
         "",
     ]
     return "\n".join(lines)
-
-
-def plot_accuracy_vs_macs(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Accuracy against MACs (log x), each finished model a labelled point."""
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot(1, 1, 1)
-    done = [r for r in rows if r.get("status") == "ok" and r.get("accuracy") is not None and r.get("macs")]
-    for r in done:
-        ax.scatter(r["macs"], r["accuracy"], s=40, zorder=3)
-        ax.annotate(r["model"], (r["macs"], r["accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
-    ax.set_xscale("log")
-    if done:
-        lo, hi = min(r["macs"] for r in done), max(r["macs"] for r in done)
-        ax.set_xlim(lo / 2, hi * 2)  # room for the labels, and a visible range for a single model
-    else:
-        ax.text(0.5, 0.5, "no model finished training", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylim(-0.02, 1.08)  # room for labels above a perfect score
-    ax.set_xlabel("MACs per image (log scale)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Accuracy vs compute")
-    ax.grid(True, which="both", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
-    return path

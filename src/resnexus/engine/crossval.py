@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,8 +27,13 @@ from typing import Any
 import numpy as np
 
 from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
+from ..files import write_text_atomic
+from ..reports import fixed_decimals, markdown_cell, markdown_table
 from . import distributed
-from .fit import TrainConfig, check_before_training, complete_config, train
+from .config import TrainConfig, check_before_training, complete_config
+from .fit import train
+
+logger = logging.getLogger(__name__)
 
 # Headline metrics averaged over folds; sensitivity / specificity exist for two classes only.
 CV_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
@@ -70,7 +76,7 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
     config = complete_config(config)  # data (built-in digits when None), model, out, ...
     ctx = distributed.setup()  # under torchrun every fold trains data-parallel; rank 0 writes
     main = ctx.is_main
-    log = print if config.verbose and main else (lambda *a, **k: None)
+    log = logger.info if config.verbose and main else logger.debug  # rank 0 speaks for the run
     run_dir = Path(config.out)
     _check_run_dir(run_dir, folds, config)
     ctx.barrier()
@@ -83,8 +89,10 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "cv_splits.json", _splits_record(samples, plans))
     n_groups = len(set(samples.groups))
-    log(f"cross-validation: {folds} folds of {len(samples)} images / {n_groups} groups "
-        f"(grouped by {config.group_by or 'file'}), seed {config.seed}, into {run_dir}")  # fmt: skip
+    log(
+        f"cross-validation: {folds} folds of {len(samples)} images / {n_groups} groups "
+        f"(grouped by {config.group_by or 'file'}), seed {config.seed}, into {run_dir}"
+    )
 
     fold_metrics: list[dict[str, Any]] = []
     for k, splits in enumerate(plans, start=1):
@@ -134,13 +142,17 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
     }
     if main:
         _write_json(run_dir / "cv_metrics.json", record)
-        (run_dir / "cv_report.md").write_text(_report_markdown(record), encoding="utf-8")
+        write_text_atomic(run_dir / "cv_report.md", _report_markdown(record))
     log(f"cross-validation ({folds} folds): {format_mean_std(mean, std)}")
     log(f"report: {run_dir / 'cv_report.md'}")
     return CrossValResult(
-        folds=fold_metrics, mean=mean, std=std, run_dir=run_dir,
-        test_paths=[list(p["test"].paths) for p in plans], seconds=seconds,
-    )  # fmt: skip
+        folds=fold_metrics,
+        mean=mean,
+        std=std,
+        run_dir=run_dir,
+        test_paths=[list(p["test"].paths) for p in plans],
+        seconds=seconds,
+    )
 
 
 def aggregate(
@@ -165,8 +177,8 @@ def format_mean_std(mean: dict[str, float], std: dict[str, float | None], digits
     parts = []
     for key in CV_METRICS:
         if key in mean:
-            s = std.get(key)
-            parts.append(f"{_LABELS[key]} {mean[key]:.{digits}f} ± " + ("n/a" if s is None else f"{s:.{digits}f}"))
+            spread = fixed_decimals(std.get(key), digits)
+            parts.append(f"{_LABELS[key]} {fixed_decimals(mean[key], digits)} ± {spread}")
     return " | ".join(parts)
 
 
@@ -184,8 +196,7 @@ def _scan(config: TrainConfig) -> Samples:
                 f"{root} is already split into {split_dirs}; cross-validation needs one class-folder tree "
                 "(class sub-folders directly under the data folder)"
             )
-    quiet = not (config.verbose and distributed.setup().is_main)
-    check = check_before_training(config, (lambda *a, **k: None) if quiet else print)
+    check = check_before_training(config, verbose=config.verbose and distributed.setup().is_main)
     return scan_dataset(root, config.group_by).excluding(check.unreadable).linking(check.duplicates)
 
 
@@ -241,24 +252,12 @@ def _relative(path: Path, root: Path) -> str:
 def _splits_record(samples: Samples, plans: list[dict[str, Samples]]) -> dict[str, Any]:
     return {
         "root": str(samples.root),
-        "folds": [
-            {name: [_relative(p, samples.root) for p in s.paths] for name, s in plan.items()} for plan in plans
-        ],
+        "folds": [{name: [_relative(p, samples.root) for p in s.paths] for name, s in plan.items()} for plan in plans],
     }
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _num(value: Any) -> str:
-    return "n/a" if value is None else f"{float(value):.4f}"
-
-
-def _cell(value: Any) -> str:
-    return ("n/a" if value is None else str(value)).replace("|", "\\|").replace("\n", " ")
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _report_markdown(record: dict[str, Any]) -> str:
@@ -278,16 +277,17 @@ def _report_markdown(record: dict[str, Any]) -> str:
         f"- Grouping: {grouping}; {protocol['images']} images in {protocol['groups']} groups, "
         "no group on two sides (train / val / test) of any fold.",
         f"- Validation (best-epoch choice): {100 * protocol['val_fraction']:g}% of each fold's training part, "
-        "grouped and stratified, same seed." if protocol["val_fraction"] > 0 else
-        "- No validation set: the epoch with the best training accuracy is tested.",
+        "grouped and stratified, same seed."
+        if protocol["val_fraction"] > 0
+        else "- No validation set: the epoch with the best training accuracy is tested.",
         f"- Model {protocol['model']}"
         + (f" from `{protocol['weights']}`" if protocol["weights"] else " trained from scratch")
         + f", {protocol['epochs']} epochs, image size {protocol['image_size']}, batch size {protocol['batch_size']}.",
         "- Std is the sample standard deviation over folds (ddof=1).",
-        f"- Classes: {', '.join(f'{_cell(n)} ({c})' for n, c in protocol['class_counts'].items())}.",
+        f"- Classes: {', '.join(f'{markdown_cell(n)} ({c})' for n, c in protocol['class_counts'].items())}.",
     ]
     if "sensitivity" in mean:
-        positive = _cell(protocol["class_names"][-1])
+        positive = markdown_cell(protocol["class_names"][-1])
         md.append(f"- Sensitivity / specificity: positive class {positive!r} (class index 1).")
     md += [
         "",
@@ -295,26 +295,30 @@ def _report_markdown(record: dict[str, Any]) -> str:
         "",
     ]
     header = ["fold", "train / val / test images", "test groups", *(_LABELS[k] for k in keys), "best epoch", "report"]
-    md += ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(keys) + 1) + "---|"]
-    for m in fold_metrics:
-        rel = f"fold{m['fold']}/report.md"
-        md.append(
-            "| " + " | ".join([
-                str(m["fold"]), f"{m['n_train']} / {m['n_val']} / {m['n_test']}", str(m["test_groups"]),
-                *(_num(m.get(k)) for k in keys), str(m.get("best_epoch", "n/a")), f"[report]({rel})",
-            ]) + " |"
-        )  # fmt: skip
-    md.append(
-        "| **mean ± std** | | | "
-        + " | ".join(f"{mean[k]:.4f} ± {_num(std[k]) if std[k] is not None else 'n/a'}" for k in keys)
-        + " | | |"
-    )
-    names = protocol["class_names"]
-    md += ["", "## Pooled confusion matrix (all folds' test predictions)", "",
-           "Rows are the true class, columns the predicted class.", "",
-           "| true \\ predicted | " + " | ".join(_cell(n) for n in names) + " |",
-           "|---|" + "---:|" * len(names)]  # fmt: skip
-    for name, row in zip(names, record["pooled_confusion_matrix"]):
-        md.append(f"| **{_cell(name)}** | " + " | ".join(str(v) for v in row) + " |")
+    rows = [
+        [
+            str(m["fold"]),
+            f"{m['n_train']} / {m['n_val']} / {m['n_test']}",
+            str(m["test_groups"]),
+            *(fixed_decimals(m.get(k)) for k in keys),
+            markdown_cell(m.get("best_epoch")),
+            f"[report](fold{m['fold']}/report.md)",
+        ]
+        for m in fold_metrics
+    ]
+    mean_std = [f"{fixed_decimals(mean[k])} ± {fixed_decimals(std[k])}" for k in keys]
+    rows.append(["**mean ± std**", "", "", *mean_std, "", ""])
+    md.append(markdown_table(header, rows, "lll" + "r" * (len(keys) + 1) + "l"))
+
+    names = [markdown_cell(n) for n in protocol["class_names"]]
+    cm_rows = [[f"**{name}**", *(str(v) for v in row)] for name, row in zip(names, record["pooled_confusion_matrix"])]
+    md += [
+        "",
+        "## Pooled confusion matrix (all folds' test predictions)",
+        "",
+        "Rows are the true class, columns the predicted class.",
+        "",
+        markdown_table(["true \\ predicted", *names], cm_rows, "l" + "r" * len(names)),
+    ]
     md += ["", f"Total time: {record['seconds']:.0f} s.", ""]
     return "\n".join(md)

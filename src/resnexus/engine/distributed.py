@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -63,7 +65,9 @@ class Context:
         """This process's share of ``n`` evaluation images (strided: rank, rank + world, ...)."""
         return list(range(self.rank, n, self.world))
 
-    def gather(self, indices: list[int], labels: np.ndarray, probs: np.ndarray, loss_sum: float) -> tuple[np.ndarray, np.ndarray, float]:
+    def gather(
+        self, indices: list[int], labels: np.ndarray, probs: np.ndarray, loss_sum: float
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """Every process's predictions, back in the data set's order; mean loss over all of them."""
         if not self.enabled:
             return labels, probs, loss_sum / max(1, len(labels))
@@ -73,6 +77,24 @@ class Context:
         y = np.concatenate([p[1] for p in parts])[order]
         p_all = np.concatenate([p[2] for p in parts])[order]
         return y, p_all, sum(p[3] for p in parts) / max(1, len(y))
+
+
+def torchrun_command(nproc: int, args: Sequence[str], torchrun_options: Sequence[str] = ()) -> list[str]:
+    """``python -m torch.distributed.run ... -m resnexus ARGS``: ``nproc`` processes on this machine.
+
+    ``train --nproc``, the DDP benchmark and the tests launch the same command line from here.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *torchrun_options,
+        "-m",
+        "resnexus",
+        *args,
+    ]
 
 
 def setup(timeout_minutes: float = 10.0) -> Context:
@@ -90,8 +112,9 @@ def setup(timeout_minutes: float = 10.0) -> Context:
         if restart and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             # After an elastic restart the agent's store still holds the dead workers' addresses;
             # a fresh key prefix per restart keeps the new workers from dialling them.
-            base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                                 is_master=False, timeout=timeout)  # fmt: skip
+            base = dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout
+            )
             store = dist.PrefixStore(f"resnexus/restart-{restart}", base)
             dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
         else:

@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from ..data import UnlabeledDataset, scan_unlabeled
+from ..files import atomic_write
+from ..reports import save_figure
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .inference import _transform
 
@@ -88,10 +91,18 @@ def explain(
             pred, tgt = names[int(predicted[i])], names[int(targets[i])]
             title = f"predicted {pred} ({probs[i, predicted[i]]:.2f}); map for {tgt}"
             _save_overlay(_unnormalize(images[i], ckpt), maps[i].numpy(), out / png, title)
-            rows.append({"path": str(path), "predicted": pred, "probability": f"{probs[i, predicted[i]]:.6f}",
-                         "target": tgt, "gradcam": png, "layer": layer})  # fmt: skip
+            rows.append(
+                {
+                    "path": str(path),
+                    "predicted": pred,
+                    "probability": f"{probs[i, predicted[i]]:.6f}",
+                    "target": tgt,
+                    "gradcam": png,
+                    "layer": layer,
+                }
+            )
     csv_path = out / "explain.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_write(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -120,12 +131,8 @@ def _unnormalize(image: torch.Tensor, ckpt: dict[str, Any]) -> np.ndarray:
 
 def _save_overlay(image: np.ndarray, cam: np.ndarray, path: Path, title: str) -> None:
     """Side by side: the input crop, and the crop with the map blended over it (jet colour map)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
+    fig = Figure(figsize=(6.4, 3.6))
+    axes = fig.subplots(1, 2)
     axes[0].imshow(image)
     axes[0].set_title("input", fontsize=9)
     axes[1].imshow(image)
@@ -135,5 +142,4 @@ def _save_overlay(image: np.ndarray, cam: np.ndarray, path: Path, title: str) ->
         ax.axis("off")
     fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

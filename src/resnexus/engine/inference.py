@@ -2,23 +2,69 @@
 
 Both start from a checkpoint alone: it carries the model, the class names and the preprocessing.
 An exported ``.onnx`` file (``resnexus export``) works in its place and runs on onnxruntime.
+:func:`predict_loader` is also how training validates and tests, so both measure the same way.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import ImageDataset, UnlabeledDataset, eval_transform, scan_dataset, scan_unlabeled
+from ..data import EvalPreprocess, ImageDataset, UnlabeledDataset, eval_transform, scan_dataset, scan_unlabeled
+from ..files import atomic_write, write_text_atomic
 from ..reports import classification_metrics
-from .export import load_for_inference
-from .fit import class_probabilities, predict_loader
+from .checkpoint import load_for_inference
+
+
+def class_probabilities(model: nn.Module, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
+    """Softmax of the logits in fp32; with ``flip_tta`` the mean over the image and its mirror."""
+    probs = model(images).float().softmax(1)
+    if flip_tta:
+        probs = 0.5 * (probs + model(images.flip(-1)).float().softmax(1))
+    return probs
+
+
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast: Callable[[], Any] = nullcontext,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    flip_tta: bool = False,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels, class probabilities and mean cross-entropy over a whole loader (eval mode).
+
+    ``preprocess`` turns each batch into model input on the device (``EvalPreprocess.batch``
+    when the loader gives uint8 crops). Training validates with it too, so a checkpoint's
+    ``evaluate`` metrics are computed exactly as its validation scores were.
+    """
+    model.eval()
+    labels_all, probs_all, loss_sum = [], [], torch.zeros((), device=device)
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        if preprocess is not None:
+            images = preprocess(images)
+        images = images.contiguous(memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        with autocast():
+            probs = class_probabilities(model, images, flip_tta)
+        loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
+        labels_all.append(labels.cpu())
+        probs_all.append(probs.cpu())
+    y = torch.cat(labels_all).numpy()
+    return y, torch.cat(probs_all).numpy(), loss_sum.item() / max(1, len(y))
 
 
 def _device() -> torch.device:
@@ -49,7 +95,7 @@ def optimize_for_inference(model: Any, device: torch.device) -> tuple[Any, torch
     return model, torch.contiguous_format
 
 
-def _transform(ckpt: dict[str, Any]):
+def _transform(ckpt: dict[str, Any]) -> EvalPreprocess:
     return eval_transform(ckpt["image_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"])
 
 
@@ -70,13 +116,13 @@ def evaluate(
     model, memory_format = optimize_for_inference(model, device)
     preprocess = _transform(ckpt)  # uint8 crops from the loader, float conversion on the device
     loader = DataLoader(ImageDataset(samples, preprocess.sample), batch_size=batch_size)
-    y_true, probs, loss = predict_loader(model, loader, device, memory_format=memory_format, flip_tta=flip_tta,
-                                         preprocess=preprocess.batch)  # fmt: skip
+    y_true, probs, loss = predict_loader(
+        model, loader, device, memory_format=memory_format, flip_tta=flip_tta, preprocess=preprocess.batch
+    )
     metrics = classification_metrics(y_true, probs, ckpt["class_names"], ckpt.get("positive_class"))
     metrics.update(loss=loss, checkpoint=str(checkpoint), data=str(root), model=ckpt["model_name"], flip_tta=flip_tta)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(out, json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -102,16 +148,19 @@ def predict(
     model, memory_format = optimize_for_inference(model, device)
     preprocess = _transform(ckpt)
     loader = DataLoader(UnlabeledDataset(paths, preprocess.sample), batch_size=batch_size)
-    probs = np.concatenate([
-        class_probabilities(model, preprocess.batch(images.to(device)).contiguous(memory_format=memory_format),
-                            flip_tta).cpu().numpy()
-        for images, _ in loader
-    ])  # fmt: skip
+    probs = np.concatenate(
+        [
+            class_probabilities(
+                model, preprocess.batch(images.to(device)).contiguous(memory_format=memory_format), flip_tta
+            )
+            .cpu()
+            .numpy()
+            for images, _ in loader
+        ]
+    )
     names = ckpt["class_names"]
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_write(output, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if id_label:
             writer.writerow(["id", "label"])
@@ -121,5 +170,4 @@ def predict(
             writer.writerow(["path", "label", *(f"prob_{n}" for n in names)])
             for path, p in zip(paths, probs):
                 writer.writerow([str(path), names[int(p.argmax())], *(f"{v:.6f}" for v in p)])
-    tmp.replace(output)
     return output

@@ -34,7 +34,8 @@ with 216, 300 and 342 channels.
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +44,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .base import FeatureInfo, ImageClassifier, KerasLayer
 from .layers import conv1x1, conv3x3, init_conv_bn_linear
-from .registry import CIFAR_MEAN, CIFAR_STD, Reference, register_model
+from .registry import CIFAR_INPUT, Reference, register_family
 
-__all__ = ["DenseNet", "DenseLayer", "DenseBlock", "Transition"]
+__all__ = ["DenseBlock", "DenseLayer", "DenseNet", "Transition"]
 
 # Old torchvision checkpoints named the layers of a dense layer `norm.1`, `relu.1`, `conv.1`, ...
 _OLD_DENSELAYER_KEY = re.compile(
@@ -117,8 +118,12 @@ def _batch_norm_without_update(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
         x,
         bn.running_mean.clone() if bn.running_mean is not None else None,
         bn.running_var.clone() if bn.running_var is not None else None,
-        bn.weight, bn.bias, True, 0.0, bn.eps,
-    )  # fmt: skip
+        bn.weight,
+        bn.bias,
+        True,
+        0.0,
+        bn.eps,
+    )
 
 
 class DenseBlock(nn.ModuleDict):
@@ -189,6 +194,8 @@ class DenseNet(ImageClassifier):
     quadratically with depth for the cost of one more forward of each dense layer. torchvision's
     and timm's mode recompute only the bottleneck, and the stored 3x3 inputs dominate what remains.
     Outputs, gradients and running statistics equal the plain path's.
+
+    The registry's builder: a spec row plus ``num_classes`` / ``in_chans`` are its arguments.
     """
 
     classifier_name = "classifier"
@@ -325,55 +332,36 @@ class DenseNet(ImageClassifier):
 _PAPER = "Huang et al., CVPR 2017"
 _IMAGENET_TABLE3 = f"{_PAPER}, Table 3 (ImageNet val, single-crop 224)"
 
-_SPECS: list[tuple[str, dict, Reference, dict[str, str]]] = [
-    (
-        "densenet121",
-        dict(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64),
-        Reference(_IMAGENET_TABLE3, top1_error=25.02, top5_error=7.71, params_millions=8.0,
-                  note="torchvision weights: acc@1 74.434 / acc@5 91.972"),
-        {"torchvision": "densenet121", "timm": "densenet121", "keras": "DenseNet121"},
-    ),
-    (
-        "densenet161",
-        dict(growth_rate=48, block_config=(6, 12, 36, 24), num_init_features=96),
-        Reference(
-            "Huang et al., official repo README (github.com/liuzhuang13/DenseNet), Torch model, 224 1-crop",
-            top1_error=22.2,
-            params_millions=28.7,
-            note="not in the paper's Table 3 (k=48 variant released with the code); no top-5 given there; "
-            "torchvision weights: acc@1 77.138 / acc@5 93.560",
-        ),
-        {"torchvision": "densenet161", "timm": "densenet161"},
-    ),
-    (
-        "densenet169",
-        dict(growth_rate=32, block_config=(6, 12, 32, 32), num_init_features=64),
-        Reference(_IMAGENET_TABLE3, top1_error=23.80, top5_error=6.85, params_millions=14.1,
-                  note="torchvision weights: acc@1 75.600 / acc@5 92.806"),
-        {"torchvision": "densenet169", "timm": "densenet169", "keras": "DenseNet169"},
-    ),
-    (
-        "densenet201",
-        dict(growth_rate=32, block_config=(6, 12, 48, 32), num_init_features=64),
-        Reference(_IMAGENET_TABLE3, top1_error=22.58, top5_error=6.34, params_millions=20.0,
-                  note="torchvision weights: acc@1 76.896 / acc@5 93.370"),
-        {"torchvision": "densenet201", "timm": "densenet201", "keras": "DenseNet201"},
-    ),
-]
+# ImageNet DenseNet-BC (the paper's Table 1; 161 is the k=48 model released with the code).
+# name                   growth rate k   layers per dense block        stem width
+SPECS: dict[str, dict[str, Any]] = {
+    "densenet121":  dict(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64),
+    "densenet161":  dict(growth_rate=48, block_config=(6, 12, 36, 24), num_init_features=96),
+    "densenet169":  dict(growth_rate=32, block_config=(6, 12, 32, 32), num_init_features=64),
+    "densenet201":  dict(growth_rate=32, block_config=(6, 12, 48, 32), num_init_features=64),
+}  # fmt: skip
 
-for _name, _config, _reference, _equivalents in _SPECS:
-    register_model(_name, "densenet", DenseNet, _config, reference=_reference, equivalents=_equivalents)
+# CIFAR DenseNet-BC (Table 2). Depth 100 = 3 blocks x 16 layers x 2 convs + stem conv + 2 transition convs
+# + classifier.
+CIFAR_SPECS: dict[str, dict[str, Any]] = {
+    "densenet_bc_100_12":  dict(growth_rate=12, block_config=(16, 16, 16), num_init_features=24, stem="cifar"),
+}  # fmt: skip
 
-# Depth 100 = 3 blocks x 16 layers x 2 convs + stem conv + 2 transition convs + classifier.
-register_model(
-    "densenet_bc_100_12",
-    "densenet",
-    DenseNet,
-    dict(growth_rate=12, block_config=(16, 16, 16), num_init_features=24, stem="cifar"),
-    input_size=(3, 32, 32),
-    mean=CIFAR_MEAN,
-    std=CIFAR_STD,
-    reference=Reference(
+REFERENCES: dict[str, Reference] = {
+    "densenet121": Reference(_IMAGENET_TABLE3, top1_error=25.02, top5_error=7.71, params_millions=8.0,
+                             note="torchvision weights: acc@1 74.434 / acc@5 91.972"),
+    "densenet161": Reference(
+        "Huang et al., official repo README (github.com/liuzhuang13/DenseNet), Torch model, 224 1-crop",
+        top1_error=22.2,
+        params_millions=28.7,
+        note="not in the paper's Table 3 (k=48 variant released with the code); no top-5 given there; "
+        "torchvision weights: acc@1 77.138 / acc@5 93.560",
+    ),
+    "densenet169": Reference(_IMAGENET_TABLE3, top1_error=23.80, top5_error=6.85, params_millions=14.1,
+                             note="torchvision weights: acc@1 75.600 / acc@5 92.806"),
+    "densenet201": Reference(_IMAGENET_TABLE3, top1_error=22.58, top5_error=6.34, params_millions=20.0,
+                             note="torchvision weights: acc@1 76.896 / acc@5 93.370"),
+    "densenet_bc_100_12": Reference(
         f"{_PAPER}, Table 2 (DenseNet-BC, L=100, k=12)",
         dataset="CIFAR-10+",
         top1_error=4.51,
@@ -381,4 +369,15 @@ register_model(
         note="C10 5.92, C10+ 4.51, C100 24.15, C100+ 22.27 (% error; + = standard augmentation); "
         "the paper adds dropout 0.2 only without augmentation (drop_rate=0.2)",
     ),
-)
+}  # fmt: skip
+
+# Keras has the k=32 models only; nobody has the CIFAR one.
+EQUIVALENTS: dict[str, dict[str, str]] = {
+    "densenet121":  {"torchvision": "densenet121", "timm": "densenet121", "keras": "DenseNet121"},
+    "densenet161":  {"torchvision": "densenet161", "timm": "densenet161"},
+    "densenet169":  {"torchvision": "densenet169", "timm": "densenet169", "keras": "DenseNet169"},
+    "densenet201":  {"torchvision": "densenet201", "timm": "densenet201", "keras": "DenseNet201"},
+}  # fmt: skip
+
+register_family("densenet", DenseNet, SPECS, REFERENCES, EQUIVALENTS)
+register_family("densenet", DenseNet, CIFAR_SPECS, REFERENCES, EQUIVALENTS, inputs=CIFAR_INPUT)

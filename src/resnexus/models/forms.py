@@ -2,7 +2,7 @@
 
 (a) C parallel paths, each 1x1 (in -> d) -> 3x3 (d -> d) -> 1x1 (d -> out); outputs summed.
 (b) C parallel paths, each 1x1 -> 3x3; outputs concatenated, then one 1x1 (C*d -> out).
-(c) one 1x1 (in -> C*d) -> grouped 3x3 (C groups) -> 1x1: :class:`resnet.Bottleneck`.
+(c) one 1x1 (in -> C*d) -> grouped 3x3 (C groups) -> 1x1: :class:`~resnexus.models.blocks.Bottleneck`.
 
 The paper states the three are equivalent; here they are exactly so, BatchNorm included:
 the per-path BNs after the 1x1 and the 3x3 are the per-channel slices of (c)'s ``bn1`` and
@@ -11,19 +11,21 @@ applied once to the *sum* of the paths, which is what (c)'s ``bn3`` sees. The fo
 reparameterizations: they hold the same numbers, so :func:`convert_block` moves weights between
 them losslessly and the parameter counts are identical. (c) is by far the fastest; (a) and (b)
 exist to demonstrate (and test) the equivalence the paper's argument rests on.
+
+``create_model("resnext50_32x4d", block_form="a")`` builds a whole model in form (a) or (b):
+:class:`~resnexus.models.resnet.ResNet` asks :func:`block_for_form` for the block class.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .blocks import BLOCKS, Bottleneck
 from .layers import conv1x1, conv3x3
-from .resnet import BLOCKS, Bottleneck, ResNet
 
 __all__ = [
     "FORMS",
@@ -31,7 +33,6 @@ __all__ = [
     "ResNeXtBlockB",
     "block_for_form",
     "bottleneck_width_for_cardinality",
-    "build_resnet_form",
     "convert_block",
     "convert_model_form",
     "form_of",
@@ -69,6 +70,7 @@ class _MultiPathBlock(nn.Module):
 
     expansion = 4
     form: str
+    bn3: nn.BatchNorm2d  # the norm after the paths, shared by both forms
 
     def __init__(
         self,
@@ -93,6 +95,10 @@ class _MultiPathBlock(nn.Module):
         )
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+
+    def zero_init_last(self) -> None:
+        """Zero the last BN's scale (as :meth:`Bottleneck.zero_init_last`): the block starts as the identity."""
+        nn.init.zeros_(self.bn3.weight)
 
     def extra_repr(self) -> str:
         return f"form={self.form!r}, cardinality={self.cardinality}, width_per_group={self.width_per_group}"
@@ -307,22 +313,6 @@ def block_for_form(block: str | type[nn.Module], form: str) -> type[nn.Module]:
     if cls not in FORM_CLASSES.values():
         raise ValueError(f"block_form={form!r} needs a bottleneck block, not {getattr(cls, '__name__', cls)}")
     return FORM_CLASSES[form]
-
-
-def build_resnet_form(num_classes: int = 1000, in_chans: int = 3, **config: Any) -> ResNet:
-    """Like ``resnet.build_resnet``, with ``block_form`` ('a', 'b', 'c') choosing the block form.
-
-    ``create_model("resnext50_32x4d", block_form="a")`` lands here; the spec rows stay unchanged.
-    """
-    form = config.pop("block_form", "c")
-    block = block_for_form(config.pop("block"), form)
-    layers = tuple(config.pop("layers"))
-    model = ResNet(block, layers, num_classes=num_classes, in_chans=in_chans, **config)
-    if config.get("zero_init_last"):  # ResNet zero-inits Bottleneck.bn3 only; do the same for (a)/(b)
-        for m in model.modules():
-            if isinstance(m, _MultiPathBlock):
-                nn.init.zeros_(m.bn3.weight)
-    return model
 
 
 # -- complexity-preserving width (Table 2) ---------------------------------------------------

@@ -86,7 +86,7 @@ from torch import Tensor, nn
 
 from .base import FeatureInfo, ImageClassifier
 from .layers import conv3x3, init_conv_bn_linear
-from .registry import CIFAR_MEAN, CIFAR_STD, Reference, register_model
+from .registry import CIFAR_INPUT, Reference, register_family
 
 __all__ = ["ConvUnit", "DropPathPlan", "FractalBlock", "FractalNet", "fractal_join"]
 
@@ -141,9 +141,7 @@ class FractalBlock(nn.Module):
             raise ValueError(f"a fractal block needs at least one column, got {num_columns}")
         self.num_columns = num_columns
         self.columns = nn.ModuleList(
-            nn.ModuleList(
-                ConvUnit(in_channels if i == 0 else out_channels, out_channels, dropout) for i in range(2**c)
-            )
+            nn.ModuleList(ConvUnit(in_channels if i == 0 else out_channels, out_channels, dropout) for i in range(2**c))
             for c in range(num_columns)
         )
         self.pool = nn.MaxPool2d(2)
@@ -161,9 +159,7 @@ class FractalBlock(nn.Module):
             tuple(c + 1 for c, _ in ends) for ends in schedule if len(ends) > 1
         )
 
-    def forward(
-        self, x: Tensor, keep: Sequence[Sequence[int]] | None = None, column: int | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, keep: Sequence[Sequence[int]] | None = None, column: int | None = None) -> Tensor:
         """Full block (``keep=None``), a local drop-path draw (``keep[j]``: columns kept at join
         ``j``), or a single column (``column=k``, 1-based)."""
         if column is not None:
@@ -184,9 +180,7 @@ class FractalBlock(nn.Module):
             kept = set(keep[j]) if keep is not None else None
             if kept is not None and (not kept or not kept <= set(self.joins[j])):
                 raise ValueError(f"join {j} has inputs {self.joins[j]}, cannot keep {sorted(kept)}")
-            joined = fractal_join(
-                [self.columns[c][i](current[c]) for c, i in ends if kept is None or c + 1 in kept]
-            )
+            joined = fractal_join([self.columns[c][i](current[c]) for c, i in ends if kept is None or c + 1 in kept])
             for c, _ in ends:
                 current[c] = joined
             j += 1
@@ -197,7 +191,8 @@ class FractalNet(ImageClassifier):
     """FractalNet: ``len(channels)`` fractal blocks of ``columns`` columns, max-pool after each.
 
     See the module docstring for drop-path (``local_drop_prob``, ``global_drop_ratio``) and
-    single-column inference (``forward(x, column=k)`` / ``eval_column``).
+    single-column inference (``forward(x, column=k)`` / ``eval_column``). The registry's builder:
+    a spec row plus ``num_classes`` / ``in_chans`` are its arguments.
     """
 
     def __init__(
@@ -231,9 +226,7 @@ class FractalNet(ImageClassifier):
         self.num_features = prev
         self.num_classes = num_classes
         self.fc = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [
-            FeatureInfo(f"blocks.{i}", width, 2 ** (i + 1)) for i, width in enumerate(channels)
-        ]
+        self.feature_info = [FeatureInfo(f"blocks.{i}", width, 2 ** (i + 1)) for i, width in enumerate(channels)]
         init_conv_bn_linear(self)
 
     # -- drop-path -------------------------------------------------------------------------
@@ -284,13 +277,14 @@ class FractalNet(ImageClassifier):
         return self.forward_head(self.forward_features(x, column=column))
 
 
-# name -> (columns, channels per block, dropout per block)
-_SPECS: dict[str, tuple[int, tuple[int, ...], tuple[float, ...]]] = {
-    "fractalnet20": (3, (64, 128, 256, 512, 512), (0.0, 0.1, 0.2, 0.3, 0.4)),
-    "fractalnet40": (4, (64, 128, 256, 512, 512), (0.0, 0.1, 0.2, 0.3, 0.4)),
-}
+# CIFAR layout of the paper's Section 4: five blocks, 2x2 max-pool after each.
+# name                    columns C  channels per block                 dropout per block
+SPECS: dict[str, dict[str, Any]] = {
+    "fractalnet20":  dict(columns=3, channels=(64, 128, 256, 512, 512), dropout=(0.0, 0.1, 0.2, 0.3, 0.4)),
+    "fractalnet40":  dict(columns=4, channels=(64, 128, 256, 512, 512), dropout=(0.0, 0.1, 0.2, 0.3, 0.4)),
+}  # fmt: skip
 
-_REFERENCES: dict[str, Reference] = {
+REFERENCES: dict[str, Reference] = {
     "fractalnet20": Reference(
         source="Larsson et al., ICLR 2017, Table 1 (FractalNet, 20 layers, + drop-path + dropout)",
         dataset="CIFAR-10",
@@ -310,19 +304,6 @@ _REFERENCES: dict[str, Reference] = {
     ),
 }
 
+EQUIVALENTS: dict[str, dict[str, str]] = {}  # torchvision, timm and Keras have no FractalNet
 
-def _build(num_classes: int = 10, in_chans: int = 3, **config: Any) -> FractalNet:
-    return FractalNet(num_classes=num_classes, in_chans=in_chans, **config)
-
-
-for _name, (_columns, _channels, _dropout) in _SPECS.items():
-    register_model(
-        _name,
-        "fractalnet",
-        _build,
-        {"columns": _columns, "channels": _channels, "dropout": _dropout},
-        input_size=(3, 32, 32),
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-        reference=_REFERENCES[_name],
-    )
+register_family("fractalnet", FractalNet, SPECS, REFERENCES, EQUIVALENTS, inputs=CIFAR_INPUT)

@@ -27,3 +27,14 @@ def init_conv_bn_linear(model: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def zero_init_last_norms(model: nn.Module) -> None:
+    """Start every residual block of ``model`` as the identity (Goyal et al., 2017).
+
+    Each block knows which of its norms is last and zeroes its scale in ``zero_init_last()``
+    (timm's convention), so this one loop serves every family and every block form.
+    """
+    for module in model.modules():
+        if module is not model and callable(getattr(module, "zero_init_last", None)):
+            module.zero_init_last()

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import ImageClassifier
-from .registry import Reference, register_model
+from .registry import InputSpec, Reference, register_family
 
 __all__ = ["LeNet", "lenet_feature_size"]
 
@@ -39,7 +39,10 @@ def lenet_feature_size(img_size: int) -> int:
 
 
 class LeNet(ImageClassifier):
-    """LeNet-5 with ReLU and max-pooling; the classifier is ``fc`` (84 -> num_classes)."""
+    """LeNet-5 with ReLU and max-pooling; the classifier is ``fc`` (84 -> num_classes).
+
+    The registry's builder: a spec row plus ``num_classes`` / ``in_chans`` are its arguments.
+    """
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, img_size: int = 256) -> None:
         super().__init__()
@@ -68,29 +71,24 @@ class LeNet(ImageClassifier):
         return x if pre_logits else self.fc(x)
 
 
-def _build(num_classes: int = 1000, in_chans: int = 3, **config: Any) -> LeNet:
-    return LeNet(num_classes=num_classes, in_chans=in_chans, **config)
+IMG_SIZE = 256  # the only input size a LeNet accepts is the one it was built for
 
+SPECS: dict[str, dict[str, Any]] = {
+    "lenet":  dict(img_size=IMG_SIZE),
+}  # fmt: skip
 
-# name -> config
-_SPECS: dict[str, dict[str, Any]] = {
-    "lenet": {"img_size": 256},
+REFERENCES: dict[str, Reference] = {
+    "lenet": Reference(
+        source="LeCun et al., Proc. IEEE 1998 (LeNet-5)",
+        dataset="MNIST",
+        note=(
+            "Layout only: the paper's LeNet-5 reads 32x32 grey digits with tanh, trainable "
+            "sub-sampling and RBF outputs; this is a ReLU/max-pool baseline at 3x256x256 with "
+            "no published accuracy to compare against."
+        ),
+    ),
 }
 
-for _name, _config in _SPECS.items():
-    register_model(
-        _name,
-        "lenet",
-        _build,
-        _config,
-        input_size=(3, _config["img_size"], _config["img_size"]),
-        reference=Reference(
-            source="LeCun et al., Proc. IEEE 1998 (LeNet-5)",
-            dataset="MNIST",
-            note=(
-                "Layout only: the paper's LeNet-5 reads 32x32 grey digits with tanh, trainable "
-                "sub-sampling and RBF outputs; this is a ReLU/max-pool baseline at 3x256x256 with "
-                "no published accuracy to compare against."
-            ),
-        ),
-    )
+EQUIVALENTS: dict[str, dict[str, str]] = {}  # not in torchvision, timm or Keras
+
+register_family("lenet", LeNet, SPECS, REFERENCES, EQUIVALENTS, inputs=InputSpec(input_size=(3, IMG_SIZE, IMG_SIZE)))

@@ -1,7 +1,12 @@
 """One registry: the only place model names are resolved.
 
-Family modules call :func:`register_model` once per row of their spec table; users call
-:func:`create_model`, :func:`list_models` and :func:`model_info`.
+Every family module (``resnet.py``, ``densenet.py``, ...) ends the same way: spec tables
+``{name: dict(...)}`` whose rows are the keyword arguments of the family's model class, a
+``REFERENCES`` table (what the paper reports) and an ``EQUIVALENTS`` table (the same network's
+name in torchvision, timm or Keras), handed to :func:`register_family` once per table together
+with the :class:`InputSpec` the table's variants expect. :mod:`resnexus.models` imports every
+family module, so the registry is complete as soon as anything in the package is imported.
+Users call :func:`create_model`, :func:`list_models` and :func:`model_info`.
 """
 
 from __future__ import annotations
@@ -9,15 +14,16 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
-import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .base import FeatureExtractor, ImageClassifier
+from .weights import load_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,8 +33,19 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 KERAS_TF_MEAN = (0.5, 0.5, 0.5)
 KERAS_TF_STD = (0.5, 0.5, 0.5)
 
-# Imported on first use so `import resnexus` stays cheap; each registers its spec table.
-_FAMILY_MODULES = ("resnet", "resnet_v2", "res2net", "densenet", "fractalnet", "lenet")
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input a table's variants expect: image size, and the mean/std their pixels are normalised by."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+IMAGENET_INPUT = InputSpec()
+CIFAR_INPUT = InputSpec((3, 32, 32), CIFAR_MEAN, CIFAR_STD)
+KERAS_TF_INPUT = InputSpec((3, 224, 224), KERAS_TF_MEAN, KERAS_TF_STD)
 
 
 @dataclass(frozen=True)
@@ -76,22 +93,21 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_families_loaded = False
 
 
 def register_model(
     name: str,
     family: str,
     builder: Callable[..., ImageClassifier],
-    config: dict[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
     *,
     input_size: tuple[int, int, int] = (3, 224, 224),
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
     reference: Reference | None = None,
-    equivalents: dict[str, str] | None = None,
+    equivalents: Mapping[str, str] | None = None,
 ) -> None:
-    """Add one named variant. Called by the family modules at import time."""
+    """Add one named variant (family modules register whole tables with :func:`register_family`)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
     _REGISTRY[name] = ModelEntry(
@@ -107,17 +123,36 @@ def register_model(
     )
 
 
-def _load_families() -> None:
-    global _families_loaded
-    if not _families_loaded:
-        for module in _FAMILY_MODULES:
-            importlib.import_module(f"resnexus.models.{module}")
-        _families_loaded = True
+def register_family(
+    family: str,
+    builder: Callable[..., ImageClassifier],
+    specs: Mapping[str, Mapping[str, Any]],
+    references: Mapping[str, Reference],
+    equivalents: Mapping[str, Mapping[str, str]],
+    *,
+    inputs: InputSpec = IMAGENET_INPUT,
+) -> None:
+    """Register every row of one spec table; ``references`` and ``equivalents`` may cover other tables too.
+
+    ``builder(num_classes=..., in_chans=..., **row)`` builds a variant: every family passes its
+    model class.
+    """
+    for name, config in specs.items():
+        register_model(
+            name,
+            family,
+            builder,
+            config,
+            input_size=inputs.input_size,
+            mean=inputs.mean,
+            std=inputs.std,
+            reference=references.get(name),
+            equivalents=equivalents.get(name),
+        )
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; an unknown name raises with the nearest known names."""
-    _load_families()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -128,7 +163,6 @@ def get_entry(name: str) -> ModelEntry:
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     """Registered model names matching a shell-style ``pattern``, sorted."""
-    _load_families()
     return sorted(
         n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
     )
@@ -161,8 +195,6 @@ def create_model(
         "std": entry.std,
     }
     if weights is not None:
-        from ..weights import load_weights
-
         load_weights(model, weights)
     if features_only:
         return FeatureExtractor(model, out_indices)
@@ -171,7 +203,7 @@ def create_model(
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass of a batch of one (convolutions and linears)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode  # here: a third of a second that only MAC counts need
 
     device = next(model.parameters()).device
     x = torch.zeros((1, *input_size), device=device)
@@ -180,7 +212,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
     return counter.get_total_flops() // 2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_info(name: str, num_classes: int | None = None) -> ModelInfo:
     """Parameter count and MACs (measured on the meta device, so free) plus the paper's numbers."""
     entry = get_entry(name)

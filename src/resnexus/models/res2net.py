@@ -17,13 +17,14 @@ average-pool shortcuts, the ResNet-D tricks), the model timm calls ``res2net50d`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .layers import conv1x1, conv3x3
-from .registry import Reference, register_model
+from .registry import Reference, register_family
 from .resnet import ResNet
 
 
@@ -69,12 +70,14 @@ class Bottle2neck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.downsample = downsample
 
+    def zero_init_last(self) -> None:
+        """Zero the last BN's scale: the residual branch then starts at zero."""
+        nn.init.zeros_(self.bn3.weight)
+
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu_(self.bn1(self.conv1(x)))
-        if self.scale == 1:
-            out = torch.relu_(self.bns[0](self.convs[0](out)))
-        else:
-            out = self._multi_scale(out)
+        # scale 1 has no groups to chain: one 3x3, exactly the ResNet bottleneck
+        out = torch.relu_(self.bns[0](self.convs[0](out))) if self.scale == 1 else self._multi_scale(out)
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         return torch.relu_(out.add_(shortcut))  # bn3's output is not saved for backward
@@ -91,7 +94,7 @@ class Bottle2neck(nn.Module):
         splits = out.split(self.width, 1)
         pieces: list[Tensor] = []
         for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            if i == 0 or self.is_first:
+            if i == 0 or self.is_first:  # noqa: SIM108 (a ternary would read `sp` before its first assignment)
                 sp = splits[i].clone(memory_format=torch.preserve_format)
             else:
                 sp = sp + splits[i]  # cannot be in place: both operands are saved by ReLU backward
@@ -102,11 +105,14 @@ class Bottle2neck(nn.Module):
 
 
 class Res2Net(ResNet):
-    """The ResNet skeleton with :class:`Bottle2neck` blocks; ``scale`` is the number of groups."""
+    """The ResNet skeleton with :class:`Bottle2neck` blocks; ``scale`` is the number of groups.
+
+    The registry's builder: a spec row plus ``num_classes`` / ``in_chans`` are its arguments.
+    """
 
     def __init__(
         self,
-        layers: tuple[int, ...],
+        layers: Sequence[int],
         num_classes: int = 1000,
         in_chans: int = 3,
         *,
@@ -127,27 +133,18 @@ class Res2Net(ResNet):
             base_width=base_width,
             stem=stem,
             avg_down=avg_down,
+            zero_init_last=zero_init_last,
             block_args={"scale": scale},
             **kwargs,
         )
         self.scale = scale
-        if zero_init_last:  # each block starts as the identity (Goyal et al., 2017)
-            for m in self.modules():
-                if isinstance(m, Bottle2neck):
-                    nn.init.zeros_(m.bn3.weight)
-
-
-def build_res2net(num_classes: int = 1000, in_chans: int = 3, **config: Any) -> Res2Net:
-    """Builder used by the registry: ``config`` is one row of the spec table plus overrides."""
-    layers = tuple(config.pop("layers"))
-    return Res2Net(layers, num_classes=num_classes, in_chans=in_chans, **config)
 
 
 _GAO2021 = "Gao et al., Res2Net: A New Multi-scale Backbone Architecture, TPAMI 2021"
 _OFFICIAL = "github.com/Res2Net/Res2Net-PretrainedModels README, 'Pretrained models' table"
 
 # name -> stage depths, base width w, scale s, cardinality C (default 1), stem and shortcut (default: 7x7, 1x1 conv)
-RES2NET_SPECS: dict[str, dict[str, Any]] = {
+SPECS: dict[str, dict[str, Any]] = {
     "res2net50_26w_4s":      dict(layers=(3, 4, 6, 3),  base_width=26, scale=4),
     "res2net50_48w_2s":      dict(layers=(3, 4, 6, 3),  base_width=48, scale=2),
     "res2net50_14w_8s":      dict(layers=(3, 4, 6, 3),  base_width=14, scale=8),
@@ -159,11 +156,6 @@ RES2NET_SPECS: dict[str, dict[str, Any]] = {
     "res2next50":            dict(layers=(3, 4, 6, 3),  base_width=4,  scale=4, cardinality=8),
 }  # fmt: skip
 
-# timm calls the v1b models by their ResNet-D names
-RES2NET_EQUIVALENTS: dict[str, dict[str, str]] = {name: {"timm": name} for name in RES2NET_SPECS}
-RES2NET_EQUIVALENTS["res2net50_v1b_26w_4s"] = {"timm": "res2net50d"}
-RES2NET_EQUIVALENTS["res2net101_v1b_26w_4s"] = {"timm": "res2net101d"}
-
 
 def _ref(top1: float, top5: float, params: float, gflops: float, note: str = "") -> Reference:
     return Reference(
@@ -172,7 +164,7 @@ def _ref(top1: float, top5: float, params: float, gflops: float, note: str = "")
 
 
 # The official repository's "Pretrained models" table: #Params (M), MACCs (G), top-1 / top-5 error.
-RES2NET_REFERENCES: dict[str, Reference] = {
+REFERENCES: dict[str, Reference] = {
     "res2net50_48w_2s":     _ref(22.68, 6.47, 25.29, 4.2),
     "res2net50_26w_4s":     _ref(22.01, 6.15, 25.70, 4.2),
     "res2net50_14w_8s":     _ref(21.86, 6.14, 25.06, 4.2),
@@ -186,12 +178,17 @@ RES2NET_REFERENCES: dict[str, Reference] = {
                                        note="v1b: deep stem + avg-pool shortcuts; official repository only"),
 }  # fmt: skip
 
-for _name, _spec in RES2NET_SPECS.items():
-    register_model(
-        _name,
-        "res2net",
-        build_res2net,
-        _spec,
-        reference=RES2NET_REFERENCES[_name],
-        equivalents=RES2NET_EQUIVALENTS[_name],
-    )
+# timm has every variant; it calls the v1b models by their ResNet-D names.
+EQUIVALENTS: dict[str, dict[str, str]] = {
+    "res2net50_26w_4s":      {"timm": "res2net50_26w_4s"},
+    "res2net50_48w_2s":      {"timm": "res2net50_48w_2s"},
+    "res2net50_14w_8s":      {"timm": "res2net50_14w_8s"},
+    "res2net50_26w_6s":      {"timm": "res2net50_26w_6s"},
+    "res2net50_26w_8s":      {"timm": "res2net50_26w_8s"},
+    "res2net101_26w_4s":     {"timm": "res2net101_26w_4s"},
+    "res2net50_v1b_26w_4s":  {"timm": "res2net50d"},
+    "res2net101_v1b_26w_4s": {"timm": "res2net101d"},
+    "res2next50":            {"timm": "res2next50"},
+}  # fmt: skip
+
+register_family("res2net", Res2Net, SPECS, REFERENCES, EQUIVALENTS)

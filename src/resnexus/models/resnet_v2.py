@@ -24,12 +24,13 @@ Module names describe the layer (there is no torchvision layout for this family)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
 from .base import FeatureInfo, ImageClassifier, KerasLayer
 from .layers import init_conv_bn_linear
-from .registry import KERAS_TF_MEAN, KERAS_TF_STD, Reference, register_model
+from .registry import KERAS_TF_INPUT, Reference, register_family
 
 BN_EPS = 1.001e-5  # Keras applications' epsilon; PyTorch's default 1e-5 would drift from their outputs
 EXPANSION = 4
@@ -122,6 +123,8 @@ class ResNetV2(ImageClassifier):
     last block of each of the first three stages). The last entry is the ``post_norm`` BN-ReLU
     output, i.e. what :meth:`forward_features` returns and what the classifier pools, because a
     pre-activation network's raw stage sums are never normalised otherwise.
+
+    The registry's builder: a spec row plus ``num_classes`` / ``in_chans`` are its arguments.
     """
 
     def __init__(
@@ -192,36 +195,38 @@ class ResNetV2(ImageClassifier):
         return out
 
 
-def _build(
-    depths: Sequence[int], widths: Sequence[int] = WIDTHS, num_classes: int = 1000, in_chans: int = 3
-) -> ResNetV2:
-    """Registry builder: one spec row (``depths``, optionally ``widths``) plus the head size."""
-    return ResNetV2(depths=depths, widths=widths, num_classes=num_classes, in_chans=in_chans)
-
-
 _KERAS_TABLE = "keras.io/api/applications (Keras Applications table)"
 _PAPER = "He et al., 'Identity Mappings in Deep Residual Networks', ECCV 2016"
 
-# name -> (stage depths, Keras name, keras.io top-1 accuracy %, keras.io params in millions)
-SPECS: dict[str, tuple[tuple[int, int, int, int], str, float, float]] = {
-    "resnet50v2": ((3, 4, 6, 3), "ResNet50V2", 76.0, 25.6),
-    "resnet101v2": ((3, 4, 23, 3), "ResNet101V2", 77.2, 44.7),
-    "resnet152v2": ((3, 8, 36, 3), "ResNet152V2", 78.0, 60.4),
-}
+# name -> stage depths (stage widths are 64-128-256-512 in every variant)
+SPECS: dict[str, dict[str, Any]] = {
+    "resnet50v2":   dict(depths=(3, 4, 6, 3)),
+    "resnet101v2":  dict(depths=(3, 4, 23, 3)),
+    "resnet152v2":  dict(depths=(3, 8, 36, 3)),
+}  # fmt: skip
 
-for _name, (_depths, _keras_name, _top1, _params) in SPECS.items():
-    register_model(
-        _name,
-        family="resnet_v2",
-        builder=_build,
-        config={"depths": _depths},
-        mean=KERAS_TF_MEAN,
-        std=KERAS_TF_STD,
-        reference=Reference(
-            source=f"{_KERAS_TABLE}; architecture: {_PAPER}",
-            top1_error=round(100.0 - _top1, 1),
-            params_millions=_params,
-            note="Keras layout: stride on the last block of a stage, stem without BN, 'tf' preprocessing",
-        ),
-        equivalents={"keras": _keras_name},
+
+def _keras_reference(top1_accuracy: float, params_millions: float) -> Reference:
+    """keras.io lists top-1 accuracy; the registry records error."""
+    return Reference(
+        source=f"{_KERAS_TABLE}; architecture: {_PAPER}",
+        top1_error=round(100.0 - top1_accuracy, 1),
+        params_millions=params_millions,
+        note="Keras layout: stride on the last block of a stage, stem without BN, 'tf' preprocessing",
     )
+
+
+# keras.io's table: top-1 accuracy (%), parameters (millions)
+REFERENCES: dict[str, Reference] = {
+    "resnet50v2":   _keras_reference(76.0, 25.6),
+    "resnet101v2":  _keras_reference(77.2, 44.7),
+    "resnet152v2":  _keras_reference(78.0, 60.4),
+}  # fmt: skip
+
+EQUIVALENTS: dict[str, dict[str, str]] = {
+    "resnet50v2":   {"keras": "ResNet50V2"},
+    "resnet101v2":  {"keras": "ResNet101V2"},
+    "resnet152v2":  {"keras": "ResNet152V2"},
+}  # fmt: skip
+
+register_family("resnet_v2", ResNetV2, SPECS, REFERENCES, EQUIVALENTS, inputs=KERAS_TF_INPUT)

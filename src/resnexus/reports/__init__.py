@@ -1,13 +1,21 @@
-"""Evaluation metrics, plots and a Markdown report for a training run."""
+"""Evaluation metrics, plots, Markdown tables and the Markdown report of a training run."""
 
 from .metrics import classification_metrics, format_metrics
-from .report import plot_confusion_matrix, plot_history, plot_roc, write_report
+from .plots import plot_accuracy_vs_macs, plot_confusion_matrix, plot_history, plot_roc, save_figure
+from .report import write_report
+from .tables import MISSING, fixed_decimals, markdown_cell, markdown_table
 
 __all__ = [
+    "MISSING",
     "classification_metrics",
+    "fixed_decimals",
     "format_metrics",
-    "plot_history",
+    "markdown_cell",
+    "markdown_table",
+    "plot_accuracy_vs_macs",
     "plot_confusion_matrix",
+    "plot_history",
     "plot_roc",
+    "save_figure",
     "write_report",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import (
@@ -18,6 +18,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from .tables import fixed_decimals
 
 __all__ = ["classification_metrics", "format_metrics"]
 
@@ -41,9 +43,8 @@ def _check_inputs(
         raise ValueError(f"{y.shape[0]} labels but {p.shape[0]} rows of probabilities")
     if y.shape[0] == 0:
         raise ValueError("no samples to evaluate")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError("y_true must hold integer class indices")
+    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise ValueError("y_true must hold integer class indices")
     y = y.astype(np.int64)
     if y.min() < 0 or y.max() >= k:
         raise ValueError(f"y_true holds class indices outside 0..{k - 1}")
@@ -104,9 +105,7 @@ def classification_metrics(
     labels = list(range(k))
     pred = p.argmax(axis=1)
 
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y, pred, labels=labels, average=None, zero_division=0
-    )
+    prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, average=None, zero_division=0)
     macro_p, macro_r, macro_f1, _ = precision_recall_fscore_support(
         y, pred, labels=labels, average="macro", zero_division=0
     )
@@ -144,21 +143,17 @@ def classification_metrics(
     return out
 
 
-def _fmt(value: object) -> str:
-    return "n/a" if value is None else f"{float(value):.3f}"  # type: ignore[arg-type]
-
-
 def format_metrics(metrics: dict) -> str:
     """One line for logs and the CLI: the headline numbers, three decimals each."""
     parts = [
-        f"accuracy {_fmt(metrics.get('accuracy'))}",
-        f"balanced {_fmt(metrics.get('balanced_accuracy'))}",
-        f"macro-F1 {_fmt(metrics.get('macro_f1'))}",
-        f"ROC-AUC {_fmt(metrics.get('roc_auc'))}",
+        f"accuracy {fixed_decimals(metrics.get('accuracy'), 3)}",
+        f"balanced {fixed_decimals(metrics.get('balanced_accuracy'), 3)}",
+        f"macro-F1 {fixed_decimals(metrics.get('macro_f1'), 3)}",
+        f"ROC-AUC {fixed_decimals(metrics.get('roc_auc'), 3)}",
     ]
     if "sensitivity" in metrics:
         pos = metrics.get("positive_class")
-        parts.append(f"sensitivity {_fmt(metrics['sensitivity'])}" + (f" ({pos})" if pos else ""))
+        parts.append(f"sensitivity {fixed_decimals(metrics['sensitivity'], 3)}" + (f" ({pos})" if pos else ""))
     if "specificity" in metrics:
-        parts.append(f"specificity {_fmt(metrics['specificity'])}")
+        parts.append(f"specificity {fixed_decimals(metrics['specificity'], 3)}")
     return " | ".join(parts)

@@ -14,9 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 import resnexus
-from resnexus.weights import WeightsError, load_weights, read_state_dict, save_weights
-
-from .helpers import max_abs_diff, randomize_
+from resnexus.models.weights import WeightsError, load_weights, read_state_dict, save_weights
+from tests.helpers import max_abs_diff, randomize_
 
 SMALL = dict(layers=(1, 1, 1, 1))  # a one-block-per-stage ResNet-18 keeps these tests fast
 
@@ -119,7 +118,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with path.open("wb") as f:
         pickle.dump({"state_dict": Exploit()}, f)
-    with pytest.raises(WeightsError, match="refusing to load .*evil.pth"):
+    with pytest.raises(WeightsError, match=r"refusing to load .*evil.pth"):
         read_state_dict(path)
     assert not marker.exists()
 
@@ -142,7 +141,7 @@ def test_corrupt_files_are_named(tmp_path, name, content, match):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.pth"):
         resnexus.create_model("resnet18", weights=tmp_path / "nowhere.pth")
 
 

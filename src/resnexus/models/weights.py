@@ -15,6 +15,10 @@ here in one place:
 Everything else must match exactly: a missing or unexpected key is an error that names the file
 and the keys, never a silent partial load. Pickled files are read with ``weights_only=True``, so a
 file cannot run code.
+
+This module sits below the registry (``create_model(..., weights=...)`` calls :func:`load_weights`)
+and knows models only through :class:`~resnexus.models.base.ImageClassifier`, so it imports
+nothing else from the package.
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .models.base import ImageClassifier, KerasLayer
+from .base import ImageClassifier, KerasLayer
 
-logger = logging.getLogger("resnexus")
+logger = logging.getLogger(__name__)
 
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params")
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BatchNorm's step counter: not a weight
@@ -78,8 +84,6 @@ def read_state_dict(source: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The tensors of a ``.pth``/``.pt``/``.bin``/``.ckpt`` or ``.safetensors`` file, unwrapped."""
     path = resolve_source(source)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except Exception as error:  # safetensors raises its own error types
@@ -102,9 +106,7 @@ def unwrap_state_dict(obj: Any, source: str = "<object>") -> dict[str, Tensor]:
     while isinstance(obj, Mapping) and not _looks_like_state_dict(obj):
         inner = next((obj[k] for k in _CONTAINER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
         if inner is None:
-            raise WeightsError(
-                f"{source}: no state dict found; top-level keys are {sorted(map(str, obj))[:_SHOWN]}"
-            )
+            raise WeightsError(f"{source}: no state dict found; top-level keys are {sorted(map(str, obj))[:_SHOWN]}")
         obj = inner
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
@@ -126,7 +128,7 @@ def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, list[Any]]:
     layer's kind plus a counter (``conv2d_7``); legacy files store groups named after the
     layers (``conv2_block1_1_conv``) with a ``weight_names`` attribute giving the order.
     """
-    import h5py
+    import h5py  # here, not at the top: a tenth of a second that only Keras files need
 
     path = resolve_source(path)
     try:
@@ -134,7 +136,7 @@ def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, list[Any]]:
     except OSError as error:
         raise WeightsError(f"{path}: not a readable HDF5 file ({error})") from error
     with file:
-        root = file["model_weights"] if "model_weights" in file else file
+        root = file.get("model_weights", file)
         layers: dict[str, list[Any]] = {}
         if "layer_names" in root.attrs:  # legacy Keras 2 layout
             for raw in root.attrs["layer_names"]:
@@ -231,9 +233,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike[str], *, strict: bo
     missing = [
         k
         for k in own
-        if k not in state
-        and not k.endswith(_OPTIONAL_SUFFIXES)
-        and not (fresh_head and k.startswith(fresh_head))
+        if k not in state and not k.endswith(_OPTIONAL_SUFFIXES) and not (fresh_head and k.startswith(fresh_head))
     ]
     unexpected = [k for k in state if k not in own]
     mis_shaped = [
@@ -250,7 +250,9 @@ def load_weights(model: nn.Module, source: str | os.PathLike[str], *, strict: bo
     return report
 
 
-def _mismatch_message(path: Path, model: nn.Module, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+def _mismatch_message(
+    path: Path, model: nn.Module, missing: list[str], unexpected: list[str], shapes: list[str]
+) -> str:
     name = getattr(model, "model_name", type(model).__name__)
     parts = [f"{path} does not fit model {name}:"]
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
@@ -315,8 +317,6 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         save_file(state, str(path))
     else:
         torch.save(state, path)

@@ -1,0 +1,312 @@
+"""What a run is: the :class:`TrainConfig`, the recipes that fill it, and the checks made before training.
+
+Everything here runs before the first step, so a bad value or an unusable image folder fails in
+seconds, not hours into a run. The CLI builds its ``train`` help from :func:`field_help`, so the
+defaults it states are the ones :func:`complete_config` applies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import AugmentConfig, Samples, digits_folder, resolve_splits
+from ..data.check import DataCheck, check_data
+from ..data.scan import DataError
+from ..models.registry import get_entry
+from .checkpoint import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "resnext50_32x4d"
+# The built-in default: real handwritten digits (scikit-learn), a CIFAR-sized ResNet, ~2 minutes on 2 cores.
+BUILTIN_RECIPE: dict[str, Any] = dict(
+    model="resnet20_cifar",
+    image_size=32,
+    epochs=15,
+    batch_size=64,
+    optimizer="sgd",
+    lr=0.1,
+    weight_decay=5e-4,
+    warmup_epochs=1.0,
+    augment=AugmentConfig(random_resized_crop_scale=(0.6, 1.0), hflip=0.0, color_jitter=0.0, random_erasing=0.0),
+)
+# The default for a user's folder: tuned on the MSLD photos (a few hundred images, trained from
+# scratch on 2 CPU cores; benchmarks/msld_crossval.py and the README give the measurements).
+# 128 px instead of 224 makes each epoch ~3x cheaper, which buys the longer schedule that a
+# from-scratch ResNeXt-50 needs; AdamW converged where SGD at the linear-scaling rate barely moved.
+DEFAULT_RECIPE: dict[str, Any] = dict(epochs=90, batch_size=16, optimizer="adamw", warmup_epochs=5.0)
+SMALL_DATA_IMAGE_SIZE = 128  # for models whose native input is 224 px, when not starting from weights
+MIN_VAL_FOR_SELECTION = 100  # below this, "best on validation" mostly picks noise (see README)
+# Per-optimizer defaults when lr / weight_decay are not given (SGD's rate scales with the batch).
+ADAMW_LR = 1e-3
+SGD_LR_PER_256 = 0.1  # Goyal et al.'s linear scaling rule: 0.1 for a batch of 256
+ADAMW_WEIGHT_DECAY = 0.05
+SGD_WEIGHT_DECAY = 5e-4
+
+
+def _option(default: Any, help: str) -> Any:
+    """A TrainConfig field with its CLI help beside it; ``{default}`` and the recipe constants in
+    the help are filled in by :func:`field_help`, so no default is written twice."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved into every checkpoint so a run can be reproduced.
+
+    ``None`` means "chosen by :func:`complete_config`": the built-in recipe without ``data``,
+    else :data:`DEFAULT_RECIPE` and the model's own input size.
+    """
+
+    data: str | None = _option(
+        None,
+        "folder with one sub-folder per class, or train/ [val/] [test/]; "
+        "omitted: scikit-learn's handwritten digits written as an image folder",
+    )
+    out: str | None = _option(None, "run directory (default runs/<data>-<model>); never overwritten silently")
+    model: str | None = _option(None, "registry name (see `resnexus models`); default {default_model}")
+    model_config: dict[str, Any] = field(default_factory=dict)  # spec overrides, e.g. {"cardinality": 16}
+    weights: str | None = _option(
+        None,
+        "initial weights file or URL (torchvision, timm, Keras, resnexus); "
+        "the classifier is replaced when the classes differ",
+    )
+    epochs: int | None = _option(None, "default {default} (tuned for a few hundred images; use fewer for thousands)")
+    batch_size: int | None = _option(None, "default {default} (the global batch with --nproc)")
+    lr: float | None = _option(
+        None, "peak learning rate (default {adamw_lr:g} for AdamW, {sgd_lr_per_256:g} x batch/256 for SGD)"
+    )
+    optimizer: str | None = _option(None, "default {default} (sgd: Nesterov momentum 0.9)")
+    weight_decay: float | None = _option(
+        None, "default {adamw_weight_decay:g} (AdamW) or {sgd_weight_decay:g} (SGD); never on norms and biases"
+    )
+    warmup_epochs: float | None = _option(None, "epochs of linear warm-up before the cosine decay; default {default:g}")
+    label_smoothing: float = _option(0.1, "default {default:g}")
+    image_size: int | None = _option(
+        None, "default {small_data_image_size} for 224-px models trained from scratch, else the model's size"
+    )
+    crop_fraction: float = 0.875  # evaluation: resize to size / crop_fraction, centre crop
+    val_fraction: float = _option(0.1, "default {default:g}")
+    test_fraction: float = _option(0.2, "default {default:g}")
+    group_by: str | None = _option(None, "regex on file names (or 'patient') keeping each group on one side")
+    seed: int = _option(0, "default {default}")
+    precision: str = _option(
+        "auto", "default {default}: bf16 on GPUs (fp16 without bf16) and on CPUs with AMX, else fp32"
+    )
+    channels_last: bool | None = None  # None: on for CPUs, and on GPUs when bf16/fp16 is used
+    workers: int | None = _option(None, "DataLoader worker processes (default: from the machine)")
+    cache_dir: str | None = _option(
+        None,
+        "where decoded images are kept between runs (default: $RESNEXUS_HOME/"
+        "decoded, else ~/.cache/resnexus/decoded); 'off': decode every run",
+    )
+    augment: AugmentConfig | None = None
+    mixup: float = _option(0.0, "Mixup alpha (Zhang et al., 2018 use 0.2 on ImageNet); default {default:g}: off")
+    cutmix: float = _option(
+        0.0, "CutMix alpha (Yun et al., 2019 use 1.0); default {default:g}: off; both on: each batch picks one"
+    )
+    ema_decay: float | None = _option(
+        None, "evaluate and keep an exponential moving average of the weights with this decay, e.g. 0.999"
+    )
+    clip_grad_norm: float | None = _option(None, "clip the gradient norm to this")
+    early_stopping: int | None = _option(None, "stop after N epochs without a better validation accuracy")
+    balance: str = _option(
+        "none", "imbalanced data: 'loss' weights the loss by class, 'sampler' draws balanced batches; default {default}"
+    )
+    tta: bool = _option(False, "validate and test on image + mirror image (flip averaging)")
+    select: str = _option(
+        "auto",
+        "best.pt: 'val' best validation accuracy, 'last' final weights; 'auto' "
+        "(default): 'val' with >= {min_val_for_selection} validation images or early stopping, "
+        "else 'last'",
+    )
+    compile: bool = _option(False, "torch.compile the training step (a slow start; no gain on 2 CPU cores, measured)")
+    tensorboard: bool = _option(False, "write TensorBoard events to RUN_DIR/tensorboard (needs `tensorboard`)")
+    positive_class: str | None = _option(None, "two classes: the class sensitivity refers to (default: the second)")
+    skip_bad_images: bool = _option(
+        False, "train on the readable images instead of refusing to start; the report lists the rest"
+    )
+    checkpoint_every: float = _option(
+        60.0,
+        "seconds between resumable checkpoints (default {default:g}; "
+        "0: every epoch; also saved at the end and on SIGINT/SIGTERM)",
+    )
+    sync_bn: bool = _option(False, "several GPU processes: BatchNorm over the global batch")
+    resume: bool = False  # continue the run in `out` from checkpoints/last.pt
+    overwrite: bool = _option(False, "reuse an existing run directory")
+    # False: no progress bar, and train's progress messages go to DEBUG instead of INFO (warnings
+    # too); only rank 0 of a multi-process run ever logs at INFO.
+    verbose: bool = True
+
+
+def field_help(name: str) -> str:
+    """The CLI help of a TrainConfig field, with the defaults it mentions taken from the recipes
+    (and the built-in recipe's value, where it sets the field)."""
+    spec = {f.name: f for f in fields(TrainConfig)}[name]
+    default = DEFAULT_RECIPE.get(name, spec.default)
+    value = BUILTIN_RECIPE.get(name)
+    builtin = "" if value is None or name == "augment" else f"; built-in digits: {_show(value)}"
+    return (
+        spec.metadata["help"].format(
+            default=default,
+            default_model=DEFAULT_MODEL,
+            adamw_lr=ADAMW_LR,
+            sgd_lr_per_256=SGD_LR_PER_256,
+            adamw_weight_decay=ADAMW_WEIGHT_DECAY,
+            sgd_weight_decay=SGD_WEIGHT_DECAY,
+            small_data_image_size=SMALL_DATA_IMAGE_SIZE,
+            min_val_for_selection=MIN_VAL_FOR_SELECTION,
+        )
+        + builtin
+    )
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def complete_config(config: TrainConfig) -> TrainConfig:
+    """Every unset field filled: the built-in recipe without data, the model's input size, a new run dir."""
+    values = asdict(config) | {"augment": config.augment}
+    if config.data is None:
+        values["data"] = str(digits_folder())
+        for key, value in BUILTIN_RECIPE.items():
+            if values.get(key) is None:
+                values[key] = value
+    values["model"] = values["model"] or DEFAULT_MODEL
+    entry = get_entry(values["model"])  # unknown names fail here, before any work
+    native = entry.input_size[1]
+    size = SMALL_DATA_IMAGE_SIZE if native == 224 and not values["weights"] else native
+    for key, default in DEFAULT_RECIPE.items() | {"image_size": size}.items():
+        if values[key] is None:  # only unset values: a typed 0 must be rejected below, not replaced
+            values[key] = default
+    if values["optimizer"] not in ("sgd", "adamw"):
+        raise ValueError(f"unknown optimizer {values['optimizer']!r}: expected 'sgd' or 'adamw'")
+    sgd = values["optimizer"] == "sgd"
+    if values["lr"] is None:
+        values["lr"] = SGD_LR_PER_256 * values["batch_size"] / 256 if sgd else ADAMW_LR
+    if values["weight_decay"] is None:
+        values["weight_decay"] = SGD_WEIGHT_DECAY if sgd else ADAMW_WEIGHT_DECAY
+    values["augment"] = values["augment"] or AugmentConfig()
+    if values["workers"] is None:
+        values["workers"] = 0 if (torch.get_num_threads() <= 2) else min(8, torch.get_num_threads() // 2)
+    if values["out"] is None:
+        data = Path(values["data"])
+        stem = data.stem if data.suffix.lower() == ".csv" else data.name
+        values["out"] = str(unused_path(Path("runs") / f"{stem}-{values['model']}"))
+    if values["epochs"] < 1 or values["batch_size"] < 1 or values["image_size"] < 8:
+        raise ValueError("epochs and batch size must be >= 1 and the image size >= 8 pixels")
+    if values["select"] not in ("auto", "val", "last"):
+        raise ValueError(f"unknown select {values['select']!r}: expected 'auto', 'val' or 'last'")
+    if values["balance"] not in ("none", "loss", "sampler"):
+        raise ValueError(f"unknown balance {values['balance']!r}: expected 'none', 'loss' or 'sampler'")
+    return TrainConfig(**values)
+
+
+def resume_config(run_dir: str | Path) -> TrainConfig:
+    """The configuration a run was started with, set up to continue it."""
+    saved = dict(load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")["config"])
+    augment = saved.pop("augment", None)
+    saved["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()})
+    saved["model_config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_config"].items()}
+    return TrainConfig(**saved | {"out": str(run_dir), "resume": True})
+
+
+def check_before_training(config: TrainConfig, *, verbose: bool = True) -> DataCheck:
+    """Read every image once; refuse unreadable ones (listing them) unless ``skip_bad_images``.
+
+    The findings that do not stop the run are logged as warnings, or at DEBUG when not ``verbose``
+    (the other ranks of a multi-process run, or a quiet caller).
+    """
+    check = check_data(config.data)
+    if check.structural_errors:
+        raise DataError("the data cannot be trained on:\n" + "\n".join(map(str, check.structural_errors)))
+    bad = check.errors
+    if bad and not config.skip_bad_images:
+        raise DataError(
+            f"{len(bad)} image file(s) cannot be used; fix or remove them, or pass --skip-bad-images "
+            "to train on the rest:\n" + "\n".join(map(str, bad))
+        )
+    warn = logger.warning if verbose else logger.debug
+    for finding in check.of("warning"):
+        warn(f"warning: {finding.path}: {finding.detail}")
+    if bad:
+        warn(f"skipping {len(bad)} unreadable image(s), listed in the report: " + ", ".join(str(f.path) for f in bad))
+    return check
+
+
+def checked_splits(config: TrainConfig, *, verbose: bool = True) -> tuple[dict[str, Samples], list[Path]]:
+    """``config.data`` checked (:func:`check_before_training`) and split, the unreadable files left out.
+
+    ``train`` and ``compare`` both start here, so a comparison's models see exactly the split a
+    single run would; also returns the files skipped (``skip_bad_images``) for the report.
+    """
+    check = check_before_training(config, verbose=verbose)
+    splits = resolve_splits(
+        config.data,
+        group_by=config.group_by,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        exclude=check.unreadable,
+        same_group=check.duplicates,
+    )
+    return splits, list(check.unreadable)
+
+
+def check_run_dir(config: TrainConfig) -> Path:
+    """Never overwrite a finished or interrupted run silently."""
+    run_dir = Path(config.out)
+    if (run_dir / "checkpoints").exists() and not (config.overwrite or config.resume):
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out, "
+            "or pass --overwrite"
+        )
+    return run_dir
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... : the first that does not exist (runs are never overwritten)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def checkpoint_selection(config: TrainConfig, n_val: int) -> str:
+    """ "val" or "last": what best.pt holds. "auto" trusts a validation set of at least
+    MIN_VAL_FOR_SELECTION images; early stopping needs validation-based selection."""
+    if config.select not in ("auto", "val", "last"):
+        raise ValueError(f"unknown select {config.select!r}: expected 'auto', 'val' or 'last'")
+    if config.select != "auto":
+        return config.select
+    return "val" if n_val >= MIN_VAL_FOR_SELECTION or config.early_stopping else "last"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where it is faster: GPUs with bf16, CPUs with AMX; fp16 on older GPUs; else fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if precision != "auto":
+        raise ValueError(f"unknown precision {precision!r}: expected auto, bf16, fp16 or fp32")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Measured on a 2-core Sapphire Rapids VM with AVX-512 bf16 but no AMX (resnext50_32x4d training
+    # step, batch 16, 224 px): fp32 + channels_last 5.3-6.1 images/s, bf16 + channels_last 4.7-4.9.
+    # bf16 only pays on CPUs with AMX tiles (the brief's machine: ~3x).
+    return torch.bfloat16 if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else None
+
+
+def describe_splits(splits: dict[str, Samples]) -> str:
+    """``"1257 train / 180 val / 360 test"``: the sizes of a run's splits, for logs and reports."""
+    return " / ".join(f"{len(s)} {name}" for name, s in splits.items())

@@ -1,0 +1,106 @@
+"""The pieces of the training loop: the resumable state, what last.pt holds, and what a run logs."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import nn
+
+from resnexus.engine import TrainConfig, load_checkpoint, train
+from resnexus.engine.fit import RunState
+from resnexus.engine.inference import class_probabilities, predict_loader
+from tests.helpers import bright_and_dark_folder
+
+RESUME_KEYS = {"model_state", "optimizer", "scheduler", "scaler", "best_score", "best_epoch", "epoch", "history"}
+
+
+def _state(seed: int, ema: bool = True) -> RunState:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    average = torch.optim.swa_utils.AveragedModel(model, use_buffers=True) if ema else None
+    return RunState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), average)
+
+
+def test_a_new_run_state_starts_before_the_first_epoch():
+    state = _state(0)
+    assert state.epoch == 0 and state.history == [] and state.partial is None
+    assert state.best_score == [-math.inf, -math.inf] and state.best_epoch == 0
+    assert state.eval_model is state.ema.module and _state(0, ema=False).eval_model is not None
+
+
+def test_run_state_round_trip_restores_everything_resuming_needs():
+    state = _state(0)
+    state.model(torch.randn(8, 3)).sum().backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    state.ema.update_parameters(state.model)
+    row = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.75, "val_loss": 0.4, "val_accuracy": 0.8}
+    assert state.end_epoch(row, "val", "val")
+    state.partial = {"step": 3, "seen": 12, "loss_sum": 1.5, "correct": 9.0, "rng": torch.get_rng_state()}
+    saved = state.state_dict()
+    assert set(saved) == RESUME_KEYS | {"ema", "partial"}
+
+    restored = _state(1)
+    restored.load_state_dict(saved)
+    assert restored.epoch == 1 and restored.best_epoch == 1 and restored.best_score == [0.8, -0.4]
+    assert restored.history == [row] and restored.partial["step"] == 3
+    assert restored.scheduler.state_dict() == state.scheduler.state_dict()
+    assert restored.optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
+        state.optimizer.state_dict()["state"][0]["momentum_buffer"]
+    )
+    for a, b in zip(restored.model.state_dict().values(), state.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(restored.ema.state_dict().values(), state.ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_selection_prefers_accuracy_then_lower_loss():
+    state = _state(0, ema=False)
+    rows = [(0.8, 0.5), (0.8, 0.4), (0.7, 0.1), (0.8, 0.45)]
+    improved = [
+        state.end_epoch({"epoch": epoch, "val_accuracy": accuracy, "val_loss": loss}, "val", "val")
+        for epoch, (accuracy, loss) in enumerate(rows, 1)
+    ]
+    assert improved == [True, True, False, False] and state.best_epoch == 2 and state.epoch == 4
+    assert state.end_epoch({"epoch": 5, "val_accuracy": 0.0, "val_loss": 9.0}, "val", "last")  # "last": always
+
+
+def test_last_pt_is_the_weights_checkpoint_plus_the_run_state(tmp_path, caplog):
+    data = bright_and_dark_folder(tmp_path / "data", per_class=8, size=16)
+    config = TrainConfig(
+        data=str(data),
+        out=str(tmp_path / "run"),
+        model="resnet20_cifar",
+        model_config={"layers": (1, 1, 1)},
+        image_size=16,
+        batch_size=8,
+        epochs=2,
+        precision="fp32",
+        workers=0,
+        verbose=False,
+        checkpoint_every=0,
+    )
+    with caplog.at_level(logging.DEBUG, logger="resnexus"):
+        train(config)
+    quiet = [r for r in caplog.records if r.name.startswith("resnexus.engine") and r.levelno >= logging.INFO]
+    assert quiet == []  # verbose=False: progress goes to DEBUG only
+    assert any(r.getMessage().startswith("epoch   2/2") for r in caplog.records)
+    best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    last = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    assert set(last) == set(best) | RESUME_KEYS  # no "partial": the run finished
+    assert last["epoch"] == 2 and len(last["history"]) == 2 and last["best_epoch"] == best["epoch"]
+
+
+def test_training_and_inference_share_the_probability_code():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    images = torch.randn(4, 3, 2, 2)
+    loader = [(images, torch.tensor([0, 1, 2, 0]))]
+    y, probs, loss = predict_loader(model, loader, torch.device("cpu"), flip_tta=True)
+    with torch.no_grad():
+        expected = class_probabilities(model, images, flip_tta=True)
+    assert y.tolist() == [0, 1, 2, 0] and torch.allclose(torch.from_numpy(probs), expected)
+    assert loss > 0
