@@ -27,7 +27,7 @@ from .engine.distributed import torchrun_command
 from .engine.explain import explain
 from .engine.export import export_onnx
 from .engine.interrupt import TrainingInterrupted
-from .models.registry import ModelInfo, list_models, model_info
+from .models.registry import ModelInfo, list_models, list_pretrained, model_info
 from .reports import format_metrics, markdown_table
 
 
@@ -57,6 +57,31 @@ def models_table(names: Sequence[str], markdown: bool = False) -> str:
     return "\n".join(fmt.format(*r) for r in [header, *rows])
 
 
+def _trimmed(value: float) -> str:
+    """A figure with the decimals its source gives (up to 3): 76.13, 74.434, 75.0."""
+    text = f"{value:.3f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def weights_table(names: Sequence[str], markdown: bool = False) -> str:
+    """The published weights of ``names``: the tag ``weights=`` takes, top-1, evaluation transform, license."""
+    header = ["model", "weights=", "top-1", "eval transform", "license", "file (source)"]
+    rows = []
+    for name in names:
+        for w in list_pretrained(name)[name]:
+            prep = w.preprocessing
+            norm = f"Keras '{prep.keras_mode}'" if prep.keras_mode else "ImageNet mean/std"
+            tag = f"{w.tag} (imagenet)" if w.recommended else w.tag
+            top1 = "" if w.top1 is None else _trimmed(w.top1) + "%"
+            link = w.source.split()[0]
+            source = f"[{w.file_name}]({link})" if markdown else w.file_name
+            rows.append([name, tag, top1, f"{prep.resize_size} -> {prep.input_size}, {norm}", w.license, source])
+    if markdown:
+        return markdown_table(header, rows, align="llrlll")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+
+
 def _add_train(commands: argparse._SubParsersAction) -> None:
     # Flags default to SUPPRESS so that only what was typed overrides --config and the defaults.
     p = commands.add_parser(
@@ -72,7 +97,14 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--folds",
         type=int,
         help="K-fold cross-validation (stratified, grouped): each fold is the test "
-        "set once, validation is --val-fraction of the rest; reports mean +- std",
+        "set once, validation is --val-fraction of the rest; reports mean +- std (the estimate), "
+        "then trains the deployable model on every image into RUN_DIR/refit",
+    )
+    p.add_argument(
+        "--no-refit",
+        dest="no_refit",
+        action="store_true",
+        help="with --folds: skip the model on every image (use the fold models with --ensemble)",
     )
     p.add_argument(
         "--nproc",
@@ -144,7 +176,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from (in rising priority) its defaults, a --config YAML file, the typed flags."""
-    not_config = ("command", "config_file", "resume", "folds", "models", "no_isolate", "nproc")
+    not_config = ("command", "config_file", "resume", "folds", "no_refit", "models", "no_isolate", "nproc")
     given = {k: v for k, v in vars(args).items() if k not in not_config}
     if getattr(args, "resume", None):
         config = resume_config(args.resume)
@@ -172,8 +204,11 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _launch_torchrun(nproc, argv)
     config = train_config_from_args(args)
     folds = getattr(args, "folds", None)
+    no_refit = getattr(args, "no_refit", False)
+    if no_refit and folds is None:
+        raise ValueError("--no-refit goes with --folds (a plain train has no refit step)")
     if folds is not None:
-        cross_validate(config, folds)
+        cross_validate(config, folds, refit=not no_refit)
     else:
         train(config)
     return 0
@@ -194,30 +229,40 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
     return subprocess.call(command)
 
 
+_CHECKPOINT_HELP = (
+    "a resnexus checkpoint, an exported .onnx file, or a run directory "
+    "(a `train --folds` directory: its refit model; a `train` directory: its best.pt)"
+)
+_ENSEMBLE_HELP = "--checkpoint is a `train --folds` directory: use its fold models, averaging their probabilities"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnexus", description="The ResNet family of image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
     _add_compare(commands)
     ev = commands.add_parser("evaluate", help="metrics of a checkpoint on a labelled image folder")
-    ev.add_argument("--checkpoint", required=True, help="a resnexus checkpoint, or an exported .onnx file")
+    ev.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
     ev.add_argument("--data", required=True, help="folder with class sub-folders (or its test/ part)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
     ev.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
+    ev.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP)
     pr = commands.add_parser("predict", help="predict images into a CSV file")
-    pr.add_argument("--checkpoint", required=True, help="a resnexus checkpoint, or an exported .onnx file")
+    pr.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
     pr.add_argument("--input", required=True, help="an image or a folder (read in natural sort order)")
     pr.add_argument("--output", required=True, help="CSV: path,label,prob_<class>...")
     pr.add_argument("--id-label", action="store_true", help="write a Kaggle-style id,label file instead")
     pr.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
+    pr.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP)
     ex = commands.add_parser("explain", help="Grad-CAM overlays: where in each image the evidence for a class lies")
-    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--checkpoint", required=True, help="a resnexus checkpoint or a run directory (see evaluate)")
     ex.add_argument("--input", required=True, help="an image or a folder (class sub-folders are read too)")
     ex.add_argument("--out", required=True, help="folder for <image>_gradcam.png files and explain.csv")
     ex.add_argument("--target", help="class to explain (default: each image's predicted class)")
     ex.add_argument("--layer", help="module to look at (default: the model's last stage, e.g. layer4)")
+    ex.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP + "; the map is the mean of their maps")
     exp = commands.add_parser("export", help="export a checkpoint to ONNX (usable by predict/evaluate via onnxruntime)")
-    exp.add_argument("--checkpoint", required=True)
+    exp.add_argument("--checkpoint", required=True, help="a resnexus checkpoint or a run directory (see evaluate)")
     exp.add_argument("--output", required=True, help="the .onnx file to write")
     exp.add_argument("--format", default="onnx", choices=("onnx",))
     exp.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
@@ -231,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnext*'")
     models.add_argument("--family", help="only this family (resnet, resnext, res2net, densenet, ...)")
     models.add_argument("--markdown", action="store_true", help="print a Markdown table (as in the README)")
+    models.add_argument(
+        "--weights", action="store_true", help="list the published weights of the models instead (weights= tags)"
+    )
     return parser
 
 
@@ -292,11 +340,13 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"comparison: {result.markdown}" + (f" (best: {best['model']})" if best else ""))
         return 0
     if args.command == "evaluate":
-        metrics = evaluate(args.checkpoint, args.data, out=args.out, flip_tta=args.tta)
+        metrics = evaluate(args.checkpoint, args.data, out=args.out, flip_tta=args.tta, ensemble=args.ensemble)
         print(f"{metrics['n']} images: {format_metrics(metrics)}")
         return 0
     if args.command == "predict":
-        written = predict(args.checkpoint, args.input, args.output, id_label=args.id_label, flip_tta=args.tta)
+        written = predict(
+            args.checkpoint, args.input, args.output, id_label=args.id_label, flip_tta=args.tta, ensemble=args.ensemble
+        )
         print(f"predictions: {written}")
         return 0
     if args.command == "export":
@@ -311,7 +361,9 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(report.format(notes=not args.quiet))
         return 1 if report.errors else 0
     if args.command == "explain":
-        csv_path = explain(args.checkpoint, args.input, args.out, target=args.target, layer=args.layer)
+        csv_path = explain(
+            args.checkpoint, args.input, args.out, target=args.target, layer=args.layer, ensemble=args.ensemble
+        )
         print(f"Grad-CAM overlays: {csv_path.parent} (index: {csv_path})")
         return 0
     if args.command == "models":
@@ -319,7 +371,8 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if not names:
             print(f"resnexus: no model matches {args.pattern!r}", file=sys.stderr)
             return 2
-        print(models_table(names, markdown=args.markdown))
+        table = weights_table if args.weights else models_table
+        print(table(names, markdown=args.markdown))
     return 0
 
 

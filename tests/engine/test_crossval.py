@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from resnexus.cli import main
-from resnexus.engine import TrainConfig
+from resnexus.engine import TrainConfig, evaluate, load_checkpoint, model_from_checkpoint, predict
+from resnexus.engine.checkpoint import resolve_checkpoint
 from resnexus.engine.crossval import CrossValResult, aggregate, cross_validate
+from resnexus.engine.inference import predict_probabilities
 
 CLASSES = ("Monkey Pox", "Others")  # a space in a class folder, as in MSLD
 # patients per class with 1-3 photos each: 7 patients, 13 images per class
@@ -187,10 +189,175 @@ def test_cli_train_folds(tmp_path, capsys):
         "2",
     ]
     assert main(args) == 0
-    assert "cross-validation (2 folds): accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "cross-validation (2 folds): accuracy" in printed
+    assert f"deployable model: {out / 'refit' / 'checkpoints' / 'best.pt'} (all 26 images)" in printed
     assert len(json.loads((out / "cv_metrics.json").read_text())["folds"]) == 2
+    assert load_checkpoint(out / "refit" / "checkpoints" / "best.pt")["trained_on"] == "all"
     assert main([*args[:-1], "1"]) == 2
     assert "at least 2 folds" in capsys.readouterr().err
+    assert main([*args[:-2], "--no-refit"]) == 2  # without --folds
+    assert "--no-refit goes with --folds" in capsys.readouterr().err
+    # the directory is accepted where a checkpoint is; --ensemble uses the 2 fold models
+    csv = tmp_path / "ensemble.csv"
+    assert main(["predict", "--checkpoint", str(out), "--input", str(data), "--output", str(csv), "--ensemble"]) == 0
+    assert len(csv.read_text().splitlines()) == 1 + 26
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(data)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("26 images: accuracy")
+
+
+def test_cli_train_folds_no_refit(tmp_path, capsys):
+    data = _make_folder(tmp_path / "lesions")
+    out = tmp_path / "no-refit"
+    common = ["--model", "resnet20_cifar", "--epochs", "1", "--batch-size", "8", "--image-size", "16"]
+    args = ["train", "--data", str(data), "--out", str(out), *common, "--precision", "fp32", "--folds", "2"]
+    assert main([*args, "--no-refit"]) == 0
+    assert "no refit (--no-refit)" in capsys.readouterr().out
+    assert not (out / "refit").exists()
+    record = json.loads((out / "cv_metrics.json").read_text())
+    assert record["refit"] == {"status": "skipped", "images": 26}
+    report = (out / "cv_report.md").read_text(encoding="utf-8")
+    assert "**No refit model** was trained (`--no-refit`)" in report and "`--ensemble`" in report
+    # predict on the directory: refused, naming it and pointing at --ensemble
+    csv = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(out), "--input", str(data), "--output", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} is a cross-validation run without a refit model" in err and "pass --ensemble" in err
+    assert not csv.exists()
+    metrics = evaluate(out, data, ensemble=True)
+    assert metrics["n"] == 26 and len(metrics["ensemble_members"]) == 2
+    # an earlier run's refit model must not pass for this run's: --no-refit --overwrite refuses it
+    (out / "refit" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="refit model of an earlier run"):
+        cross_validate(_config(data, out, overwrite=True), 2, refit=False)
+
+
+# -- refit, run directories as checkpoints, fold ensembles ----------------------------------------
+def test_refit_model_is_trained_on_every_image(cv):
+    _, out, config, result = cv
+    assert result.refit_dir == out / "refit"
+    refit = load_checkpoint(out / "refit" / "checkpoints" / "best.pt")
+    assert refit["trained_on"] == "all" and refit["split_sizes"] == {"train": 2 * sum(PHOTOS)}
+    saved = refit["config"]
+    assert saved["val_fraction"] == 0.0 and saved["test_fraction"] == 0.0 and saved["select"] == "last"
+    assert refit["epoch"] == config.epochs  # the final weights
+    assert saved["model"] == config.model and saved["lr"] == config.lr and saved["seed"] == config.seed
+    for k, fold in enumerate(result.folds, start=1):  # the fold models held images back
+        ckpt = load_checkpoint(out / f"fold{k}" / "checkpoints" / "best.pt")
+        assert ckpt["trained_on"] == "train split"
+        assert ckpt["split_sizes"] == {"train": fold["n_train"], "val": fold["n_val"], "test": fold["n_test"]}
+    record = json.loads((out / "cv_metrics.json").read_text())
+    assert record["refit"]["status"] == "done" and record["refit"]["images"] == 2 * sum(PHOTOS)
+    assert record["refit"]["checkpoint"] == "refit/checkpoints/best.pt"
+    own = json.loads((out / "refit" / "metrics.json").read_text())
+    assert own["split"] == "train" and own["n"] == 2 * sum(PHOTOS)  # training metrics, labelled as such
+    assert "**not an estimate**" in (out / "refit" / "report.md").read_text(encoding="utf-8")
+
+
+def test_cv_report_says_what_the_estimate_is_and_which_model_to_deploy(cv):
+    result = cv[3]
+    report = result.report.read_text(encoding="utf-8")
+    assert f"**Cross-validated estimate of this recipe (mean ± std over {FOLDS} folds):**" in report
+    assert "**The deployable model is the refit model, `refit/checkpoints/best.pt`**" in report
+    assert f"trained on all {2 * sum(PHOTOS)} images, none held back" in report
+    assert "[refit/report.md](refit/report.md)" in report and "did not finish" not in report
+
+
+def test_a_cv_run_directory_stands_for_its_refit_model(cv, tmp_path):
+    data, out, _, _ = cv
+    refit = out / "refit" / "checkpoints" / "best.pt"
+    assert resolve_checkpoint(out) == refit
+    assert resolve_checkpoint(out / "fold2") == out / "fold2" / "checkpoints" / "best.pt"  # a plain run directory
+    assert resolve_checkpoint(refit) == refit
+    from_dir, from_file = evaluate(out, data), evaluate(refit, data)
+    assert from_dir["checkpoint"] == str(refit)
+    assert from_dir["confusion_matrix"] == from_file["confusion_matrix"] and from_dir["loss"] == from_file["loss"]
+    a, b = predict(out, data, tmp_path / "dir.csv"), predict(refit, data, tmp_path / "file.csv")
+    assert a.read_text() == b.read_text()
+
+
+def test_explain_accepts_a_cv_run_directory(cv, tmp_path):
+    data, out, _, _ = cv
+    image = next((data / CLASSES[0]).glob("*.png"))
+    rows = _explain_rows(out, image, tmp_path / "cam")
+    expected = predict_probabilities(out / "refit" / "checkpoints" / "best.pt", image)[1][0]
+    assert float(rows[0]["probability"]) == pytest.approx(expected.max(), abs=2e-6)
+
+
+def test_export_accepts_a_cv_run_directory(cv, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from resnexus.engine.export import export_onnx
+
+    data, out, _, _ = cv
+    onnx_file = export_onnx(out, tmp_path / "model.onnx").path
+    refit = out / "refit" / "checkpoints" / "best.pt"
+    _, from_onnx, _ = predict_probabilities(onnx_file, data)
+    _, from_refit, _ = predict_probabilities(refit, data)
+    np.testing.assert_allclose(from_onnx, from_refit, atol=1e-5)
+
+
+def test_a_directory_without_a_model_is_refused_by_name(tmp_path):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(empty))} is neither a cross-validation run"):
+        resolve_checkpoint(empty)
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(empty))} has no cv_metrics.json"):
+        predict(empty, tmp_path, tmp_path / "p.csv", ensemble=True)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        resolve_checkpoint(tmp_path / "missing")
+
+
+def test_ensemble_probabilities_are_the_mean_of_the_fold_models(cv, tmp_path):
+    data, out, _, _ = cv
+    paths, ensemble, names = predict_probabilities(out, data, ensemble=True)
+    per_fold = [predict_probabilities(out / f"fold{k}" / "checkpoints" / "best.pt", data) for k in range(1, FOLDS + 1)]
+    assert all(p == paths for p, _, _ in per_fold) and len(paths) == 2 * sum(PHOTOS)
+    mean = np.mean([probs for _, probs, _ in per_fold], axis=0)
+    np.testing.assert_allclose(ensemble, mean, rtol=0, atol=1e-6)
+    assert not np.allclose(per_fold[0][1], per_fold[1][1], atol=1e-3)  # the folds' models do differ
+    # the CSV and the metrics come from the same probabilities
+    rows = predict(out, data, tmp_path / "ensemble.csv", ensemble=True).read_text().splitlines()[1:]
+    written = np.array([[float(v) for v in row.split(",")[2:]] for row in rows])
+    np.testing.assert_allclose(written, mean, rtol=0, atol=1.5e-6)
+    metrics = evaluate(out, data, ensemble=True)
+    labels = np.array([names.index(Path(p).parent.name) for p in paths])
+    assert metrics["accuracy"] == pytest.approx(float((mean.argmax(1) == labels).mean()))
+    assert metrics["ensemble_members"] == [str(out / f"fold{k}" / "checkpoints" / "best.pt") for k in (1, 2, 3)]
+
+
+def test_ensemble_grad_cam_is_the_mean_of_the_fold_models_maps(cv, tmp_path, monkeypatch):
+    import torch
+
+    from resnexus.data import UnlabeledDataset
+    from resnexus.engine import explain as explain_module
+    from resnexus.engine.inference import _transform
+
+    data, out, _, _ = cv
+    image = sorted((data / CLASSES[1]).glob("*.png"))[0]
+    maps: list[np.ndarray] = []
+    monkeypatch.setattr(explain_module, "_save_overlay", lambda image, cam, path, title: maps.append(cam))
+    rows = _explain_rows(out, image, tmp_path / "cam", ensemble=True)
+    folds = [load_checkpoint(out / f"fold{k}" / "checkpoints" / "best.pt") for k in range(1, FOLDS + 1)]
+    models = [model_from_checkpoint(c) for c in folds]
+    batch = UnlabeledDataset([image], _transform(folds[0]))[0][0][None]
+    with torch.no_grad():
+        probs = torch.stack([m(batch).softmax(1) for m in models]).mean(0)[0]
+    target = int(probs.argmax())
+    layer = explain_module.default_cam_layer(models[0])
+    expected = np.mean([explain_module.grad_cam(m, batch, torch.tensor([target]), layer)[0].numpy() for m in models], 0)
+    assert rows[0]["predicted"] == folds[0]["class_names"][target]
+    assert float(rows[0]["probability"]) == pytest.approx(float(probs[target]), abs=2e-6)
+    np.testing.assert_allclose(maps[0], expected, atol=1e-6)
+
+
+def _explain_rows(checkpoint: Path, image: Path, out: Path, ensemble: bool = False) -> list[dict[str, str]]:
+    import csv
+
+    from resnexus.engine.explain import explain
+
+    with explain(checkpoint, image, out, ensemble=ensemble).open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_partition_check_catches_a_leaked_patient(tmp_path):

@@ -7,12 +7,18 @@ last.pt adds is defined by :class:`resnexus.engine.fit.RunState`).
 
 An ONNX file written by ``resnexus export`` stands in for a checkpoint at inference time: it
 carries the same metadata, and :func:`load_for_inference` opens either kind.
+
+A run directory stands in for a checkpoint too (:func:`resolve_checkpoint`, used by evaluate,
+predict, explain and export): a cross-validation run's refit model (``RUN_DIR/refit``, trained on
+every image), else a training run's ``checkpoints/best.pt``. :func:`load_fold_ensemble` opens a
+cross-validation run's K fold models as one model that averages their probabilities.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,8 @@ from torch import nn
 from ..files import atomic_write
 from ..models.registry import create_model
 from ..models.weights import WeightsError, read_state_dict
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "resnexus-checkpoint"
 VERSION = 1
@@ -40,6 +48,14 @@ INFERENCE_KEYS = (
     "crop_fraction",
     "positive_class",
 )
+# The layout of a cross-validation run directory (engine/crossval.py writes it; inference reads it).
+REFIT_DIR = "refit"  # the deployable model: the same recipe trained on every image
+CV_METRICS_FILE = "cv_metrics.json"  # written once every fold has been trained and tested
+
+
+def fold_run_dir(run_dir: str | Path, fold: int) -> Path:
+    """Where fold ``fold`` (1-based) of a cross-validation run trains: an ordinary run directory."""
+    return Path(run_dir) / f"fold{fold}"
 
 
 def plain(value: Any) -> Any:
@@ -157,8 +173,96 @@ class OnnxClassifier:
         return self
 
 
-def load_for_inference(path: str | Path) -> tuple[nn.Module | OnnxClassifier, dict[str, Any]]:
-    """(model, inference metadata) from a resnexus checkpoint or an exported .onnx file."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file a path stands for, so every command accepts a run directory.
+
+    A file is returned as given (a checkpoint or an .onnx file). A cross-validation run directory
+    gives its refit model, ``refit/checkpoints/best.pt``; a training run directory its
+    ``checkpoints/best.pt``. Anything else is refused with the reason and what to pass instead.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    refit = path / REFIT_DIR / "checkpoints" / "best.pt"
+    best = path / "checkpoints" / "best.pt"
+    for candidate in (refit, best):
+        if candidate.is_file():
+            logger.info(f"{path}: using {candidate}")
+            return candidate
+    if (path / CV_METRICS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path} is a cross-validation run without a refit model ({refit} does not exist: it was run "
+            "with --no-refit, or the refit did not finish); pass --ensemble to use its fold models, "
+            "or train the refit model with `train --folds K` without --no-refit"
+        )
+    raise FileNotFoundError(
+        f"{path} is neither a cross-validation run with a refit model ({refit}) nor a training run "
+        f"({best}); pass a checkpoint file, an .onnx file or a run directory"
+    )
+
+
+def fold_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The best.pt of every fold of a finished cross-validation run, in fold order."""
+    run_dir = Path(run_dir)
+    record = run_dir / CV_METRICS_FILE
+    if not record.is_file():
+        raise FileNotFoundError(
+            f"--ensemble needs a finished cross-validation run directory (`train --folds K`); "
+            f"{run_dir} has no {CV_METRICS_FILE}"
+        )
+    folds = int(json.loads(record.read_text(encoding="utf-8"))["protocol"]["folds"])
+    paths = [fold_run_dir(run_dir, k) / "checkpoints" / "best.pt" for k in range(1, folds + 1)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: fold checkpoint(s) missing: {', '.join(missing)}")
+    return paths
+
+
+class FoldEnsemble(nn.Module):
+    """Several models as one whose class probabilities are the mean of theirs.
+
+    ``forward`` returns the log of the mean probability, a valid set of logits: the softmax that
+    every inference path applies gives that mean back (to float rounding), so ``predict``,
+    ``evaluate`` and flip TTA need no ensemble-specific code.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(images).float().softmax(1) for m in self.members]).mean(0).log()
+
+
+# what must agree between fold models for their probabilities to be averaged
+_ENSEMBLE_MUST_AGREE = ("class_names", "image_size", "mean", "std", "crop_fraction", "in_chans")
+
+
+def load_fold_ensemble(run_dir: str | Path) -> tuple[FoldEnsemble, dict[str, Any]]:
+    """(the K fold models of a cross-validation run as a :class:`FoldEnsemble`, inference metadata)."""
+    paths = fold_checkpoints(run_dir)
+    checkpoints = [load_checkpoint(p) for p in paths]
+    first = checkpoints[0]
+    for path, ckpt in zip(paths[1:], checkpoints[1:]):
+        differing = [k for k in _ENSEMBLE_MUST_AGREE if ckpt.get(k) != first.get(k)]
+        if differing:
+            raise ValueError(f"{path} differs from {paths[0]} in {differing}: its probabilities cannot be averaged")
+    meta = {k: first.get(k) for k in INFERENCE_KEYS} | {
+        "model_name": f"{len(paths)}-fold ensemble of {first['model_name']}"
+    }
+    meta["ensemble_members"] = [str(p) for p in paths]
+    logger.info(f"{run_dir}: ensemble of {len(paths)} fold models")
+    return FoldEnsemble([model_from_checkpoint(c) for c in checkpoints]).eval(), meta
+
+
+def load_for_inference(path: str | Path, ensemble: bool = False) -> tuple[nn.Module | OnnxClassifier, dict[str, Any]]:
+    """(model, inference metadata) from a checkpoint, an exported .onnx file or a run directory
+    (:func:`resolve_checkpoint`); ``ensemble``: a cross-validation run's fold models."""
+    if ensemble:
+        return load_fold_ensemble(path)
+    path = resolve_checkpoint(path)
     if Path(path).suffix.lower() == ".onnx":
         runtime = OnnxClassifier(path)
         return runtime, runtime.meta

@@ -5,12 +5,20 @@
 for fold k trains on the other K-1 folds and tests on fold k. A validation set (for picking the
 best epoch) is carved from the training part with ``split_samples(test_fraction=0,
 val_fraction=config.val_fraction, seed=config.seed)``, so it is grouped too; ``config.test_fraction``
-is not used (the held-out fold is the test set). Outputs under ``config.out``:
+is not used (the held-out fold is the test set).
+
+Then, like scikit-learn's ``refit``, the deployable model is trained with the same recipe on
+every image (no validation, no test: best.pt holds the final weights, ``select="last"``, no early
+stopping). Its own metrics are measured on its training images and are no estimate; the estimate
+of its accuracy is the cross-validated one. ``refit=False`` (``--no-refit``) skips it; the fold
+models can then be used as an ensemble (``--ensemble``). Outputs under ``config.out``:
 
     fold1/ ... foldK/   one ordinary training run each (see fit.py)
+    refit/              the deployable model, an ordinary run on every image: refit/checkpoints/best.pt
+                        is what evaluate / predict / explain / export use given this directory
     cv_splits.json      the files of train / val / test of every fold (relative to the data root)
-    cv_metrics.json     the protocol, per-fold test metrics, mean and std (sample std, ddof=1)
-    cv_report.md        a per-fold table, the mean +- std line and the protocol
+    cv_metrics.json     the protocol, per-fold test metrics, mean and std (sample std, ddof=1), the refit
+    cv_report.md        the estimate (mean +- std), which model to deploy, a per-fold table, the protocol
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
 from ..files import write_text_atomic
 from ..reports import fixed_decimals, markdown_cell, markdown_table
 from . import distributed
-from .config import TrainConfig, check_before_training, complete_config
+from .checkpoint import CV_METRICS_FILE, REFIT_DIR, fold_run_dir
+from .config import TrainConfig, check_before_training, complete_config, split_subfolders
 from .fit import train
 
 logger = logging.getLogger(__name__)
@@ -53,7 +62,8 @@ class CrossValResult:
 
     ``mean`` / ``std`` hold the metrics of :data:`CV_METRICS` that at least one fold has (a
     fold's None, e.g. an undefined ROC-AUC, is skipped; std is None with fewer than 2 values).
-    ``test_paths[k]`` are the images fold k+1 was tested on.
+    ``test_paths[k]`` are the images fold k+1 was tested on. ``refit_dir`` is the run directory of
+    the model trained on every image (None with ``refit=False``).
     """
 
     folds: list[dict[str, Any]]
@@ -62,14 +72,16 @@ class CrossValResult:
     run_dir: Path
     test_paths: list[list[Path]] = field(default_factory=list)
     seconds: float = 0.0
+    refit_dir: Path | None = None
 
     @property
     def report(self) -> Path:
         return self.run_dir / "cv_report.md"
 
 
-def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
-    """Train and test ``folds`` models, one per held-out fold; see the module docstring."""
+def cross_validate(config: TrainConfig, folds: int, refit: bool = True) -> CrossValResult:
+    """Train and test ``folds`` models, one per held-out fold, then (``refit``) the deployable model
+    on every image; see the module docstring."""
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
     started = time.perf_counter()
@@ -78,7 +90,7 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
     main = ctx.is_main
     log = logger.info if config.verbose and main else logger.debug  # rank 0 speaks for the run
     run_dir = Path(config.out)
-    _check_run_dir(run_dir, folds, config)
+    _check_run_dir(run_dir, folds, config, refit)
     ctx.barrier()
 
     samples = _scan(config)
@@ -97,7 +109,7 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
     fold_metrics: list[dict[str, Any]] = []
     for k, splits in enumerate(plans, start=1):
         log(f"-- fold {k}/{folds}: {' / '.join(f'{len(s)} {name}' for name, s in splits.items())}")
-        fold_config = dataclasses.replace(config, out=str(run_dir / f"fold{k}"))
+        fold_config = dataclasses.replace(config, out=str(fold_run_dir(run_dir, k)))
         result = train(fold_config, splits=splits)
         row = dict(result.metrics)
         row.update(
@@ -112,7 +124,6 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
         fold_metrics.append(row)
 
     mean, std, counts = aggregate(fold_metrics)
-    seconds = time.perf_counter() - started
     protocol = {
         "folds": folds,
         "data": str(config.data),
@@ -138,12 +149,33 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
         "std": std,
         "n_folds_with_value": counts,
         "pooled_confusion_matrix": pooled,
-        "seconds": seconds,
+        "refit": {"status": "training" if refit else "skipped", "images": len(samples)},
+        "seconds": time.perf_counter() - started,
     }
-    if main:
-        _write_json(run_dir / "cv_metrics.json", record)
-        write_text_atomic(run_dir / "cv_report.md", _report_markdown(record))
+    if main:  # the estimate is on disk before the refit starts (an interrupted refit loses nothing)
+        _write_record(run_dir, record)
     log(f"cross-validation ({folds} folds): {format_mean_std(mean, std)}")
+    refit_dir = None
+    if refit:
+        refit_dir = run_dir / REFIT_DIR
+        log(f"-- refit: the same recipe on all {len(samples)} images (no validation / test; final weights)")
+        result = train(_refit_config(config, refit_dir), splits={"train": samples})
+        record["refit"] = {
+            "status": "done",
+            "images": len(samples),
+            "run_dir": REFIT_DIR,
+            "checkpoint": f"{REFIT_DIR}/checkpoints/best.pt",
+            "seconds": result.seconds,
+        }
+        record["seconds"] = time.perf_counter() - started
+        if main:
+            _write_record(run_dir, record)
+        log(
+            f"deployable model: {refit_dir / 'checkpoints' / 'best.pt'} (all {len(samples)} images); "
+            "its expected accuracy is the cross-validated estimate above"
+        )
+    else:
+        log("no refit (--no-refit): use the fold models with --ensemble (predict / evaluate / explain)")
     log(f"report: {run_dir / 'cv_report.md'}")
     return CrossValResult(
         folds=fold_metrics,
@@ -151,7 +183,8 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValResult:
         std=std,
         run_dir=run_dir,
         test_paths=[list(p["test"].paths) for p in plans],
-        seconds=seconds,
+        seconds=record["seconds"],
+        refit_dir=refit_dir,
     )
 
 
@@ -183,6 +216,21 @@ def format_mean_std(mean: dict[str, float], std: dict[str, float | None], digits
 
 
 # -- pieces ---------------------------------------------------------------------------------------
+def _refit_config(config: TrainConfig, out: Path) -> TrainConfig:
+    """The folds' recipe for every image: nothing to validate on, so the final weights and no
+    early stopping (it would watch training accuracy); the fractions recorded as what was done."""
+    if config.early_stopping:
+        logger.warning("refit: no validation images, so no early stopping; it trains all %d epochs", config.epochs)
+    return dataclasses.replace(
+        config, out=str(out), val_fraction=0.0, test_fraction=0.0, select="last", early_stopping=None
+    )
+
+
+def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    _write_json(run_dir / CV_METRICS_FILE, record)
+    write_text_atomic(run_dir / "cv_report.md", _report_markdown(record))
+
+
 def _scan(config: TrainConfig) -> Samples:
     """The one labelled set the folds are cut from, checked first (unreadable files refused or skipped)."""
     root = Path(config.data).expanduser()
@@ -190,7 +238,7 @@ def _scan(config: TrainConfig) -> Samples:
     if not is_csv and not root.is_dir():
         raise DataError(f"data folder does not exist: {root}")
     if not is_csv:
-        split_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.casefold() in {"train", "test"})
+        split_dirs = split_subfolders(root)
         if split_dirs:
             raise DataError(
                 f"{root} is already split into {split_dirs}; cross-validation needs one class-folder tree "
@@ -229,11 +277,18 @@ def _check_partition(samples: Samples, plans: list[dict[str, Samples]]) -> None:
             raise AssertionError(f"fold {k}: train / val / test do not cover the data")
 
 
-def _check_run_dir(run_dir: Path, folds: int, config: TrainConfig) -> None:
+def _check_run_dir(run_dir: Path, folds: int, config: TrainConfig, refit: bool) -> None:
     """Refuse up front, not after hours of training, when an earlier run would be overwritten."""
+    stale_refit = run_dir / REFIT_DIR / "checkpoints"
+    if not refit and not config.resume and stale_refit.exists():
+        raise FileExistsError(
+            f"{stale_refit.parent} holds the refit model of an earlier run, which --no-refit would leave "
+            "looking like this run's deployable model; remove it or choose another --out"
+        )
     if config.overwrite or config.resume:
         return
-    taken = [run_dir / "cv_metrics.json"] + [run_dir / f"fold{k}" / "checkpoints" for k in range(1, folds + 1)]
+    folds_taken = [fold_run_dir(run_dir, k) / "checkpoints" for k in range(1, folds + 1)]
+    taken = [run_dir / CV_METRICS_FILE, *folds_taken, stale_refit]
     found = [p for p in taken if p.exists()]
     if found:
         raise FileExistsError(
@@ -260,6 +315,35 @@ def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _deployable_model_lines(record: dict[str, Any]) -> list[str]:
+    """What to deploy: the refit model (done / still training) or, without one, the fold ensemble."""
+    refit, folds = record["refit"], record["protocol"]["folds"]
+    ensemble = (
+        f"`--ensemble` (predict / evaluate / explain, given this directory) uses the {folds} fold models "
+        "instead: the mean of their probabilities."
+    )
+    if refit["status"] == "skipped":
+        return [
+            "**No refit model** was trained (`--no-refit`): pass this directory with `--ensemble` to predict / "
+            f"evaluate / explain to use the {folds} fold models (the mean of their probabilities), or run "
+            "again without `--no-refit` to train one model on every image."
+        ]
+    lines = [
+        f"**The deployable model is the refit model, `{REFIT_DIR}/checkpoints/best.pt`**: the same recipe "
+        f"trained on all {refit['images']} images, none held back, its final weights. `evaluate`, `predict`, "
+        "`explain` and `export` use it when given this directory. Its own report "
+        f"([{REFIT_DIR}/report.md]({REFIT_DIR}/report.md)) is measured on its training images: "
+        "not an estimate; the estimate is the cross-validated one above.",
+        "",
+        ensemble,
+    ]
+    if refit["status"] == "training":
+        lines += ["", f"The refit model is being trained into `{REFIT_DIR}/`; if this line remains, it did not finish."]
+    else:
+        lines += ["", f"Refit time: {refit['seconds']:.0f} s."]
+    return lines
+
+
 def _report_markdown(record: dict[str, Any]) -> str:
     protocol, fold_metrics, mean, std = record["protocol"], record["folds"], record["mean"], record["std"]
     keys = [k for k in CV_METRICS if k in mean]
@@ -268,7 +352,14 @@ def _report_markdown(record: dict[str, Any]) -> str:
     md = [
         f"# {folds}-fold cross-validation: {protocol['model']} on {Path(protocol['data']).name}",
         "",
-        f"**Mean ± std over {folds} folds:** {format_mean_std(mean, std)}",
+        f"**Cross-validated estimate of this recipe (mean ± std over {folds} folds):** {format_mean_std(mean, std)}",
+        "",
+        "## Which model to use",
+        "",
+        "The figures above are the **cross-validated estimate of this recipe**: each fold model was tested "
+        "on images it never saw, and the estimate is what to expect of a model trained this way on new images.",
+        "",
+        *_deployable_model_lines(record),
         "",
         "## Protocol",
         "",

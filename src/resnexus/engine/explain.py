@@ -3,7 +3,9 @@
 Grad-CAM (Selvaraju et al., 2017) weights the channels of a late feature map by the mean gradient
 of a class score and keeps the positive part: a coarse map of the evidence for that class. The
 maths is captum's ``LayerGradCam``; this module picks the layer (the model's last stage by
-default), preprocesses exactly as ``predict`` does and draws overlays with matplotlib.
+default), preprocesses exactly as ``predict`` does and draws overlays with matplotlib. For a
+cross-validation run's fold ensemble (``ensemble=True``) the map is the mean of the fold models'
+maps (each scaled to [0, 1] first), for the class the ensemble predicts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 from ..data import UnlabeledDataset, scan_unlabeled
 from ..files import atomic_write
 from ..reports import save_figure
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, load_fold_ensemble, model_from_checkpoint, resolve_checkpoint
 from .inference import _transform
 
 
@@ -60,19 +62,27 @@ def explain(
     target: str | None = None,
     layer: str | None = None,
     batch_size: int = 16,
+    ensemble: bool = False,
 ) -> Path:
     """Write a Grad-CAM overlay PNG per image into ``out`` and ``out/explain.csv``; returns the CSV.
 
     ``target`` is a class name (default: each image's predicted class). The CSV lists path,
     predicted class and probability, the class the map explains and the PNG's file name.
+    ``checkpoint`` may be a run directory; ``ensemble``: a cross-validation run directory's fold
+    models (mean probabilities, mean map).
     """
-    ckpt = load_checkpoint(checkpoint)
+    if ensemble:
+        model, ckpt = load_fold_ensemble(checkpoint)
+        members = list(model.members)
+    else:
+        ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+        model = model_from_checkpoint(ckpt)
+        members = [model]
     names: list[str] = ckpt["class_names"]
     if target is not None and target not in names:
         raise ValueError(f"--target {target!r} is not one of the checkpoint's classes {names}")
     paths = scan_unlabeled(inputs)
-    model = model_from_checkpoint(ckpt)
-    layer = layer or default_cam_layer(model)
+    layer = layer or default_cam_layer(members[0])
     dataset = UnlabeledDataset(paths, _transform(ckpt))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +95,7 @@ def explain(
             probs = model(images).float().softmax(1)
         predicted = probs.argmax(1)
         targets = predicted if target is None else torch.full_like(predicted, names.index(target))
-        maps = grad_cam(model, images, targets, layer)
+        maps = torch.stack([grad_cam(member, images, targets, layer) for member in members]).mean(0)
         for i, path in enumerate(batch_paths):
             png = _unique_name(f"{path.stem}_gradcam.png", used_names)
             pred, tgt = names[int(predicted[i])], names[int(targets[i])]

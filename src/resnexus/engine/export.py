@@ -22,6 +22,7 @@ from .checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
     require_onnx_package,
+    resolve_checkpoint,
 )
 
 __all__ = ["ExportResult", "OnnxClassifier", "export_onnx"]  # OnnxClassifier: the reader, in checkpoint.py
@@ -35,10 +36,13 @@ class ExportResult:
 
 
 def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 18, batch: int = 2) -> ExportResult:
-    """Write ``output`` (.onnx) from a resnexus checkpoint and check it against eager PyTorch."""
+    """Write ``output`` (.onnx) from a resnexus checkpoint and check it against eager PyTorch.
+
+    ``checkpoint`` may be a run directory (a cross-validation run's refit model, see
+    ``resolve_checkpoint``)."""
     onnx = require_onnx_package("onnx")
     require_onnx_package("onnxscript")  # torch's exporter translates with it
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     model = model_from_checkpoint(ckpt)
     size = ckpt["image_size"]
     example = torch.randn(batch, ckpt.get("in_chans", 3), size, size, generator=torch.Generator().manual_seed(0))

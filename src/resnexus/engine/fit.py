@@ -7,7 +7,8 @@ defines what a resumable checkpoint holds. Outputs in the run directory:
 
     checkpoints/best.pt, checkpoints/last.pt   (see engine/checkpoint.py)
     history.csv    one row per epoch
-    metrics.json   test metrics of the best checkpoint (validation metrics if there is no test set)
+    metrics.json   test metrics of the best checkpoint (validation metrics if there is no test set,
+                   training-image metrics, ``"split": "train"``, when nothing was held back)
     report.md      the same with plots (reports/report.py)
 """
 
@@ -19,6 +20,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -47,6 +49,7 @@ from . import distributed
 from .checkpoint import make_checkpoint, save_atomic
 from .config import (
     MIN_VAL_FOR_SELECTION,
+    SMALL_DATA_HINT_IMAGES,
     TrainConfig,
     autocast_dtype,
     check_run_dir,
@@ -54,13 +57,14 @@ from .config import (
     checkpoint_selection,
     complete_config,
     describe_splits,
+    split_subfolders,
 )
 from .inference import predict_loader
 from .interrupt import StopOnSignal, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunState", "TrainResult", "train", "train_one_epoch", "validate"]
+__all__ = ["RunState", "TrainResult", "small_data_hint", "train", "train_one_epoch", "validate"]
 
 
 @dataclass
@@ -182,10 +186,13 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     ctx.barrier()  # every rank has checked the run directory before rank 0 writes into it
 
     # -- data: every image checked once, split, and served by loaders that decode it once
+    split_here = splits is None  # not given by cross-validation / compare: made from config.data
     splits, skipped = _check_and_split(config, splits, verbose=config.verbose and ctx.is_main)
     class_names, entry = splits["train"].class_names, get_entry(config.model)
     train_loader, augment, held_out = _make_loaders(config, splits, entry, ctx)
     info(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
+    if split_here and (hint := small_data_hint(config, splits)):
+        info(hint)
 
     # -- model, precision, optimiser: the state that resuming restores
     runtime = _runtime(config, ctx.device)
@@ -208,7 +215,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     select = checkpoint_selection(config, len(splits["val"]) if "val" in splits else 0)
     info(_describe_selection(select, monitor, config.select))
     board = _tensorboard_writer(run_dir) if config.tensorboard and ctx.is_main else None
-    saves = _Saver(run_dir, config, class_names, entry, ctx.is_main)
+    saves = _Saver(run_dir, config, class_names, entry, ctx.is_main, {name: len(s) for name, s in splits.items()})
     with StopOnSignal() as stop:  # SIGINT / SIGTERM: finish the step, save, exit with a resume hint
         for epoch in range(state.epoch + 1, config.epochs + 1):
             epoch_start = time.perf_counter()
@@ -250,7 +257,8 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
         _close_tensorboard(board, metrics, final_split, state.best_epoch)
         _write_report(result, config, splits, y_true, probs, model, runtime)
-        info(f"{final_split}: {format_metrics(metrics)}")
+        seen = " (the images it was trained on: not an estimate for new images)" if final_split == "train" else ""
+        info(f"{final_split}{seen}: {format_metrics(metrics)}")
         info(f"report: {run_dir / 'report.md'}")
     return result
 
@@ -355,9 +363,16 @@ class _Saver:
     """Writes best.pt and last.pt (rank 0 only): last.pt is best.pt's content plus :class:`RunState`."""
 
     def __init__(
-        self, run_dir: Path, config: TrainConfig, class_names: list[str], entry: ModelEntry, main: bool
+        self,
+        run_dir: Path,
+        config: TrainConfig,
+        class_names: list[str],
+        entry: ModelEntry,
+        main: bool,
+        split_sizes: dict[str, int],
     ) -> None:
         self.dir, self.config, self.class_names, self.entry = run_dir / "checkpoints", config, class_names, entry
+        self.split_sizes = split_sizes
         self.main = main  # rank 0: the only process that writes
         self.last_saved = time.monotonic()
 
@@ -378,6 +393,10 @@ class _Saver:
                 "config": asdict(config),
                 "history": state.history,
                 "positive_class": config.positive_class,
+                # "all": no image was held back (a cross-validation refit), so no metric of this
+                # model's own is an estimate; "train split": val / test images were held back
+                "trained_on": "all" if set(self.split_sizes) == {"train"} else "train split",
+                "split_sizes": self.split_sizes,
             },
         )
 
@@ -399,6 +418,23 @@ class _Saver:
             self.last(state, weights)
         if self.main:
             _write_history(state.history, self.dir.parent / "history.csv")
+
+
+def small_data_hint(config: TrainConfig, splits: dict[str, Samples]) -> str | None:
+    """One line for a small folder split here: how many images this run never trains on, and the
+    command that both measures the recipe and trains on every image; None when it does not apply
+    (a large folder, a folder with its own train/ / test/ parts, nothing held back)."""
+    total = sum(len(s) for s in splits.values())
+    held_back = {name: len(s) for name, s in splits.items() if name != "train" and len(s)}
+    if total >= SMALL_DATA_HINT_IMAGES or not held_back or split_subfolders(Path(config.data)):
+        return None
+    parts = " and ".join(f"{n} for {'validation' if name == 'val' else name}" for name, n in held_back.items())
+    group = f" --group-by {shlex.quote(config.group_by)}" if config.group_by else ""
+    return (
+        f"hint: {sum(held_back.values())} of these {total} images are held back ({parts}) and never trained on; "
+        f"on a data set this small `resnexus train --data {shlex.quote(str(config.data))} --folds 5{group}` "
+        f"measures the recipe by cross-validation and then trains the model on all {total}"
+    )
 
 
 def _check_and_split(

@@ -1,7 +1,9 @@
 """Evaluate a checkpoint on labelled data, or predict a folder of images into a CSV file.
 
 Both start from a checkpoint alone: it carries the model, the class names and the preprocessing.
-An exported ``.onnx`` file (``resnexus export``) works in its place and runs on onnxruntime.
+An exported ``.onnx`` file (``resnexus export``) works in its place and runs on onnxruntime, and so
+does a run directory (a cross-validation run's refit model; see ``checkpoint.resolve_checkpoint``).
+``ensemble=True`` uses a cross-validation run's K fold models: the mean of their probabilities.
 :func:`predict_loader` is also how training validates and tests, so both measure the same way.
 """
 
@@ -23,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..data import EvalPreprocess, ImageDataset, UnlabeledDataset, eval_transform, scan_dataset, scan_unlabeled
 from ..files import atomic_write, write_text_atomic
 from ..reports import classification_metrics
-from .checkpoint import load_for_inference
+from .checkpoint import FoldEnsemble, load_for_inference, resolve_checkpoint
 
 
 def class_probabilities(model: nn.Module, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
@@ -84,15 +86,23 @@ def optimize_for_inference(model: Any, device: torch.device) -> tuple[Any, torch
     if not isinstance(model, torch.nn.Module):
         return model, torch.contiguous_format
     model = model.to(device).eval()
-    try:
-        from torch.fx.experimental.optimization import fuse
-
-        model = fuse(model)
-    except Exception:  # not traceable by torch.fx: keep the model unfused
-        pass
+    if isinstance(model, FoldEnsemble):  # each member on its own: one untraceable member spoils no other
+        model.members = nn.ModuleList([_fused(member) for member in model.members])
+    else:
+        model = _fused(model)
     if device.type == "cpu":
         return model.to(memory_format=torch.channels_last), torch.channels_last
     return model, torch.contiguous_format
+
+
+def _fused(model: nn.Module) -> nn.Module:
+    """``model`` with its BatchNorms folded into the preceding convolutions, when torch.fx can trace it."""
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        return fuse(model)
+    except Exception:  # not traceable by torch.fx: keep the model unfused
+        return model
 
 
 def _transform(ckpt: dict[str, Any]) -> EvalPreprocess:
@@ -105,9 +115,15 @@ def evaluate(
     batch_size: int = 64,
     out: str | Path | None = None,
     flip_tta: bool = False,
+    ensemble: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of a checkpoint on labelled data: class sub-folders (or its ``test/`` part), or a CSV."""
-    model, ckpt = load_for_inference(checkpoint)
+    """Metrics of a checkpoint on labelled data: class sub-folders (or its ``test/`` part), or a CSV.
+
+    ``checkpoint`` may be a run directory; ``ensemble``: a cross-validation run directory's fold
+    models, averaged (the metrics then name the fold checkpoints under ``ensemble_members``).
+    """
+    source = checkpoint if ensemble else resolve_checkpoint(checkpoint)
+    model, ckpt = load_for_inference(source, ensemble=ensemble)
     root = Path(data)
     if (root / "test").is_dir():
         root = root / "test"
@@ -120,29 +136,28 @@ def evaluate(
         model, loader, device, memory_format=memory_format, flip_tta=flip_tta, preprocess=preprocess.batch
     )
     metrics = classification_metrics(y_true, probs, ckpt["class_names"], ckpt.get("positive_class"))
-    metrics.update(loss=loss, checkpoint=str(checkpoint), data=str(root), model=ckpt["model_name"], flip_tta=flip_tta)
+    metrics.update(loss=loss, checkpoint=str(source), data=str(root), model=ckpt["model_name"], flip_tta=flip_tta)
+    if ensemble:
+        metrics["ensemble_members"] = ckpt["ensemble_members"]
     if out is not None:
         write_text_atomic(out, json.dumps(metrics, indent=2))
     return metrics
 
 
 @torch.no_grad()
-def predict(
+def predict_probabilities(
     checkpoint: str | Path,
     inputs: str | Path,
-    output: str | Path,
     batch_size: int = 64,
-    id_label: bool = False,
     flip_tta: bool = False,
-) -> Path:
-    """Write one row per image: ``path,label,<one probability column per class>``.
+    ensemble: bool = False,
+) -> tuple[list[Path], np.ndarray, list[str]]:
+    """(image paths in natural sort order, their class probabilities (N, classes), class names).
 
-    Images are read in natural sort order (``img2`` before ``img10``). ``id_label=True`` writes the
-    Kaggle submission form ``id,label`` instead (id = file stem; label = the probability of the
-    second class for two classes, as the cats-vs-dogs competition scores it, else the class name).
-    ``flip_tta`` averages each image's probabilities with its mirror image's.
+    ``checkpoint``: a checkpoint, an .onnx file or a run directory; ``ensemble``: a cross-validation
+    run directory's fold models, whose probabilities are averaged image by image.
     """
-    model, ckpt = load_for_inference(checkpoint)
+    model, ckpt = load_for_inference(checkpoint, ensemble=ensemble)
     paths = scan_unlabeled(inputs)
     device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
     model, memory_format = optimize_for_inference(model, device)
@@ -158,7 +173,27 @@ def predict(
             for images, _ in loader
         ]
     )
-    names = ckpt["class_names"]
+    return paths, probs, list(ckpt["class_names"])
+
+
+def predict(
+    checkpoint: str | Path,
+    inputs: str | Path,
+    output: str | Path,
+    batch_size: int = 64,
+    id_label: bool = False,
+    flip_tta: bool = False,
+    ensemble: bool = False,
+) -> Path:
+    """Write one row per image: ``path,label,<one probability column per class>``.
+
+    Images are read in natural sort order (``img2`` before ``img10``). ``id_label=True`` writes the
+    Kaggle submission form ``id,label`` instead (id = file stem; label = the probability of the
+    second class for two classes, as the cats-vs-dogs competition scores it, else the class name).
+    ``flip_tta`` averages each image's probabilities with its mirror image's; ``ensemble`` uses a
+    cross-validation run directory's fold models (:func:`predict_probabilities`).
+    """
+    paths, probs, names = predict_probabilities(checkpoint, inputs, batch_size, flip_tta, ensemble)
     output = Path(output)
     with atomic_write(output, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

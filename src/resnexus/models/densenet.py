@@ -44,7 +44,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .base import FeatureInfo, ImageClassifier, KerasLayer
 from .layers import conv1x1, conv3x3, init_conv_bn_linear
-from .registry import CIFAR_INPUT, Reference, register_family
+from .pretrained import KERAS_LICENSE, KERAS_TORCH_EVAL, PretrainedWeights, torchvision_weights
+from .registry import CIFAR_INPUT, Reference, register_family, register_pretrained
 
 __all__ = ["DenseBlock", "DenseLayer", "DenseNet", "Transition"]
 
@@ -379,5 +380,53 @@ EQUIVALENTS: dict[str, dict[str, str]] = {
     "densenet201":  {"torchvision": "densenet201", "timm": "densenet201", "keras": "DenseNet201"},
 }  # fmt: skip
 
+_TV = "https://download.pytorch.org/models/"
+_KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
+_KERAS_SOURCE = (
+    "https://github.com/keras-team/keras/blob/v3.15.1/keras/src/applications/densenet.py (url, file_hash); "
+    "top-1: https://keras.io/api/applications/"
+)
+
+
+def _tv(file: str, top1: float, weights_class: str) -> PretrainedWeights:
+    return torchvision_weights(
+        "IMAGENET1K_V1", _TV + file, top1, weights_class, "densenet", resize_size=256, recommended=True
+    )
+
+
+def _keras(file: str, md5: str, top1: float) -> PretrainedWeights:
+    return PretrainedWeights(
+        tag="keras",
+        url=_KERAS + file,
+        hash=md5,
+        hash_kind="md5",
+        layout="keras",
+        preprocessing=KERAS_TORCH_EVAL,
+        top1=top1,
+        license=KERAS_LICENSE,
+        source=_KERAS_SOURCE,
+        note="Keras resizes to 224 without a crop in its usage example; its table reports a single centre crop",
+    )
+
+
+# Published ImageNet weights: torchvision's DenseNet*_Weights (url with the SHA-256 prefix, acc@1) and
+# keras.applications' files (URL and md5 `file_hash` from Keras' source, top-1 from keras.io's table).
+PRETRAINED: dict[str, tuple[PretrainedWeights, ...]] = {
+    "densenet121": (
+        _tv("densenet121-a639ec97.pth", 74.434, "DenseNet121_Weights"),
+        _keras("densenet121_weights_tf_dim_ordering_tf_kernels.h5", "9d60b8095a5708f2dcce2bca79d332c7", 75.0),
+    ),
+    "densenet161": (_tv("densenet161-8d451a50.pth", 77.138, "DenseNet161_Weights"),),
+    "densenet169": (
+        _tv("densenet169-b2777c0a.pth", 75.600, "DenseNet169_Weights"),
+        _keras("densenet169_weights_tf_dim_ordering_tf_kernels.h5", "d699b8f76981ab1b30698df4c175e90b", 76.2),
+    ),
+    "densenet201": (
+        _tv("densenet201-c1103571.pth", 76.896, "DenseNet201_Weights"),
+        _keras("densenet201_weights_tf_dim_ordering_tf_kernels.h5", "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.3),
+    ),
+}  # fmt: skip
+
 register_family("densenet", DenseNet, SPECS, REFERENCES, EQUIVALENTS)
 register_family("densenet", DenseNet, CIFAR_SPECS, REFERENCES, EQUIVALENTS, inputs=CIFAR_INPUT)
+register_pretrained(PRETRAINED)

@@ -4,9 +4,11 @@ Every family module (``resnet.py``, ``densenet.py``, ...) ends the same way: spe
 ``{name: dict(...)}`` whose rows are the keyword arguments of the family's model class, a
 ``REFERENCES`` table (what the paper reports) and an ``EQUIVALENTS`` table (the same network's
 name in torchvision, timm or Keras), handed to :func:`register_family` once per table together
-with the :class:`InputSpec` the table's variants expect. :mod:`resnexus.models` imports every
-family module, so the registry is complete as soon as anything in the package is imported.
-Users call :func:`create_model`, :func:`list_models` and :func:`model_info`.
+with the :class:`InputSpec` the table's variants expect, and a ``PRETRAINED`` table (the
+published weights, :mod:`resnexus.models.pretrained`) handed to :func:`register_pretrained`.
+:mod:`resnexus.models` imports every family module, so the registry is complete as soon as
+anything in the package is imported.
+Users call :func:`create_model`, :func:`list_models`, :func:`model_info` and :func:`list_pretrained`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
@@ -23,15 +26,19 @@ import torch
 from torch import nn
 
 from .base import FeatureExtractor, ImageClassifier
+from .pretrained import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    KERAS_TF_MEAN,
+    KERAS_TF_STD,
+    SOURCES,
+    PretrainedWeights,
+    fetch_weights,
+)
 from .weights import load_weights
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-# Keras "tf" preprocessing (ResNetV2): x / 127.5 - 1, i.e. mean 0.5 and std 0.5 on [0, 1] pixels.
-KERAS_TF_MEAN = (0.5, 0.5, 0.5)
-KERAS_TF_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -90,9 +97,11 @@ class ModelInfo:
     reference: Reference | None
     equivalents: dict[str, str]
     config: dict[str, Any]
+    weights: tuple[str, ...] = ()  # tags of the published weights create_model(weights=...) accepts
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_PRETRAINED: dict[str, tuple[PretrainedWeights, ...]] = {}
 
 
 def register_model(
@@ -151,6 +160,56 @@ def register_family(
         )
 
 
+def register_pretrained(table: Mapping[str, Iterable[PretrainedWeights]]) -> None:
+    """Add a family's ``PRETRAINED`` table (model name -> published weights) to the catalog."""
+    for name, entries in table.items():
+        get_entry(name)  # a catalog row for an unregistered model is a typo
+        entries = tuple(entries)
+        tags = [e.tag for e in entries]
+        if name in _PRETRAINED or len(set(tags)) != len(tags):
+            raise ValueError(f"pretrained weights of {name!r} registered twice or with repeated tags: {tags}")
+        if sum(e.recommended for e in entries) > 1:
+            raise ValueError(f"{name!r}: more than one recommended ('imagenet') weights entry")
+        _PRETRAINED[name] = entries
+
+
+def list_pretrained(name: str | None = None) -> dict[str, tuple[PretrainedWeights, ...]]:
+    """The catalog: model name -> its published weights (one model's, when ``name`` is given)."""
+    if name is not None:
+        get_entry(name)
+        return {name: _PRETRAINED.get(name, ())}
+    return dict(sorted(_PRETRAINED.items()))
+
+
+def is_weights_tag(weights: object) -> bool:
+    """True for "imagenet", a source name ("keras") or "source:tag"; False for paths and URLs."""
+    if not isinstance(weights, str) or os.path.exists(weights):
+        return False
+    return weights == "imagenet" or (weights.split(":", 1)[0] in SOURCES and "://" not in weights)
+
+
+def find_pretrained(name: str, tag: str) -> PretrainedWeights:
+    """The catalog entry ``tag`` names for model ``name``; an unknown tag lists the ones that exist.
+
+    ``"imagenet"`` is the recommended entry (else the first); a bare source name (``"keras"``,
+    ``"torchvision"``) is that source's recommended or first entry; anything else matches a tag exactly.
+    """
+    entries = _PRETRAINED.get(get_entry(name).name, ())
+    if not entries:
+        raise ValueError(
+            f"no published weights are known for {name!r}; pass a local file or a URL as weights= "
+            f"(`resnexus models --weights` lists the models that have some)"
+        )
+    exact = [e for e in entries if e.tag == tag]
+    if exact:
+        return exact[0]
+    candidates = list(entries) if tag == "imagenet" else [e for e in entries if e.source_name == tag]
+    if candidates:
+        return next((e for e in candidates if e.recommended), candidates[0])
+    available = ", ".join(["imagenet", *(e.tag for e in entries)])
+    raise ValueError(f"unknown weights {tag!r} for {name}; available: {available}")
+
+
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; an unknown name raises with the nearest known names."""
     try:
@@ -172,8 +231,9 @@ def create_model(
     name: str,
     num_classes: int = 1000,
     in_chans: int = 3,
-    weights: str | PathLike[str] | None = None,
+    weights: str | PathLike[str] | PretrainedWeights | None = None,
     *,
+    weights_dir: str | PathLike[str] | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
     **overrides: Any,
@@ -181,8 +241,12 @@ def create_model(
     """Build a registered model.
 
     ``overrides`` replace entries of the variant's spec row (e.g. ``cardinality=16``).
-    ``weights`` is a local ``.pth``/``.pt``/``.safetensors``/Keras ``.h5`` file or a URL; a file
-    whose classifier has another class count loads everything but the classifier.
+    ``weights`` is a local ``.pth``/``.pt``/``.safetensors``/Keras ``.h5`` file, a URL, or published
+    weights by name: ``"imagenet"`` (the recommended entry of :func:`list_pretrained`), a source
+    (``"torchvision"``, ``"keras"``, ``"official"``), a tag (``"torchvision:IMAGENET1K_V2"``) or a
+    :class:`PretrainedWeights`; those are downloaded once and verified (``weights_dir`` or
+    ``$RESNEXUS_WEIGHTS_DIR``: a folder of files to use without network). A file whose classifier
+    has another class count loads everything but the classifier.
     ``features_only=True`` returns a :class:`FeatureExtractor` giving the stage outputs.
     """
     entry = get_entry(name)
@@ -194,7 +258,20 @@ def create_model(
         "mean": entry.mean,
         "std": entry.std,
     }
-    if weights is not None:
+    if is_weights_tag(weights):
+        weights = find_pretrained(name, str(weights))
+    if isinstance(weights, PretrainedWeights):
+        prep = weights.preprocessing
+        load_weights(model, fetch_weights(weights, weights_dir=weights_dir))
+        model.pretrained_cfg = {
+            "input_size": (in_chans, prep.input_size, prep.input_size),
+            "mean": prep.mean,
+            "std": prep.std,
+            "crop_pct": prep.crop_fraction,
+            "interpolation": prep.interpolation,
+            "weights": weights.tag,
+        }
+    elif weights is not None:
         load_weights(model, weights)
     if features_only:
         return FeatureExtractor(model, out_indices)
@@ -232,4 +309,5 @@ def model_info(name: str, num_classes: int | None = None) -> ModelInfo:
         reference=entry.reference,
         equivalents=dict(entry.equivalents),
         config=dict(entry.config),
+        weights=tuple(w.tag for w in _PRETRAINED.get(name, ())),
     )

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from .layers import conv1x1, conv3x3
-from .registry import Reference, register_family
+from .pretrained import TIMM_EVAL, PretrainedWeights, hash_prefix_from_url
+from .registry import Reference, register_family, register_pretrained
 from .resnet import ResNet
 
 
@@ -191,4 +192,67 @@ EQUIVALENTS: dict[str, dict[str, str]] = {
     "res2next50":            {"timm": "res2next50"},
 }  # fmt: skip
 
+_TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-res2net/"
+_TIMM_SOURCE = (
+    "https://github.com/rwightman/pytorch-image-models/blob/d8e69206be253892b2956341fea09fdebfaae4e3/"
+    "timm/models/res2net.py (default_cfgs url, crop_pct 0.875); top-1: timm docs/models/res2net.md model-index"
+)
+_OFFICIAL_FILES = "https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/"
+_OFFICIAL_CODE = "https://github.com/Res2Net/Res2Net-PretrainedModels/blob/master/{} (model_urls); top-1: README table"
+
+
+def _weights(tag: str, url: str, top1: float, source: str, license: str, **kw: Any) -> PretrainedWeights:
+    """The file names carry a SHA-256 prefix (torch.hub's convention) in both the timm and the official copies."""
+    return PretrainedWeights(
+        tag=tag,
+        url=url,
+        hash=hash_prefix_from_url(url),
+        hash_kind="sha256-prefix",
+        layout=tag.split(":", 1)[0],
+        preprocessing=TIMM_EVAL,
+        top1=top1,
+        license=license,
+        source=source,
+        **kw,
+    )
+
+
+def _timm(file: str, top1: float) -> PretrainedWeights:
+    # timm's own default_cfg says license 'unknown' for these files
+    return _weights(
+        "timm:v0.1-res2net", _TIMM + file, top1, _TIMM_SOURCE, "unknown (timm lists 'unknown')", recommended=True
+    )
+
+
+def _official(file: str, top1: float, code: str, **kw: Any) -> PretrainedWeights:
+    return _weights(
+        "official",
+        _OFFICIAL_FILES + file,
+        top1,
+        _OFFICIAL_CODE.format(code),
+        "not stated (the official repository has no license file)",
+        note="evaluation transform not stated by the source; timm's 256 -> 224 crop assumed",
+        **kw,
+    )
+
+
+# Published ImageNet weights. timm re-hosts the authors' files under the same names (same SHA-256
+# prefix) over https; the official repository links the plain-Res2Net files over http only, so only its
+# https files (v1b, Res2NeXt) are listed here. Top-1 of the official files: the README table (100 - error).
+PRETRAINED: dict[str, tuple[PretrainedWeights, ...]] = {
+    "res2net50_26w_4s":      (_timm("res2net50_26w_4s-06e79181.pth", 77.99),),
+    "res2net50_48w_2s":      (_timm("res2net50_48w_2s-afed724a.pth", 77.53),),
+    "res2net50_14w_8s":      (_timm("res2net50_14w_8s-6527dddc.pth", 78.14),),
+    "res2net50_26w_6s":      (_timm("res2net50_26w_6s-19041792.pth", 78.57),),
+    "res2net50_26w_8s":      (_timm("res2net50_26w_8s-2c7c9f12.pth", 79.19),),
+    "res2net101_26w_4s":     (_timm("res2net101_26w_4s-02a759a1.pth", 79.19),),
+    "res2next50":            (_timm("res2next50_4s-6ef7e7bf.pth", 78.24),
+                              _official("res2next50_4s-6ef7e7bf.pth", 78.24, "res2next.py")),
+    "res2net50_v1b_26w_4s":  (_official("res2net50_v1b_26w_4s-3cf99910.pth", 80.27, "res2net_v1b.py",
+                                        recommended=True),),
+    "res2net101_v1b_26w_4s": (_official("res2net101_v1b_26w_4s-0812c246.pth", 81.23, "res2net_v1b.py",
+                                        recommended=True),),
+}  # fmt: skip
+
 register_family("res2net", Res2Net, SPECS, REFERENCES, EQUIVALENTS)
+register_pretrained(PRETRAINED)

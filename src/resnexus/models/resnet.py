@@ -21,7 +21,8 @@ from .base import FeatureInfo, ImageClassifier
 from .blocks import BLOCKS, ZeroPadShortcut, make_downsample, make_stem
 from .forms import block_for_form
 from .layers import init_conv_bn_linear, zero_init_last_norms
-from .registry import CIFAR_INPUT, Reference, register_family
+from .pretrained import PretrainedWeights, torchvision_weights
+from .registry import CIFAR_INPUT, Reference, register_family, register_pretrained
 
 
 class ResNet(ImageClassifier):
@@ -206,7 +207,48 @@ EQUIVALENTS: dict[str, dict[str, str]] = {
     "resnext101_64x4d":  {"torchvision": "resnext101_64x4d", "timm": "resnext101_64x4d"},
 }  # fmt: skip
 
+_TV = "https://download.pytorch.org/models/"
+
+
+def _tv(version: str, file: str, top1: float, weights_class: str, **kw: Any) -> PretrainedWeights:
+    resize_size = kw.pop("resize_size", 256 if version == "IMAGENET1K_V1" else 232)
+    return torchvision_weights(version, _TV + file, top1, weights_class, "resnet", resize_size=resize_size, **kw)
+
+
+# Published ImageNet weights (torchvision's <Model>_Weights enums: url, acc@1, eval resize; the
+# file names carry the SHA-256 prefix torchvision checks). V2 = torchvision's new training recipe.
+PRETRAINED: dict[str, tuple[PretrainedWeights, ...]] = {
+    "resnet18": (_tv("IMAGENET1K_V1", "resnet18-f37072fd.pth", 69.758, "ResNet18_Weights", recommended=True),),
+    "resnet34": (_tv("IMAGENET1K_V1", "resnet34-b627a593.pth", 73.314, "ResNet34_Weights", recommended=True),),
+    "resnet50": (
+        _tv("IMAGENET1K_V1", "resnet50-0676ba61.pth", 76.130, "ResNet50_Weights"),
+        _tv("IMAGENET1K_V2", "resnet50-11ad3fa6.pth", 80.858, "ResNet50_Weights", recommended=True),
+    ),
+    "resnet101": (
+        _tv("IMAGENET1K_V1", "resnet101-63fe2227.pth", 77.374, "ResNet101_Weights"),
+        _tv("IMAGENET1K_V2", "resnet101-cd907fc2.pth", 81.886, "ResNet101_Weights", recommended=True),
+    ),
+    "resnet152": (
+        _tv("IMAGENET1K_V1", "resnet152-394f9c45.pth", 78.312, "ResNet152_Weights"),
+        _tv("IMAGENET1K_V2", "resnet152-f82ba261.pth", 82.284, "ResNet152_Weights", recommended=True),
+    ),
+    "resnext50_32x4d": (
+        _tv("IMAGENET1K_V1", "resnext50_32x4d-7cdf4587.pth", 77.618, "ResNeXt50_32X4D_Weights"),
+        _tv("IMAGENET1K_V2", "resnext50_32x4d-1a0047aa.pth", 81.198, "ResNeXt50_32X4D_Weights", recommended=True),
+    ),
+    "resnext101_32x8d": (
+        _tv("IMAGENET1K_V1", "resnext101_32x8d-8ba56ff5.pth", 79.312, "ResNeXt101_32X8D_Weights"),
+        _tv("IMAGENET1K_V2", "resnext101_32x8d-110c445d.pth", 82.834, "ResNeXt101_32X8D_Weights", recommended=True),
+    ),
+    # trained with the new recipe from the start: V1, evaluated at resize 232
+    "resnext101_64x4d": (
+        _tv("IMAGENET1K_V1", "resnext101_64x4d-173b62eb.pth", 83.246, "ResNeXt101_64X4D_Weights",
+            resize_size=232, recommended=True),
+    ),
+}  # fmt: skip
+
 register_family("resnet", ResNet, RESNET_SPECS, REFERENCES, EQUIVALENTS)
 register_family("resnext", ResNet, RESNEXT_SPECS, REFERENCES, EQUIVALENTS)
 register_family("resnet", ResNet, CIFAR_RESNET_SPECS, REFERENCES, EQUIVALENTS, inputs=CIFAR_INPUT)
 register_family("resnext", ResNet, CIFAR_RESNEXT_SPECS, REFERENCES, EQUIVALENTS, inputs=CIFAR_INPUT)
+register_pretrained(PRETRAINED)

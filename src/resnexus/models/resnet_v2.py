@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from .base import FeatureInfo, ImageClassifier, KerasLayer
 from .layers import init_conv_bn_linear
-from .registry import KERAS_TF_INPUT, Reference, register_family
+from .pretrained import KERAS_LICENSE, KERAS_TF_EVAL, PretrainedWeights
+from .registry import KERAS_TF_INPUT, Reference, register_family, register_pretrained
 
 BN_EPS = 1.001e-5  # Keras applications' epsilon; PyTorch's default 1e-5 would drift from their outputs
 EXPANSION = 4
@@ -229,4 +230,32 @@ EQUIVALENTS: dict[str, dict[str, str]] = {
     "resnet152v2":  {"keras": "ResNet152V2"},
 }  # fmt: skip
 
+_KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+
+
+def _keras(name: str, md5: str, top1: float) -> PretrainedWeights:
+    return PretrainedWeights(
+        tag="keras",
+        url=f"{_KERAS}{name}_weights_tf_dim_ordering_tf_kernels.h5",
+        hash=md5,
+        hash_kind="md5",
+        layout="keras",
+        preprocessing=KERAS_TF_EVAL,
+        top1=top1,
+        license=KERAS_LICENSE,
+        source="https://github.com/keras-team/keras/blob/v3.15.1/keras/src/applications/resnet.py "
+        f"(BASE_WEIGHTS_PATH, WEIGHTS_HASHES['{name}'][0]); top-1: https://keras.io/api/applications/",
+        recommended=True,
+        note="Keras resizes to 224 without a crop in its usage example; its table reports a single centre crop",
+    )
+
+
+# keras.applications' files with the classifier (md5 hashes: Keras' WEIGHTS_HASHES, 32 hex digits).
+PRETRAINED: dict[str, tuple[PretrainedWeights, ...]] = {
+    "resnet50v2":   (_keras("resnet50v2",  "3ef43a0b657b3be2300d5770ece849e0", 76.0),),
+    "resnet101v2":  (_keras("resnet101v2", "6343647c601c52e1368623803854d971", 77.2),),
+    "resnet152v2":  (_keras("resnet152v2", "a49b44d1979771252814e80f8ec446f9", 78.0),),
+}  # fmt: skip
+
 register_family("resnet_v2", ResNetV2, SPECS, REFERENCES, EQUIVALENTS, inputs=KERAS_TF_INPUT)
+register_pretrained(PRETRAINED)

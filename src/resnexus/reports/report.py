@@ -59,6 +59,12 @@ def write_report(
         md += [markdown_table(["key", "value"], [[markdown_cell(k), markdown_cell(v)] for k, v in details.items()]), ""]
 
     md += ["## Summary", ""]
+    if metrics.get("split") == "train":  # e.g. a cross-validation refit: nothing was held back
+        md += [
+            "Measured on the images the model was trained on (no validation or test images were held back): "
+            "how well it fits them, **not an estimate** of its accuracy on new images.",
+            "",
+        ]
     summary = [
         ["samples", str(int(metrics.get("n", 0)))],
         ["accuracy", fixed_decimals(metrics.get("accuracy"))],
