@@ -188,13 +188,21 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         path = Path(args.config_file)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields (key: value), got {values!r}")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(map(str, set(values) - known))
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
         if isinstance(values.get("augment"), dict):
-            values["augment"] = AugmentConfig(**values["augment"])
+            augment_keys = {f.name for f in dataclasses.fields(AugmentConfig)}
+            if unknown := sorted(map(str, set(values["augment"]) - augment_keys)):
+                raise ValueError(f"{path}: unknown augment keys {unknown}; known: {sorted(augment_keys)}")
+            values["augment"] = AugmentConfig(**values["augment"])  # its values: checked by complete_config
     return TrainConfig(**(values | given))
 
 
@@ -245,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
     ev.add_argument("--data", required=True, help="folder with class sub-folders (or its test/ part)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ev.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
     ev.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP)
     pr = commands.add_parser("predict", help="predict images into a CSV file")
@@ -252,12 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", required=True, help="an image or a folder (read in natural sort order)")
     pr.add_argument("--output", required=True, help="CSV: path,label,prob_<class>...")
     pr.add_argument("--id-label", action="store_true", help="write a Kaggle-style id,label file instead")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never an input)")
     pr.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
     pr.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP)
     ex = commands.add_parser("explain", help="Grad-CAM overlays: where in each image the evidence for a class lies")
     ex.add_argument("--checkpoint", required=True, help="a resnexus checkpoint or a run directory (see evaluate)")
     ex.add_argument("--input", required=True, help="an image or a folder (class sub-folders are read too)")
     ex.add_argument("--out", required=True, help="folder for <image>_gradcam.png files and explain.csv")
+    ex.add_argument("--overwrite", action="store_true", help="replace the files of an earlier explain in --out")
     ex.add_argument("--target", help="class to explain (default: each image's predicted class)")
     ex.add_argument("--layer", help="module to look at (default: the model's last stage, e.g. layer4)")
     ex.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP + "; the map is the mean of their maps")
@@ -340,12 +351,25 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"comparison: {result.markdown}" + (f" (best: {best['model']})" if best else ""))
         return 0
     if args.command == "evaluate":
-        metrics = evaluate(args.checkpoint, args.data, out=args.out, flip_tta=args.tta, ensemble=args.ensemble)
+        metrics = evaluate(
+            args.checkpoint,
+            args.data,
+            out=args.out,
+            flip_tta=args.tta,
+            ensemble=args.ensemble,
+            overwrite=args.overwrite,
+        )
         print(f"{metrics['n']} images: {format_metrics(metrics)}")
         return 0
     if args.command == "predict":
         written = predict(
-            args.checkpoint, args.input, args.output, id_label=args.id_label, flip_tta=args.tta, ensemble=args.ensemble
+            args.checkpoint,
+            args.input,
+            args.output,
+            id_label=args.id_label,
+            flip_tta=args.tta,
+            ensemble=args.ensemble,
+            overwrite=args.overwrite,
         )
         print(f"predictions: {written}")
         return 0
@@ -362,7 +386,13 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 1 if report.errors else 0
     if args.command == "explain":
         csv_path = explain(
-            args.checkpoint, args.input, args.out, target=args.target, layer=args.layer, ensemble=args.ensemble
+            args.checkpoint,
+            args.input,
+            args.out,
+            target=args.target,
+            layer=args.layer,
+            ensemble=args.ensemble,
+            overwrite=args.overwrite,
         )
         print(f"Grad-CAM overlays: {csv_path.parent} (index: {csv_path})")
         return 0

@@ -126,8 +126,9 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "match"),
     [
-        ("empty.pth", b"", "not a readable PyTorch checkpoint"),
-        ("text.pth", b"these are not weights", "not a readable PyTorch checkpoint|refusing"),
+        ("empty.pth", b"", r"empty.pth is not a PyTorch checkpoint \(it is empty\)"),
+        ("text.pth", b"these are not weights", r"is not a PyTorch checkpoint \(it starts with b'these are not we'\)"),
+        ("cut.pth", b"PK\x03\x04garbage", "not a readable PyTorch checkpoint"),
         ("broken.safetensors", b"\x00\x01garbage", "not a readable safetensors file"),
         ("broken.h5", b"not hdf5", "not a readable HDF5 file"),
     ],

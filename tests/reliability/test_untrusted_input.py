@@ -70,6 +70,7 @@ def test_a_pickle_that_runs_code_is_refused_everywhere_a_file_is_read(command, d
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "refusing to load" in err and str(evil) in err and "Traceback" not in err
+    assert "weights_only" not in err and err.count("\n") == 1
     assert not marker.exists()
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
@@ -166,3 +167,66 @@ def test_a_checkpoint_for_other_classes_or_another_architecture(data, tmp_path, 
     first, *details = err.splitlines()  # one line that says it all, then the keys that differ
     assert first.startswith(f"resnexus train: error: {tmp_path / 'r18.safetensors'} does not fit model")
     assert any("missing keys" in line for line in details) and "Traceback" not in err
+
+
+def _text_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.write_text("hello, this is not a checkpoint\n")
+    return path
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "explain", "train-weights", "resume"])
+def test_a_text_file_given_as_a_checkpoint_is_called_what_it_is(command, data, tmp_path, capsys):
+    text = _text_file(tmp_path, "x.pt")
+    if command == "resume":
+        (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+        text = text.rename(tmp_path / "run" / "checkpoints" / "last.pt")
+    argv = {
+        "evaluate": ["evaluate", "--checkpoint", str(text), "--data", str(data)],
+        "predict": ["predict", "--checkpoint", str(text), "--input", str(data), "--output", str(tmp_path / "p.csv")],
+        "explain": ["explain", "--checkpoint", str(text), "--input", str(data), "--out", str(tmp_path / "cam")],
+        "train-weights": ["train", "--data", str(data), "--weights", str(text), "--out", str(tmp_path / "r2")],
+        "resume": ["train", "--resume", str(tmp_path / "run")],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{text} is not a PyTorch checkpoint (it starts with b'hello, this is n" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "weights_only" not in err and "malicious" not in err and "refusing" not in err
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_torch_saved_exploit_is_refused_without_advice_to_turn_the_safety_off(legacy, tmp_path):
+    from resnexus.engine.checkpoint import load_checkpoint
+    from resnexus.models.weights import WeightsError, read_state_dict
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Exploit(marker)}, path, _use_new_zipfile_serialization=not legacy)
+    for read in (load_checkpoint, read_state_dict):
+        with pytest.raises(WeightsError) as caught:
+            read(path)
+        message = str(caught.value)
+        assert message.startswith(f"refusing to load {path}: it holds Python objects")
+        assert "weights_only" not in message and "add_safe_globals" not in message
+        assert "\n" not in message and "\x1b" not in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"", "it is empty"),
+        (b"\x89HDF\r\n\x1a\n" + bytes(8), "it is an HDF5 file: Keras weights need the .h5 suffix"),
+        (b"\x10\x00\x00\x00\x00\x00\x00\x00{}", "it looks like a safetensors file: give it the .safetensors suffix"),
+        (b"\xff\xd8\xff\xe0 JFIF", "it starts with b'\\xff\\xd8\\xff\\xe0 JFIF'"),
+    ],
+)
+def test_a_foreign_weights_file_is_named_by_its_content(content, says, tmp_path):
+    from resnexus.models.weights import WeightsError, read_state_dict
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match="not a PyTorch checkpoint") as caught:
+        read_state_dict(path)
+    assert str(caught.value) == f"{path} is not a PyTorch checkpoint ({says})"

@@ -8,7 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from resnexus.reports import classification_metrics, format_metrics
+from resnexus.engine.crossval import aggregate, format_mean_std
+from resnexus.reports import classification_metrics, format_metrics, write_report
+from resnexus.reports.tables import MISSING
 
 
 def one_hot_probs(pred: list[int], k: int, hi: float = 0.8) -> np.ndarray:
@@ -82,8 +84,9 @@ def test_binary_single_class_gives_none_auc_without_warnings():
     assert m["roc_auc"] is None
     assert m["accuracy"] == pytest.approx(0.75)
     assert m["specificity"] == pytest.approx(0.75)
-    assert m["sensitivity"] == 0.0  # no positives: zero_division=0
-    assert m["per_class"]["pos"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["sensitivity"] is None  # no positives: the recall of "pos" is 0/0, undefined
+    assert m["per_class"]["pos"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert m["absent_classes"] == ["pos"]
 
 
 # ------------------------------------------------------------------------------- three classes
@@ -141,12 +144,92 @@ def test_absent_class_no_crash_and_none_auc():
         warnings.simplefilter("error")
         m = classification_metrics(y, one_hot_probs(pred, 3), TRI_NAMES)
     assert m["roc_auc"] is None
-    assert m["per_class"]["fox"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    # predicted once, never true: precision 0/1 = 0 is defined, recall and F1 (0/0) are not
+    assert m["per_class"]["fox"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert m["absent_classes"] == ["fox"]
     assert m["confusion_matrix"] == [[1, 0, 1], [1, 2, 0], [0, 0, 0]]
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)  # over the classes present
-    assert m["macro_recall"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)  # over all classes
+    assert m["macro_recall"] == pytest.approx((1 / 2 + 2 / 3) / 2)  # over the classes present too
     assert "n/a" in format_metrics(m)
+
+
+# true  0 0 0 1 1 1 (class 2, "fox", absent and never predicted)
+# pred  0 0 1 1 1 0
+# cat: precision 2/3, recall 2/3, F1 2/3; dog: precision 2/3, recall 2/3, F1 2/3
+ABSENT_Y = [0, 0, 0, 1, 1, 1]
+ABSENT_PRED = [0, 0, 1, 1, 1, 0]
+
+
+def test_absent_class_is_undefined_and_left_out_of_the_macro_averages():
+    m = classification_metrics(ABSENT_Y, one_hot_probs(ABSENT_PRED, 3), TRI_NAMES)
+    assert m["absent_classes"] == ["fox"]
+    assert m["per_class"]["fox"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert m["per_class"]["cat"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+    # over cat and dog only: averaging in a 0 for fox would give 4/9
+    assert m["macro_f1"] == pytest.approx(2 / 3)
+    assert m["macro_precision"] == pytest.approx(2 / 3)
+    assert m["macro_recall"] == pytest.approx(2 / 3) and m["balanced_accuracy"] == pytest.approx(2 / 3)
+    assert m["roc_auc"] is None
+    text = format_metrics(m)
+    assert "macro-F1 0.667" in text and text.endswith("absent: fox")
+    assert json.loads(json.dumps(m)) == m
+
+
+def test_binary_with_one_class_absent_reports_its_rate_as_undefined():
+    # every image is "pos" (class 1): specificity, the recall of "neg", is 0/0
+    y = [1, 1, 1, 1]
+    m = classification_metrics(y, one_hot_probs([1, 1, 1, 0], 2), ["neg", "pos"])
+    assert m["specificity"] is None and m["sensitivity"] == pytest.approx(0.75)
+    assert m["absent_classes"] == ["neg"]
+    assert m["per_class"]["neg"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert m["macro_f1"] == pytest.approx(6 / 7)  # F1 of "pos" alone: 2 * 1 * 0.75 / 1.75
+    text = format_metrics(m)
+    assert "specificity n/a" in text and "sensitivity 0.750 (pos)" in text and "absent: neg" in text
+    # the other way round: the positive class absent
+    m = classification_metrics([0, 0, 0], one_hot_probs([0, 0, 0], 2), ["neg", "pos"])
+    assert m["sensitivity"] is None and m["specificity"] == 1.0 and m["absent_classes"] == ["pos"]
+    assert m["per_class"]["pos"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert "sensitivity n/a (pos)" in format_metrics(m)
+
+
+def test_no_absent_class_means_an_empty_list_and_nothing_in_the_summary():
+    m = classification_metrics(BIN_Y, BIN_P, BIN_NAMES)
+    assert m["absent_classes"] == [] and "absent" not in format_metrics(m)
+
+
+def test_report_names_the_absent_class_and_shows_its_metrics_as_missing(tmp_path):
+    y, p = ABSENT_Y, one_hot_probs(ABSENT_PRED, 3)
+    m = classification_metrics(y, p, TRI_NAMES)
+    text = write_report(tmp_path, title="t", metrics=m, history=[], y_true=y, probs=p, class_names=TRI_NAMES)
+    text = text.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert "| fox | n/a | n/a | n/a | 0 |" in lines
+    assert "| macro F1 | 0.6667 |" in lines
+    note = next(line for line in lines if line.startswith("Absent from the evaluated data"))
+    assert "fox" in note and "2 class(es) present" in note and MISSING in note
+
+    binary = classification_metrics([1, 1, 1, 1], one_hot_probs([1, 1, 1, 0], 2), ["neg", "pos"])
+    text = write_report(
+        tmp_path / "bin",
+        title="t",
+        metrics=binary,
+        history=[],
+        y_true=[1] * 4,
+        probs=one_hot_probs([1, 1, 1, 0], 2),
+        class_names=["neg", "pos"],
+    ).read_text(encoding="utf-8")
+    assert "| specificity | n/a |" in text.splitlines()
+
+
+def test_cross_validation_mean_skips_a_fold_where_a_rate_is_undefined():
+    both = classification_metrics(BIN_Y, BIN_P, BIN_NAMES)  # specificity 4/6
+    only_positives = classification_metrics([1, 1, 1, 1], one_hot_probs([1, 1, 1, 0], 2), BIN_NAMES)
+    mean, std, counts = aggregate([both, only_positives])
+    assert mean["specificity"] == pytest.approx(4 / 6) and std["specificity"] is None
+    assert counts["specificity"] == 1
+    assert mean["sensitivity"] == pytest.approx((0.75 + 0.75) / 2) and counts["sensitivity"] == 2
+    assert "specificity 0.6667 ± n/a" in format_mean_std(mean, std)
 
 
 def _plain(obj) -> bool:

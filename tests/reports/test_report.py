@@ -95,7 +95,10 @@ def test_report_multiclass_absent_class_no_history(tmp_path):
     assert table_row(text, "ROC-AUC", "n/a")
     assert table_row(text, "accuracy", "0.7500")
     assert table_row(text, "cat", "1.0000", "0.7500", "0.8571", "4")
-    assert table_row(text, "fox", "0.0000", "0.0000", "0.0000", "0")
+    # absent: dog was predicted once (precision 0 is defined), fox never; recall and F1 are 0/0
+    assert table_row(text, "dog", "0.0000", "n/a", "n/a", "0")
+    assert table_row(text, "fox", "n/a", "n/a", "n/a", "0")
+    assert "Absent from the evaluated data (no images): dog, fox." in text
     assert table_row(text, "**cat**", "3", "1", "0")
     assert "Run details" not in text
     assert "sensitivity" not in text

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..files import atomic_write
 from ..models.registry import create_model
-from ..models.weights import WeightsError, read_state_dict
+from ..models.weights import WeightsError, load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        read_state_dict(path)  # raises the loader's precise message (refused pickle, corrupt file)
-        raise WeightsError(f"{path}: not a readable checkpoint ({error})") from error
+    ckpt = load_torch_file(path)  # refused pickles and foreign files: a message naming the file
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeightsError(
             f"{path}: not a resnexus checkpoint (no '{FORMAT}' marker); to start from plain weights "

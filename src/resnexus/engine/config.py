@@ -8,6 +8,10 @@ defaults it states are the ones :func:`complete_config` applies.
 from __future__ import annotations
 
 import logging
+import math
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -175,8 +179,124 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# -- validation: every value checked here, before complete_config fills or creates anything -------
+_FLAGS = {"ema_decay": "--ema", "clip_grad_norm": "--clip-grad"}  # where the flag is not the field's name
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("sgd", "adamw"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+    "select": ("auto", "val", "last"),
+    "balance": ("none", "loss", "sampler"),
+}
+# field: (accepted, what is expected); a None value (an unset or switched-off option) is not checked
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "epochs must be >= 1"),
+    "batch_size": (lambda v: v >= 1, "batch size must be >= 1"),
+    "image_size": (lambda v: v >= 8, "the image size >= 8 pixels is required"),
+    "lr": (lambda v: v >= 0, "the learning rate must be >= 0 (0: the weights stay as they start)"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "warmup_epochs": (lambda v: v >= 0, "must be >= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "crop_fraction": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "val_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "test_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "seed": (lambda v: 0 <= v < 2**32, "must be in [0, 2**32)"),
+    "workers": (lambda v: v >= 0, "must be >= 0 (0: load in the training process)"),
+    "mixup": (lambda v: v >= 0, "must be >= 0 (0: off)"),
+    "cutmix": (lambda v: v >= 0, "must be >= 0 (0: off)"),
+    "ema_decay": (lambda v: 0 < v < 1, "must be in (0, 1), e.g. 0.999"),
+    "clip_grad_norm": (lambda v: v > 0, "must be > 0"),
+    "early_stopping": (lambda v: v >= 1, "must be >= 1 epoch"),
+    "checkpoint_every": (lambda v: v >= 0, "must be >= 0 seconds (0: every epoch)"),
+}
+_AUGMENT_PROBABILITIES = ("hflip", "vflip", "random_erasing")
+
+
+def _label(name: str) -> str:
+    """``label_smoothing (--label-smoothing)``: the name a YAML file uses and the flag, where there is one."""
+    if "help" not in {f.name: f for f in fields(TrainConfig)}[name].metadata:
+        return name  # not a CLI option
+    return f"{name} ({_FLAGS.get(name, '--' + name.replace('_', '-'))})"
+
+
+def _accepts(kind: type, value: Any) -> bool:
+    """``isinstance``, except that a bool is not a number and an int is a float (YAML's ``lr: 1``)."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _check_type(name: str, hint: Any, value: Any) -> None:
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in members:
+        return
+    kinds = [typing.get_origin(m) or m for m in members if m is not type(None)]
+    if not any(_accepts(kind, value) for kind in kinds):
+        expected = " or ".join(_TYPE_NAMES.get(kind, kind.__name__) for kind in kinds)
+        raise ValueError(f"invalid {_label(name)}: {value!r} is {type(value).__name__}; expected {expected}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"invalid {_label(name)}: {value!r}; expected a finite number")
+
+
+def _check_augment(augment: AugmentConfig) -> None:
+    """The augmentation strengths: numbers, probabilities in [0, 1], a crop scale 0 < low <= high <= 1."""
+    for spec in fields(AugmentConfig):
+        value = getattr(augment, spec.name)
+        if spec.name == "random_resized_crop_scale":
+            ok = (
+                isinstance(value, (tuple, list))
+                and len(value) == 2
+                and all(_accepts(float, v) and math.isfinite(v) for v in value)
+                and 0 < value[0] <= value[1] <= 1
+            )
+            if not ok:
+                raise ValueError(
+                    f"invalid augment.{spec.name}: {value!r}; expected [low, high] with 0 < low <= high <= 1"
+                )
+            continue
+        if not _accepts(float, value) or not math.isfinite(value):
+            raise ValueError(f"invalid augment.{spec.name}: {value!r} is {type(value).__name__}; expected a number")
+        if spec.name in _AUGMENT_PROBABILITIES and not 0 <= value <= 1:
+            raise ValueError(f"invalid augment.{spec.name}: {value!r}; a probability must be in [0, 1]")
+        if spec.name == "color_jitter" and value < 0:
+            raise ValueError(f"invalid augment.{spec.name}: {value!r}; must be >= 0")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Refuse a value of the wrong type or out of range, naming the field (and its flag) and the value.
+
+    The one place options are checked: :func:`complete_config` calls it first, so a bad value from
+    the CLI, a YAML file or the API fails in a line before any folder is made, instead of as a
+    traceback minutes into a run. Unset (None) values are not checked: the defaults fill them.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    for spec in fields(TrainConfig):
+        _check_type(spec.name, hints[spec.name], getattr(config, spec.name))
+    for name, choices in _CHOICES.items():
+        value = getattr(config, name)
+        if value is not None and value not in choices:
+            expected = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}"
+            raise ValueError(f"unknown {name} {value!r}: expected {expected}")
+    for name, (accepted, expectation) in _RANGES.items():
+        value = getattr(config, name)
+        if value is not None and not accepted(value):
+            raise ValueError(f"invalid {_label(name)}: {value!r}; {expectation}")
+    if config.val_fraction + config.test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1 (some images must be left to train on), "
+            f"got {config.val_fraction} + {config.test_fraction}"
+        )
+    if config.augment is not None:
+        _check_augment(config.augment)
+
+
 def complete_config(config: TrainConfig) -> TrainConfig:
     """Every unset field filled: the built-in recipe without data, the model's input size, a new run dir."""
+    validate_config(config)
     values = asdict(config) | {"augment": config.augment}
     if config.data is None:
         values["data"] = str(digits_folder())
@@ -188,10 +308,8 @@ def complete_config(config: TrainConfig) -> TrainConfig:
     native = entry.input_size[1]
     size = SMALL_DATA_IMAGE_SIZE if native == 224 and not values["weights"] else native
     for key, default in DEFAULT_RECIPE.items() | {"image_size": size}.items():
-        if values[key] is None:  # only unset values: a typed 0 must be rejected below, not replaced
+        if values[key] is None:  # only unset values: a typed 0 was refused by validate_config
             values[key] = default
-    if values["optimizer"] not in ("sgd", "adamw"):
-        raise ValueError(f"unknown optimizer {values['optimizer']!r}: expected 'sgd' or 'adamw'")
     sgd = values["optimizer"] == "sgd"
     if values["lr"] is None:
         values["lr"] = SGD_LR_PER_256 * values["batch_size"] / 256 if sgd else ADAMW_LR
@@ -204,12 +322,6 @@ def complete_config(config: TrainConfig) -> TrainConfig:
         data = Path(values["data"])
         stem = data.stem if data.suffix.lower() == ".csv" else data.name
         values["out"] = str(unused_path(Path("runs") / f"{stem}-{values['model']}"))
-    if values["epochs"] < 1 or values["batch_size"] < 1 or values["image_size"] < 8:
-        raise ValueError("epochs and batch size must be >= 1 and the image size >= 8 pixels")
-    if values["select"] not in ("auto", "val", "last"):
-        raise ValueError(f"unknown select {values['select']!r}: expected 'auto', 'val' or 'last'")
-    if values["balance"] not in ("none", "loss", "sampler"):
-        raise ValueError(f"unknown balance {values['balance']!r}: expected 'none', 'loss' or 'sampler'")
     return TrainConfig(**values)
 
 

@@ -23,7 +23,9 @@ from ..data import UnlabeledDataset, scan_unlabeled
 from ..files import atomic_write
 from ..reports import save_figure
 from .checkpoint import load_checkpoint, load_fold_ensemble, model_from_checkpoint, resolve_checkpoint
-from .inference import _transform
+from .inference import _transform, check_writable_folder
+
+CSV_NAME = "explain.csv"  # the index explain writes beside the overlays
 
 
 def default_cam_layer(model: nn.Module) -> str:
@@ -63,14 +65,20 @@ def explain(
     layer: str | None = None,
     batch_size: int = 16,
     ensemble: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write a Grad-CAM overlay PNG per image into ``out`` and ``out/explain.csv``; returns the CSV.
 
     ``target`` is a class name (default: each image's predicted class). The CSV lists path,
     predicted class and probability, the class the map explains and the PNG's file name.
     ``checkpoint`` may be a run directory; ``ensemble``: a cross-validation run directory's fold
-    models (mean probabilities, mean map).
+    models (mean probabilities, mean map). The files of an earlier run in ``out`` are replaced
+    only with ``overwrite``; ``out`` may not lie inside the input folder (see :func:`_check_out`).
     """
+    paths = scan_unlabeled(inputs)
+    out = Path(out).expanduser()
+    png_names = _png_names(paths)
+    _check_out(out, Path(inputs), [*png_names, CSV_NAME], overwrite)
     if ensemble:
         model, ckpt = load_fold_ensemble(checkpoint)
         members = list(model.members)
@@ -81,13 +89,10 @@ def explain(
     names: list[str] = ckpt["class_names"]
     if target is not None and target not in names:
         raise ValueError(f"--target {target!r} is not one of the checkpoint's classes {names}")
-    paths = scan_unlabeled(inputs)
     layer = layer or default_cam_layer(members[0])
     dataset = UnlabeledDataset(paths, _transform(ckpt))
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    used_names: set[str] = set()
     for start in range(0, len(paths), batch_size):
         batch_paths = paths[start : start + batch_size]
         images = torch.stack([dataset[i][0] for i in range(start, start + len(batch_paths))])
@@ -97,7 +102,7 @@ def explain(
         targets = predicted if target is None else torch.full_like(predicted, names.index(target))
         maps = torch.stack([grad_cam(member, images, targets, layer) for member in members]).mean(0)
         for i, path in enumerate(batch_paths):
-            png = _unique_name(f"{path.stem}_gradcam.png", used_names)
+            png = png_names[start + i]
             pred, tgt = names[int(predicted[i])], names[int(targets[i])]
             title = f"predicted {pred} ({probs[i, predicted[i]]:.2f}); map for {tgt}"
             _save_overlay(_unnormalize(images[i], ckpt), maps[i].numpy(), out / png, title)
@@ -111,7 +116,7 @@ def explain(
                     "layer": layer,
                 }
             )
-    csv_path = out / "explain.csv"
+    csv_path = out / CSV_NAME
     with atomic_write(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -119,14 +124,37 @@ def explain(
     return csv_path
 
 
-def _unique_name(name: str, used: set[str]) -> str:
-    """Two inputs with the same stem (in different folders) must not overwrite each other's PNG."""
-    candidate, n = name, 1
-    while candidate in used:
-        n += 1
-        candidate = name.replace("_gradcam.png", f"_{n}_gradcam.png")
-    used.add(candidate)
-    return candidate
+def _png_names(paths: list[Path]) -> list[str]:
+    """One overlay file name per input: two inputs with the same stem must not share a PNG."""
+    used: set[str] = set()
+    names = []
+    for path in paths:
+        candidate, n = f"{path.stem}_gradcam.png", 1
+        while candidate in used:
+            n += 1
+            candidate = f"{path.stem}_{n}_gradcam.png"
+        used.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def _check_out(out: Path, inputs: Path, names: list[str], overwrite: bool) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written or would destroy something.
+
+    Not a file; not the input folder or inside it (the overlays would be read as images next
+    time); and the files of an earlier run there (``explain.csv``, same-named PNGs) are replaced
+    only with ``overwrite``.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; explain writes a folder of overlays")
+    check_writable_folder(out)
+    if inputs.is_dir() and out.resolve().is_relative_to(inputs.resolve()):
+        raise ValueError(f"--out {out} is inside the input folder {inputs}; choose a folder outside it")
+    existing = [name for name in names if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"--out {out} already holds explain output ({', '.join(existing[:3])}); pass --overwrite to replace it"
+        )
 
 
 def _unnormalize(image: torch.Tensor, ckpt: dict[str, Any]) -> np.ndarray:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from ..data import EvalPreprocess, ImageDataset, UnlabeledDataset, eval_transfor
 from ..files import atomic_write, write_text_atomic
 from ..reports import classification_metrics
 from .checkpoint import FoldEnsemble, load_for_inference, resolve_checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 def class_probabilities(model: nn.Module, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
@@ -105,6 +109,80 @@ def _fused(model: nn.Module) -> nn.Module:
         return model
 
 
+def check_writable_folder(path: str | Path, target: str | Path | None = None) -> None:
+    """Refuse a folder that cannot be created or written into, naming ``target`` (default: the folder).
+
+    Missing folders are fine (the writer creates them); what fails is an existing ancestor that is
+    a file or that this process may not write into. Checked before any work, so a bad path costs
+    one line instead of a traceback after minutes of inference.
+    """
+    folder = Path(path).expanduser()
+    named = Path(target) if target is not None else folder
+    ancestor = folder
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot write {named}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {named}: no permission to write into {ancestor}")
+
+
+def check_output_file(
+    path: str | Path, inputs: Iterable[str | Path] = (), overwrite: bool = False, flag: str = "--output"
+) -> Path:
+    """Refuse an output file that would destroy something or cannot be written, before any work.
+
+    Never one of ``inputs`` (an image being read, the checkpoint), even with ``overwrite``: a
+    predictions file written over the photo it describes is lost data. An existing file is kept
+    unless ``overwrite``; a folder, or a parent that is a file or not writable, is one clear line.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give the name of a file to write")
+    resolved = path.resolve()
+    for source in inputs:
+        if Path(source).resolve() == resolved:
+            raise ValueError(f"{flag} {path} is one of the command's inputs; refusing to overwrite it")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{flag} {path} already exists; pass --overwrite to replace it")
+    check_writable_folder(path.parent, path)
+    return path
+
+
+def checkpoint_files(checkpoint: str | Path) -> list[Path]:
+    """The model files a ``--checkpoint`` argument stands for: the file, or those in a run directory.
+
+    An output must never replace them, not even with ``--overwrite``.
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        return [p for p in path.rglob("*") if p.suffix in (".pt", ".onnx") and p.is_file()]
+    return [path]
+
+
+def submission_ids(paths: Sequence[Path], root: str | Path) -> list[str]:
+    """One unique id per image for ``predict --id-label``: the file stem when stems are unique.
+
+    Otherwise (``cats/img_0.png`` and ``dogs/img_0.png``) every id is the path relative to the
+    input folder, as ``/``-separated text, without its extension, or with it where that is still
+    ambiguous (``a.png`` beside ``a.jpg``): a submission with a repeated id scores the wrong row.
+    """
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    root = Path(root)
+    base = root if root.is_dir() else root.parent
+    relative = [Path(os.path.relpath(p, base)).as_posix() for p in paths]
+    ids = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in relative]
+    if len(set(ids)) != len(ids):
+        ids = relative
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"--id-label: the input holds the same image path twice ({', '.join(repeated[:5])})")
+    logger.warning(f"file names repeat under {root}: ids are paths relative to it (e.g. {ids[0]})")
+    return ids
+
+
 def _transform(ckpt: dict[str, Any]) -> EvalPreprocess:
     return eval_transform(ckpt["image_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"])
 
@@ -116,18 +194,24 @@ def evaluate(
     out: str | Path | None = None,
     flip_tta: bool = False,
     ensemble: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on labelled data: class sub-folders (or its ``test/`` part), or a CSV.
 
     ``checkpoint`` may be a run directory; ``ensemble``: a cross-validation run directory's fold
     models, averaged (the metrics then name the fold checkpoints under ``ensemble_members``).
+    ``out``: also write the metrics there as JSON (an existing file only with ``overwrite``).
     """
+    if out is not None:  # before any work: a bad --out costs no model loading (see predict)
+        check_output_file(out, [*checkpoint_files(checkpoint), data], overwrite=True, flag="--out")
     source = checkpoint if ensemble else resolve_checkpoint(checkpoint)
     model, ckpt = load_for_inference(source, ensemble=ensemble)
     root = Path(data)
     if (root / "test").is_dir():
         root = root / "test"
     samples = scan_dataset(root, class_names=ckpt["class_names"])
+    if out is not None:  # not one of the images either
+        check_output_file(out, samples.paths, overwrite, flag="--out")
     device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
     model, memory_format = optimize_for_inference(model, device)
     preprocess = _transform(ckpt)  # uint8 crops from the loader, float conversion on the device
@@ -159,11 +243,17 @@ def predict_probabilities(
     """
     model, ckpt = load_for_inference(checkpoint, ensemble=ensemble)
     paths = scan_unlabeled(inputs)
+    return paths, _probabilities(model, ckpt, paths, batch_size, flip_tta), list(ckpt["class_names"])
+
+
+@torch.no_grad()
+def _probabilities(model: Any, ckpt: dict[str, Any], paths: list[Path], batch_size: int, flip_tta: bool) -> np.ndarray:
+    """The class probabilities of ``paths`` under a loaded model, preprocessed as ``ckpt`` says."""
     device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
     model, memory_format = optimize_for_inference(model, device)
     preprocess = _transform(ckpt)
     loader = DataLoader(UnlabeledDataset(paths, preprocess.sample), batch_size=batch_size)
-    probs = np.concatenate(
+    return np.concatenate(
         [
             class_probabilities(
                 model, preprocess.batch(images.to(device)).contiguous(memory_format=memory_format), flip_tta
@@ -173,7 +263,6 @@ def predict_probabilities(
             for images, _ in loader
         ]
     )
-    return paths, probs, list(ckpt["class_names"])
 
 
 def predict(
@@ -184,23 +273,32 @@ def predict(
     id_label: bool = False,
     flip_tta: bool = False,
     ensemble: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write one row per image: ``path,label,<one probability column per class>``.
 
     Images are read in natural sort order (``img2`` before ``img10``). ``id_label=True`` writes the
-    Kaggle submission form ``id,label`` instead (id = file stem; label = the probability of the
-    second class for two classes, as the cats-vs-dogs competition scores it, else the class name).
-    ``flip_tta`` averages each image's probabilities with its mirror image's; ``ensemble`` uses a
-    cross-validation run directory's fold models (:func:`predict_probabilities`).
+    Kaggle submission form ``id,label`` instead (id = file stem, or the relative path when stems
+    repeat: :func:`submission_ids`; label = the probability of the second class for two classes, as
+    the cats-vs-dogs competition scores it, else the class name). ``flip_tta`` averages each image's
+    probabilities with its mirror image's; ``ensemble`` uses a cross-validation run directory's fold
+    models (:func:`predict_probabilities`). ``output`` is never an input image or the checkpoint,
+    and an existing file is replaced only with ``overwrite`` (:func:`check_output_file`).
     """
-    paths, probs, names = predict_probabilities(checkpoint, inputs, batch_size, flip_tta, ensemble)
-    output = Path(output)
+    # before any work: the path itself; once the images are known, that it is none of them (an
+    # existing file is refused only then, so "pass --overwrite" is never said of an input)
+    output = check_output_file(output, checkpoint_files(checkpoint), overwrite=True)
+    model, ckpt = load_for_inference(checkpoint, ensemble=ensemble)
+    paths = scan_unlabeled(inputs)
+    check_output_file(output, paths, overwrite)
+    ids = submission_ids(paths, inputs) if id_label else []
+    probs, names = _probabilities(model, ckpt, paths, batch_size, flip_tta), list(ckpt["class_names"])
     with atomic_write(output, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if id_label:
             writer.writerow(["id", "label"])
-            for path, p in zip(paths, probs):
-                writer.writerow([path.stem, f"{p[1]:.6f}" if len(names) == 2 else names[int(p.argmax())]])
+            for image_id, p in zip(ids, probs):
+                writer.writerow([image_id, f"{p[1]:.6f}" if len(names) == 2 else names[int(p.argmax())]])
         else:
             writer.writerow(["path", "label", *(f"prob_{n}" for n in names)])
             for path, p in zip(paths, probs):

@@ -14,7 +14,7 @@ here in one place:
 
 Everything else must match exactly: a missing or unexpected key is an error that names the file
 and the keys, never a silent partial load. Pickled files are read with ``weights_only=True``, so a
-file cannot run code.
+file cannot run code (:func:`load_torch_file`, which every checkpoint and weights file goes through).
 
 This module sits below the registry (``create_model(..., weights=...)`` calls :func:`load_weights`)
 and knows models only through :class:`~resnexus.models.base.ImageClassifier`, so it imports
@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,17 +89,59 @@ def read_state_dict(source: str | os.PathLike[str]) -> dict[str, Tensor]:
             return load_file(str(path), device="cpu")
         except Exception as error:  # safetensors raises its own error types
             raise WeightsError(f"{path}: not a readable safetensors file ({error})") from error
+    return unwrap_state_dict(load_torch_file(path), str(path))
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_PROTOCOL = b"\x80"  # the first opcode of a binary pickle: the legacy torch.save format
+_HEAD = 16  # how many leading bytes a "not a checkpoint" message shows
+
+
+def load_torch_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load`` with tensors and plain containers only, and errors that say what the file is.
+
+    A file that is neither a zip archive nor a binary pickle (text, an image, an HDF5 or
+    safetensors file under another suffix) is named with its first bytes; one that holds other
+    Python objects is refused. No message repeats PyTorch's advice to load without the safety.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(_HEAD)
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTOCOL)):
+        raise WeightsError(f"{path} is not a PyTorch checkpoint ({_describe_head(head)})")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on pickle protocols asks the user to file an issue
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise WeightsError(
             f"refusing to load {path}: it holds Python objects other than tensors and plain "
-            f"containers, which could run code when unpickled (loaded with weights_only=True). "
-            f"Details: {str(error).splitlines()[0]}"
-        ) from error
+            f"containers, which could run code when unpickled ({_unpickler_reason(error)})"
+        ) from None
     except Exception as error:  # torch's unpickler fails on garbage with assorted error types
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
-    return unwrap_state_dict(obj, str(path))
+        reason = _unpickler_reason(error) if "weights_only" in str(error) else f"{type(error).__name__}: {error}"
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+
+
+def _describe_head(head: bytes) -> str:
+    if not head:
+        return "it is empty"
+    if head.startswith(b"\x89HDF"):
+        return "it is an HDF5 file: Keras weights need the .h5 suffix"
+    if len(head) > 8 and head[8:9] == b"{":
+        return "it looks like a safetensors file: give it the .safetensors suffix"
+    return f"it starts with {head!r}"
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """What PyTorch's safe unpickler objected to, without its advice on turning the safety off."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    return reason.split(". Please use", 1)[0].rstrip(".")
 
 
 def unwrap_state_dict(obj: Any, source: str = "<object>") -> dict[str, Tensor]:

@@ -90,10 +90,15 @@ def classification_metrics(
 
     ``probs`` is (N, K) class probabilities, column k belonging to ``class_names[k]``. Every
     value in the result is a plain int/float/str/list/dict/None so it can go straight to JSON.
-    Macro averages run over all K classes (a class absent from both labels and predictions
-    counts as 0, via ``zero_division=0``); balanced accuracy is the mean recall over the
-    classes present in ``y_true``. For two classes, ``positive_class`` (default: class index 1)
-    is the one whose recall is the sensitivity, e.g. the disease in a disease-vs-others task.
+
+    A class with no sample in ``y_true`` is listed in ``absent_classes``: its recall and F1 (and,
+    for two classes, the sensitivity or specificity it defines) are None, not 0, because they
+    are undefined; its precision is 0 if it was predicted, else None. The macro averages (and
+    balanced accuracy, the mean recall) run over the classes present, so an absent class neither
+    drags them towards 0 nor counts as a success. A present class that is never predicted keeps
+    precision 0 (``zero_division=0``): the model failed to find it. For two classes,
+    ``positive_class`` (default: class index 1) is the one whose recall is the sensitivity, e.g.
+    the disease in a disease-vs-others task.
     """
     y, p, names = _check_inputs(y_true, probs, class_names)
     positive = 1
@@ -106,39 +111,42 @@ def classification_metrics(
     pred = p.argmax(axis=1)
 
     prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, average=None, zero_division=0)
-    macro_p, macro_r, macro_f1, _ = precision_recall_fscore_support(
-        y, pred, labels=labels, average="macro", zero_division=0
-    )
+    cm = confusion_matrix(y, pred, labels=labels)
+    present = support > 0  # at least one class: _check_inputs refuses an empty y_true
+    predicted = cm.sum(axis=0) > 0
     with warnings.catch_warnings():
         # "y_pred contains classes not in y_true": expected when a class is absent; the
         # score is then the mean recall of the classes that are present, which is what we want.
         warnings.simplefilter("ignore", UserWarning)
         balanced = float(balanced_accuracy_score(y, pred))
-    cm = confusion_matrix(y, pred, labels=labels)
+
+    def defined(values: np.ndarray, i: int, is_defined: bool) -> float | None:
+        return float(values[i]) if is_defined else None
 
     out: dict = {
         "n": int(y.shape[0]),
         "accuracy": float(accuracy_score(y, pred)),
         "balanced_accuracy": balanced,
-        "macro_f1": float(macro_f1),
-        "macro_precision": float(macro_p),
-        "macro_recall": float(macro_r),
+        "macro_f1": float(np.mean(f1[present])),
+        "macro_precision": float(np.mean(prec[present])),
+        "macro_recall": float(np.mean(rec[present])),
         "per_class": {
             name: {
-                "precision": float(prec[i]),
-                "recall": float(rec[i]),
-                "f1": float(f1[i]),
+                "precision": defined(prec, i, bool(present[i] or predicted[i])),
+                "recall": defined(rec, i, bool(present[i])),
+                "f1": defined(f1, i, bool(present[i])),
                 "support": int(support[i]),
             }
             for i, name in enumerate(names)
         },
+        "absent_classes": [name for i, name in enumerate(names) if not present[i]],
         "confusion_matrix": [[int(v) for v in row] for row in cm],
         "class_names": names,
         "roc_auc": _roc_auc(y, p, positive),
     }
     if k == 2:
-        out["sensitivity"] = float(rec[positive])
-        out["specificity"] = float(rec[1 - positive])
+        out["sensitivity"] = defined(rec, positive, bool(present[positive]))
+        out["specificity"] = defined(rec, 1 - positive, bool(present[1 - positive]))
         out["positive_class"] = names[positive]
     return out
 
@@ -156,4 +164,6 @@ def format_metrics(metrics: dict) -> str:
         parts.append(f"sensitivity {fixed_decimals(metrics['sensitivity'], 3)}" + (f" ({pos})" if pos else ""))
     if "specificity" in metrics:
         parts.append(f"specificity {fixed_decimals(metrics['specificity'], 3)}")
+    if metrics.get("absent_classes"):  # macro averages are over the other classes: say why
+        parts.append("absent: " + ", ".join(metrics["absent_classes"]))
     return " | ".join(parts)

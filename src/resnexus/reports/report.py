@@ -10,7 +10,7 @@ import numpy as np
 from ..files import write_text_atomic
 from .metrics import classification_metrics
 from .plots import plot_confusion_matrix, plot_history, plot_roc
-from .tables import fixed_decimals, markdown_cell, markdown_table
+from .tables import MISSING, fixed_decimals, markdown_cell, markdown_table
 
 __all__ = ["write_report"]
 
@@ -80,6 +80,15 @@ def write_report(
     if "specificity" in metrics:
         summary.append(["specificity", fixed_decimals(metrics["specificity"])])
     md += [markdown_table(["metric", "value"], summary, "lr"), ""]
+    absent = metrics.get("absent_classes") or []
+    if absent:
+        n_present = len(metrics.get("class_names", names)) - len(absent)
+        md += [
+            f"Absent from the evaluated data (no images): {', '.join(markdown_cell(c) for c in absent)}. "
+            f"Their recall and F1 are undefined ({MISSING}), and the macro averages run over the "
+            f"{n_present} class(es) present.",
+            "",
+        ]
 
     md += ["## Per-class metrics", ""]
     per_class = metrics.get("per_class", {})
