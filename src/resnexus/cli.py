@@ -22,7 +22,7 @@ import yaml
 from .data import AugmentConfig
 from .data.check import MAX_PIXELS, check_data
 from .engine import compare, cross_validate, evaluate, predict, train
-from .engine.config import TrainConfig, field_help, resume_config
+from .engine.config import TrainConfig, field_help, resume_config, validate_config
 from .engine.distributed import torchrun_command
 from .engine.explain import explain
 from .engine.export import export_onnx
@@ -207,10 +207,11 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    config = train_config_from_args(args)
+    validate_config(config)  # once, here: under --nproc a bad value would fail in every process
     nproc = getattr(args, "nproc", None)
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(nproc, argv)
-    config = train_config_from_args(args)
     folds = getattr(args, "folds", None)
     no_refit = getattr(args, "no_refit", False)
     if no_refit and folds is None:
