@@ -1,11 +1,18 @@
-"""Helpers shared by the tests: random-but-reproducible weights, logit comparison, tiny image folders."""
+"""Helpers shared by the tests: random-but-reproducible weights, logit comparison, tiny image folders,
+and a weights server on 127.0.0.1 (no test ever contacts another host)."""
 
 from __future__ import annotations
 
+import http.server
+import threading
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from resnexus.engine import TrainConfig
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -43,3 +50,51 @@ def bright_and_dark_folder(root: Path, per_class: int, size: int, seed: int = 0)
             pixels = rng.integers(0, 90, (size, size, 3)) + (20 if label else 140)
             Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+class WeightsServer:
+    """Serves ``files`` (path -> bytes) on 127.0.0.1 and counts requests; ``/cut/...`` sends half a file."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: Counter[str] = Counter()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests[self.path] += 1
+                body = server.files.get(self.path.removeprefix("/cut"))
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if self.path.startswith("/cut/") else body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+
+TINY_RUN: dict[str, Any] = dict(
+    model="resnet20_cifar",
+    model_config={"layers": (1, 1, 1)},  # one block per stage: a training step takes milliseconds
+    epochs=1,
+    batch_size=8,
+    image_size=16,
+    precision="fp32",
+    workers=0,
+    cache_dir="off",
+    verbose=False,
+)
+
+
+def tiny_config(data: str | Path, out: str | Path, **changes: Any) -> TrainConfig:
+    """The TrainConfig of a run that finishes in seconds: :data:`TINY_RUN` with ``changes``."""
+    return TrainConfig(data=str(data), out=str(out), **(TINY_RUN | changes))

@@ -84,3 +84,20 @@ def test_messages_are_plain_lines_on_stdout_once_per_command(capsys, monkeypatch
         assert main(["models"]) == 0
         assert capsys.readouterr().out == "an info line\na warning line\n"
     assert (list(package.handlers), package.level, package.propagate) == before  # the library is left as it was
+
+
+def test_nproc_refuses_a_batch_too_small_to_share_in_one_line_before_torchrun(tmp_path, capsys, monkeypatch):
+    """Under --nproc 2 a global batch of 3 would give one process a single image (BatchNorm fails):
+    refused once, by the launching command, with status 2 (issue 15, item 8)."""
+    from tests.helpers import bright_and_dark_folder
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(cli, "_launch_torchrun", lambda *args: pytest.fail("torchrun launched"))
+    data = bright_and_dark_folder(tmp_path / "data", per_class=3, size=8)
+    assert main(["train", "--nproc", "2", "--batch-size", "3", "--data", str(data), "--model", "lenet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "resnexus train: error: --batch-size 3 is the global batch: 2 processes need at least 4 "
+        "(2 images each, for BatchNorm)\n"
+    )
+    assert "launching" not in captured.out

@@ -7,10 +7,12 @@ they cannot take part in a cycle of ours, and re-importing torch for each would 
 and the import graph is read statically from the source (imports inside functions included, so a
 cycle cannot hide behind a late import) and checked for cycles and for layering:
 
-    files  <-  data, models  <-  reports  <-  engine  <-  cli      (each layer imports only layers to its left)
+    files  <-  data, models  <-  reports  <-  engine  <-  cli, serve      (each layer imports only layers to its left)
 
-precisely: data/, models/ and files.py import nothing from engine/, reports/ or cli; models/
-imports nothing from data/; reports/ imports nothing from engine/ or cli; engine/ nothing from cli.
+precisely: data/, models/ and files.py import nothing from engine/, reports/, serve/ or cli; models/
+imports nothing from data/; reports/ imports nothing from engine/, serve/ or cli; engine/ nothing
+from cli or serve/; serve/ nothing from cli; and only cli imports serve/ (not even the package's
+``__init__``: serve/ needs the optional FastAPI stack).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ NOT_IMPORTABLE = {f"{PACKAGE}.__main__"}  # runs the CLI when imported: that is 
 
 # (modules under this prefix, may not import modules under these prefixes)
 LAYER_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("resnexus.files", ("resnexus.engine", "resnexus.reports", "resnexus.cli")),
-    ("resnexus.data", ("resnexus.engine", "resnexus.reports", "resnexus.cli")),
-    ("resnexus.models", ("resnexus.engine", "resnexus.reports", "resnexus.cli", "resnexus.data")),
-    ("resnexus.reports", ("resnexus.engine", "resnexus.cli")),
-    ("resnexus.engine", ("resnexus.cli",)),
+    ("resnexus.files", ("resnexus.engine", "resnexus.reports", "resnexus.cli", "resnexus.serve")),
+    ("resnexus.data", ("resnexus.engine", "resnexus.reports", "resnexus.cli", "resnexus.serve")),
+    ("resnexus.models", ("resnexus.engine", "resnexus.reports", "resnexus.cli", "resnexus.data", "resnexus.serve")),
+    ("resnexus.reports", ("resnexus.engine", "resnexus.cli", "resnexus.serve")),
+    ("resnexus.engine", ("resnexus.cli", "resnexus.serve")),
+    ("resnexus.serve", ("resnexus.cli",)),
 ]
 
 
@@ -310,6 +313,19 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_layers_import_only_from_lower_layers() -> None:
     violations = layering_violations(import_graph(MODULES))
     assert not violations, "imports against the layering:\n  " + "\n  ".join(violations)
+
+
+def test_only_the_cli_imports_serve() -> None:
+    graph = import_graph(MODULES)
+    importers = sorted(
+        str(edge)
+        for edges in graph.values()
+        for edge in edges
+        if (edge.target == "resnexus.serve" or edge.target.startswith("resnexus.serve."))
+        and not (edge.source == "resnexus.cli" or edge.source.startswith("resnexus.serve"))
+    )
+    assert not importers, "only resnexus.cli may import resnexus.serve:\n  " + "\n  ".join(importers)
+    assert any(edge.target.startswith("resnexus.serve") for edge in graph["resnexus.cli"])
 
 
 def test_the_module_walk_finds_the_package() -> None:

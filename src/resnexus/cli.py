@@ -21,8 +21,9 @@ import yaml
 
 from .data import AugmentConfig
 from .data.check import MAX_PIXELS, check_data
+from .data.sampler import check_global_batch
 from .engine import compare, cross_validate, evaluate, predict, train
-from .engine.config import TrainConfig, field_help, resume_config, validate_config
+from .engine.config import TrainConfig, complete_config, field_help, resume_config, resume_with, validate_config
 from .engine.distributed import torchrun_command
 from .engine.explain import explain
 from .engine.export import export_onnx
@@ -91,8 +92,16 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     _option(p, "--model")
     _option(p, "--out")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint, on the same images (checked) and recipe: options that "
+        "would change the run are refused, except a longer --epochs, which re-stretches the cosine schedule "
+        "to the new total",
+    )
     _option(p, "--weights")
+    _option(p, "--weights-dir")
+    _option(p, "--freeze", type=int)
     p.add_argument(
         "--folds",
         type=int,
@@ -179,10 +188,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     not_config = ("command", "config_file", "resume", "folds", "no_refit", "models", "no_isolate", "nproc")
     given = {k: v for k, v in vars(args).items() if k not in not_config}
     if getattr(args, "resume", None):
-        config = resume_config(args.resume)
-        return dataclasses.replace(
-            config, **{k: v for k, v in given.items() if k in ("workers", "cache_dir", "verbose")}
-        )
+        refused = ["--config"] if getattr(args, "config_file", None) else []
+        return resume_with(resume_config(args.resume), given, refused)
     values: dict[str, Any] = {}
     if getattr(args, "config_file", None):
         path = Path(args.config_file)
@@ -211,6 +218,7 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     validate_config(config)  # once, here: under --nproc a bad value would fail in every process
     nproc = getattr(args, "nproc", None)
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        check_global_batch(complete_config(config).batch_size, nproc)  # one line here, not one per process
         return _launch_torchrun(nproc, argv)
     folds = getattr(args, "folds", None)
     no_refit = getattr(args, "no_refit", False)
@@ -258,7 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
     ev.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP)
     pr = commands.add_parser("predict", help="predict images into a CSV file")
-    pr.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    pr.add_argument("--checkpoint", help=_CHECKPOINT_HELP)
+    pr.add_argument("--model", help="without --checkpoint: a registry name, used with published --weights")
+    pr.add_argument(
+        "--weights",
+        help="without --checkpoint: published weights by name ('imagenet', or see `resnexus models --weights`)",
+    )
+    pr.add_argument("--weights-dir", help="folder of downloaded weights files (default $RESNEXUS_WEIGHTS_DIR)")
     pr.add_argument("--input", required=True, help="an image or a folder (read in natural sort order)")
     pr.add_argument("--output", required=True, help="CSV: path,label,prob_<class>...")
     pr.add_argument("--id-label", action="store_true", help="write a Kaggle-style id,label file instead")
@@ -284,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels", type=int, help="larger images are refused as decompression bombs (default 100,000,000)"
     )
     cd.add_argument("--quiet", action="store_true", help="errors and warnings only, no notes")
+    # check-data also splits the data as train would (these flags mean what they mean for train)
+    _option(cd, "--val-fraction", type=float)
+    _option(cd, "--test-fraction", type=float)
+    _option(cd, "--group-by")
+    _option(cd, "--seed", type=int)
     models = commands.add_parser("models", help="list the registered models with parameters and MACs")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnext*'")
     models.add_argument("--family", help="only this family (resnet, resnext, res2net, densenet, ...)")
@@ -291,7 +310,45 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--weights", action="store_true", help="list the published weights of the models instead (weights= tags)"
     )
+    _add_serve(commands)
     return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    sv = commands.add_parser("serve", help="an HTTP API and a web page for a checkpoint (FastAPI + uvicorn)")
+    sv.add_argument("--checkpoint", required=True, help="a checkpoint, a run or cross-validation directory, or .onnx")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--max-batch", type=int, default=16, help="images gathered into one batch at most (default 16)")
+    sv.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images (default 5 ms)"
+    )
+    sv.add_argument("--no-batching", action="store_true", help="run every image as a batch of one")
+    sv.add_argument("--max-file-mb", type=float, default=20.0, help="largest upload per image (default 20 MB)")
+    sv.add_argument("--max-files", type=int, default=32, help="most images per request (default 32)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    for flag, value, low in (("--max-batch", args.max_batch, 1), ("--max-files", args.max_files, 1)):
+        if value < low:
+            raise ValueError(f"{flag} must be at least {low}, got {value}")
+    if args.max_wait_ms < 0 or args.max_file_mb <= 0 or not 0 < args.port < 65536:
+        raise ValueError("--max-wait-ms must be >= 0, --max-file-mb > 0 and --port in 1..65535")
+    try:
+        from .serve import Limits, serve
+    except ImportError as error:
+        raise ValueError(f"resnexus serve needs {error.name}: pip install 'resnexus[serve]'") from None
+    limits = Limits(max_file_bytes=int(args.max_file_mb * 1024 * 1024), max_files=args.max_files)
+    serve(
+        args.checkpoint,
+        args.host,
+        args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        batching=not args.no_batching,
+        limits=limits,
+    )
+    return 0
 
 
 _LOG_HANDLER = "resnexus-cli"  # the name of the handler main() installs, so a second main() replaces it
@@ -371,6 +428,9 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             flip_tta=args.tta,
             ensemble=args.ensemble,
             overwrite=args.overwrite,
+            model=args.model,
+            weights=args.weights,
+            weights_dir=args.weights_dir,
         )
         print(f"predictions: {written}")
         return 0
@@ -382,7 +442,9 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         return 0
     if args.command == "check-data":
-        report = check_data(args.data, max_pixels=args.max_pixels or MAX_PIXELS)
+        given = {k: getattr(args, k) for k in ("val_fraction", "test_fraction", "group_by", "seed")}
+        split = {k: v for k, v in given.items() if v is not None}  # unset: train's defaults
+        report = check_data(args.data, max_pixels=args.max_pixels or MAX_PIXELS, **split)
         print(report.format(notes=not args.quiet))
         return 1 if report.errors else 0
     if args.command == "explain":
@@ -397,6 +459,8 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         print(f"Grad-CAM overlays: {csv_path.parent} (index: {csv_path})")
         return 0
+    if args.command == "serve":
+        return _run_serve(args)
     if args.command == "models":
         names = list_models(args.pattern, family=args.family)
         if not names:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -39,13 +41,13 @@ def test_ranks_split_every_global_batch_exactly(n, batch, world):
     alone = list(EpochBatches(list(range(n)), batch, seed=1))
     ranks = [list(EpochBatches(list(range(n)), batch, seed=1, rank=r, world=world)) for r in range(world)]
     assert len({len(r) for r in ranks}) == 1  # every rank takes the same number of steps
-    for step, together in enumerate(alone):
+    for step, together in enumerate(alone[: len(ranks[0])]):  # a last batch too small to share is dropped
         parts = [ranks[r][step] for r in range(world)]
         assert sorted(i for part in parts for i in part) == sorted(together)  # same images, same augmentation seeds
-        assert max(map(len, parts)) - min(map(len, parts)) <= 1 and min(map(len, parts)) >= 1
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1 and min(map(len, parts)) >= 2
     remainder = n % batch
     assert len(alone) == n // batch + (remainder >= 2)
-    assert len(ranks[0]) == n // batch + (remainder >= max(2, world))
+    assert len(ranks[0]) == n // batch + (remainder >= 2 * world)
 
 
 def test_balanced_batches_draw_each_class_about_equally():
@@ -58,6 +60,30 @@ def test_balanced_batches_draw_each_class_about_equally():
     assert len(drawn) == 200 and 0.4 < np.mean(drawn) < 0.6  # the 20 % class fills about half
 
 
-def test_global_batch_smaller_than_the_number_of_processes_is_refused():
-    with pytest.raises(ValueError, match="global batch size \\(2\\) must be at least the number of processes \\(4\\)"):
-        EpochBatches([0] * 10, 2, seed=0, world=4)
+def test_global_batch_too_small_for_two_images_per_process_is_refused():
+    message = "--batch-size 7 is the global batch: 4 processes need at least 8 (2 images each, for BatchNorm)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        EpochBatches([0] * 10, 7, seed=0, world=4)
+    EpochBatches([0] * 10, 8, seed=0, world=4)  # two each: accepted
+
+
+# a representative subset of training-set sizes 20-60 and global batch sizes 2-16 (issue 15, item 8)
+@pytest.mark.parametrize("n", [20, 21, 22, 23, 26, 29, 33, 37, 41, 42, 43, 50, 57, 60])
+@pytest.mark.parametrize("batch", [4, 5, 6, 7, 8, 9, 10, 12, 13, 16])
+def test_two_ranks_get_at_least_two_images_each_and_the_same_number_of_steps(n, batch):
+    ranks = [EpochBatches(list(range(n)), batch, seed=5, rank=r, world=2) for r in range(2)]
+    for epoch in (1, 2):
+        for r in ranks:
+            r.set_epoch(epoch)
+        steps = [list(r) for r in ranks]
+        assert len(steps[0]) == len(steps[1]) == len(ranks[0]) == len(ranks[1])  # DDP: the same steps everywhere
+        assert all(len(share) >= 2 for rank in steps for share in rank)  # BatchNorm sees two images or more
+        used = sorted(i for rank in steps for share in rank for i, _ in share)
+        assert len(set(used)) == len(used) and len(used) == n - (n % batch if n % batch < 4 else 0)
+        assert sum(r.images() for r in ranks) == len(used)
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_two_ranks_refuse_a_global_batch_below_four(batch):
+    with pytest.raises(ValueError, match=f"--batch-size {batch} is the global batch: 2 processes need at least 4"):
+        EpochBatches(list(range(30)), batch, seed=0, rank=0, world=2)

@@ -192,3 +192,18 @@ def test_in_process_training_is_unchanged_without_torchrun(data, tmp_path):
         )
     )
     assert result.metrics["n"] == 11
+
+
+def test_a_last_batch_of_one_image_per_process_is_dropped_under_torchrun(tmp_path):
+    """22 training images at a global batch of 4: the last batch (2 images) would give each of 2
+    processes one image, which BatchNorm cannot train on; it is dropped on both (issue 15, item 8)."""
+    data = bright_and_dark_folder(tmp_path / "data", per_class=11, size=20)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("model_config: {layers: [1, 1, 1]}\n")
+    args = ["--data", str(data), "--config", str(config), "--out", str(tmp_path / "run"), "--model", "resnet20_cifar"]
+    args += ["--image-size", "16", "--batch-size", "4", "--epochs", "2", "--val-fraction", "0", "--test-fraction", "0"]
+    args += ["--precision", "fp32", "--workers", "0", "--cache-dir", "off"]
+    run = subprocess.run(_torchrun(*args), env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "2 epochs x 5 steps" in run.stdout  # 5 full batches; the 6th (2 images) is dropped
+    assert [int(r["epoch"]) for r in csv.DictReader((tmp_path / "run" / "history.csv").open())] == [1, 2]

@@ -91,7 +91,8 @@ def test_last_pt_is_the_weights_checkpoint_plus_the_run_state(tmp_path, caplog):
     assert any(r.getMessage().startswith("epoch   2/2") for r in caplog.records)
     best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
     last = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
-    assert set(last) == set(best) | RESUME_KEYS  # no "partial": the run finished
+    assert set(last) == set(best) | RESUME_KEYS | {"data"}  # no "partial": the run finished
+    assert last["data"]["images"] == 16 and len(last["data"]["sha256"]) == 64  # the fingerprint of every image
     assert last["epoch"] == 2 and len(last["history"]) == 2 and last["best_epoch"] == best["epoch"]
 
 

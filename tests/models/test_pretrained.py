@@ -7,11 +7,8 @@ Torch's hub cache is pointed at the test's tmp_path, so the user's cache is neve
 from __future__ import annotations
 
 import hashlib
-import http.server
 import logging
 import socket
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -37,39 +34,9 @@ from resnexus.models.pretrained import (
 )
 from resnexus.models.registry import find_pretrained, list_pretrained
 from resnexus.models.weights import KERAS_APPLICATIONS_BN_EPS
-from tests.helpers import max_abs_diff, randomize_
+from tests.helpers import WeightsServer, max_abs_diff, randomize_
 
 SMALL = dict(layers=(1, 1, 1, 1))  # a one-block-per-stage ResNet-18
-
-
-class WeightsServer:
-    """Serves ``files`` (path -> bytes) on 127.0.0.1 and counts requests; ``/cut/...`` sends half a file."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: Counter[str] = Counter()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests[self.path] += 1
-                body = server.files.get(self.path.removeprefix("/cut"))
-                if body is None:
-                    self.send_error(404, "Not Found")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if self.path.startswith("/cut/") else body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
 
 @pytest.fixture()

@@ -22,6 +22,7 @@ from tests.helpers import max_abs_diff, randomize_
 # torchvision/timm where they have the model and the papers' rounded figures otherwise.
 PARAMS = {
     "resnet18": 11_689_512,
+    "resnet26": 15_995_176,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
@@ -35,7 +36,7 @@ PARAMS = {
 }
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"]  # fmt: skip
-TIMM = [*TORCHVISION, "resnext101_32x4d"]
+TIMM = [*TORCHVISION, "resnet26", "resnext101_32x4d"]
 BIG = {"resnet101", "resnet152", "resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d"}
 
 

@@ -201,7 +201,8 @@ def test_cli_check_data_exit_status_and_listing(messy, tmp_path, capsys):
     assert f"{messy / 'cats' / 'half.jpg'}: cannot be decoded" in out and "converted" not in out
     clean = tmp_path / "clean"
     for cls in ("a", "b"):
-        _jpeg(clean / cls / "x.png")
+        for i in range(10):  # enough for train's split: check-data also reports what train would refuse
+            _jpeg(clean / cls / f"x{i}.png")
     assert main(["check-data", str(clean)]) == 0
     assert "0 errors, 0 warnings" in capsys.readouterr().out
     assert main(["train", "--data", str(messy), "--out", str(tmp_path / "r")]) == 2

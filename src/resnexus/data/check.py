@@ -2,15 +2,18 @@
 
 Each image file is read once: Pillow parses the header (format, size, mode, EXIF orientation),
 refuses sizes that would be a decompression bomb, then decodes the whole image so truncated files
-show up; the bytes' SHA-256 finds exact duplicates (which leak between train and test). The
-folder structure is checked too: empty class folders, a single class, hidden and stray files,
+show up; the bytes' SHA-256 finds exact duplicates (which leak between train and test). Files are
+found by ``train``'s own walker (:func:`~resnexus.data.scan.walk_tree`), so both see the same ones.
+The folder structure is checked too: empty class folders, a single class, hidden and stray files,
 class folders that differ between train/val/test.
 
 Findings have a severity:
 
-* ``error``: training cannot use it (unreadable file, empty class folder, one class only);
+* ``error``: training cannot use it (unreadable file, empty class folder, one class only, a file
+  or linked folder reached under two classes, a split that ``train`` would refuse);
 * ``warning``: training works but the result may mislead (duplicates across splits, a class
-  missing from the test part, the same image under two labels);
+  missing from the test part, the same image under two labels, a file or folder reached twice
+  through links, which is read once);
 * ``note``: handled automatically (grey/palette/RGBA/CMYK/16-bit converted to RGB, EXIF rotation
   applied, hidden or non-image files skipped).
 """
@@ -27,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .scan import IMAGE_EXTENSIONS, DataError, _is_hidden, natural_key
+from .scan import DataError, _is_hidden, class_folders, natural_key, walk_tree
+from .split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, resolve_splits
 
 # Pillow's own warning threshold is ~89 MP; 100 MP (e.g. 10000 x 10000) is far beyond any photo a
 # classifier is trained on, while a bomb declares billions of pixels in a few kilobytes.
@@ -74,6 +78,7 @@ class DataCheck:
     classes: dict[str, list[str]] = field(default_factory=dict)  # split part -> class folder names
     findings: list[Finding] = field(default_factory=list)
     duplicates: list[list[Path]] = field(default_factory=list)  # sets of byte-identical images
+    files: list[tuple[Path, str, str]] = field(default_factory=list)  # every image read: (path, part, class)
 
     def of(self, severity: str) -> list[Finding]:
         return [f for f in self.findings if f.severity == severity]
@@ -151,8 +156,25 @@ def inspect_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[list[Findin
     return findings, digest
 
 
-def check_data(source: str | Path, max_pixels: int = MAX_PIXELS, threads: int | None = None) -> DataCheck:
-    """Check a class-folder tree (optionally split into train/val/test) or a ``path,label`` CSV."""
+def check_data(
+    source: str | Path,
+    max_pixels: int = MAX_PIXELS,
+    threads: int | None = None,
+    *,
+    split: bool = True,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    group_by: str | None = None,
+    seed: int = 0,
+) -> DataCheck:
+    """Check a class-folder tree (optionally split into train/val/test) or a ``path,label`` CSV.
+
+    With ``split``, the data are also split as ``train`` would split them (these fractions, groups
+    and seed; unreadable files left out as ``--skip-bad-images`` leaves them), and a split that
+    ``train`` would refuse (e.g. a class too small to be on both sides) is an error with train's
+    own message, so what passes here is what train accepts. The check before training passes
+    ``split=False``: it splits right after, with the run's own settings.
+    """
     source = Path(source).expanduser()
     if not source.exists():
         raise DataError(f"data folder or CSV file does not exist: {source}")
@@ -178,12 +200,33 @@ def check_data(source: str | Path, max_pixels: int = MAX_PIXELS, threads: int | 
         report.findings += findings
         if digest is not None and not any(f.severity == "error" for f in findings):
             by_hash[digest].append(item)
-    report.images = len(labelled)
+    report.images, report.files = len(labelled), labelled
     for items in by_hash.values():
         if len(items) > 1:
             report.duplicates.append([p for p, _, _ in items])
             _report_duplicates(items, report)
+    if split and labelled and not report.structural_errors:
+        _try_split(report, val_fraction, test_fraction, group_by, seed)
     return report
+
+
+def _try_split(report: DataCheck, val_fraction: float, test_fraction: float, group_by: str | None, seed: int) -> None:
+    """An error finding with train's message when train's split of these data would fail."""
+    try:
+        resolve_splits(
+            report.root,
+            group_by=group_by,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            exclude=report.unreadable,
+            same_group=report.duplicates,
+        )
+    except DataError as e:
+        how = f"--val-fraction {val_fraction:g} --test-fraction {test_fraction:g}" + (
+            f" --group-by {group_by}" if group_by else ""
+        )
+        report.findings.append(Finding(report.root, "error", "split", f"train ({how}) refuses: {e}"))
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -191,42 +234,26 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _class_tree(folder: Path, part: str, report: DataCheck) -> list[tuple[Path, str, str]]:
-    """Walk one class-folder tree, noting skipped files and empty or missing classes."""
+    """Walk one class-folder tree with train's walker (:func:`walk_tree`), noting what it leaves out."""
     for stray in sorted(p for p in folder.iterdir() if p.is_file()):
         report.findings.append(Finding(stray, "note", "skipped", "a file beside the class folders, not in one"))
-    classes = _subdirs(folder)
     for hidden in sorted(p for p in folder.iterdir() if p.is_dir() and _is_hidden(p.name)):
         report.findings.append(Finding(hidden, "note", "skipped", "hidden folder"))
-    report.classes[part] = [c.name for c in classes]
-    items: list[tuple[Path, str, str]] = []
-    for class_dir in classes:
-        found = 0
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            for d in [d for d in dirnames if _is_hidden(d)]:
-                report.findings.append(Finding(Path(dirpath, d), "note", "skipped", "hidden folder"))
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-            for name in sorted(filenames, key=natural_key):
-                path = Path(dirpath, name)
-                if _is_hidden(name):
-                    report.findings.append(Finding(path, "note", "skipped", "hidden file"))
-                elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    report.findings.append(
-                        Finding(path, "note", "skipped", f"not an image extension ({path.suffix or 'none'})")
-                    )
-                else:
-                    items.append((path, part, class_dir.name))
-                    found += 1
-        if not found:
-            report.findings.append(Finding(class_dir, "error", "empty-class", "class folder has no images"))
+    classes = class_folders(folder)
+    report.classes[part] = classes
+    walk = walk_tree(folder, classes)
+    report.findings += [Finding(path, "note", "skipped", why) for path, why in walk.skipped]
+    report.findings += [Finding(p.path, "error" if p.error else "warning", p.kind, p.detail) for p in walk.problems]
+    for name in classes:
+        if not walk.images[name]:
+            report.findings.append(Finding(folder / name, "error", "empty-class", "class folder has no images"))
     if part in ("all", "train") and len(classes) == 1:
         report.findings.append(
-            Finding(
-                folder, "error", "single-class", f"only one class ({classes[0].name}); a classifier needs two or more"
-            )
+            Finding(folder, "error", "single-class", f"only one class ({classes[0]}); a classifier needs two or more")
         )
     elif part in ("all", "train") and not classes:
         report.findings.append(Finding(folder, "error", "no-classes", "no class folders"))
-    return items
+    return [(path, part, name) for name in classes for path in walk.images[name]]
 
 
 def _compare_parts(report: DataCheck) -> None:

@@ -12,8 +12,10 @@ Each item is ``(index, sample_seed)``: :class:`~resnexus.data.ImageDataset` seed
 augmentation with it, so an image is augmented the same way whichever process or DataLoader
 worker loads it. ``balance=True`` draws every class equally often (with replacement).
 
-A last global batch of a single image is dropped (BatchNorm cannot train on one image); with
-several processes, so is a last batch too small to give every process an image.
+BatchNorm cannot train on one image, and under DDP each process normalises its own share, so every
+process gets at least :data:`MIN_SHARE` images of every step: a last global batch smaller than
+``MIN_SHARE * world`` is dropped (on every rank alike: DDP needs the same number of steps
+everywhere), and a global batch size that cannot give each process two images is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +25,22 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+MIN_SHARE = 2  # images per process and step: BatchNorm needs more than one value per channel
+
+
+def check_global_batch(batch_size: int, world: int) -> None:
+    """Refuse a global batch that cannot give each of ``world`` processes :data:`MIN_SHARE` images.
+
+    EpochBatches calls it in every process; ``train --nproc`` calls it before launching torchrun, so
+    the error is one line, printed once. One process keeps its old rule (only a last batch of one
+    image is dropped).
+    """
+    if world > 1 and batch_size < MIN_SHARE * world:
+        raise ValueError(
+            f"--batch-size {batch_size} is the global batch: {world} processes need at least "
+            f"{MIN_SHARE * world} ({MIN_SHARE} images each, for BatchNorm)"
+        )
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -41,8 +59,7 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        if batch_size < world:
-            raise ValueError(f"the global batch size ({batch_size}) must be at least the number of processes ({world})")
+        check_global_batch(batch_size, world)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size, self.seed, self.shuffle, self.balance = batch_size, seed, shuffle, balance
         self.rank, self.world = rank, world
@@ -67,7 +84,7 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         """The epoch's global batches (all processes together), the too-small last one dropped."""
         order = self.order()
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if batches and len(batches[-1]) < max(2, self.world):
+        if batches and len(batches[-1]) < self.smallest:
             batches.pop()
         return batches
 
@@ -79,7 +96,12 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         n, b = len(self.labels), self.batch_size
         full, rest = divmod(n, b)
-        return max(0, full + (rest >= max(2, self.world)) - self.start)
+        return max(0, full + (rest >= self.smallest) - self.start)
+
+    @property
+    def smallest(self) -> int:
+        """The fewest images a global batch may hold: :data:`MIN_SHARE` for every process."""
+        return MIN_SHARE * self.world
 
     def images(self) -> int:
         """Images this process sees in the remaining steps of the epoch."""

@@ -119,29 +119,142 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _walk_images(folder: Path) -> list[Path]:
-    """Every non-hidden image file at any depth below ``folder``, natural-sorted.
+@dataclass(frozen=True)
+class WalkProblem:
+    """A file or linked folder reached by a second route (or a link back up to the data folder).
 
-    Symlinked folders are followed once each (their real path is remembered) so a link loop
-    cannot hang the scan.
+    ``error`` when the two routes would give it two different classes: every command refuses that,
+    because no choice between the labels is right. Otherwise it is read once and ``check-data``
+    warns, so a link can never add a second copy of a file unnoticed.
     """
-    found: list[Path] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        for name in filenames:
-            if _is_hidden(name):
-                continue
-            p = Path(dirpath, name)
-            if _is_image(p):
-                found.append(p)
-    found.sort(key=lambda p: natural_key(p.relative_to(folder)))
-    return found
+
+    path: Path  # the route that was not read
+    other: Path  # the route that was read (or the folder the link leads back to)
+    kind: str  # "two-labels", "reached-twice" or "link-loop"
+    detail: str
+    error: bool
+
+
+@dataclass
+class Walk:
+    """What one walk of a folder tree found: the images of each top folder and what was left out."""
+
+    root: Path
+    images: dict[str, list[Path]]  # top folder name ("" for the root itself) -> its images, natural order
+    skipped: list[tuple[Path, str]]  # (path, why): hidden files and folders, files without an image extension
+    problems: list[WalkProblem]
+
+    @property
+    def errors(self) -> list[WalkProblem]:
+        return [p for p in self.problems if p.error]
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class folders of a tree: its non-hidden sub-folders (links too), sorted as ImageFolder sorts them."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
+
+
+def walk_tree(root: str | Path, tops: Sequence[str] | None = None) -> Walk:
+    """Every image below each top folder of ``root`` (its class folders), or below ``root`` itself.
+
+    The one walker of the package: ``check-data``, the check before training, ``train``'s scan and
+    ``predict``'s all read a folder through it, so they always see the same files. Hidden files and
+    folders are skipped. Symbolic links (to folders or files) are followed, so a data set may be
+    assembled from links; but every real folder is entered once and every real file counted once:
+
+    * a link to a folder that the walk reaches anyway (a loop, a link back up to the data folder,
+      a second link to the same place) is not followed: a warning, its images stay where they are;
+    * a file reached twice under one class is counted once: a warning naming both routes;
+    * a file or linked folder reached under two classes is an error naming both routes (its label
+      would be a coin toss), refused alike by ``check-data``, ``train`` and ``evaluate``.
+
+    Folders reached without a link are claimed first, so the route without a link is the one kept.
+    """
+    root = Path(root)
+    root_real = os.path.realpath(root)
+    top_dirs = {name: root / name for name in tops} if tops is not None else {"": root}
+    owner: dict[str, tuple[str, Path]] = {}  # real folder -> (top, route): read without a link, then via one
+    for name, top in top_dirs.items():
+        for dirpath, dirnames, _ in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not _is_hidden(d) and not os.path.islink(os.path.join(dirpath, d))]
+            owner.setdefault(os.path.realpath(dirpath), (name, Path(dirpath)))
+    walk = Walk(root=root, images={name: [] for name in top_dirs}, skipped=[], problems=[])
+    found: list[tuple[bool, tuple, Path, str, str]] = []  # (through a link, sort key, route, top, real path)
+    for name, top in top_dirs.items():
+        through_link = {os.fspath(top): False}
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+            through = through_link[dirpath]
+            keep = []
+            for d in sorted(dirnames, key=natural_key):
+                full = os.path.join(dirpath, d)
+                if _is_hidden(d):
+                    walk.skipped.append((Path(full), "hidden folder"))
+                    continue
+                linked = through or os.path.islink(full)
+                if linked:
+                    real = os.path.realpath(full)
+                    problem = _second_route(Path(full), real, name, root, root_real, owner)
+                    if problem is not None:
+                        walk.problems.append(problem)
+                        continue
+                    owner[real] = (name, Path(full))
+                through_link[full] = linked
+                keep.append(d)
+            dirnames[:] = keep
+            for f in filenames:
+                path = Path(dirpath, f)
+                if _is_hidden(f):
+                    walk.skipped.append((path, "hidden file"))
+                elif not _is_image(path):
+                    walk.skipped.append((path, f"not an image extension ({path.suffix or 'none'})"))
+                else:
+                    key = natural_key(path.relative_to(root))
+                    found.append((through or path.is_symlink(), key, path, name, os.path.realpath(path)))
+    first: dict[str, tuple[Path, str]] = {}
+    for _, _, path, name, real in sorted(found, key=lambda f: (f[0], f[1])):  # routes without a link first
+        if real not in first:
+            first[real] = (path, name)
+            walk.images[name].append(path)
+        elif first[real][1] == name:
+            other = first[real][0]
+            walk.problems.append(
+                WalkProblem(
+                    path, other, "reached-twice", f"the same file as {other} (through a link): counted once", False
+                )
+            )
+        else:
+            other, label = first[real]
+            detail = f"the same file as {other}, which is in class {label!r}: it would be labelled both {label!r} and {name!r}"
+            walk.problems.append(WalkProblem(path, other, "two-labels", detail, True))
+    for paths in walk.images.values():
+        paths.sort(key=lambda p: natural_key(p.relative_to(root)))
+    return walk
+
+
+def _second_route(
+    path: Path, real: str, top: str, root: Path, root_real: str, owner: dict[str, tuple[str, Path]]
+) -> WalkProblem | None:
+    """Why the linked folder ``path`` (leading to ``real``) is not entered, or None to enter it."""
+    if real == root_real or root_real.startswith(real.rstrip(os.sep) + os.sep):
+        detail = f"a link back to {real}, which holds the data folder {root}: not followed (a loop)"
+        return WalkProblem(path, Path(real), "link-loop", detail, False)
+    if real not in owner:
+        return None
+    label, other = owner[real]
+    if label == top:
+        detail = f"a link to {other}, a folder already read: not followed, its images are counted once"
+        return WalkProblem(path, other, "reached-twice", detail, False)
+    detail = f"a link to {other}, a folder of class {label!r}: its images would be labelled both {label!r} and {top!r}"
+    return WalkProblem(path, other, "two-labels", detail, True)
+
+
+def refuse_two_labels(walk: Walk) -> None:
+    """Raise :class:`DataError` listing what the walk found under two classes (see :func:`walk_tree`)."""
+    if walk.errors:
+        lines = "\n".join(f"{p.path}: {p.detail}" for p in walk.errors)
+        raise DataError(
+            f"{len(walk.errors)} file(s) or linked folder(s) under two classes in {walk.root}; fix the links:\n{lines}"
+        )
 
 
 def _resolve_pattern(pattern: str) -> re.Pattern[str]:
@@ -190,14 +303,13 @@ def scan_folder(root: str | Path, group_by: str | None = None, class_names: Sequ
 
     Class names are the sorted folder names (the same order torchvision's ImageFolder uses), or
     ``class_names`` when given, so a test folder gets the training set's label indices; then a
-    class folder not in ``class_names`` is an error, a missing one is not. Hidden files/folders
-    and non-image files are skipped. ``group_by`` is passed to :func:`group_ids` with paths
+    class folder not in ``class_names`` is an error, a missing one is not. Files are found by
+    :func:`walk_tree` (hidden and non-image files skipped, links followed, each real file once; a
+    file under two classes is an error). ``group_by`` is passed to :func:`group_ids` with paths
     relative to ``root``.
     """
     root = _check_root(Path(root))
-    folders = sorted(
-        (e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name)),
-    )
+    folders = class_folders(root)
     if not folders:
         stray = [p.name for p in root.iterdir() if p.is_file() and _is_image(p)][:3]
         hint = f" (it holds images directly, e.g. {stray}; put them in one folder per class)" if stray else ""
@@ -210,10 +322,12 @@ def scan_folder(root: str | Path, group_by: str | None = None, class_names: Sequ
         if unknown:
             raise DataError(f"class folder(s) {unknown} in {root} are not among the known classes {names}")
     index = {name: i for i, name in enumerate(names)}
+    walk = walk_tree(root, folders)
+    refuse_two_labels(walk)
     paths: list[Path] = []
     labels: list[int] = []
     for folder in folders:
-        files = _walk_images(root / folder)
+        files = walk.images[folder]
         if not files:
             raise DataError(f"class folder has no images: {root / folder}")
         paths.extend(files)
@@ -315,13 +429,14 @@ def scan_csv(
 
 
 def scan_unlabeled(path: str | Path) -> list[Path]:
-    """Images to predict: the file itself, or every image below a folder in natural order."""
+    """Images to predict: the file itself, or every image below a folder in natural order, found
+    by :func:`walk_tree` as ``train`` finds them (links followed, each real file once)."""
     path = Path(path).expanduser()
     if path.is_file():
         return [path]
     if not path.exists():
         raise DataError(f"no such file or folder: {path}")
-    found = _walk_images(path)
+    found = walk_tree(path).images[""]
     if not found:
         raise DataError(f"no images under {path}")
     return found

@@ -20,6 +20,9 @@ from .scan import DataError, Samples, scan_dataset
 
 _VAL_DIRS = ("val", "valid", "validation")
 _MAX_FOLDS = 20  # finest fold grid used to approximate a holdout fraction with whole groups
+# train's defaults (TrainConfig's too), also what check-data tries, so both refuse the same data
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.2
 
 
 def _per_class(labels: Sequence[int], groups: Sequence[str], class_names: Sequence[str]) -> str:
@@ -52,13 +55,17 @@ def _holdout(
     what: str,
     class_names: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions 0..n-1 into (keep, holdout) with about ``fraction`` held out."""
+    """Split positions 0..n-1 into (keep, holdout) with about ``fraction`` held out.
+
+    ``what`` says what is held out and, where ``fraction`` is not the one the user typed, why
+    (validation is carved from what the test split left): messages must show the user's numbers.
+    """
     n = len(labels)
     classes = set(labels.tolist())
 
     def too_few(reason: str) -> DataError:
         return DataError(
-            f"too few images to hold out {fraction:.0%} for {what} ({reason}); "
+            f"too few images to hold out {what} ({reason}); "
             f"{n} images: {_per_class(labels.tolist(), groups.tolist(), class_names)}"
         )
 
@@ -83,12 +90,11 @@ def _holdout(
     m, k = _fold_grid(fraction, n_groups)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        folds = [
-            test
-            for _, test in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(
-                positions, labels, groups
-            )
-        ]
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        try:
+            folds = [test for _, test in splitter.split(positions, labels, groups)]
+        except ValueError as e:  # e.g. every class smaller than the fold grid: scikit-learn's reason
+            raise too_few(f"{e}; the held-out part is {m} of {k} grouped folds") from None
     candidates = []
     for start in range(k):
         hold = np.sort(np.concatenate([folds[(start + j) % k] for j in range(m)]))
@@ -96,7 +102,8 @@ def _holdout(
         if len(hold) and set(labels[keep].tolist()) == classes:
             candidates.append((set(labels[hold].tolist()) == classes, keep, hold))
     if not candidates:
-        raise too_few("no grouping keeps every class in training")
+        grid = f"; with {n_groups} groups the held-out part is {m} of {k} grouped folds ({m / k:.1%})"
+        raise too_few("no grouping keeps every class in training" + (grid if abs(m / k - fraction) > 5e-4 else ""))
     # prefer a holdout that also has every class; otherwise the first one that keeps training whole
     for full, keep, hold in candidates:
         if full:
@@ -105,7 +112,10 @@ def _holdout(
 
 
 def split_samples(
-    samples: Samples, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+    samples: Samples,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
 ) -> dict[str, Samples]:
     """Split into "train", "val", "test" (a part is omitted when its fraction is 0).
 
@@ -124,12 +134,16 @@ def split_samples(
     pool = np.arange(len(samples))
     out_idx: dict[str, np.ndarray] = {}
     if test_fraction > 0:
-        keep, hold = _holdout(labels, groups, test_fraction, seed, "test", samples.class_names)
+        what = f"{test_fraction:.0%} for test"
+        keep, hold = _holdout(labels, groups, test_fraction, seed, what, samples.class_names)
         out_idx["test"] = pool[hold]
         pool = pool[keep]
     if val_fraction > 0:
         frac = val_fraction / (1.0 - test_fraction)
-        keep, hold = _holdout(labels[pool], groups[pool], frac, seed, "validation", samples.class_names)
+        what = f"{val_fraction:.0%} for validation"
+        if test_fraction > 0:  # the fraction applied to what is left: say so, or "12 %" looks like a bug
+            what += f" ({frac:.1%} of the {len(pool)} images left after the test split)"
+        keep, hold = _holdout(labels[pool], groups[pool], frac, seed, what, samples.class_names)
         out_idx["val"] = pool[hold]
         pool = pool[keep]
     result = {"train": samples.subset(pool.tolist())}
@@ -174,8 +188,8 @@ def _find_dir(root: Path, names: Sequence[str]) -> Path | None:
 def resolve_splits(
     root: str | Path,
     group_by: str | None = None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 0,
     exclude: Collection[Path] = (),
     same_group: Sequence[Sequence[Path]] = (),

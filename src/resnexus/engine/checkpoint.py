@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ..files import atomic_write
-from ..models.registry import create_model
+from ..models.pretrained import imagenet_class_names
+from ..models.registry import create_model, find_pretrained, is_weights_tag
 from ..models.weights import WeightsError, load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,35 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     )
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def load_published(
+    model_name: str, weights: str, weights_dir: str | Path | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, inference metadata) for published ImageNet weights used as they are: the 1,000
+    ImageNet classes and the source's own evaluation transform; nothing to train first."""
+    if not is_weights_tag(weights):
+        raise ValueError(
+            f"--weights {weights!r}: without --checkpoint, predict takes published weights by name "
+            f"('imagenet' or a tag from `resnexus models --weights {model_name}`); a model you trained "
+            "is given with --checkpoint"
+        )
+    entry = find_pretrained(model_name, weights)
+    model = create_model(model_name, weights=entry, weights_dir=weights_dir).eval()
+    prep = entry.preprocessing
+    meta = {
+        "model_name": model_name,
+        "model_config": {},
+        "num_classes": 1000,
+        "in_chans": 3,
+        "class_names": imagenet_class_names(),
+        "image_size": prep.input_size,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "crop_fraction": prep.crop_fraction,
+        "weights": entry.tag,
+    }
+    return model, meta
 
 
 def require_onnx_package(module: str) -> Any:

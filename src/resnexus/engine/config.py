@@ -7,12 +7,14 @@ defaults it states are the ones :func:`complete_config` applies.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import types
 import typing
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ import torch
 from ..data import AugmentConfig, Samples, digits_folder, resolve_splits
 from ..data.check import DataCheck, check_data
 from ..data.scan import DataError
-from ..models.registry import get_entry
+from ..data.split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
+from ..models.registry import create_model, find_pretrained, get_entry, is_weights_tag
 from .checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,11 @@ SMALL_DATA_HINT_IMAGES = 1000
 # Per-optimizer defaults when lr / weight_decay are not given (SGD's rate scales with the batch).
 ADAMW_LR = 1e-3
 SGD_LR_PER_256 = 0.1  # Goyal et al.'s linear scaling rule: 0.1 for a batch of 256
+# Fine-tuning (``weights`` given): a tenth of the from-scratch rates, so the pretrained features are
+# adjusted rather than overwritten in the first steps, and a third of the schedule (they converge in
+# a fraction of the from-scratch epochs). Explicit --epochs / --lr / --warmup-epochs still win.
+FINETUNE_LR_FACTOR = 0.1
+FINETUNE_RECIPE: dict[str, Any] = dict(epochs=30, warmup_epochs=1.0)
 ADAMW_WEIGHT_DECAY = 0.05
 SGD_WEIGHT_DECAY = 5e-4
 
@@ -82,8 +90,15 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=dict)  # spec overrides, e.g. {"cardinality": 16}
     weights: str | None = _option(
         None,
-        "initial weights file or URL (torchvision, timm, Keras, resnexus); "
-        "the classifier is replaced when the classes differ",
+        "initial weights: 'imagenet', a tag from `resnexus models --weights`, a file or URL (torchvision, "
+        "timm, Keras, resnexus); the classifier is replaced when the classes differ, and the fine-tuning "
+        "recipe applies ({finetune_epochs} epochs, lr x {finetune_lr_factor:g}, the weights' input size)",
+    )
+    weights_dir: str | None = _option(
+        None, "folder of downloaded weights files, used without network (default $RESNEXUS_WEIGHTS_DIR)"
+    )
+    freeze: int = _option(
+        0, "with --weights: freeze the stem and the first N stages (BatchNorm statistics too); default {default}"
     )
     epochs: int | None = _option(None, "default {default} (tuned for a few hundred images; use fewer for thousands)")
     batch_size: int | None = _option(None, "default {default} (the global batch with --nproc)")
@@ -100,8 +115,8 @@ class TrainConfig:
         None, "default {small_data_image_size} for 224-px models trained from scratch, else the model's size"
     )
     crop_fraction: float = 0.875  # evaluation: resize to size / crop_fraction, centre crop
-    val_fraction: float = _option(0.1, "default {default:g}")
-    test_fraction: float = _option(0.2, "default {default:g}")
+    val_fraction: float = _option(DEFAULT_VAL_FRACTION, "default {default:g}")
+    test_fraction: float = _option(DEFAULT_TEST_FRACTION, "default {default:g}")
     group_by: str | None = _option(None, "regex on file names (or 'patient') keeping each group on one side")
     seed: int = _option(0, "default {default}")
     precision: str = _option(
@@ -170,6 +185,8 @@ def field_help(name: str) -> str:
             sgd_weight_decay=SGD_WEIGHT_DECAY,
             small_data_image_size=SMALL_DATA_IMAGE_SIZE,
             min_val_for_selection=MIN_VAL_FOR_SELECTION,
+            finetune_epochs=FINETUNE_RECIPE["epochs"],
+            finetune_lr_factor=FINETUNE_LR_FACTOR,
         )
         + builtin
     )
@@ -191,6 +208,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 # field: (accepted, what is expected); a None value (an unset or switched-off option) is not checked
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (lambda v: v >= 1, "epochs must be >= 1"),
+    "freeze": (lambda v: v >= 0, "must be >= 0 stages (0: train every layer)"),
     "batch_size": (lambda v: v >= 1, "batch size must be >= 1"),
     "image_size": (lambda v: v >= 8, "the image size >= 8 pixels is required"),
     "lr": (lambda v: v >= 0, "the learning rate must be >= 0 (0: the weights stay as they start)"),
@@ -306,13 +324,22 @@ def complete_config(config: TrainConfig) -> TrainConfig:
     values["model"] = values["model"] or DEFAULT_MODEL
     entry = get_entry(values["model"])  # unknown names fail here, before any work
     native = entry.input_size[1]
-    size = SMALL_DATA_IMAGE_SIZE if native == 224 and not values["weights"] else native
-    for key, default in DEFAULT_RECIPE.items() | {"image_size": size}.items():
+    finetune = values["weights"] is not None
+    # published weights by name: their own resolution (an unknown tag fails here, before any work)
+    published = find_pretrained(values["model"], values["weights"]) if is_weights_tag(values["weights"]) else None
+    if published is not None:
+        size = published.preprocessing.input_size
+    else:
+        size = SMALL_DATA_IMAGE_SIZE if native == 224 and not finetune else native
+    _check_freeze(values["freeze"], values["model"], finetune)
+    recipe = DEFAULT_RECIPE | (FINETUNE_RECIPE if finetune else {}) | {"image_size": size}
+    for key, default in recipe.items():
         if values[key] is None:  # only unset values: a typed 0 was refused by validate_config
             values[key] = default
     sgd = values["optimizer"] == "sgd"
     if values["lr"] is None:
         values["lr"] = SGD_LR_PER_256 * values["batch_size"] / 256 if sgd else ADAMW_LR
+        values["lr"] *= FINETUNE_LR_FACTOR if finetune else 1.0
     if values["weight_decay"] is None:
         values["weight_decay"] = SGD_WEIGHT_DECAY if sgd else ADAMW_WEIGHT_DECAY
     values["augment"] = values["augment"] or AugmentConfig()
@@ -322,16 +349,138 @@ def complete_config(config: TrainConfig) -> TrainConfig:
         data = Path(values["data"])
         stem = data.stem if data.suffix.lower() == ".csv" else data.name
         values["out"] = str(unused_path(Path("runs") / f"{stem}-{values['model']}"))
-    return TrainConfig(**values)
+    return TrainConfig(**values | _absolute_paths(values))
+
+
+def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """The path fields of ``values`` made absolute, so that a saved config (and ``--resume``) means
+    the same folders from any working directory; ``weights`` only where it names an existing file
+    (not a tag or URL), ``cache_dir`` unless 'off'."""
+    paths = {key: values.get(key) for key in ("data", "out", "weights_dir")}
+    if values.get("cache_dir") not in (None, "off"):
+        paths["cache_dir"] = values["cache_dir"]
+    if values.get("weights") is not None and Path(values["weights"]).expanduser().is_file():
+        paths["weights"] = values["weights"]
+    return {key: str(Path(value).expanduser().resolve()) for key, value in paths.items() if value is not None}
+
+
+def _check_freeze(stages: int, model: str, finetune: bool) -> None:
+    if not stages:
+        return
+    if not finetune:
+        raise ValueError(f"--freeze {stages} needs --weights: frozen stages would keep their random initial values")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        available = len(create_model(model).feature_info)
+    if stages > available:
+        raise ValueError(f"--freeze {stages}: {model} has {available} stages")
 
 
 def resume_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run was started with, set up to continue it."""
-    saved = dict(load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")["config"])
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"nothing to resume: {last} does not exist (the run never saved a resumable checkpoint); "
+            f"start it again with --out {run_dir} --overwrite, or with another --out"
+        )
+    saved = dict(load_checkpoint(last)["config"])
     augment = saved.pop("augment", None)
     saved["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()})
     saved["model_config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_config"].items()}
-    return TrainConfig(**saved | {"out": str(run_dir), "resume": True})
+    return TrainConfig(**saved | {"out": str(Path(run_dir).expanduser().resolve()), "resume": True})
+
+
+# what a resumed run may be given: how it runs, never what it computes (a longer --epochs: see below)
+RESUME_MAY_CHANGE = ("workers", "cache_dir", "checkpoint_every", "verbose")
+
+
+def resume_with(config: TrainConfig, given: dict[str, Any], refused: Sequence[str] = ()) -> TrainConfig:
+    """``config`` (from :func:`resume_config`) with the options given on the command line, refusing in
+    one line every option that would change the run (``refused``: more flags to name, e.g. --config).
+
+    A value equal to the run's own is accepted; a longer ``epochs`` continues the run, the cosine
+    decay re-stretched to the new total (so the learning rate rises again from where the shorter
+    schedule had brought it); a shorter one is refused.
+    """
+    same = _absolute_paths(asdict(config))
+    wanted = _absolute_paths(given)
+    bad = list(refused)
+    for key, value in given.items():
+        saved = same.get(key, getattr(config, key))
+        if key in RESUME_MAY_CHANGE or wanted.get(key, value) == saved:
+            continue
+        if key == "epochs" and isinstance(value, int) and value > config.epochs:
+            continue
+        flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
+        bad.append(f"--epochs {value} (shorter than its {config.epochs})" if key == "epochs" else flag)
+    if bad:
+        raise ValueError(
+            f"--resume {config.out} continues the run as it was started; it cannot change {', '.join(bad)} "
+            "(only a longer --epochs, --workers, --cache-dir and --checkpoint-every): drop them, or start a new "
+            "run with another --out"
+        )
+    return replace(config, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE or k == "epochs"})
+
+
+def data_fingerprint(splits: dict[str, Samples], data: str | Path) -> dict[str, Any]:
+    """What a run trains on, saved in last.pt so that ``--resume`` can refuse other data: each split's
+    images (path relative to ``data``, size in bytes, class) and a SHA-256 over all of them."""
+    root = Path(data)
+    root = root if root.is_dir() else root.parent  # a CSV: its paths are relative to its folder
+    files = {
+        name: sorted(
+            [_relative(path, root), path.stat().st_size, samples.class_names[label]]
+            for path, label in zip(samples.paths, samples.labels)
+        )
+        for name, samples in splits.items()
+    }
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {"data": str(data), "images": sum(map(len, files.values())), "sha256": digest, "files": files}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def check_same_data(saved: dict[str, Any] | None, now: dict[str, Any], run_dir: Path, *, verbose: bool = True) -> None:
+    """Refuse to resume ``run_dir`` on other images than it was trained on, naming what differs.
+
+    A last.pt of an older version records no fingerprint: it resumes, with a warning.
+    """
+    data = now["data"]
+    if saved is None:
+        (logger.warning if verbose else logger.debug)(
+            f"warning: {run_dir} was saved by an older version that did not record its data: "
+            f"cannot check that {data} still holds the images it was trained on"
+        )
+        return
+    if saved["sha256"] == now["sha256"]:
+        return
+    before = {f[0]: (split, f) for split, files in saved["files"].items() for f in files}
+    after = {f[0]: (split, f) for split, files in now["files"].items() for f in files}
+    missing = sorted(set(before) - set(after))
+    new = sorted(set(after) - set(before))
+    changed = sorted(p for p in set(before) & set(after) if before[p][1] != after[p][1])
+    parts = [f"{len(names)} {what}: {_some(names)}" for what, names in (("missing", missing), ("new", new)) if names]
+    if changed:
+        parts.append(f"{len(changed)} changed (size or class): {_some(changed)}")
+    if parts:
+        raise DataError(
+            f"{run_dir} was trained on {saved['images']} images of {data}; {data} now has {now['images']} "
+            f"({'; '.join(parts)}): restore them, or train a new run with another --out"
+        )
+    moved = sorted(p for p in before if before[p][0] != after[p][0])
+    raise DataError(
+        f"{run_dir} was trained on other splits of {data}: {len(moved)} images moved "
+        f"({_some([f'{p}: {before[p][0]} -> {after[p][0]}' for p in moved])}); train a new run with another --out"
+    )
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def check_before_training(config: TrainConfig, *, verbose: bool = True) -> DataCheck:
@@ -340,7 +489,7 @@ def check_before_training(config: TrainConfig, *, verbose: bool = True) -> DataC
     The findings that do not stop the run are logged as warnings, or at DEBUG when not ``verbose``
     (the other ranks of a multi-process run, or a quiet caller).
     """
-    check = check_data(config.data)
+    check = check_data(config.data, split=False)  # split next, by checked_splits (or cross_validate)
     if check.structural_errors:
         raise DataError("the data cannot be trained on:\n" + "\n".join(map(str, check.structural_errors)))
     bad = check.errors
@@ -384,13 +533,20 @@ def split_subfolders(root: Path) -> list[str]:
 
 
 def check_run_dir(config: TrainConfig) -> Path:
-    """Never overwrite a finished or interrupted run silently."""
+    """Never overwrite a finished or interrupted run silently, and suggest only what will work.
+
+    A folder holds a run when its ``checkpoints/`` holds a checkpoint (an empty one, left by a failed
+    start of an older version, does not count); ``--resume`` is suggested only when ``last.pt`` exists.
+    """
     run_dir = Path(config.out)
-    if (run_dir / "checkpoints").exists() and not (config.overwrite or config.resume):
-        raise FileExistsError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out, "
-            "or pass --overwrite"
-        )
+    checkpoints = run_dir / "checkpoints"
+    held = sorted(checkpoints.glob("*.pt")) if checkpoints.is_dir() else []
+    if held and not (config.overwrite or config.resume):
+        if (checkpoints / "last.pt").is_file():
+            how = f"continue it with --resume {run_dir}, or choose another --out, or pass --overwrite"
+        else:
+            how = "it stopped before saving last.pt, so it cannot be resumed: choose another --out, or pass --overwrite"
+        raise FileExistsError(f"{run_dir} already holds a run; {how}")
     return run_dir
 
 

@@ -124,6 +124,36 @@ def explain(
     return csv_path
 
 
+def explain_image(
+    model: nn.Module, ckpt: dict[str, Any], image: torch.Tensor, target: str | None = None, layer: str | None = None
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Grad-CAM of one decoded uint8 image (3, H, W), preprocessed as ``predict`` does.
+
+    Returns (class probabilities, index of the class the map explains: ``target`` or the predicted
+    one, the centre crop with the map blended over it as uint8 (S, S, 3)): what ``resnexus serve``
+    shows, the right-hand panel of an ``explain`` PNG.
+    """
+    names: list[str] = ckpt["class_names"]
+    if target is not None and target not in names:
+        raise ValueError(f"target {target!r} is not one of the checkpoint's classes {names}")
+    model.eval()
+    batch = _transform(ckpt)(image)[None]
+    with torch.no_grad():
+        probs = model(batch).float().softmax(1)[0]
+    index = int(probs.argmax()) if target is None else names.index(target)
+    cam = grad_cam(model, batch, torch.tensor([index]), layer or default_cam_layer(model))[0].numpy()
+    return probs.numpy(), index, overlay_image(_unnormalize(batch[0], ckpt), cam)
+
+
+def overlay_image(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """``image`` (H, W, 3 floats in [0, 1]) with ``cam`` (H, W in [0, 1]) blended over it in the jet
+    colour map at ``alpha``, as uint8: the same blend as the overlay panel :func:`explain` draws."""
+    from matplotlib import colormaps
+
+    heat = colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3]
+    return np.rint(255 * ((1 - alpha) * image + alpha * heat)).clip(0, 255).astype(np.uint8)
+
+
 def _png_names(paths: list[Path]) -> list[str]:
     """One overlay file name per input: two inputs with the same stem must not share a PNG."""
     used: set[str] = set()

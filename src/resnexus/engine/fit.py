@@ -21,11 +21,12 @@ import math
 import os
 import random
 import shlex
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -43,6 +44,7 @@ from torchvision.transforms import v2
 from ..data import EvalPreprocess, ImageDataset, Samples, TrainAugment, eval_transform, train_transform
 from ..data.sampler import EpochBatches
 from ..files import atomic_write, default_cache_dir, write_text_atomic
+from ..models.layers import freeze_stages
 from ..models.registry import ModelEntry, create_model, get_entry
 from ..reports import classification_metrics, format_metrics, write_report
 from . import distributed
@@ -53,9 +55,11 @@ from .config import (
     TrainConfig,
     autocast_dtype,
     check_run_dir,
+    check_same_data,
     checked_splits,
     checkpoint_selection,
     complete_config,
+    data_fingerprint,
     describe_splits,
     split_subfolders,
 )
@@ -95,6 +99,8 @@ class RunState:
     best_epoch: int = 0
     epoch: int = 0  # epochs finished
     partial: dict[str, Any] | None = None  # stopped inside epoch `epoch + 1`: step, sums and RNG state there
+    # the images trained on (config.data_fingerprint): saved, and on resume compared, never loaded
+    data: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -111,6 +117,8 @@ class RunState:
             state["ema"] = self.ema.state_dict()
         if self.partial is not None:
             state["partial"] = self.partial
+        if self.data is not None:
+            state["data"] = self.data
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -184,82 +192,89 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
     seed_everything(config.seed)
     run_dir = check_run_dir(config)
     ctx.barrier()  # every rank has checked the run directory before rank 0 writes into it
+    with _no_trace_of_a_failed_start(run_dir, ctx.is_main):  # or something --resume can use
+        # -- data: every image checked once, split, and served by loaders that decode it once
+        split_here = splits is None  # not given by cross-validation / compare: made from config.data
+        splits, skipped = _check_and_split(config, splits, verbose=config.verbose and ctx.is_main)
+        class_names, entry = splits["train"].class_names, get_entry(config.model)
+        train_loader, augment, held_out = _make_loaders(config, splits, entry, ctx)
+        info(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
+        if split_here and (hint := small_data_hint(config, splits)):
+            info(hint)
 
-    # -- data: every image checked once, split, and served by loaders that decode it once
-    split_here = splits is None  # not given by cross-validation / compare: made from config.data
-    splits, skipped = _check_and_split(config, splits, verbose=config.verbose and ctx.is_main)
-    class_names, entry = splits["train"].class_names, get_entry(config.model)
-    train_loader, augment, held_out = _make_loaders(config, splits, entry, ctx)
-    info(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
-    if split_here and (hint := small_data_hint(config, splits)):
-        info(hint)
-
-    # -- model, precision, optimiser: the state that resuming restores
-    runtime = _runtime(config, ctx.device)
-    model = _build_model(config, len(class_names), runtime)
-    forward = _training_forward(model, config, ctx)
-    state = _new_run_state(model, config, runtime, steps_per_epoch=len(train_loader))
-    loss_fn = _loss_fn(config, splits["train"], runtime.device)
-    mixer = _make_mixer(config, len(class_names))
-    info(_describe_model(model, config, runtime, ctx, len(train_loader)))
-    if ctx.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
-    last = run_dir / "checkpoints" / "last.pt"
-    if config.resume and last.is_file():
-        state.load_state_dict(torch.load(last, map_location=runtime.device, weights_only=True))
-        where = f"step {state.partial['step']} of epoch {state.epoch + 1}" if state.partial else f"epoch {state.epoch}"
-        info(f"resuming {run_dir} after {where}")
-
-    # -- epochs: train, validate, keep the best weights, save what resuming needs
-    monitor = "val" if "val" in held_out else "train"
-    select = checkpoint_selection(config, len(splits["val"]) if "val" in splits else 0)
-    info(_describe_selection(select, monitor, config.select))
-    board = _tensorboard_writer(run_dir) if config.tensorboard and ctx.is_main else None
-    saves = _Saver(run_dir, config, class_names, entry, ctx.is_main, {name: len(s) for name, s in splits.items()})
-    with StopOnSignal() as stop:  # SIGINT / SIGTERM: finish the step, save, exit with a resume hint
-        for epoch in range(state.epoch + 1, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            sums = train_one_epoch(
-                state, epoch, forward, train_loader, augment, loss_fn, config, runtime, ctx, stop, mixer
+        # -- model, precision, optimiser: the state that resuming restores
+        runtime = _runtime(config, ctx.device)
+        model = _build_model(config, len(class_names), runtime)
+        forward = _training_forward(model, config, ctx)
+        state = _new_run_state(model, config, runtime, steps_per_epoch=len(train_loader))
+        state.data = data_fingerprint(splits, config.data)
+        loss_fn = _loss_fn(config, splits["train"], runtime.device)
+        mixer = _make_mixer(config, len(class_names))
+        info(_describe_model(model, config, runtime, ctx, len(train_loader)))
+        last = run_dir / "checkpoints" / "last.pt"
+        if config.resume and last.is_file():
+            saved = torch.load(last, map_location=runtime.device, weights_only=True)
+            check_same_data(saved.get("data"), state.data, run_dir, verbose=config.verbose and ctx.is_main)
+            state.load_state_dict(saved)
+            if config.epochs < state.epoch:
+                raise ValueError(f"{run_dir} has trained {state.epoch} epochs: epochs={config.epochs} would shorten it")
+            where = (
+                f"step {state.partial['step']} of epoch {state.epoch + 1}" if state.partial else f"epoch {state.epoch}"
             )
-            if sums is None:  # stopped mid-epoch: last.pt records the position (state.partial)
-                saves.last(state)
-                raise _interrupted(ctx, run_dir, stop, f"step {state.partial['step']} of epoch {epoch}")
-            val = validate(state.eval_model, held_out["val"], runtime, ctx, config.tta) if "val" in held_out else None
-            row = _history_row(epoch, state.optimizer, sums, val, seconds=time.perf_counter() - epoch_start)
-            improved = state.end_epoch(row, monitor, select)
-            _add_scalars(board, row)
-            stopping_early = bool(config.early_stopping) and epoch - state.best_epoch >= config.early_stopping
-            final = epoch == config.epochs or stopping_early
-            stop_now = ctx.any(stop.signal is not None) and not final
-            saves.end_of_epoch(state, best=improved and (select == "val" or final), end_of_run=final or stop_now)
-            info(_describe_epoch(row, config.epochs, new_best=improved and select == "val"))
-            if stop_now:
-                raise _interrupted(ctx, run_dir, stop, f"epoch {epoch}")
-            if stopping_early:
-                info(f"early stopping: no better {monitor} accuracy for {config.early_stopping} epochs")
-                break
+            info(f"resuming {run_dir} after {where}")
 
-    # -- final evaluation of the best weights: on the test split, else validation, else (unaugmented) training
-    ctx.barrier()  # best.pt is on disk for every rank
-    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=runtime.device, weights_only=True)
-    state.eval_model.load_state_dict(best["state_dict"])
-    final_split = "test" if "test" in held_out else monitor
-    split = held_out.get(final_split) or _held_out(splits["train"], config, entry, ctx)
-    y_true, probs, loss = validate(state.eval_model, split, runtime, ctx, config.tta)
-    metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
-    metrics.update(split=final_split, loss=loss, best_epoch=state.best_epoch, model=config.model)
-    metrics["skipped_images"] = skipped
-    result = TrainResult(run_dir, metrics, state.history, state.best_epoch, seconds=time.perf_counter() - started)
+        # -- epochs: train, validate, keep the best weights, save what resuming needs
+        monitor = "val" if "val" in held_out else "train"
+        select = checkpoint_selection(config, len(splits["val"]) if "val" in splits else 0)
+        info(_describe_selection(select, monitor, config.select))
+        board = _tensorboard_writer(run_dir) if config.tensorboard and ctx.is_main else None
+        saves = _Saver(run_dir, config, class_names, entry, ctx.is_main, {name: len(s) for name, s in splits.items()})
+        with StopOnSignal() as stop:  # SIGINT / SIGTERM: finish the step, save, exit with a resume hint
+            for epoch in range(state.epoch + 1, config.epochs + 1):
+                epoch_start = time.perf_counter()
+                sums = train_one_epoch(
+                    state, epoch, forward, train_loader, augment, loss_fn, config, runtime, ctx, stop, mixer
+                )
+                if sums is None:  # stopped mid-epoch: last.pt records the position (state.partial)
+                    saves.last(state)
+                    raise _interrupted(ctx, run_dir, stop, f"step {state.partial['step']} of epoch {epoch}")
+                val = (
+                    validate(state.eval_model, held_out["val"], runtime, ctx, config.tta) if "val" in held_out else None
+                )
+                row = _history_row(epoch, state.optimizer, sums, val, seconds=time.perf_counter() - epoch_start)
+                improved = state.end_epoch(row, monitor, select)
+                _add_scalars(board, row)
+                stopping_early = bool(config.early_stopping) and epoch - state.best_epoch >= config.early_stopping
+                final = epoch == config.epochs or stopping_early
+                stop_now = ctx.any(stop.signal is not None) and not final
+                saves.end_of_epoch(state, best=improved and (select == "val" or final), end_of_run=final or stop_now)
+                info(_describe_epoch(row, config.epochs, new_best=improved and select == "val"))
+                if stop_now:
+                    raise _interrupted(ctx, run_dir, stop, f"epoch {epoch}")
+                if stopping_early:
+                    info(f"early stopping: no better {monitor} accuracy for {config.early_stopping} epochs")
+                    break
 
-    # -- report (rank 0): metrics.json, TensorBoard's last scalars, report.md
-    if ctx.is_main:
-        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        _close_tensorboard(board, metrics, final_split, state.best_epoch)
-        _write_report(result, config, splits, y_true, probs, model, runtime)
-        seen = " (the images it was trained on: not an estimate for new images)" if final_split == "train" else ""
-        info(f"{final_split}{seen}: {format_metrics(metrics)}")
-        info(f"report: {run_dir / 'report.md'}")
+        # -- final evaluation of the best weights: on the test split, else validation, else (unaugmented) training
+        ctx.barrier()  # best.pt is on disk for every rank
+        best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=runtime.device, weights_only=True)
+        state.eval_model.load_state_dict(best["state_dict"])
+        final_split = "test" if "test" in held_out else monitor
+        split = held_out.get(final_split) or _held_out(splits["train"], config, entry, ctx)
+        y_true, probs, loss = validate(state.eval_model, split, runtime, ctx, config.tta)
+        metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
+        metrics.update(split=final_split, loss=loss, best_epoch=state.best_epoch, model=config.model)
+        metrics["skipped_images"] = skipped
+        result = TrainResult(run_dir, metrics, state.history, state.best_epoch, seconds=time.perf_counter() - started)
+
+        # -- report (rank 0): metrics.json, TensorBoard's last scalars, report.md
+        if ctx.is_main:
+            write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+            _close_tensorboard(board, metrics, final_split, state.best_epoch)
+            _write_report(result, config, splits, y_true, probs, model, runtime)
+            seen = " (the images it was trained on: not an estimate for new images)" if final_split == "train" else ""
+            info(f"{final_split}{seen}: {format_metrics(metrics)}")
+            info(f"report: {run_dir / 'report.md'}")
     return result
 
 
@@ -359,6 +374,42 @@ def validate(
 
 
 # -- pieces train uses ---------------------------------------------------------------------------
+@contextmanager
+def _no_trace_of_a_failed_start(run_dir: Path, main: bool) -> Iterator[None]:
+    """A run that fails before it has saved a resumable ``last.pt`` removes what it created.
+
+    Otherwise an empty ``checkpoints/`` (or a best.pt that ``--resume`` cannot continue) would make
+    the corrected command refuse the folder as "already holding a run". Only what did not exist
+    before this run is removed (rank 0, the only writer): a folder given with ``--overwrite`` or
+    ``--resume`` keeps everything it held.
+    """
+    top = run_dir.absolute()
+    while not top.parent.exists():  # --out a/b/run with no a/: a/ is this run's too
+        top = top.parent
+    before = _paths_under(top)
+    try:
+        yield
+    except BaseException:
+        if main and not (run_dir / "checkpoints" / "last.pt").is_file():
+            new = [p for p in _paths_under(top) if p not in before]
+            for path in sorted(new, key=lambda p: len(p.parts), reverse=True):  # files before their folders
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
+
+
+def _paths_under(folder: Path) -> set[Path]:
+    """``folder`` and everything below it (links not followed); empty when it does not exist."""
+    if not folder.exists():
+        return set()
+    found = {folder}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        found.update(Path(dirpath, name) for name in dirnames + filenames)
+    return found
+
+
 class _Saver:
     """Writes best.pt and last.pt (rank 0 only): last.pt is best.pt's content plus :class:`RunState`."""
 
@@ -496,7 +547,14 @@ def _runtime(config: TrainConfig, device: torch.device) -> Runtime:
 
 
 def _build_model(config: TrainConfig, num_classes: int, runtime: Runtime) -> nn.Module:
-    model = create_model(config.model, num_classes=num_classes, weights=config.weights, **config.model_config)
+    model = create_model(
+        config.model,
+        num_classes=num_classes,
+        weights=config.weights,
+        weights_dir=config.weights_dir,
+        **config.model_config,
+    )
+    freeze_stages(model, config.freeze)
     if config.sync_bn:
         if runtime.device.type != "cuda":
             raise ValueError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPUs")
@@ -567,11 +625,22 @@ def _describe_model(
     model: nn.Module, config: TrainConfig, runtime: Runtime, ctx: distributed.Context, steps: int
 ) -> str:
     n_params = sum(p.numel() for p in model.parameters())
+    start = "" if config.weights is None else f", from {_describe_weights(config, model)}"
     return (
-        f"model: {config.model} ({n_params:,} params) on {runtime.device}"
+        f"model: {config.model} ({n_params:,} params{start}) on {runtime.device}"
         f"{f' x {ctx.world} processes' if ctx.enabled else ''}, {runtime.precision}"
         f"{', channels_last' if runtime.channels_last else ''}; {config.epochs} epochs x {steps} steps"
     )
+
+
+def _describe_weights(config: TrainConfig, model: nn.Module) -> str:
+    """Where training started: published weights by tag, a file, or random initialisation."""
+    if config.weights is None:
+        return "none: trained from scratch"
+    tag = getattr(model, "pretrained_cfg", {}).get("weights")
+    source = f"{tag} ({config.weights})" if tag and tag != config.weights else str(config.weights)
+    frozen = f"; stem and first {config.freeze} stages frozen" if config.freeze else ""
+    return f"{source}; fine-tuned{frozen}"
 
 
 def _describe_selection(select: str, monitor: str, asked: str) -> str:
@@ -609,6 +678,7 @@ def _write_report(
         details={
             "model": config.model,
             "parameters": f"{n_params:,}",
+            "initial weights": _describe_weights(config, model),
             "data": config.data,
             "images (train/val/test)": describe_splits(splits),
             "evaluated on": metrics["split"],

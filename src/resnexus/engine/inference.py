@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from ..data import EvalPreprocess, ImageDataset, UnlabeledDataset, eval_transform, scan_dataset, scan_unlabeled
 from ..files import atomic_write, write_text_atomic
 from ..reports import classification_metrics
-from .checkpoint import FoldEnsemble, load_for_inference, resolve_checkpoint
+from .checkpoint import FoldEnsemble, load_for_inference, load_published, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -246,27 +246,40 @@ def predict_probabilities(
     return paths, _probabilities(model, ckpt, paths, batch_size, flip_tta), list(ckpt["class_names"])
 
 
+class Predictor:
+    """A loaded model made ready for inference, with the checkpoint's preprocessing: the one path
+    from uint8 images to class probabilities, shared by ``predict`` and ``resnexus serve`` so that
+    a served probability is the CSV's probability.
+
+    ``crop`` turns one decoded uint8 image (3, H, W) into the model's centre crop; ``probabilities``
+    runs a uint8 batch of crops (B, 3, S, S) and returns (B, classes) float32 probabilities.
+    """
+
+    def __init__(self, model: Any, ckpt: dict[str, Any], flip_tta: bool = False) -> None:
+        self.device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
+        self.model, self.memory_format = optimize_for_inference(model, self.device)
+        self.preprocess = _transform(ckpt)
+        self.flip_tta = flip_tta
+
+    def crop(self, image: torch.Tensor) -> torch.Tensor:
+        return self.preprocess.sample(image)
+
+    @torch.no_grad()
+    def probabilities(self, crops: torch.Tensor) -> np.ndarray:
+        images = self.preprocess.batch(crops.to(self.device)).contiguous(memory_format=self.memory_format)
+        return class_probabilities(self.model, images, self.flip_tta).cpu().numpy()
+
+
 @torch.no_grad()
 def _probabilities(model: Any, ckpt: dict[str, Any], paths: list[Path], batch_size: int, flip_tta: bool) -> np.ndarray:
     """The class probabilities of ``paths`` under a loaded model, preprocessed as ``ckpt`` says."""
-    device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
-    model, memory_format = optimize_for_inference(model, device)
-    preprocess = _transform(ckpt)
-    loader = DataLoader(UnlabeledDataset(paths, preprocess.sample), batch_size=batch_size)
-    return np.concatenate(
-        [
-            class_probabilities(
-                model, preprocess.batch(images.to(device)).contiguous(memory_format=memory_format), flip_tta
-            )
-            .cpu()
-            .numpy()
-            for images, _ in loader
-        ]
-    )
+    predictor = Predictor(model, ckpt, flip_tta)
+    loader = DataLoader(UnlabeledDataset(paths, predictor.crop), batch_size=batch_size)
+    return np.concatenate([predictor.probabilities(images) for images, _ in loader])
 
 
 def predict(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     inputs: str | Path,
     output: str | Path,
     batch_size: int = 64,
@@ -274,6 +287,10 @@ def predict(
     flip_tta: bool = False,
     ensemble: bool = False,
     overwrite: bool = False,
+    *,
+    model: str | None = None,
+    weights: str | None = None,
+    weights_dir: str | Path | None = None,
 ) -> Path:
     """Write one row per image: ``path,label,<one probability column per class>``.
 
@@ -284,15 +301,25 @@ def predict(
     probabilities with its mirror image's; ``ensemble`` uses a cross-validation run directory's fold
     models (:func:`predict_probabilities`). ``output`` is never an input image or the checkpoint,
     and an existing file is replaced only with ``overwrite`` (:func:`check_output_file`).
+    Without a checkpoint, ``model`` and ``weights`` name published ImageNet weights, used as they
+    are (:func:`load_published`): the labels are ImageNet class names.
     """
+    if (checkpoint is None) == (model is None or weights is None):
+        raise ValueError(
+            "predict needs either --checkpoint, or --model with --weights (published weights, e.g. imagenet)"
+        )
     # before any work: the path itself; once the images are known, that it is none of them (an
     # existing file is refused only then, so "pass --overwrite" is never said of an input)
-    output = check_output_file(output, checkpoint_files(checkpoint), overwrite=True)
-    model, ckpt = load_for_inference(checkpoint, ensemble=ensemble)
+    sources = checkpoint_files(checkpoint) if checkpoint is not None else []
+    output = check_output_file(output, sources, overwrite=True)
+    if checkpoint is None:
+        network, ckpt = load_published(str(model), str(weights), weights_dir)
+    else:
+        network, ckpt = load_for_inference(checkpoint, ensemble=ensemble)
     paths = scan_unlabeled(inputs)
     check_output_file(output, paths, overwrite)
     ids = submission_ids(paths, inputs) if id_label else []
-    probs, names = _probabilities(model, ckpt, paths, batch_size, flip_tta), list(ckpt["class_names"])
+    probs, names = _probabilities(network, ckpt, paths, batch_size, flip_tta), list(ckpt["class_names"])
     with atomic_write(output, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if id_label:

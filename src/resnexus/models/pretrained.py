@@ -278,3 +278,14 @@ def _progress_bar(total: int | None, name: str, show: bool):
     from tqdm import tqdm  # here: only a terminal download needs it
 
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name)
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class names, in the index order of every catalog entry's classifier.
+
+    torchvision publishes them with its weights (``<Model>_Weights.<tag>.meta["categories"]``);
+    the Keras applications use the same ILSVRC-2012 index order, so one list serves every source.
+    """
+    from torchvision.models import ResNet50_Weights  # ~0.1 s, only when ImageNet classes are wanted
+
+    return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])

@@ -128,6 +128,7 @@ _XIE2017 = "Xie et al., Aggregated Residual Transformations for Deep Neural Netw
 # name                        block               stage depths
 RESNET_SPECS: dict[str, dict[str, Any]] = {
     "resnet18":          dict(block="basic",      layers=(2, 2, 2, 2)),
+    "resnet26":          dict(block="bottleneck", layers=(2, 2, 2, 2)),  # timm's; between 18 and 50
     "resnet34":          dict(block="basic",      layers=(3, 4, 6, 3)),
     "resnet50":          dict(block="bottleneck", layers=(3, 4, 6, 3)),
     "resnet101":         dict(block="bottleneck", layers=(3, 4, 23, 3)),
@@ -164,6 +165,8 @@ CIFAR_RESNEXT_SPECS: dict[str, dict[str, Any]] = {
 REFERENCES: dict[str, Reference] = {
     # ResNet paper, Table 3 (10-crop testing, ImageNet val); ResNet-18 from Table 2.
     "resnet18": Reference(_HE2016 + ", Table 2 (10-crop)", top1_error=27.88, params_millions=11.7, gflops=1.8),
+    "resnet26": Reference("timm model zoo, resnet26 (not in the paper: ResNet-50's bottlenecks, 2 per stage)",
+                          params_millions=16.0),
     "resnet34": Reference(_HE2016 + ", Table 3 (10-crop, option B)", top1_error=24.52, top5_error=7.46,
                           params_millions=21.8, gflops=3.6),
     "resnet50": Reference(_HE2016 + ", Table 3 (10-crop)", top1_error=22.85, top5_error=6.71,
@@ -197,6 +200,7 @@ REFERENCES: dict[str, Reference] = {
 # The same networks elsewhere (timm alone has ResNeXt-101 32x4d; nobody has our CIFAR variants).
 EQUIVALENTS: dict[str, dict[str, str]] = {
     "resnet18":          {"torchvision": "resnet18",         "timm": "resnet18"},
+    "resnet26":          {                                   "timm": "resnet26"},
     "resnet34":          {"torchvision": "resnet34",         "timm": "resnet34"},
     "resnet50":          {"torchvision": "resnet50",         "timm": "resnet50"},
     "resnet101":         {"torchvision": "resnet101",        "timm": "resnet101"},

@@ -1,0 +1,375 @@
+"""Recipe research on the MSLD photos: repeated, patient-grouped, stratified K-fold CV, paired.
+
+Every recipe is trained on exactly the same splits (repeat r uses fold seed r), so two recipes
+can be compared fold run by fold run (a paired difference) instead of by two noisy means. Each
+fold run trains on all K-1 training folds (no validation images: on 150 photos, choosing an epoch
+by 13 validation images picks noise, so the final weights are used) and is tested on the
+held-out fold, with and without flip TTA. One JSON line per fold run goes to
+``OUT/results.jsonl`` (per-image probabilities included), so an interrupted sweep continues
+where it stopped and new recipes can be added later on the same splits.
+
+    python benchmarks/msld_recipes.py run --recipes default,r18_96 --repeats 3 --folds 5 --jobs 2
+    python benchmarks/msld_recipes.py table --baseline default        # the table, Markdown
+    python benchmarks/msld_recipes.py list                            # the recipes and their overrides
+    python benchmarks/msld_recipes.py colour --repeats 5              # colour histograms: the floor
+
+Standard errors: over n = repeats x folds fold runs, the plain SE (s / sqrt(n)) understates the
+uncertainty because the fold runs share training images; the table gives the corrected SE of
+Nadeau & Bengio (2003) for repeated K-fold, sqrt((1/n + n_test/n_train) * s^2), on both the
+accuracy and the paired difference against the baseline. ``jobs`` single-threaded processes run
+side by side (2 on 2 cores is ~1.7x one two-threaded run).
+
+Not a test: a full sweep trains hundreds of models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "msld").resolve()
+DEFAULT_OUT = REPO / "runs" / "msld-recipes"
+
+# name: (TrainConfig overrides, AugmentConfig overrides). "default" is the package's default recipe
+# for a user's folder as it was before this research (resnext50_32x4d, 128 px, 90 epochs, AdamW
+# lr 1e-3, wd 0.05, crop scale 0.35-1, flip, colour jitter 0.2, Random Erasing 0.25). The
+# screening proxies change one thing at a time from a cheap base (resnet18, 64 px, 60 epochs).
+AUGMENT_FIELDS = ("random_resized_crop_scale", "hflip", "vflip", "color_jitter", "random_erasing", "rotation")
+RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
+def recipe(name: str, **changes: Any) -> None:
+    """Register a recipe; augmentation fields go to the AugmentConfig, the rest to the TrainConfig."""
+    augment = {k: v for k, v in changes.items() if k in AUGMENT_FIELDS}
+    RECIPES[name] = ({k: v for k, v in changes.items() if k not in AUGMENT_FIELDS}, augment)
+
+
+def variants(base: str, **table: dict[str, Any]) -> None:
+    """``base_suffix`` recipes: the base's changes plus each entry's."""
+    overrides, augment = RECIPES[base]
+    for suffix, changes in table.items():
+        recipe(f"{base}_{suffix}", **{**overrides, **augment, **changes})
+
+
+recipe("default")
+recipe("default_e30", epochs=30)
+recipe("r18_64", model="resnet18", image_size=64, epochs=60)
+recipe("r18_96", model="resnet18", image_size=96, epochs=60)
+recipe("r18_128", model="resnet18", image_size=128, epochs=60)
+recipe("r26_64", model="resnet26", image_size=64, epochs=60)
+recipe("r34_64", model="resnet34", image_size=64, epochs=60)
+recipe("r50_64", model="resnet50", image_size=64, epochs=60)
+recipe("rx50_64", model="resnext50_32x4d", image_size=64, epochs=60)
+recipe("rx50_96", model="resnext50_32x4d", image_size=96, epochs=60)
+recipe("densenet121_64", model="densenet121", image_size=64, epochs=60)
+recipe("res2net50_64", model="res2net50_26w_4s", image_size=64, epochs=60)
+recipe("resnet50v2_64", model="resnet50v2", image_size=64, epochs=60)
+recipe("r20cifar_64", model="resnet20_cifar", image_size=64, epochs=60)
+variants(
+    "r18_64",
+    e30=dict(epochs=30),
+    e120=dict(epochs=120),
+    e150=dict(epochs=150),
+    bs8=dict(batch_size=8),
+    crop60=dict(random_resized_crop_scale=(0.6, 1.0)),
+    crop08=dict(random_resized_crop_scale=(0.08, 1.0)),
+    noerase=dict(random_erasing=0.0),
+    nojitter=dict(color_jitter=0.0),
+    vflip_rot=dict(vflip=0.5, rotation=20.0),
+    mixup=dict(mixup=0.2),
+    cutmix=dict(cutmix=1.0),
+    sgd=dict(optimizer="sgd", lr=0.05),
+    lr3e3=dict(lr=3e-3),
+    lr3e4=dict(lr=3e-4),
+    wd0p3=dict(weight_decay=0.3),
+    ema=dict(ema_decay=0.995),
+    bs32=dict(batch_size=32),
+    ls0=dict(label_smoothing=0.0),
+)
+
+
+def fold_plan(data: Path, folds: int, repeats: int) -> tuple[Any, list[tuple[int, int, list[int], list[int]]]]:
+    """(the samples, [(repeat, fold, train indices, test indices)]): repeat r's folds use seed r."""
+    from resnexus.data import kfold_splits, scan_dataset
+
+    samples = scan_dataset(data, "patient")
+    plan = []
+    for r in range(repeats):
+        for k, (train_idx, test_idx) in enumerate(kfold_splits(samples, folds, seed=r), start=1):
+            plan.append((r, k, train_idx, test_idx))
+    return samples, plan
+
+
+def recipe_config(name: str, data: Path, out: Path, seed: int, precision: str = "fp32") -> Any:
+    from resnexus.data import AugmentConfig
+    from resnexus.engine import TrainConfig
+    from resnexus.engine.config import complete_config
+
+    overrides, augment = RECIPES[name]
+    config = complete_config(
+        TrainConfig(
+            data=str(data),
+            out=str(out),
+            val_fraction=0.0,
+            test_fraction=0.0,
+            group_by="patient",
+            seed=seed,
+            select="last",
+            precision=precision,
+            workers=0,
+            checkpoint_every=1e9,
+            overwrite=True,
+            verbose=False,
+            **overrides,
+        )
+    )
+    if augment:
+        config = replace(config, augment=replace(config.augment or AugmentConfig(), **augment))
+    return config
+
+
+def run_one(
+    name: str, data: str, folds: int, repeats: int, repeat: int, fold: int, out: str, threads: int, precision: str
+) -> dict:
+    """Train recipe ``name`` on fold run (repeat, fold) and return its JSON record."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from resnexus.data import ImageDataset, eval_transform
+    from resnexus.engine.checkpoint import load_for_inference
+    from resnexus.engine.fit import train
+    from resnexus.engine.inference import predict_loader
+
+    torch.set_num_threads(threads)
+    samples, plan = fold_plan(Path(data), folds, repeats)
+    (_, _, train_idx, test_idx) = next(p for p in plan if p[0] == repeat and p[1] == fold)
+    run_dir = Path(out) / "runs" / name / f"r{repeat}f{fold}"
+    config = recipe_config(name, Path(data), run_dir, seed=repeat * 100 + fold, precision=precision)
+    test = samples.subset(test_idx)
+    started = time.perf_counter()
+    result = train(config, splits={"train": samples.subset(train_idx)})
+    seconds = time.perf_counter() - started
+    model, ckpt = load_for_inference(run_dir)
+    preprocess = eval_transform(ckpt["image_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"])
+    loader = DataLoader(ImageDataset(test, preprocess.sample), batch_size=64)
+    labels, probs, _ = predict_loader(model, loader, torch.device("cpu"), preprocess=preprocess.batch)
+    _, probs_flip, _ = predict_loader(model, loader, torch.device("cpu"), preprocess=preprocess.batch, flip_tta=True)
+    for p in (run_dir / "checkpoints").glob("*.pt"):  # hundreds of runs: keep the records, not the weights
+        if p.name != "best.pt" or not os.environ.get("KEEP_WEIGHTS"):
+            p.unlink()
+    return {
+        "recipe": name,
+        "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[name][0].items()},
+        "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[name][1].items()},
+        "repeat": repeat,
+        "fold": fold,
+        "folds": folds,
+        "n_train": len(train_idx),
+        "n_test": len(test_idx),
+        "seconds": seconds,
+        "threads": threads,
+        "train_accuracy_last_epoch": result.history[-1].get("train_accuracy") if result.history else None,
+        "paths": [p.relative_to(samples.root).as_posix() for p in test.paths],
+        "labels": labels.tolist(),
+        "probs": probs[:, 1].round(5).tolist(),
+        "probs_flip": probs_flip[:, 1].round(5).tolist(),
+    }
+
+
+def load_records(out: Path) -> list[dict]:
+    path = out / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = args.recipes.split(",")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        sys.exit(f"unknown recipes {unknown}; see `list`")
+    done = {(r["recipe"], r["repeat"], r["fold"]) for r in load_records(out) if r["folds"] == args.folds}
+    todo = [
+        (n, r, k) for r in range(args.repeats) for n in names for k in range(1, args.folds + 1) if (n, r, k) not in done
+    ]
+    print(f"{len(todo)} fold runs to do ({len(done)} on record) with {args.jobs} x {args.threads} threads", flush=True)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = {
+            pool.submit(
+                run_one, n, args.data, args.folds, args.repeats, r, k, str(out), args.threads, args.precision
+            ): (
+                n,
+                r,
+                k,
+            )
+            for n, r, k in todo
+        }
+        for future in as_completed(futures):
+            n, r, k = futures[future]
+            try:
+                record = future.result()
+            except Exception as error:  # one failed recipe must not stop the sweep
+                print(f"FAILED {n} r{r}f{k}: {type(error).__name__}: {error}", flush=True)
+                continue
+            with open(out / "results.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            acc = np.mean((np.asarray(record["probs"]) > 0.5) == np.asarray(record["labels"]))
+            elapsed = (time.perf_counter() - started) / 60
+            print(f"{n:>16} r{r}f{k}: acc {acc:.3f} in {record['seconds']:.0f} s ({elapsed:.1f} min)", flush=True)
+    return 0
+
+
+def fold_accuracies(records: list[dict], tta: bool) -> dict[tuple[int, int], float]:
+    key = "probs_flip" if tta else "probs"
+    return {
+        (r["repeat"], r["fold"]): float(np.mean((np.asarray(r[key]) > 0.5) == np.asarray(r["labels"]))) for r in records
+    }
+
+
+def corrected_se(values: np.ndarray, n_test: float, n_train: float) -> float:
+    """Nadeau & Bengio's corrected standard error of a mean over repeated K-fold runs."""
+    if len(values) < 2:
+        return float("nan")
+    return math.sqrt((1 / len(values) + n_test / n_train) * np.var(values, ddof=1))
+
+
+def summary_rows(records: list[dict], baseline: str, folds: int) -> list[dict]:
+    by_recipe: dict[str, list[dict]] = {}
+    for r in records:
+        if r["folds"] == folds:
+            by_recipe.setdefault(r["recipe"], []).append(r)
+    base = fold_accuracies(by_recipe.get(baseline, []), tta=False)
+    rows = []
+    for name, recs in by_recipe.items():
+        for tta in (False, True):
+            accs = fold_accuracies(recs, tta)
+            values = np.array(list(accs.values()))
+            n_test = np.mean([r["n_test"] for r in recs])
+            n_train = np.mean([r["n_train"] for r in recs])
+            shared = sorted(set(accs) & set(base))
+            diffs = np.array([accs[key] - base[key] for key in shared])
+            rows.append(
+                {
+                    "recipe": name + (" +flip TTA" if tta else ""),
+                    "runs": len(values),
+                    "mean": float(values.mean()),
+                    "se": corrected_se(values, n_test, n_train),
+                    "paired_runs": len(shared),
+                    "diff": float(diffs.mean()) if len(diffs) else float("nan"),
+                    "diff_se": corrected_se(diffs, n_test, n_train) if len(diffs) else float("nan"),
+                    "minutes": float(np.median([r["seconds"] for r in recs]) / 60),
+                    "threads": recs[0]["threads"],
+                    "overrides": {**recs[0]["overrides"], **recs[0]["augment"]},
+                }
+            )
+    return sorted(rows, key=lambda row: -row["mean"])
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    rows = summary_rows(load_records(Path(args.out)), args.baseline, args.folds)
+    if not args.tta:
+        rows = [r for r in rows if "TTA" not in r["recipe"]]
+    print(
+        f"| recipe | fold runs | accuracy (mean ± corrected SE) | paired diff vs {args.baseline} "
+        "| median min / fold run | changes |"
+    )
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        diff = "n/a" if math.isnan(row["diff"]) else f"{100 * row['diff']:+.1f} ± {100 * row['diff_se']:.1f}"
+        changes = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "(package default)"
+        print(
+            f"| {row['recipe']} | {row['runs']} | {100 * row['mean']:.1f} ± {100 * row['se']:.1f} % | {diff} "
+            f"| {row['minutes']:.1f} ({row['threads']} thread) | {changes} |"
+        )
+    return 0
+
+
+def cmd_colour(args: argparse.Namespace) -> int:
+    """A floor no network should fall below: 8-bin RGB + HSV histograms and a logistic regression
+    (scikit-learn), on the same repeated grouped folds. If colour alone separated the classes, a
+    CNN's score would say little about lesions."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def histograms(path: Path) -> np.ndarray:
+        features = []
+        for mode in ("RGB", "HSV"):
+            pixels = np.asarray(Image.open(path).convert(mode).resize((64, 64)), dtype=np.float32) / 255
+            for c in range(3):
+                counts, _ = np.histogram(pixels[..., c], bins=8, range=(0, 1))
+                features.extend(counts / counts.sum())
+        return np.array(features)
+
+    samples, plan = fold_plan(Path(args.data), args.folds, args.repeats)
+    x, y = np.stack([histograms(p) for p in samples.paths]), np.asarray(samples.labels)
+    accs = []
+    for _, _, train_idx, test_idx in plan:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+        model.fit(x[train_idx], y[train_idx])
+        accs.append(float((model.predict(x[test_idx]) == y[test_idx]).mean()))
+    values = np.array(accs)
+    n_test = np.mean([len(p[3]) for p in plan])
+    n_train = np.mean([len(p[2]) for p in plan])
+    majority = np.bincount(y).max() / len(y)
+    print(
+        f"colour histograms + logistic regression: {100 * values.mean():.1f} ± "
+        f"{100 * corrected_se(values, n_test, n_train):.1f} % over {len(values)} fold runs "
+        f"(majority class: {100 * majority:.1f} %)"
+    )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name, (overrides, augment) in RECIPES.items():
+        print(f"{name:>16}: {overrides} {augment or ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train the recipes' missing fold runs")
+    run.add_argument("--recipes", required=True, help="comma-separated names (see `list`)")
+    run.add_argument("--repeats", type=int, default=3, help="CV repeats, fold seeds 0..R-1 (default 3)")
+    run.add_argument("--jobs", type=int, default=2, help="fold runs side by side (default 2)")
+    run.add_argument("--threads", type=int, default=1, help="torch threads per fold run (default 1)")
+    run.add_argument(
+        "--precision", default="fp32", help="fp32 (default: CPUs without AMX) or auto (bf16 on GPUs / AMX CPUs)"
+    )
+    table = sub.add_parser("table", help="the Markdown table of what is on record")
+    table.add_argument("--baseline", default="default")
+    table.add_argument("--tta", action="store_true", help="also the rows with flip TTA")
+    sub.add_parser("list", help="the recipes")
+    colour = sub.add_parser("colour", help="the colour-histogram floor on the same folds")
+    colour.add_argument("--repeats", type=int, default=5)
+    for sp in (run, table, colour):
+        sp.add_argument("--data", default=str(DEFAULT_DATA))
+        sp.add_argument("--out", default=str(DEFAULT_OUT))
+        sp.add_argument("--folds", type=int, default=5, help="K (default 5)")
+    args = p.parse_args(argv)
+    if args.command == "run":
+        print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", flush=True)
+    commands = {"run": cmd_run, "table": cmd_table, "list": cmd_list, "colour": cmd_colour}
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

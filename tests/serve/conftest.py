@@ -1,0 +1,104 @@
+"""A tiny trained checkpoint (seconds on 2 cores) and its photos, shared by the serve tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resnexus.engine import train
+from tests.helpers import bright_and_dark_folder, tiny_config
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of 20-px noise PNGs, "bright" and "dark" (6 each)."""
+    return bright_and_dark_folder(tmp_path_factory.mktemp("serve") / "photos", 6, size=20)
+
+
+@pytest.fixture(scope="session")
+def run_dir(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A training run directory (checkpoints/best.pt, metrics.json) of a 1-block-per-stage CIFAR ResNet."""
+    out = tmp_path_factory.mktemp("serve") / "run"
+    train(tiny_config(photos, out, verbose=True))
+    return out
+
+
+@pytest.fixture(scope="session")
+def cv_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cross-validation directory's layout around the same model: refit/ and cv_metrics.json."""
+    out = tmp_path_factory.mktemp("serve") / "cv"
+    shutil.copytree(run_dir, out / "refit")
+    record = {"protocol": {"folds": 3}, "mean": {"accuracy": 0.75}, "std": {"accuracy": 0.05}}
+    (out / "cv_metrics.json").write_text(json.dumps(record), encoding="utf-8")
+    return out
+
+
+@pytest.fixture
+def make_client(run_dir: Path) -> Iterator:
+    """``make_client(**create_app kwargs)``: a TestClient with the app's lifespan running (batcher up)."""
+    from fastapi.testclient import TestClient
+
+    from resnexus.serve import create_app
+
+    clients: list[TestClient] = []
+
+    def make(checkpoint: str | Path = run_dir, **kwargs) -> TestClient:
+        client = TestClient(create_app(checkpoint, **kwargs), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def upload(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Multipart ``files`` entries for a TestClient request."""
+    return [("files", (name, data, "application/octet-stream")) for name, data in items]
+
+
+def image_files(folder: Path) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every PNG under ``folder`` in predict's order (natural sort)."""
+    from resnexus.data import scan_unlabeled
+
+    return [(str(p), p.read_bytes()) for p in scan_unlabeled(folder)]
+
+
+@pytest.fixture
+def live_server(run_dir: Path) -> Iterator:
+    """``live_server(create_app_kwargs)`` -> (url, uvicorn.Server, app): the real server on a free
+    127.0.0.1 port, in a thread; stopped at the end of the test."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from resnexus.serve import create_app
+
+    running: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(create_app_kwargs: dict) -> tuple[str, uvicorn.Server, object]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        app = create_app(run_dir, **create_app_kwargs)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}", server, app
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(10)

@@ -1,0 +1,81 @@
+"""Graceful shutdown: SIGTERM (uvicorn's should_exit) lets an in-flight request finish, then the
+batcher drains and stops."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tests.serve.conftest import image_files
+
+
+def test_shutdown_finishes_the_request_in_flight(live_server, photos):
+    url, server, app = live_server({})
+    name, data = image_files(photos)[0]
+    started, release = threading.Event(), threading.Event()
+    # the lifespan has started the batcher by now; slow its next batch down
+    batcher = app.state.batcher
+    run = batcher.run
+
+    def slow(crops):
+        started.set()
+        release.wait(10)
+        return run(crops)
+
+    batcher.run = slow
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{url}/v1/predict", files=[("files", (name, data, "image/png"))], timeout=20)
+        assert started.wait(10)
+        server.should_exit = True  # what uvicorn's SIGTERM handler does
+        time.sleep(0.3)
+        assert not pending.done()  # still waiting for its batch, not cut off
+        release.set()
+        response = pending.result(20)
+    assert response.status_code == 200
+    assert response.json()["predictions"][0]["file"] == name
+    deadline = time.monotonic() + 10
+    while batcher._thread.is_alive():  # the lifespan's shutdown closed the batcher
+        assert time.monotonic() < deadline, "the batcher did not stop"
+        time.sleep(0.05)
+    assert app.state.ready is False
+
+
+def test_resnexus_serve_command_serves_and_stops_on_sigterm(run_dir, photos):
+    """The real command end to end: it binds 127.0.0.1, answers, and shuts down cleanly on SIGTERM."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "resnexus", "serve", "--checkpoint", str(run_dir), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "resnexus serve did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        name, data = image_files(photos)[0]
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/predict", files=[("files", (name, data, "image/png"))])
+        assert answer.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught (its exit status says SIGTERM)
+        assert process.wait(30) == -signal.SIGTERM
+        output = process.stdout.read()
+        assert "Waiting for application shutdown." in output and "Application shutdown complete." in output
+        assert f"Uvicorn running on http://127.0.0.1:{port}" in output
+        assert "serving resnet20_cifar (bright, dark)" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
