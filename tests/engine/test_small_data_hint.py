@@ -12,29 +12,16 @@ from resnexus.engine import TrainConfig, load_checkpoint, train
 from resnexus.engine import fit as fit_module
 from resnexus.engine.config import SMALL_DATA_HINT_IMAGES
 from resnexus.engine.fit import small_data_hint
-from tests.helpers import bright_and_dark_folder
+from tests.helpers import bright_and_dark_folder, tiny_config
 
 PER_CLASS = 15  # 30 images: far below the threshold
 
 
 def _train(data: Path, out: Path, caplog: pytest.LogCaptureFixture, **kw) -> list[str]:
     """Train one tiny epoch and return the hint lines logged (on the "resnexus" logger)."""
-    values = dict(
-        data=str(data),
-        out=str(out),
-        model="resnet20_cifar",
-        model_config={"layers": (1, 1, 1)},
-        epochs=1,
-        batch_size=8,
-        image_size=16,
-        precision="fp32",
-        workers=0,
-        cache_dir="off",
-        verbose=True,
-    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="resnexus"):
-        train(TrainConfig(**(values | kw)))
+        train(tiny_config(data, out, **({"verbose": True} | kw)))
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("hint:")]
 
 

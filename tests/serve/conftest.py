@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,3 +103,18 @@ def live_server(run_dir: Path) -> Iterator:
     for server, thread in running:
         server.should_exit = True
         thread.join(10)
+
+
+def hold_next_batch(batcher) -> tuple[threading.Event, threading.Event]:
+    """Make ``batcher``'s batches wait: returns (started, release); a batch sets ``started`` and
+    computes only once ``release`` is set (at most 10 s), so a test can act while it is in flight."""
+    started, release = threading.Event(), threading.Event()
+    run = batcher.run
+
+    def slow(crops):
+        started.set()
+        release.wait(10)
+        return run(crops)
+
+    batcher.run = slow
+    return started, release

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from resnexus.serve.batching import Batcher
-from tests.serve.conftest import image_files, upload
+from tests.serve.conftest import hold_next_batch, image_files, upload
 
 
 def _probabilities(client, files) -> list[list[float]]:
@@ -52,15 +51,7 @@ def test_health_answers_while_the_model_is_busy(make_client, photos):
     """Inference runs off the event loop: /healthz answers while a slow batch is computing."""
     client = make_client()
     batcher = client.app.state.batcher
-    started, release = threading.Event(), threading.Event()
-    run = batcher.run
-
-    def slow(crops):
-        started.set()
-        release.wait(10)
-        return run(crops)
-
-    batcher.run = slow
+    started, release = hold_next_batch(batcher)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(client.post, "/v1/predict", files=upload(image_files(photos)[0]))
         assert started.wait(10)

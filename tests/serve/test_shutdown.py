@@ -3,29 +3,19 @@ batcher drains and stops."""
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.serve.conftest import image_files
+from tests.serve.conftest import hold_next_batch, image_files
 
 
 def test_shutdown_finishes_the_request_in_flight(live_server, photos):
     url, server, app = live_server({})
     name, data = image_files(photos)[0]
-    started, release = threading.Event(), threading.Event()
-    # the lifespan has started the batcher by now; slow its next batch down
-    batcher = app.state.batcher
-    run = batcher.run
-
-    def slow(crops):
-        started.set()
-        release.wait(10)
-        return run(crops)
-
-    batcher.run = slow
+    batcher = app.state.batcher  # started by the lifespan by now
+    started, release = hold_next_batch(batcher)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, f"{url}/v1/predict", files=[("files", (name, data, "image/png"))], timeout=20)
         assert started.wait(10)
