@@ -98,3 +98,16 @@ TINY_RUN: dict[str, Any] = dict(
 def tiny_config(data: str | Path, out: str | Path, **changes: Any) -> TrainConfig:
     """The TrainConfig of a run that finishes in seconds: :data:`TINY_RUN` with ``changes``."""
     return TrainConfig(data=str(data), out=str(out), **(TINY_RUN | changes))
+
+
+def noise_folder(root: Path, per_class: int = 8, size: int = 8, classes: tuple[str, ...] = ("a", "b")) -> Path:
+    """Class folders of random-noise PNGs: data a tiny run accepts, with nothing to learn."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root

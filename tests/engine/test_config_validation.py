@@ -7,14 +7,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from resnexus.cli import main
 from resnexus.data import AugmentConfig
 from resnexus.engine import TrainConfig, compare, cross_validate, train
 from resnexus.engine.config import complete_config, validate_config
+from tests.helpers import noise_folder
 
 # small enough that, were a bad value accepted, the run would finish in seconds and the test fail
 TINY_RUN = ["--model", "resnet20_cifar", "--image-size", "8", "--epochs", "1", "--batch-size", "4"]
@@ -22,12 +21,7 @@ TINY_RUN = ["--model", "resnet20_cifar", "--image-size", "8", "--epochs", "1", "
 
 @pytest.fixture()
 def data(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (tmp_path / "data" / cls).mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
-    return tmp_path / "data"
+    return noise_folder(tmp_path / "data")
 
 
 def _train_cli(data: Path, out: Path, *argv: str, capsys) -> str:

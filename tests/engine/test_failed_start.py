@@ -6,23 +6,16 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from resnexus.engine import TrainConfig, fit, train
 from resnexus.engine.config import check_run_dir, resume_config
-from tests.helpers import tiny_config
+from tests.helpers import noise_folder, tiny_config
 
 
 @pytest.fixture()
 def data(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (tmp_path / "data" / cls).mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
-    return tmp_path / "data"
+    return noise_folder(tmp_path / "data")
 
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
