@@ -111,3 +111,18 @@ def noise_folder(root: Path, per_class: int = 8, size: int = 8, classes: tuple[s
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+def keras_logits(model: Any, x: torch.Tensor, training: bool = False) -> torch.Tensor:
+    """A Keras model's output on a channels-first batch ``x`` (Keras sees it channels-last), as a tensor."""
+    import keras
+
+    out = model(x.permute(0, 2, 3, 1).contiguous().numpy(), training=training)
+    return torch.from_numpy(keras.ops.convert_to_numpy(out).copy())
+
+
+def keras_trainable_params(model: Any) -> int:
+    """Trainable numbers of a Keras model: what PyTorch counts as parameters (BN running stats excluded)."""
+    import math
+
+    return sum(math.prod(w.shape) for w in model.trainable_weights)

@@ -7,10 +7,11 @@ they cannot take part in a cycle of ours, and re-importing torch for each would 
 and the import graph is read statically from the source (imports inside functions included, so a
 cycle cannot hide behind a late import) and checked for cycles and for layering:
 
-    files  <-  data, models  <-  reports  <-  engine  <-  cli, serve      (each layer imports only layers to its left)
+    files  <-  data, models  <-  keras, reports  <-  engine  <-  cli, serve      (each layer imports only layers to its left)
 
-precisely: data/, models/ and files.py import nothing from engine/, reports/, serve/ or cli; models/
-imports nothing from data/; reports/ imports nothing from engine/, serve/ or cli; engine/ nothing
+precisely: data/, models/ and files.py import nothing from engine/, reports/, serve/, keras/ or cli; models/
+imports nothing from data/; keras/ (the Keras twins of the models) imports nothing from data/, reports/,
+engine/, serve/ or cli; reports/ imports nothing from engine/, keras/, serve/ or cli; engine/ nothing
 from cli or serve/; serve/ nothing from cli; and only cli imports serve/ (not even the package's
 ``__init__``: serve/ needs the optional FastAPI stack).
 """
@@ -31,11 +32,13 @@ PACKAGE = "resnexus"
 NOT_IMPORTABLE = {f"{PACKAGE}.__main__"}  # runs the CLI when imported: that is its job
 
 # (modules under this prefix, may not import modules under these prefixes)
+_ABOVE_MODELS = ("resnexus.engine", "resnexus.reports", "resnexus.cli", "resnexus.serve", "resnexus.keras")
 LAYER_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("resnexus.files", ("resnexus.engine", "resnexus.reports", "resnexus.cli", "resnexus.serve")),
-    ("resnexus.data", ("resnexus.engine", "resnexus.reports", "resnexus.cli", "resnexus.serve")),
-    ("resnexus.models", ("resnexus.engine", "resnexus.reports", "resnexus.cli", "resnexus.data", "resnexus.serve")),
-    ("resnexus.reports", ("resnexus.engine", "resnexus.cli", "resnexus.serve")),
+    ("resnexus.files", _ABOVE_MODELS),
+    ("resnexus.data", _ABOVE_MODELS),
+    ("resnexus.models", (*_ABOVE_MODELS, "resnexus.data")),
+    ("resnexus.keras", ("resnexus.engine", "resnexus.reports", "resnexus.cli", "resnexus.serve", "resnexus.data")),
+    ("resnexus.reports", ("resnexus.engine", "resnexus.cli", "resnexus.serve", "resnexus.keras")),
     ("resnexus.engine", ("resnexus.cli", "resnexus.serve")),
     ("resnexus.serve", ("resnexus.cli",)),
 ]
@@ -388,3 +391,14 @@ def test_cycle_finder_reports_a_cycle_and_accepts_a_tree() -> None:
     assert [e.source for e in cycle] == ["a", "b", "c"]
     tree = {"a": [Edge("a", "b", 1, ""), Edge("a", "c", 1, "")], "b": [Edge("b", "c", 1, "")], "c": []}
     assert find_cycles(tree) == []
+
+
+def test_keras_and_tensorflow_load_only_when_a_keras_feature_is_used() -> None:
+    """Keras/TensorFlow are an optional extra and take seconds to import: the PyTorch paths never load them."""
+    code = (
+        "import sys, resnexus, resnexus.engine, resnexus.cli, resnexus.engine.export, resnexus.engine.checkpoint\n"
+        "print(sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_quiet_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

@@ -26,7 +26,7 @@ from .engine import compare, cross_validate, evaluate, predict, train
 from .engine.config import TrainConfig, complete_config, field_help, resume_config, resume_with, validate_config
 from .engine.distributed import torchrun_command
 from .engine.explain import explain
-from .engine.export import export_onnx
+from .engine.export import export_keras, export_onnx
 from .engine.interrupt import TrainingInterrupted
 from .models.registry import ModelInfo, list_models, list_pretrained, model_info
 from .reports import format_metrics, markdown_table
@@ -121,6 +121,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="train data-parallel in N processes on this machine "
         "(runs torchrun --standalone --nproc_per_node N); --batch-size is the global batch",
     )
+    _option(p, "--framework", choices=("torch", "keras"))
     _add_recipe_flags(p)
 
 
@@ -130,7 +131,12 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         help="train several models on the same split and recipe, side by side",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--models", required=True, help="comma-separated registry names")
+    p.add_argument(
+        "--models",
+        required=True,
+        help="comma-separated registry names; keras:NAME trains NAME with Keras (model.fit), "
+        "e.g. resnext50_32x4d,keras:resnext50_32x4d",
+    )
     p.add_argument("--out", required=True, help="folder for the runs, comparison.md/.csv and the plot")
     p.add_argument(
         "--no-isolate",
@@ -217,6 +223,10 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = train_config_from_args(args)
     validate_config(config)  # once, here: under --nproc a bad value would fail in every process
     nproc = getattr(args, "nproc", None)
+    if config.framework == "keras":
+        for flag, value in (("--nproc", nproc), ("--folds", getattr(args, "folds", None))):
+            if value is not None:
+                raise ValueError(f"--framework keras does not support {flag} (PyTorch only)")
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_global_batch(complete_config(config).batch_size, nproc)  # one line here, not one per process
         return _launch_torchrun(nproc, argv)
@@ -287,11 +297,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--target", help="class to explain (default: each image's predicted class)")
     ex.add_argument("--layer", help="module to look at (default: the model's last stage, e.g. layer4)")
     ex.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP + "; the map is the mean of their maps")
-    exp = commands.add_parser("export", help="export a checkpoint to ONNX (usable by predict/evaluate via onnxruntime)")
+    exp = commands.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (usable by predict/evaluate via onnxruntime), .keras or a TF SavedModel",
+    )
     exp.add_argument("--checkpoint", required=True, help="a resnexus checkpoint or a run directory (see evaluate)")
-    exp.add_argument("--output", required=True, help="the .onnx file to write")
-    exp.add_argument("--format", default="onnx", choices=("onnx",))
+    exp.add_argument("--output", required=True, help="the .onnx or .keras file, or the SavedModel folder, to write")
+    exp.add_argument(
+        "--format",
+        default="onnx",
+        choices=("onnx", "keras", "savedmodel"),
+        help="onnx (default); keras: a .keras file; savedmodel: a TF SavedModel folder for TF Serving, whose "
+        "signature takes float32 NHWC images in [0, 1] and returns probabilities (needs resnexus[keras])",
+    )
     exp.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    exp.add_argument(
+        "--overwrite", action="store_true", help="keras, savedmodel: replace an existing --output (ONNX always does)"
+    )
     cd = commands.add_parser("check-data", help="find unreadable, oversized, duplicate and misplaced images")
     cd.add_argument("data", help="class-folder tree (optionally train/ val/ test/) or a path,label CSV")
     cd.add_argument(
@@ -433,6 +455,15 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             weights_dir=args.weights_dir,
         )
         print(f"predictions: {written}")
+        return 0
+    if args.command == "export" and args.format != "onnx":
+        exported = export_keras(args.checkpoint, args.output, format=args.format, overwrite=args.overwrite)
+        compared = "logit" if args.format == "keras" else "probability (serving signature)"
+        kind = "Keras model" if args.format == "keras" else "TF SavedModel"
+        print(
+            f"{kind}: {exported.path}; read back vs PyTorch on a random batch: "
+            f"max |{compared} difference| {exported.max_abs_diff:.2e}"
+        )
         return 0
     if args.command == "export":
         result = export_onnx(args.checkpoint, args.output, opset=args.opset)

@@ -5,7 +5,8 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .comparison import CompareResult, compare
 from .config import TrainConfig
 from .crossval import CrossValResult, cross_validate
-from .fit import TrainResult, train
+from .fit import TrainResult
+from .frameworks import train
 from .inference import evaluate, predict
 
 __all__ = [

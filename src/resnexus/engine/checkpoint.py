@@ -6,7 +6,10 @@ mean, std, crop fraction), the weights, and for resuming the optimizer / schedul
 last.pt adds is defined by :class:`resnexus.engine.fit.RunState`).
 
 An ONNX file written by ``resnexus export`` stands in for a checkpoint at inference time: it
-carries the same metadata, and :func:`load_for_inference` opens either kind.
+carries the same metadata, and :func:`load_for_inference` opens either kind. So does the
+``best.keras`` of a Keras-trained run (its ``resnexus.json`` holds the same metadata): it is
+converted to its PyTorch twin (:func:`load_keras_checkpoint`), and :func:`load_checkpoint` reads it
+as a checkpoint dict.
 
 A run directory stands in for a checkpoint too (:func:`resolve_checkpoint`, used by evaluate,
 predict, explain and export): a cross-validation run's refit model (``RUN_DIR/refit``, trained on
@@ -90,6 +93,34 @@ def make_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    in_chans = int(getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0])
+    return checkpoint_metadata(
+        model_name=model_name,
+        model_config=model_config,
+        class_names=class_names,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        crop_fraction=crop_fraction,
+        in_chans=in_chans,
+        extra=extra,
+    ) | {"state_dict": state}
+
+
+def checkpoint_metadata(
+    *,
+    model_name: str,
+    model_config: dict[str, Any],
+    class_names: list[str],
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    crop_fraction: float,
+    in_chans: int = 3,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything a checkpoint holds but the weights (plain types): what a ``.keras`` file of a
+    Keras-trained run carries in its ``resnexus.json`` too, so both load into the same metadata."""
     return plain(
         {
             "format": FORMAT,
@@ -97,7 +128,7 @@ def make_checkpoint(
             "model_name": model_name,
             "model_config": model_config,
             "num_classes": len(class_names),
-            "in_chans": int(getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0]),
+            "in_chans": in_chans,
             "class_names": list(class_names),
             "image_size": image_size,
             "mean": list(mean),
@@ -105,14 +136,21 @@ def make_checkpoint(
             "crop_fraction": crop_fraction,
             **(extra or {}),
         }
-    ) | {"state_dict": state}
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a resnexus checkpoint (``weights_only=True``); a foreign file gets a clear error."""
+    """Read a resnexus checkpoint (``weights_only=True``); a foreign file gets a clear error.
+
+    A ``.keras`` file of a Keras-trained run (``train --framework keras``) reads as the same dict:
+    its metadata, and the weights of its PyTorch twin (:func:`load_keras_checkpoint`).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix.lower() == ".keras":
+        model, ckpt = load_keras_checkpoint(path)
+        return ckpt | {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     ckpt = load_torch_file(path)  # refused pickles and foreign files: a message naming the file
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeightsError(
@@ -120,6 +158,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"use `train --weights {path}`"
         )
     return ckpt
+
+
+def load_keras_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(the PyTorch model, inference metadata) of a ``.keras`` file that resnexus wrote with its
+    metadata inside (a Keras-trained run's best.keras): converted with
+    :func:`resnexus.keras.to_torch`, so evaluate, predict, explain, export and serve run it as they
+    run a PyTorch checkpoint. Needs the ``keras`` extra."""
+    path = Path(path)
+    try:
+        from ..keras import to_torch
+        from ..keras.files import load_keras
+    except ImportError as error:
+        raise ValueError(f"{path} is a Keras model: reading it needs Keras, pip install 'resnexus[keras]'") from error
+    keras_model, meta = load_keras(path)
+    if meta.get("format") != FORMAT:
+        raise WeightsError(
+            f"{path}: a .keras file without resnexus metadata (class names, preprocessing); "
+            "a Keras-trained run's checkpoints/best.keras has it"
+        )
+    torch_model = to_torch(keras_model, **meta.get("model_config", {}))
+    return torch_model.eval(), meta
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
@@ -204,7 +263,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
     A file is returned as given (a checkpoint or an .onnx file). A cross-validation run directory
     gives its refit model, ``refit/checkpoints/best.pt``; a training run directory its
-    ``checkpoints/best.pt``. Anything else is refused with the reason and what to pass instead.
+    ``checkpoints/best.pt``, or ``checkpoints/best.keras`` for a Keras-trained run. Anything else
+    is refused with the reason and what to pass instead.
     """
     path = Path(path)
     if path.is_file():
@@ -213,7 +273,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     refit = path / REFIT_DIR / "checkpoints" / "best.pt"
     best = path / "checkpoints" / "best.pt"
-    for candidate in (refit, best):
+    for candidate in (refit, best, path / "checkpoints" / "best.keras"):
         if candidate.is_file():
             logger.info(f"{path}: using {candidate}")
             return candidate
@@ -225,7 +285,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         )
     raise FileNotFoundError(
         f"{path} is neither a cross-validation run with a refit model ({refit}) nor a training run "
-        f"({best}); pass a checkpoint file, an .onnx file or a run directory"
+        f"({best}, or best.keras for a Keras-trained run); pass a checkpoint file, an .onnx file or a run directory"
     )
 
 
@@ -292,5 +352,7 @@ def load_for_inference(path: str | Path, ensemble: bool = False) -> tuple[nn.Mod
     if Path(path).suffix.lower() == ".onnx":
         runtime = OnnxClassifier(path)
         return runtime, runtime.meta
+    if Path(path).suffix.lower() == ".keras":
+        return load_keras_checkpoint(path)
     ckpt = load_checkpoint(path)
     return model_from_checkpoint(ckpt), ckpt

@@ -24,6 +24,11 @@ training precision, no data loading); peak memory in MiB:
 * CPU, ``isolate=False``: ``None``. A process's peak RSS never goes down, so in one process it
   would only say how much the largest model so far needed.
 
+A model spelled ``keras:NAME`` is NAME trained with Keras' ``model.fit`` (``framework="keras"``,
+engine/keras_fit.py) into ``out/keras-NAME/``, so ``["resnext50_32x4d", "keras:resnext50_32x4d"]``
+puts the same architecture trained by each framework side by side; its inference images/s time the
+Keras model (``predict_on_batch``), its parameters and MACs are its PyTorch twin's (the same numbers).
+
 A model that fails while training gets a row with ``status`` "failed" and the error; the others
 still run. Bad input (no models, an unknown or repeated name, overrides a model rejects or an
 image size it cannot take, run directories that already hold runs) fails before any training.
@@ -55,7 +60,7 @@ from ..models.registry import count_macs, create_model, get_entry
 from ..reports import fixed_decimals, markdown_cell, markdown_table, plot_accuracy_vs_macs
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import TrainConfig, autocast_dtype, checked_splits, complete_config, describe_splits
-from .fit import train
+from .frameworks import train
 
 __all__ = ["COLUMNS", "CompareResult", "compare"]
 
@@ -108,12 +113,14 @@ def compare(
 ) -> CompareResult:
     """Train each of ``models`` with ``base``'s recipe on one shared split; see the module docstring.
 
-    ``base.model``, ``base.out`` and ``base.model_config`` are not used (``model_configs`` maps a
-    model name to its spec overrides, e.g. ``{"lenet": {"img_size": 32}}``). ``base.image_size``
-    None trains each model at its own default input size; set it to compare at one size.
+    ``base.model``, ``base.out``, ``base.model_config`` and ``base.framework`` are not used
+    (``model_configs`` maps a model, as given or without its ``keras:`` prefix, to its spec
+    overrides, e.g. ``{"lenet": {"img_size": 32}}``). ``base.image_size`` None trains each model at
+    its own default input size; set it to compare at one size.
     """
     models = _check_models(models, model_configs)
-    model_configs = {name: dict(cfg) for name, cfg in (model_configs or {}).items()}
+    given_configs = {name: dict(cfg) for name, cfg in (model_configs or {}).items()}
+    model_configs = {m: given_configs.get(m, given_configs.get(_spec(m)[0], {})) for m in models}
     if base.model_config:
         raise ValueError("compare: give per-model overrides in model_configs, not base.model_config")
     if base.weights is not None:
@@ -124,14 +131,22 @@ def compare(
 
     # one config per model, all filled from the same base (the built-in digits when data is None)
     configs = {
-        name: complete_config(replace(base, model=name, model_config=model_configs.get(name, {}), out=str(out / name)))
-        for name in models
+        spec: complete_config(
+            replace(
+                base,
+                model=_spec(spec)[0],
+                framework=_spec(spec)[1],
+                model_config=model_configs[spec],
+                out=str(out / _run_name(spec)),
+            )
+        )
+        for spec in models
     }
     recipe = configs[models[0]]
     autocast_dtype(recipe.precision, torch.device("cpu"))  # a typo here would fail every run, later
     if recipe.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}: expected 'sgd' or 'adamw'")
-    taken = [str(out / n) for n in models if (out / n / "checkpoints").exists()]
+    taken = [str(out / _run_name(n)) for n in models if (out / _run_name(n) / "checkpoints").exists()]
     if taken and not base.overwrite:
         raise FileExistsError(
             f"run directories already hold runs: {', '.join(taken)}; choose another out or set overwrite"
@@ -146,7 +161,7 @@ def compare(
     for name in models:
         cfg = configs[name]
         try:
-            params, macs = _params_and_macs(name, cfg.model_config, num_classes, cfg.image_size)
+            params, macs = _params_and_macs(cfg.model, cfg.model_config, num_classes, cfg.image_size)
         except Exception as error:  # reported with the model's name, before training
             raise ValueError(
                 f"compare: {name} with overrides {cfg.model_config} cannot run on {cfg.image_size}x{cfg.image_size} "
@@ -159,14 +174,14 @@ def compare(
                 "params": params,
                 "macs": macs,
                 "image_size": cfg.image_size,
-                "run_dir": str(out / name),
+                "run_dir": str(out / _run_name(name)),
             }
         )
 
     out.mkdir(parents=True, exist_ok=True)
     log = logger.info if base.verbose else logger.debug
     for i, (name, row) in enumerate(zip(models, rows), 1):
-        log(f"compare [{i}/{len(models)}]: {name} -> {out / name}")
+        log(f"compare [{i}/{len(models)}]: {name} -> {out / _run_name(name)}")
         measured = _run_isolated(configs[name], splits) if isolate else _run_in_process(configs[name], splits)
         row.update(measured)
         if row["status"] == "failed":
@@ -181,6 +196,22 @@ def compare(
 
 
 # -- input checks and static measurements ------------------------------------------------------
+KERAS_PREFIX = "keras:"  # a model trained with Keras (engine/keras_fit.py)
+
+
+def _spec(model: str) -> tuple[str, str]:
+    """``"keras:NAME"`` -> (NAME, "keras"); a plain name -> (name, "torch")."""
+    if model.startswith(KERAS_PREFIX):
+        return model.removeprefix(KERAS_PREFIX).strip(), "keras"
+    return model, "torch"
+
+
+def _run_name(model: str) -> str:
+    """The run directory's name under ``out``: the model name, ``keras-NAME`` for ``keras:NAME``."""
+    name, framework = _spec(model)
+    return name if framework == "torch" else f"keras-{name}"
+
+
 def _check_models(models: Sequence[str], model_configs: dict[str, dict] | None) -> list[str]:
     if isinstance(models, str):
         raise TypeError("compare: models must be a list of names, not one string")
@@ -191,9 +222,16 @@ def _check_models(models: Sequence[str], model_configs: dict[str, dict] | None) 
     repeated = [n for n in names if n in seen or seen.add(n)]  # type: ignore[func-returns-value]
     if repeated:
         raise ValueError(f"compare: model(s) listed more than once: {', '.join(dict.fromkeys(repeated))}")
-    for name in names:
+    for spec in names:
+        name, framework = _spec(spec)
         get_entry(name)  # unknown: ValueError with the nearest names
-    extra = sorted(set(model_configs or {}) - set(names))
+        if framework == "keras":
+            try:
+                from ..keras.registry import keras_builder
+            except ImportError as error:
+                raise ValueError(f"compare: {spec} needs Keras: pip install 'resnexus[keras]'") from error
+            keras_builder(name)  # a model without a Keras twin: ValueError naming it
+    extra = sorted(set(model_configs or {}) - set(names) - {_spec(n)[0] for n in names})
     if extra:
         raise ValueError(f"compare: model_configs names model(s) not being compared: {', '.join(extra)}")
     return names
@@ -223,7 +261,9 @@ def _measure(config: TrainConfig, splits: dict[str, Samples], peak_rss: bool) ->
         best_epoch=result.best_epoch,
         train_seconds=result.seconds,
         train_images_per_second=statistics.median(speeds) if speeds else None,
-        inference_images_per_second=_inference_speed(config, result.run_dir),
+        inference_images_per_second=_inference_speed(config, result.run_dir)
+        if config.framework == "torch"
+        else _keras_inference_speed(config, result.run_dir),
         peak_memory_mib=None,
     )
     if cuda:
@@ -264,6 +304,13 @@ def _inference_speed(config: TrainConfig, run_dir: Path) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= _INFERENCE_MIN_SECONDS or batches >= _INFERENCE_MAX_BATCHES:
             return batches * config.batch_size / elapsed
+
+
+def _keras_inference_speed(config: TrainConfig, run_dir: Path) -> float:
+    """Images/s of a Keras-trained run's best.keras, timed like :func:`_inference_speed`."""
+    from .keras_fit import keras_inference_speed
+
+    return keras_inference_speed(run_dir, config.batch_size, config.image_size, _INFERENCE_MIN_SECONDS)
 
 
 def _peak_rss_mib() -> float:
@@ -326,7 +373,7 @@ def _run_isolated(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, 
     os.close(fd)
     try:
         args = (config, splits, result_path, torch.get_num_threads(), _logging_of_this_process())
-        process = ctx.Process(target=_child, args=args, name=f"compare-{config.model}")
+        process = ctx.Process(target=_child, args=args, name=f"compare-{Path(config.out).name}")
         process.start()
         try:
             process.join()
@@ -447,4 +494,11 @@ def _markdown(
         "Model overrides: " + ("; ".join(f"{n} {c}" for n, c in overrides.items() if c) or "none") + ".",
         "",
     ]
+    if any(_spec(r["model"])[1] == "keras" for r in rows):
+        lines[-1:-1] = [
+            f"`{KERAS_PREFIX}` models were trained with Keras' model.fit (fp32; Keras' augmentation layers, see "
+            "engine/keras_fit.py) on the same split, epoch order and recipe; their metrics come from the same "
+            "evaluation code (best.keras converted to PyTorch), their inference img/s from the Keras model.",
+            "",
+        ]
     return "\n".join(lines)

@@ -88,6 +88,11 @@ class TrainConfig:
     out: str | None = _option(None, "run directory (default runs/<data>-<model>); never overwritten silently")
     model: str | None = _option(None, "registry name (see `resnexus models`); default {default_model}")
     model_config: dict[str, Any] = field(default_factory=dict)  # spec overrides, e.g. {"cardinality": 16}
+    framework: str = _option(
+        "torch",
+        "train with PyTorch (default) or Keras' model.fit (needs the keras extra): the same data checks, "
+        "splits, reports and run directory (checkpoints/best.keras)",
+    )
     weights: str | None = _option(
         None,
         "initial weights: 'imagenet', a tag from `resnexus models --weights`, a file or URL (torchvision, "
@@ -204,6 +209,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "select": ("auto", "val", "last"),
     "balance": ("none", "loss", "sampler"),
+    "framework": ("torch", "keras"),
 }
 # field: (accepted, what is expected); a None value (an unset or switched-off option) is not checked
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -310,6 +316,30 @@ def validate_config(config: TrainConfig) -> None:
         )
     if config.augment is not None:
         _check_augment(config.augment)
+    if config.framework == "keras":
+        check_keras_options(config)
+
+
+# what the Keras path (engine/keras_fit.py) cannot do, with why: refused, never silently ignored
+_KERAS_REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "freeze": (lambda v: v > 0, "freezing stages is implemented for PyTorch only"),
+    "ema_decay": (lambda v: v is not None, "the weight average is implemented for PyTorch only"),
+    "balance": (lambda v: v == "loss", "use --balance sampler (class-weighted loss: PyTorch only)"),
+    "compile": (lambda v: v, "torch.compile is a PyTorch option"),
+    "tensorboard": (lambda v: v, "TensorBoard events are written by the PyTorch path only"),
+    "sync_bn": (lambda v: v, "SyncBatchNorm is a PyTorch multi-GPU option"),
+    "channels_last": (lambda v: v is not None, "a PyTorch memory-layout option (Keras is always channels-last)"),
+    "precision": (lambda v: v in ("bf16", "fp16"), "Keras trains in fp32 here (use --precision fp32 or auto)"),
+}
+
+
+def check_keras_options(config: TrainConfig) -> None:
+    """Refuse, in one line naming the option, what ``framework="keras"`` does not support."""
+    bad = [
+        f"{_label(name)} ({why})" for name, (refused, why) in _KERAS_REFUSED.items() if refused(getattr(config, name))
+    ]
+    if bad:
+        raise ValueError(f"--framework keras does not support {'; '.join(bad)}")
 
 
 def complete_config(config: TrainConfig) -> TrainConfig:
@@ -376,14 +406,21 @@ def _check_freeze(stages: int, model: str, finetune: bool) -> None:
 
 
 def resume_config(run_dir: str | Path) -> TrainConfig:
-    """The configuration a run was started with, set up to continue it."""
+    """The configuration a run was started with, set up to continue it (a PyTorch run's last.pt,
+    or a Keras run's last.keras)."""
     last = Path(run_dir) / "checkpoints" / "last.pt"
-    if not last.is_file():
+    last_keras = last.with_suffix(".keras")
+    if not last.is_file() and not last_keras.is_file():
         raise FileNotFoundError(
             f"nothing to resume: {last} does not exist (the run never saved a resumable checkpoint); "
             f"start it again with --out {run_dir} --overwrite, or with another --out"
         )
-    saved = dict(load_checkpoint(last)["config"])
+    if last.is_file():
+        saved = dict(load_checkpoint(last)["config"])
+    else:
+        from ..keras.files import read_keras_metadata  # a Keras run: Keras is installed
+
+        saved = dict(read_keras_metadata(last_keras)["config"])
     augment = saved.pop("augment", None)
     saved["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()})
     saved["model_config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_config"].items()}
@@ -540,9 +577,9 @@ def check_run_dir(config: TrainConfig) -> Path:
     """
     run_dir = Path(config.out)
     checkpoints = run_dir / "checkpoints"
-    held = sorted(checkpoints.glob("*.pt")) if checkpoints.is_dir() else []
+    held = sorted([*checkpoints.glob("*.pt"), *checkpoints.glob("*.keras")]) if checkpoints.is_dir() else []
     if held and not (config.overwrite or config.resume):
-        if (checkpoints / "last.pt").is_file():
+        if (checkpoints / "last.pt").is_file() or (checkpoints / "last.keras").is_file():
             how = f"continue it with --resume {run_dir}, or choose another --out, or pass --overwrite"
         else:
             how = "it stopped before saving last.pt, so it cannot be resumed: choose another --out, or pass --overwrite"

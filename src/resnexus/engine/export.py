@@ -1,31 +1,58 @@
-"""ONNX export of a checkpoint, for ``predict`` and ``evaluate`` on onnxruntime.
+"""Export of a checkpoint: ONNX (for ``predict`` / ``evaluate`` on onnxruntime), ``.keras`` and TF SavedModel.
 
-The exported file carries the checkpoint's class names and preprocessing in its metadata
+The ONNX file carries the checkpoint's class names and preprocessing in its metadata
 (``resnexus`` key, JSON), so ``resnexus predict --checkpoint model.onnx`` needs nothing else.
 The batch dimension is dynamic. After writing, the export runs the same random batch through
 onnxruntime and eager PyTorch and reports the largest difference of the logits. Reading the
 file back (:class:`~resnexus.engine.checkpoint.OnnxClassifier`) is checkpoint handling.
+
+:func:`export_keras` ships the same checkpoint to Keras users (``format="keras"``: a ``.keras``
+file) and to TF Serving (``format="savedmodel"``): the weights move by
+:func:`resnexus.keras.from_torch`, and the metadata (:func:`keras_metadata`) travels inside, as a
+``resnexus.json`` member of the ``.keras`` zip or as ``assets/resnexus.json`` of the SavedModel.
+The SavedModel's ``serving_default`` signature takes float32 NHWC images in [0, 1] at the model's
+input size and normalises them itself, so a TF Serving client only resizes and crops. Keras and
+TensorFlow are an optional extra, imported only here, when asked for.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from ..data.transforms import EvalPreprocess
 from .checkpoint import (
+    FORMAT,
     INFERENCE_KEYS,
     ONNX_META_KEY,
+    VERSION,
     OnnxClassifier,
     load_checkpoint,
     model_from_checkpoint,
     require_onnx_package,
     resolve_checkpoint,
 )
+from .inference import check_output_file, checkpoint_files
 
-__all__ = ["ExportResult", "OnnxClassifier", "export_onnx"]  # OnnxClassifier: the reader, in checkpoint.py
+__all__ = [
+    "KERAS_FORMATS",
+    "ExportResult",
+    "KerasExportResult",
+    "OnnxClassifier",
+    "export_keras",
+    "export_onnx",
+    "keras_metadata",
+]  # OnnxClassifier: the reader, in checkpoint.py
 
 
 @dataclass
@@ -70,3 +97,215 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 18, bat
     with torch.no_grad():
         diff = (runtime(example) - model(example)).abs().max().item()
     return ExportResult(path=output, max_abs_diff=diff, opset=opset)
+
+
+# -- Keras and TensorFlow ------------------------------------------------------------------------
+KERAS_FORMATS = ("keras", "savedmodel")
+METADATA_FILE = "resnexus.json"  # inside the .keras zip (resnexus.keras.files) and in a SavedModel's assets/
+SERVING_SIGNATURE = "serving_default"
+
+
+@dataclass
+class KerasExportResult:
+    path: Path
+    format: str  # "keras" or "savedmodel"
+    # the written model, read back (keras.saving.load_model / tf.saved_model.load), vs eager PyTorch on a
+    # random batch: logits for .keras; for a SavedModel, its serving signature's probabilities
+    max_abs_diff: float
+    metadata: dict[str, Any]
+
+
+def keras_metadata(ckpt: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """What a Keras or TF Serving user needs besides the weights, as JSON: the checkpoint's inference
+    keys (the same as an ONNX export carries) plus the preprocessing spelled out for channels-last input.
+    The checkpoint marker makes an exported ``.keras`` file usable as ``--checkpoint`` as well."""
+    size, channels = int(ckpt["image_size"]), int(ckpt.get("in_chans", 3))
+    geometry = EvalPreprocess(size, ckpt["mean"], ckpt["std"], ckpt["crop_fraction"]).geometry.transforms
+    return (
+        {"format": FORMAT, "version": VERSION}
+        | {k: ckpt.get(k) for k in INFERENCE_KEYS}
+        | {
+            "source_checkpoint": str(source),
+            "preprocessing": {
+                "input_shape": [size, size, channels],
+                "layout": "NHWC (channels last)" + (", RGB" if channels == 3 else ""),
+                "resize_shorter_side": int(geometry[0].size[0]),
+                "interpolation": "bilinear, antialiased",
+                "center_crop": size,
+                "scale": "pixel / 255",
+                "mean": list(ckpt["mean"]),
+                "std": list(ckpt["std"]),
+                "normalize": "(x - mean) / std",
+            },
+            "output": "logits (apply softmax for class probabilities)",
+        }
+    )
+
+
+def _import_keras(fmt: str) -> Any:
+    """``resnexus.keras`` (and for a SavedModel, TensorFlow), or one line saying how to install them."""
+    try:
+        from .. import keras as rk  # first: it loads torchvision before TensorFlow (see its __init__)
+
+        if fmt == "savedmodel":
+            import tensorflow  # noqa: F401  (the SavedModel writer)
+    except ImportError as error:
+        missing = error.name or "keras"
+        raise ValueError(f'--format {fmt} needs {missing}: pip install "resnexus[keras]"') from None
+    if fmt == "savedmodel":
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"--format savedmodel runs on Keras's TensorFlow backend, not {keras.backend.backend()!r}: "
+                "set KERAS_BACKEND=tensorflow"
+            )
+    return rk
+
+
+def _check_keras_output(output: Path, fmt: str, checkpoint: str | Path, overwrite: bool) -> Path:
+    """Refuse an output that would destroy something, before any work (see ``check_output_file``)."""
+    if fmt == "keras":
+        if output.suffix != ".keras":
+            raise ValueError(f"--output {output}: a Keras model file must end in .keras")
+        return check_output_file(output, checkpoint_files(checkpoint), overwrite)
+    output = output.expanduser()
+    sources = [Path(p).resolve() for p in checkpoint_files(checkpoint)]
+    if any(output.resolve() == p or output.resolve() in p.parents for p in sources):
+        raise ValueError(f"--output {output} holds the checkpoint being exported; refusing to replace it")
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it")
+        if not (output / "saved_model.pb").is_file():
+            raise ValueError(f"--output {output} exists and is not a SavedModel folder; refusing to replace it")
+    # the folder is written beside its final place, then renamed: check that place is writable
+    return check_output_file(output / "saved_model.pb", overwrite=True).parent
+
+
+def export_keras(
+    checkpoint: str | Path, output: str | Path, format: str = "keras", overwrite: bool = False, batch: int = 2
+) -> KerasExportResult:
+    """Write ``output`` from a resnexus checkpoint: a ``.keras`` file or a TF SavedModel folder.
+
+    ``checkpoint`` may be a run directory (``resolve_checkpoint``). An existing output is kept
+    unless ``overwrite`` (a SavedModel folder is replaced only by one). The model is written under
+    a temporary name, read back and compared with eager PyTorch on a random batch, then renamed:
+    an interrupted export leaves nothing half-written at ``output``.
+    """
+    if format not in KERAS_FORMATS:
+        raise ValueError(f"format must be one of {KERAS_FORMATS}, got {format!r}")
+    source = resolve_checkpoint(checkpoint)
+    if source.suffix.lower() == ".onnx":
+        raise ValueError(
+            f"{source}: export starts from a resnexus checkpoint (.pt, a Keras run's .keras) or a run directory, not .onnx"
+        )
+    output = _check_keras_output(Path(output), format, checkpoint, overwrite)
+    rk = _import_keras(format)
+    ckpt = load_checkpoint(source)
+    model = model_from_checkpoint(ckpt)
+    metadata = keras_metadata(ckpt, source)
+    size, channels = int(ckpt["image_size"]), int(ckpt.get("in_chans", 3))
+    keras_model = rk.from_torch(model, input_shape=(size, size, channels))
+    example = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0))  # in [0, 1]
+    mean = torch.tensor(ckpt["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(ckpt["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    with torch.no_grad():
+        logits = model((example - mean) / std)
+    if format == "keras":
+        with _staged_file(output) as staged:
+            rk.save_keras(keras_model, staged, metadata)
+            reloaded, _ = rk.load_keras(staged)
+            got = _keras_logits(reloaded, ((example - mean) / std).permute(0, 2, 3, 1).numpy())
+            diff = float(np.abs(got - logits.numpy()).max())
+        return KerasExportResult(output, format, diff, metadata)
+    metadata["serving_signature"] = {
+        "name": SERVING_SIGNATURE,
+        "inputs": {"images": f"float32 [batch, {size}, {size}, {channels}], RGB in [0, 1], resized and cropped"},
+        "outputs": {"probabilities": "float32 [batch, classes], softmax", "logits": "float32 [batch, classes]"},
+        "normalization": "applied inside: (images - mean) / std",
+    }
+    with _staged_folder(output) as staged:
+        _write_savedmodel(keras_model, staged, ckpt["mean"], ckpt["std"], (size, size, channels))
+        (staged / "assets").mkdir(exist_ok=True)
+        (staged / "assets" / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+        probs = _savedmodel_probabilities(staged, example.permute(0, 2, 3, 1).numpy())
+        diff = float(np.abs(probs - logits.softmax(1).numpy()).max())
+    return KerasExportResult(output, format, diff, metadata)
+
+
+def _keras_logits(model: Any, images_nhwc: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.ops.convert_to_numpy(model(images_nhwc, training=False))
+
+
+def _write_savedmodel(
+    model: Any, path: Path, mean: list[float], std: list[float], input_shape: tuple[int, int, int]
+) -> None:
+    """``model`` as a SavedModel whose serving signature takes [0, 1] images and normalises them itself."""
+    import keras
+    import tensorflow as tf
+
+    mean_t = np.asarray(mean, dtype=np.float32)
+    std_t = np.asarray(std, dtype=np.float32)
+
+    def serve(images: Any) -> dict[str, Any]:
+        logits = model((images - mean_t) / std_t, training=False)
+        return {"probabilities": tf.nn.softmax(logits, axis=-1), "logits": logits}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((None, *input_shape), tf.float32, name="images")
+    archive.add_endpoint(name=SERVING_SIGNATURE, fn=serve, input_signature=[spec])
+    archive.write_out(str(path), verbose=False)
+
+
+def _savedmodel_probabilities(path: Path, images_nhwc: np.ndarray) -> np.ndarray:
+    """The serving signature's probabilities of a SavedModel read back from disk."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(path)).signatures[SERVING_SIGNATURE]
+    return signature(images=tf.constant(images_nhwc, dtype=tf.float32))["probabilities"].numpy()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def _staged_file(output: Path) -> Iterator[Path]:
+    """A temporary ``.keras`` name beside ``output``, renamed onto it if the body succeeds, else removed."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, staged = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".tmp.keras", dir=output.parent)
+    os.close(handle)
+    try:
+        yield Path(staged)
+        os.chmod(staged, 0o666 & ~_umask())  # mkstemp makes files private (0600)
+        os.replace(staged, output)
+    finally:
+        Path(staged).unlink(missing_ok=True)
+
+
+@contextmanager
+def _staged_folder(output: Path) -> Iterator[Path]:
+    """A temporary folder beside ``output``, put in its place if the body succeeds, else removed.
+
+    A folder cannot be renamed over a non-empty one, so an existing ``output`` is first moved aside
+    and deleted only once the new folder is in place.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        yield staged
+        os.chmod(staged, 0o777 & ~_umask())  # mkdtemp makes folders private (0700)
+        old = None
+        if output.exists() or output.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+            os.replace(output, old / output.name)
+        os.replace(staged, output)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)

@@ -68,7 +68,10 @@ from .interrupt import StopOnSignal, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunState", "TrainResult", "small_data_hint", "train", "train_one_epoch", "validate"]
+__all__ = ["RunRecord", "RunState", "TrainResult", "small_data_hint", "train", "train_one_epoch", "validate"]
+
+# what --resume continues from: a PyTorch run's last.pt, a Keras run's last.keras
+RESUMABLE_FILES = ("last.pt", "last.keras")
 
 
 @dataclass
@@ -84,8 +87,46 @@ class TrainResult:
         return self.run_dir / "report.md"
 
 
+@dataclass(kw_only=True)
+class RunRecord:
+    """The framework-independent part of a run's state: the epochs done, their history rows, the
+    best epoch so far and the data fingerprint. :class:`RunState` (PyTorch) adds the model and
+    optimizer; the Keras path (engine/keras_fit.py) keeps this alongside its own model."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
+    best_score: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # [accuracy, -loss]
+    best_epoch: int = 0
+    epoch: int = 0  # epochs finished
+    # the images trained on (config.data_fingerprint): saved, and on resume compared, never loaded
+    data: dict[str, Any] | None = None
+
+    def record_dict(self) -> dict[str, Any]:
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "epoch": self.epoch,
+            "history": self.history,
+        }
+
+    def load_record(self, state: dict[str, Any]) -> None:
+        self.history, self.best_score, self.best_epoch = state["history"], state["best_score"], state["best_epoch"]
+        self.epoch = state["epoch"]
+
+    def end_epoch(self, row: dict[str, Any], monitor: str, select: str) -> bool:
+        """Record a finished epoch; True when it is the new best (every epoch is with select="last")."""
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        # accuracy first, then lower loss (a small validation set has many ties)
+        loss = row[f"{monitor}_loss"]
+        score = [row[f"{monitor}_accuracy"], -(loss if loss is not None else 0.0)]
+        improved = select == "last" or score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch = score, self.epoch
+        return improved
+
+
 @dataclass
-class RunState:
+class RunState(RunRecord):
     """Everything a run carries from one step to the next: the one definition of what last.pt
     adds to a weights checkpoint so that resuming continues bit for bit where the run stopped."""
 
@@ -94,13 +135,7 @@ class RunState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     ema: AveragedModel | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
-    best_score: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # [accuracy, -loss]
-    best_epoch: int = 0
-    epoch: int = 0  # epochs finished
     partial: dict[str, Any] | None = None  # stopped inside epoch `epoch + 1`: step, sums and RNG state there
-    # the images trained on (config.data_fingerprint): saved, and on resume compared, never loaded
-    data: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -108,10 +143,7 @@ class RunState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "epoch": self.epoch,
-            "history": self.history,
+            **self.record_dict(),
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -128,25 +160,13 @@ class RunState:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.history, self.best_score, self.best_epoch = state["history"], state["best_score"], state["best_epoch"]
-        self.epoch, self.partial = state["epoch"], state.get("partial")
+        self.load_record(state)
+        self.partial = state.get("partial")
 
     @property
     def eval_model(self) -> nn.Module:
         """What is validated, saved as best.pt and tested: the EMA weights when there are any."""
         return self.ema.module if self.ema is not None else self.model
-
-    def end_epoch(self, row: dict[str, Any], monitor: str, select: str) -> bool:
-        """Record a finished epoch; True when it is the new best (every epoch is with select="last")."""
-        self.history.append(row)
-        self.epoch = row["epoch"]
-        # accuracy first, then lower loss (a small validation set has many ties)
-        loss = row[f"{monitor}_loss"]
-        score = [row[f"{monitor}_accuracy"], -(loss if loss is not None else 0.0)]
-        improved = select == "last" or score > self.best_score
-        if improved:
-            self.best_score, self.best_epoch = score, self.epoch
-        return improved
 
 
 class HeldOut(NamedTuple):
@@ -182,7 +202,14 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
 
     ``splits`` ("train", optional "val" and "test") replaces the split made from ``config.data``:
     cross-validation and ``compare`` use it to give several runs exactly the same images.
+    This is the PyTorch loop; ``resnexus.train`` (engine/frameworks.py) runs it, or Keras' for
+    ``config.framework == "keras"`` (engine/keras_fit.py).
     """
+    if config.framework != "torch":
+        raise ValueError(
+            f"framework={config.framework!r}: fit.train is the PyTorch loop; resnexus.train (engine.train) "
+            "runs the Keras one"
+        )
     started = time.perf_counter()
     config = complete_config(config)
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:  # torchrun --max-restarts restarted us
@@ -241,7 +268,8 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
                 val = (
                     validate(state.eval_model, held_out["val"], runtime, ctx, config.tta) if "val" in held_out else None
                 )
-                row = _history_row(epoch, state.optimizer, sums, val, seconds=time.perf_counter() - epoch_start)
+                lr = state.optimizer.param_groups[0]["lr"]
+                row = _history_row(epoch, lr, sums, val, seconds=time.perf_counter() - epoch_start)
                 improved = state.end_epoch(row, monitor, select)
                 _add_scalars(board, row)
                 stopping_early = bool(config.early_stopping) and epoch - state.best_epoch >= config.early_stopping
@@ -390,7 +418,7 @@ def _no_trace_of_a_failed_start(run_dir: Path, main: bool) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if main and not (run_dir / "checkpoints" / "last.pt").is_file():
+        if main and not any((run_dir / "checkpoints" / name).is_file() for name in RESUMABLE_FILES):
             new = [p for p in _paths_under(top) if p not in before]
             for path in sorted(new, key=lambda p: len(p.parts), reverse=True):  # files before their folders
                 if path.is_dir() and not path.is_symlink():
@@ -429,9 +457,12 @@ class _Saver:
 
     def weights(self, state: RunState) -> dict[str, Any]:
         """What best.pt holds: the evaluated weights, everything inference needs, and the run so far."""
+        return make_checkpoint(state.eval_model, **self.metadata(state))
+
+    def metadata(self, state: RunRecord) -> dict[str, Any]:
+        """The keyword arguments of :func:`make_checkpoint` besides the model: inference metadata and the run."""
         config = self.config
-        return make_checkpoint(
-            state.eval_model,
+        return dict(
             model_name=config.model,
             model_config=config.model_config,
             class_names=self.class_names,
@@ -451,6 +482,9 @@ class _Saver:
             },
         )
 
+    def best(self, weights: dict[str, Any]) -> None:
+        save_atomic(weights, self.dir / "best.pt")
+
     def last(self, state: RunState, weights: dict[str, Any] | None = None) -> None:
         if self.main:
             save_atomic((weights or self.weights(state)) | state.state_dict(), self.dir / "last.pt")
@@ -464,7 +498,7 @@ class _Saver:
         resumable = end_of_run or time.monotonic() - self.last_saved >= self.config.checkpoint_every
         weights = self.weights(state) if best or resumable else None  # a copy of the weights: only when saved
         if best:
-            save_atomic(weights, self.dir / "best.pt")  # before last.pt: never behind it
+            self.best(weights)  # before last.pt: never behind it
         if resumable:
             self.last(state, weights)
         if self.main:
@@ -590,13 +624,13 @@ def _training_forward(model: nn.Module, config: TrainConfig, ctx: distributed.Co
 
 def _history_row(
     epoch: int,
-    optimizer: torch.optim.Optimizer,
+    lr: float,
     train: tuple[float, float, int],
     val: tuple[np.ndarray, np.ndarray, float] | None,
     seconds: float,
 ) -> dict[str, Any]:
     """One row of history.csv (these columns, in this order) from the epoch's training sums and
-    validation predictions."""
+    validation predictions; ``lr``: the learning rate the next step would use."""
     train_loss, train_accuracy, images = train
     val_loss = val_accuracy = None
     if val is not None:
@@ -604,7 +638,7 @@ def _history_row(
         val_accuracy = float((p_val.argmax(1) == y_val).mean())
     return {
         "epoch": epoch,
-        "lr": optimizer.param_groups[0]["lr"],
+        "lr": lr,
         "train_loss": train_loss,
         "train_accuracy": train_accuracy,
         "val_loss": val_loss,
@@ -643,10 +677,10 @@ def _describe_weights(config: TrainConfig, model: nn.Module) -> str:
     return f"{source}; fine-tuned{frozen}"
 
 
-def _describe_selection(select: str, monitor: str, asked: str) -> str:
-    """Which weights best.pt will hold, and why when "auto" chose the final ones."""
+def _describe_selection(select: str, monitor: str, asked: str, best: str = "best.pt") -> str:
+    """Which weights best.pt (``best``) will hold, and why when "auto" chose the final ones."""
     few = f" (fewer than {MIN_VAL_FOR_SELECTION} validation images)" if asked == "auto" and select == "last" else ""
-    return f"best.pt: {'the final weights' if select == 'last' else f'the epoch with the best {monitor} accuracy'}{few}"
+    return f"{best}: {'the final weights' if select == 'last' else f'the epoch with the best {monitor} accuracy'}{few}"
 
 
 def _describe_epoch(row: dict[str, Any], epochs: int, new_best: bool) -> str:
@@ -665,8 +699,11 @@ def _write_report(
     probs: np.ndarray,
     model: nn.Module,
     runtime: Runtime,
+    trained_with: str | None = None,
 ) -> None:
+    """report.md; ``trained_with`` names the framework when it is not PyTorch (the Keras path)."""
     metrics, n_params = result.metrics, sum(p.numel() for p in model.parameters())
+    framework = {"trained with": trained_with} if trained_with else {}
     write_report(
         result.run_dir,
         title=f"{config.model} on {Path(config.data).name}",
@@ -677,6 +714,7 @@ def _write_report(
         class_names=splits["train"].class_names,
         details={
             "model": config.model,
+            **framework,
             "parameters": f"{n_params:,}",
             "initial weights": _describe_weights(config, model),
             "data": config.data,

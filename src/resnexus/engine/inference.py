@@ -156,7 +156,7 @@ def checkpoint_files(checkpoint: str | Path) -> list[Path]:
     """
     path = Path(checkpoint)
     if path.is_dir():
-        return [p for p in path.rglob("*") if p.suffix in (".pt", ".onnx") and p.is_file()]
+        return [p for p in path.rglob("*") if p.suffix in (".pt", ".onnx", ".keras") and p.is_file()]
     return [path]
 
 

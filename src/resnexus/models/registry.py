@@ -253,8 +253,10 @@ def create_model(
     config = {**entry.config, **overrides}
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, **config)
     model.model_name = name
+    model.model_config = dict(overrides)  # what differs from the spec row: enough to rebuild it (e.g. in Keras)
+    size = config.get("img_size")  # a model built for one input size (LeNet) says so in its row
     model.pretrained_cfg = {
-        "input_size": (in_chans, *entry.input_size[1:]),
+        "input_size": (in_chans, size, size) if size else (in_chans, *entry.input_size[1:]),
         "mean": entry.mean,
         "std": entry.std,
     }

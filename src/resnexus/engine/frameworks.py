@@ -1,0 +1,30 @@
+"""``train``: the entry point of a training run, whichever framework trains it.
+
+``config.framework`` picks the loop: ``"torch"`` (:func:`resnexus.engine.fit.train`) or ``"keras"``
+(:func:`resnexus.engine.keras_fit.train_keras`, imported only then, so the PyTorch path never loads
+Keras or TensorFlow). It is a module of its own because keras_fit builds on fit's helpers: fit
+cannot import keras_fit back (the package has no import cycles, tests/test_imports.py).
+"""
+
+from __future__ import annotations
+
+from ..data import Samples
+from .config import TrainConfig
+from .fit import TrainResult
+from .fit import train as train_torch
+
+__all__ = ["train"]
+
+
+def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> TrainResult:
+    """Train and evaluate one model with the framework ``config.framework`` names.
+
+    Both write the same run directory (history.csv, metrics.json, report.md, checkpoints/best.pt or
+    best.keras); ``splits`` replaces the split made from ``config.data`` (cross-validation, compare).
+    See :func:`resnexus.engine.fit.train` and :func:`resnexus.engine.keras_fit.train_keras`.
+    """
+    if config.framework == "keras":
+        from .keras_fit import train_keras  # Keras (and TensorFlow) only when asked for
+
+        return train_keras(config, splits)
+    return train_torch(config, splits)

@@ -1,0 +1,503 @@
+"""Training with Keras: ``train --framework keras``, the same run as the PyTorch path, with ``model.fit``.
+
+:func:`train_keras` shares everything around the training loop with engine/fit.py: the data check
+and split (``_check_and_split``), the decoded-image cache, the epoch order (``EpochBatches``: the same
+images in the same batches for a seed), the held-out loaders and their preprocessing, the history
+rows, best-epoch selection (:class:`~resnexus.engine.fit.RunRecord`), when checkpoints are saved
+(``_Saver``), and the final test: ``best.keras`` is converted with :func:`resnexus.keras.to_torch` and
+evaluated by the PyTorch evaluation code, so metrics.json and report.md are computed as a PyTorch
+run's are. The run directory holds ``checkpoints/best.keras`` (the model alone, with the inference
+metadata inside; ``evaluate``, ``predict``, ``explain``, ``export`` and ``serve`` take it),
+``checkpoints/last.keras`` (model and optimizer state, plus the run record: what ``--resume`` needs),
+``history.csv``, ``metrics.json`` and ``report.md``.
+
+What differs from the PyTorch path (Keras' own layers do the augmentation, per batch, in the data
+pipeline, seeded by (seed, epoch, step), so a resumed run repeats an uninterrupted one's batches):
+
+* Crops: each image is resized (shorter side ``image_size / crop_fraction``) and centre-cropped to a
+  square first (Keras layers need equal sizes in a batch), then ``RandomZoom`` zooms in to an area
+  fraction drawn from ``random_resized_crop_scale`` with the aspect ratio kept (torchvision also draws
+  the aspect ratio, 3/4-4/3) and ``RandomTranslation`` moves the window (reflecting at the border),
+  then ``Resizing`` to ``image_size``. The PyTorch path crops the whole image, not its centre square.
+* ``RandomFlip`` flips with probability 0.5: ``hflip`` / ``vflip`` switch it on (a warning is logged
+  for another probability). ``rotation``: ``RandomRotation``.
+* Colour jitter: ``RandomColorJitter`` (Keras' brightness is additive, torchvision's multiplicative).
+* Random Erasing: ``RandomErasing`` on the normalised image with standard-normal noise, as in
+  PyTorch; Keras draws the rectangle's sides independently (area 2-33 % on average, not exactly).
+* Mixup / CutMix: ``keras.layers.MixUp`` (one weight per image; torchvision draws one per batch) and
+  ``keras.layers.CutMix``; with both on, each batch picks one. Training accuracy is then measured
+  against the mixed label's larger part (PyTorch: against the image's own label).
+* Optimisers: Keras' AdamW (epsilon 1e-8 as in PyTorch, decoupled decay on conv and dense kernels
+  only) and SGD with Nesterov momentum 0.9 and PyTorch's coupled L2 decay (:class:`CoupledSGD`;
+  Keras folds the learning rate into the momentum buffer, PyTorch does not: equal at a constant rate).
+  The learning-rate schedule is the same per-step warm-up + cosine (:class:`WarmupCosine`).
+* Precision is fp32. A stop signal (Ctrl-C, SIGTERM) ends the run after the current epoch (PyTorch:
+  after the current step); a second Ctrl-C stops at once. Not supported (refused by
+  :func:`~resnexus.engine.config.check_keras_options`): --freeze, --ema, --balance loss, --compile,
+  --tensorboard, --sync-bn, bf16 / fp16, several processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from ..data import Samples, eval_transform
+from ..data.dataset import ImageDataset
+from ..data.sampler import EpochBatches, sample_seed
+from ..files import write_text_atomic
+from ..keras import create_model, to_torch
+from ..keras.files import load_keras, read_keras_metadata, save_keras
+from ..models.registry import get_entry
+from ..reports import classification_metrics, format_metrics
+from . import distributed
+from .checkpoint import checkpoint_metadata
+from .config import (
+    TrainConfig,
+    check_run_dir,
+    check_same_data,
+    checkpoint_selection,
+    complete_config,
+    data_fingerprint,
+    describe_splits,
+)
+from .fit import (
+    HeldOut,
+    RunRecord,
+    Runtime,
+    TrainResult,
+    _cache,
+    _check_and_split,
+    _describe_epoch,
+    _describe_selection,
+    _describe_weights,
+    _held_out,
+    _history_row,
+    _no_trace_of_a_failed_start,
+    _Saver,
+    _write_report,
+    seed_everything,
+    small_data_hint,
+    validate,
+)
+from .interrupt import StopOnSignal, TrainingInterrupted
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CoupledSGD", "KerasAugment", "WarmupCosine", "train_keras"]
+
+BEST, LAST = "best.keras", "last.keras"
+
+
+def train_keras(config: TrainConfig, splits: dict[str, Samples] | None = None) -> TrainResult:
+    """Train and evaluate one model with Keras' ``model.fit``; see the module docstring.
+
+    ``splits`` as for :func:`resnexus.engine.fit.train` (cross-validation and ``compare``).
+    """
+    started = time.perf_counter()
+    config = complete_config(config)  # validates, and refuses what the Keras path cannot do
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--framework keras trains in one process: --nproc / torchrun are PyTorch only")
+    ctx = distributed.Context()  # one process: the held-out helpers shard nothing
+    info = logger.info if config.verbose else logger.debug
+    seed_everything(config.seed)
+    keras.utils.set_random_seed(config.seed)
+    run_dir = check_run_dir(config)
+    with _no_trace_of_a_failed_start(run_dir, main=True):
+        # -- data: the same check, split and decoded-image cache as the PyTorch path
+        split_here = splits is None
+        splits, skipped = _check_and_split(config, splits, verbose=config.verbose)
+        class_names, entry = splits["train"].class_names, get_entry(config.model)
+        held_out = {name: _held_out(s, config, entry, ctx) for name, s in splits.items() if name != "train"}
+        info(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
+        if split_here and (hint := small_data_hint(config, splits)):
+            info(hint)
+
+        # -- model and optimiser; a resumed run loads both from last.keras
+        model = create_model(
+            config.model,
+            num_classes=len(class_names),
+            input_shape=(config.image_size, config.image_size, 3),
+            weights=config.weights,
+            weights_dir=config.weights_dir,
+            **{**training_block_form(config), **config.model_config},
+        )
+        steps = len(EpochBatches(splits["train"].labels, config.batch_size, config.seed))
+        compile_for_training(model, config, steps_per_epoch=steps)
+        record = RunRecord(data=data_fingerprint(splits, config.data))
+        info(_describe_model(model, config, steps))
+        last = run_dir / "checkpoints" / LAST
+        if config.resume and last.is_file():
+            saved = read_keras_metadata(last)
+            check_same_data(saved.get("data"), record.data, run_dir, verbose=config.verbose)
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(last)  # weights and optimizer state (its step count: the schedule's position)
+            record.load_record(saved["run_state"])
+            if config.epochs < record.epoch:
+                raise ValueError(
+                    f"{run_dir} has trained {record.epoch} epochs: epochs={config.epochs} would shorten it"
+                )
+            info(f"resuming {run_dir} after epoch {record.epoch}")
+
+        # -- epochs: model.fit, with a callback doing what fit.train does after each epoch
+        monitor = "val" if "val" in held_out else "train"
+        select = checkpoint_selection(config, len(splits["val"]) if "val" in splits else 0)
+        info(_describe_selection(select, monitor, config.select, best=BEST))
+        sizes = {name: len(s) for name, s in splits.items()}
+        saves = _KerasSaver(run_dir, config, class_names, entry, True, sizes, model=model)
+        train_data = TrainBatches(splits["train"], config, entry.mean, entry.std, first_epoch=record.epoch + 1)
+        with StopOnSignal() as stop:
+            epochs = _Epochs(train_data, record, saves, held_out, config, monitor, select, stop)
+            if record.epoch < config.epochs:
+                progress_bar = config.verbose and sys.stderr.isatty()
+                model.fit(
+                    train_data,
+                    epochs=config.epochs,
+                    initial_epoch=record.epoch,
+                    steps_per_epoch=steps,  # one pass over train_data for all epochs: see TrainBatches
+                    shuffle=False,  # the order is EpochBatches' (Keras would shuffle the batches with `random`)
+                    callbacks=[epochs],
+                    verbose=1 if progress_bar else 0,
+                )
+        if epochs.interrupted:
+            raise _interrupted(run_dir, stop, f"epoch {record.epoch}")
+
+        # -- final evaluation of best.keras, converted to PyTorch: the same code as a PyTorch run's
+        best_keras, _ = load_keras(run_dir / "checkpoints" / BEST)
+        runtime = Runtime(ctx.device, None, False)
+        torch_model = to_torch(best_keras, **config.model_config).to(runtime.device)
+        final_split = "test" if "test" in held_out else monitor
+        split = held_out.get(final_split) or _held_out(splits["train"], config, entry, ctx)
+        y_true, probs, loss = validate(torch_model, split, runtime, ctx, config.tta)
+        metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
+        metrics.update(split=final_split, loss=loss, best_epoch=record.best_epoch, model=config.model)
+        metrics.update(framework="keras", skipped_images=skipped)
+        result = TrainResult(run_dir, metrics, record.history, record.best_epoch, seconds=time.perf_counter() - started)
+
+        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        _write_report(result, config, splits, y_true, probs, torch_model, runtime, trained_with=keras_description())
+        seen = " (the images it was trained on: not an estimate for new images)" if final_split == "train" else ""
+        info(f"{final_split}{seen}: {format_metrics(metrics)}")
+        info(f"report: {run_dir / 'report.md'}")
+    return result
+
+
+def training_block_form(config: TrainConfig) -> dict[str, str]:
+    """``{"block_form": "split"}`` for a grouped model (ResNeXt, Res2NeXt) trained on TensorFlow's CPU kernels.
+
+    TensorFlow's CPU backward pass of a grouped ``Conv2D`` is slow: ResNeXt-50 trained at 0.53
+    images/s grouped and 4.1 split (batch 8, 96 px, 2 cores; benchmarks/keras_vs_torch.py). The split
+    form holds the same numbers (``block_form`` is not part of the weights), so ``best.keras`` converts
+    as any other; a ``block_form`` in the spec overrides wins.
+    """
+    grouped = {**get_entry(config.model).config, **config.model_config}.get("cardinality", 1) > 1
+    if not grouped or keras.backend.backend() != "tensorflow":
+        return {}
+    import tensorflow as tf  # the backend in use: already loaded
+
+    return {} if tf.config.list_physical_devices("GPU") else {"block_form": "split"}
+
+
+def keras_description() -> str:
+    """``Keras 3.x (tensorflow backend), model.fit``: what report.md says trained the model."""
+    return f"Keras {keras.__version__} ({keras.backend.backend()} backend), model.fit"
+
+
+def _describe_model(model: keras.Model, config: TrainConfig, steps: int) -> str:
+    start = "" if config.weights is None else f", from {_describe_weights(config, model)}"
+    params = sum(math.prod(v.shape) for v in model.trainable_weights)  # PyTorch's parameters (no BN statistics)
+    return (
+        f"model: {config.model} ({params:,} params{start}) in {keras_description()}, fp32; "
+        f"{config.epochs} epochs x {steps} steps"
+    )
+
+
+def _interrupted(run_dir: Path, stop: StopOnSignal, where: str) -> TrainingInterrupted:
+    error = TrainingInterrupted(run_dir, stop.signal or 15, where)
+    error.args = (str(error).replace("last.pt", LAST),)  # the resume hint names the Keras file
+    return error
+
+
+# -- the model, its loss and optimiser -----------------------------------------------------------
+@keras.saving.register_keras_serializable(package="resnexus")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to zero at ``total_steps``:
+    the per-step schedule of the PyTorch path (``fit.warmup_cosine``), step ``k`` using factor(k)."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int) -> None:
+        self.peak, self.warmup_steps, self.total_steps = float(peak), int(warmup_steps), int(total_steps)
+
+    def __call__(self, step: Any) -> Any:
+        step = keras.ops.cast(step, "float32")
+        warm = (step + 1.0) / max(1, self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        cosine = 0.5 * (1.0 + keras.ops.cos(math.pi * keras.ops.minimum(1.0, progress)))
+        return self.peak * keras.ops.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+@keras.saving.register_keras_serializable(package="resnexus")
+class CoupledSGD(keras.optimizers.SGD):
+    """SGD whose weight decay is an L2 term added to the gradient, as ``torch.optim.SGD`` does it
+    (Keras' own ``weight_decay`` is decoupled: with momentum 0.9 it decays 10x less), on kernels
+    only (variables of rank > 1: never on BatchNorm scales and biases)."""
+
+    def __init__(self, l2: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.l2 = float(l2)
+
+    def apply(self, grads: list[Any], trainable_variables: list[Any] | None = None) -> Any:
+        variables = trainable_variables if trainable_variables is not None else self._trainable_variables
+        if self.l2:
+            grads = [g if g is None or len(v.shape) <= 1 else g + self.l2 * v for g, v in zip(grads, variables)]
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"l2": self.l2}
+
+
+def compile_for_training(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
+    """Loss from logits with label smoothing, the config's optimiser, rate, decay and schedule."""
+    schedule = WarmupCosine(config.lr, round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
+    clip = {"global_clipnorm": config.clip_grad_norm} if config.clip_grad_norm else {}
+    if config.optimizer == "sgd":
+        optimizer = CoupledSGD(l2=config.weight_decay, learning_rate=schedule, momentum=0.9, nesterov=True, **clip)
+    else:
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=schedule, weight_decay=config.weight_decay, epsilon=1e-8, **clip
+        )
+        optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=False,  # XLA compiles for minutes on small CPUs and gains nothing there
+    )
+
+
+# -- data ----------------------------------------------------------------------------------------
+class KerasAugment:
+    """The training augmentation of a batch with Keras' preprocessing layers (see the module
+    docstring for how it differs from the PyTorch path): uint8 NHWC squares and integer labels in,
+    normalised float32 NHWC images and (mixed) one-hot labels out; ``seed`` fixes every draw."""
+
+    def __init__(self, config: TrainConfig, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int) -> None:
+        self.config, self.augment, self.num_classes = config, config.augment, num_classes
+        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
+        self.std = np.asarray(std, dtype=np.float32) * 255.0
+        for name in ("hflip", "vflip"):
+            p = getattr(self.augment, name)
+            if p not in (0.0, 0.5):
+                logger.warning(f"warning: Keras' RandomFlip flips with probability 0.5, not augment.{name}={p}")
+
+    def __call__(self, images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+
+        def seeded() -> int:
+            return int(rng.integers(0, 2**31 - 1))
+
+        a, layers, size = self.augment, keras.layers, self.config.image_size
+        x = images.astype(np.float32)
+        if a.rotation:
+            x = layers.RandomRotation(a.rotation / 360.0, fill_mode="constant", seed=seeded())(x, training=True)
+        low, high = a.random_resized_crop_scale
+        if low < 1.0:  # zoom in to an area fraction in [low, high], at a random position
+            zoom = (math.sqrt(low) - 1.0, math.sqrt(high) - 1.0)
+            x = layers.RandomZoom(zoom, fill_mode="reflect", seed=seeded())(x, training=True)
+            shift = (1.0 - math.sqrt(low)) / 2
+            x = layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seeded())(x, training=True)
+        if x.shape[1] != size or x.shape[2] != size:
+            x = layers.Resizing(size, size)(x)
+        flips = "horizontal_and_vertical" if a.hflip and a.vflip else "horizontal" if a.hflip else "vertical"
+        if a.hflip or a.vflip:
+            x = layers.RandomFlip(flips, seed=seeded())(x, training=True)
+        if a.color_jitter > 0:
+            j = a.color_jitter
+            jitter = layers.RandomColorJitter(
+                value_range=(0, 255),
+                brightness_factor=j,
+                contrast_factor=j,
+                saturation_factor=(max(0.0, 0.5 - j / 2), min(1.0, 0.5 + j / 2)),
+                seed=seeded(),
+            )
+            x = keras.ops.clip(jitter(x, training=True), 0.0, 255.0)
+        x = (keras.ops.convert_to_numpy(x) - self.mean) / self.std
+        if a.random_erasing > 0:  # on normalised images: standard-normal noise, as in PyTorch
+            p = a.random_erasing
+            erase = layers.RandomErasing(factor=(p, p), value_range=(0, 1), seed=seeded())
+            x = erase(x, training=True)
+        y = np.eye(self.num_classes, dtype=np.float32)[labels]
+        mixers = [m for m, on in (("mixup", self.config.mixup > 0), ("cutmix", self.config.cutmix > 0)) if on]
+        if mixers:
+            kind = mixers[int(rng.integers(len(mixers)))]
+            mixer = (
+                layers.MixUp(alpha=self.config.mixup, seed=seeded())
+                if kind == "mixup"
+                else layers.CutMix(factor=self.config.cutmix, seed=seeded())
+            )
+            mixed = mixer({"images": x, "labels": y}, training=True)
+            x, y = mixed["images"], mixed["labels"]
+        return np.asarray(keras.ops.convert_to_numpy(x), np.float32), np.asarray(
+            keras.ops.convert_to_numpy(y), np.float32
+        )
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """The training steps of epochs ``first_epoch`` .. ``config.epochs`` as Keras batches, in one
+    sequence: item ``i`` is step ``i % steps`` of epoch ``first_epoch + i // steps``, so what a step
+    holds depends on its index alone (Keras' tf.data pipeline prefetches ahead of the epoch
+    callbacks). Each epoch is the PyTorch path's (:class:`EpochBatches`: the same images in the same
+    batches for a seed and epoch, balanced with ``balance="sampler"``), from the same decoded-image
+    cache, augmented by :class:`KerasAugment` seeded with (seed, epoch, step)."""
+
+    def __init__(
+        self,
+        samples: Samples,
+        config: TrainConfig,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        first_epoch: int = 1,
+    ) -> None:
+        super().__init__(workers=max(1, config.workers or 0), use_multiprocessing=False)
+        square = math.ceil(config.image_size / config.crop_fraction)  # the cached size: shorter side
+        self.square = eval_transform(square, mean, std, crop_fraction=1.0)  # resize + centre square, uint8
+        self.images = ImageDataset(samples, self.square.sample, **_cache(config))
+        self.labels = np.asarray(samples.labels, dtype=np.int64)
+        self.order = EpochBatches(samples.labels, config.batch_size, config.seed, balance=config.balance == "sampler")
+        self.augment = KerasAugment(config, mean, std, len(samples.class_names))
+        self.seed, self.first_epoch, self.epochs = config.seed, first_epoch, config.epochs
+        self.steps = len(self.order)  # the same every epoch: only the last, too small, batch is dropped
+        self.images_per_epoch = sum(len(b) for b in self.order.global_batches())
+        self._epochs: dict[int, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return max(0, self.epochs - self.first_epoch + 1) * self.steps
+
+    def batch_indices(self, epoch: int, step: int) -> np.ndarray:
+        with self._lock:  # Keras may call from several threads
+            if epoch not in self._epochs:
+                self.order.set_epoch(epoch)
+                self._epochs = {e: b for e, b in self._epochs.items() if e >= epoch - 1}  # two epochs at most
+                self._epochs[epoch] = self.order.global_batches()
+            return self._epochs[epoch][step]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, step = self.first_epoch + index // self.steps, index % self.steps
+        indices = self.batch_indices(epoch, step)
+        crops = np.stack([self.images[int(i)][0].permute(1, 2, 0).numpy() for i in indices])
+        return self.augment(crops, self.labels[indices], seed=sample_seed(self.seed, epoch, len(self.labels) + step))
+
+
+def keras_predict(model: keras.Model, split: HeldOut, tta: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels, class probabilities and mean cross-entropy of a Keras model on a held-out split,
+    preprocessed exactly as the PyTorch path validates (``split.preprocess.batch``), channels-last."""
+    labels, probs = [], []
+    for images, y in split.loader:
+        x = split.preprocess.batch(images).permute(0, 2, 3, 1).contiguous().numpy()
+        p = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict_on_batch(x), axis=-1)).astype(np.float32)
+        if tta:
+            mirrored = model.predict_on_batch(np.ascontiguousarray(x[:, :, ::-1, :]))
+            p = 0.5 * (p + keras.ops.convert_to_numpy(keras.ops.softmax(mirrored, axis=-1)).astype(np.float32))
+        labels.append(y.numpy())
+        probs.append(p)
+    y_all, p_all = np.concatenate(labels), np.concatenate(probs)
+    loss = float(-np.log(np.clip(p_all[np.arange(len(y_all)), y_all], 1e-12, None)).mean()) if len(y_all) else 0.0
+    return y_all, p_all, loss
+
+
+# -- after each epoch: the bookkeeping fit.train does -------------------------------------------
+class _Epochs(keras.callbacks.Callback):
+    """Validation, the history row, best / last checkpoints (the PyTorch path's rules: ``RunRecord``
+    and ``_Saver``), early stopping and the stop signal, after every epoch of ``model.fit``."""
+
+    def __init__(
+        self,
+        data: TrainBatches,
+        record: RunRecord,
+        saves: _KerasSaver,
+        held_out: dict[str, HeldOut],
+        config: TrainConfig,
+        monitor: str,
+        select: str,
+        stop: StopOnSignal,
+    ) -> None:
+        super().__init__()
+        self.data, self.record, self.saves, self.held_out = data, record, saves, held_out
+        self.config, self.monitor, self.select, self.stop = config, monitor, select, stop
+        self.interrupted = False
+        self.started = time.perf_counter()
+        self.info = logger.info if config.verbose else logger.debug
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs, config, number = logs or {}, self.config, epoch + 1  # Keras counts epochs from 0
+        val = keras_predict(self.model, self.held_out["val"], config.tta) if "val" in self.held_out else None
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        train = (float(logs["loss"]), float(logs["accuracy"]), self.data.images_per_epoch)
+        row = _history_row(number, lr, train, val, seconds=time.perf_counter() - self.started)
+        improved = self.record.end_epoch(row, self.monitor, self.select)
+        stopping_early = bool(config.early_stopping) and number - self.record.best_epoch >= config.early_stopping
+        final = number == config.epochs or stopping_early
+        stop_now = self.stop.signal is not None and not final
+        best = improved and (self.select == "val" or final)
+        self.saves.end_of_epoch(self.record, best=best, end_of_run=final or stop_now)  # type: ignore[arg-type]
+        self.info(_describe_epoch(row, config.epochs, new_best=improved and self.select == "val"))
+        if stop_now:
+            self.interrupted = self.model.stop_training = True
+        elif stopping_early:
+            self.info(f"early stopping: no better {self.monitor} accuracy for {config.early_stopping} epochs")
+            self.model.stop_training = True
+
+
+class _KerasSaver(_Saver):
+    """``_Saver``'s rules (best when improved, last at the end of the run or every
+    ``checkpoint_every`` seconds, then history.csv) writing ``.keras`` files: best.keras the model
+    alone, last.keras with the optimizer state and the run record; both carry the metadata a
+    PyTorch checkpoint does (:func:`checkpoint_metadata`) and ``framework: "keras"``."""
+
+    def __init__(self, *args: Any, model: keras.Model) -> None:
+        super().__init__(*args)
+        self.model = model
+
+    def weights(self, state: RunRecord) -> dict[str, Any]:  # type: ignore[override]
+        return checkpoint_metadata(in_chans=3, **self.metadata(state)) | {"framework": "keras"}
+
+    def best(self, weights: dict[str, Any]) -> None:
+        # a copy without the optimizer: what inference loads (a third of last.keras for AdamW)
+        clean = keras.Model.from_config(self.model.get_config())
+        clean.set_weights(self.model.get_weights())
+        save_keras(clean, self.dir / BEST, weights)
+
+    def last(self, state: RunRecord, weights: dict[str, Any] | None = None) -> None:  # type: ignore[override]
+        meta = (weights or self.weights(state)) | {"run_state": state.record_dict(), "data": state.data}
+        save_keras(self.model, self.dir / LAST, meta)
+        self.last_saved = time.monotonic()
+
+
+def keras_inference_speed(run_dir: Path, batch_size: int, image_size: int, min_seconds: float = 0.5) -> float:
+    """Images/s of a Keras run's best.keras on one fixed batch (``predict_on_batch``), for ``compare``."""
+    model, _ = load_keras(Path(run_dir) / "checkpoints" / BEST)
+    x = np.random.default_rng(0).standard_normal((batch_size, image_size, image_size, 3)).astype(np.float32)
+    model.predict_on_batch(x)  # warm-up: tracing
+    batches, start = 0, time.perf_counter()
+    while True:
+        model.predict_on_batch(x)
+        batches += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds or batches >= 100:
+            return batches * batch_size / elapsed

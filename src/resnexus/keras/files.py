@@ -1,0 +1,71 @@
+"""``.keras`` files that carry what resnexus needs to use them: class names, preprocessing, the run's config.
+
+A ``.keras`` file is a zip archive (``config.json``, ``metadata.json``, ``model.weights.h5``);
+Keras reads only its own members, so resnexus adds one more, ``resnexus.json``, and the file
+stays an ordinary Keras model: ``keras.saving.load_model`` opens it without resnexus' help
+once ``resnexus.keras`` is imported (which registers the custom layers; importing this module does). Files are written to a temporary name first
+and renamed, so an interrupted save never replaces a good file with half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+
+__all__ = ["METADATA_MEMBER", "load_keras", "read_keras_metadata", "save_keras"]
+
+METADATA_MEMBER = "resnexus.json"
+
+
+def save_keras(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Save ``model`` with ``metadata`` (JSON-serialisable) inside, atomically; returns the path."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"{path}: a Keras model file must end in .keras")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".keras", prefix=f".{path.stem}-", dir=path.parent)
+    os.close(handle)
+    try:
+        model.save(temporary)
+        if hasattr(model, "resnexus_config"):  # the spec overrides to_torch needs, unless given
+            metadata = {"keras_model_config": model.resnexus_config, **metadata}
+        with zipfile.ZipFile(temporary, "a") as archive:
+            archive.writestr(METADATA_MEMBER, json.dumps(metadata, indent=2, default=str))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def read_keras_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``resnexus.json`` member of a ``.keras`` file (``{}`` for a file Keras saved on its own)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if METADATA_MEMBER not in archive.namelist():
+                return {}
+            return json.loads(archive.read(METADATA_MEMBER))
+    except (zipfile.BadZipFile, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a readable .keras file: {error}") from None
+
+
+def load_keras(path: str | Path) -> tuple[keras.Model, dict[str, Any]]:
+    """The model and the resnexus metadata of a ``.keras`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such Keras model file")
+    metadata = read_keras_metadata(path)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises several types for a damaged or foreign file
+        raise ValueError(f"{path}: Keras could not load this model ({type(error).__name__}: {error})") from error
+    if "keras_model_config" in metadata:
+        model.resnexus_config = metadata.pop("keras_model_config")
+    return model, metadata
