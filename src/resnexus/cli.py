@@ -223,10 +223,8 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = train_config_from_args(args)
     validate_config(config)  # once, here: under --nproc a bad value would fail in every process
     nproc = getattr(args, "nproc", None)
-    if config.framework == "keras":
-        for flag, value in (("--nproc", nproc), ("--folds", getattr(args, "folds", None))):
-            if value is not None:
-                raise ValueError(f"--framework keras does not support {flag} (PyTorch only)")
+    if config.framework == "keras" and nproc is not None:
+        raise ValueError("--framework keras does not support --nproc (PyTorch only)")
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_global_batch(complete_config(config).batch_size, nproc)  # one line here, not one per process
         return _launch_torchrun(nproc, argv)

@@ -225,7 +225,7 @@ def test_unsupported_options_are_refused_naming_them(tmp_path, capsys):
             validate_config(replace(base, **changes))
     with pytest.raises(ValueError, match="unknown framework 'jax': expected 'torch' or 'keras'"):
         validate_config(TrainConfig(framework="jax"))
-    for flag in (["--nproc", "2"], ["--folds", "3"], ["--ema", "0.99"]):
+    for flag in (["--nproc", "2"], ["--ema", "0.99"]):
         assert main(["train", "--framework", "keras", "--out", str(tmp_path / "r"), *flag]) == 2
         err = capsys.readouterr().err
         assert err.startswith("resnexus train: error: --framework keras does not support") and flag[0] in err
@@ -293,3 +293,31 @@ def test_grouped_models_train_in_the_split_form_on_a_cpu(data, tmp_path):
         expected = torch_model(x).numpy()
     got = keras.ops.convert_to_numpy(model(x.permute(0, 2, 3, 1).numpy(), training=False))
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_keras_cross_validation_refits_and_its_fold_models_ensemble(data, tmp_path):
+    """``train --folds K --framework keras``: K Keras fold runs, the refit model as the run directory's
+    model, and ``--ensemble`` averaging the K fold models' probabilities image by image."""
+    from resnexus.engine import cross_validate
+    from resnexus.engine.checkpoint import fold_checkpoints, load_for_inference, resolve_checkpoint
+
+    config = _keras_config(data, tmp_path / "cv", epochs=1, mixup=0.0, cutmix=0.0, val_fraction=0.0, test_fraction=0.0)
+    cross_validate(config, 2, refit=True)
+    run_dir = tmp_path / "cv"
+    assert resolve_checkpoint(run_dir) == run_dir / "refit" / "checkpoints" / "best.keras"
+    folds = fold_checkpoints(run_dir)
+    assert [p.name for p in folds] == ["best.keras", "best.keras"]
+    record = json.loads((run_dir / "cv_metrics.json").read_text())
+    assert (
+        record["protocol"]["framework"] == "keras" and record["refit"]["checkpoint"] == "refit/checkpoints/best.keras"
+    )
+    assert "refit/checkpoints/best.keras" in (run_dir / "cv_report.md").read_text()
+
+    ensemble, meta = load_for_inference(run_dir, ensemble=True)
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    members = [model_from_checkpoint(load_checkpoint(p)).eval() for p in folds]
+    with torch.no_grad():
+        expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+        got = ensemble(x).softmax(1)  # the ensemble's logits are the log of the mean probability
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert meta["ensemble_members"] == [str(p) for p in folds]

@@ -54,6 +54,7 @@ INFERENCE_KEYS = (
 )
 # The layout of a cross-validation run directory (engine/crossval.py writes it; inference reads it).
 REFIT_DIR = "refit"  # the deployable model: the same recipe trained on every image
+BEST_FILES = {"torch": "best.pt", "keras": "best.keras"}  # a run's selected model, by the framework that trained it
 CV_METRICS_FILE = "cv_metrics.json"  # written once every fold has been trained and tested
 
 
@@ -273,8 +274,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     refit = path / REFIT_DIR / "checkpoints" / "best.pt"
     best = path / "checkpoints" / "best.pt"
-    for candidate in (refit, best, path / "checkpoints" / "best.keras"):
-        if candidate.is_file():
+    for candidate in (best_checkpoint(path / REFIT_DIR), best_checkpoint(path)):
+        if candidate is not None:
             logger.info(f"{path}: using {candidate}")
             return candidate
     if (path / CV_METRICS_FILE).is_file():
@@ -289,8 +290,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """A training run's selected model: ``checkpoints/best.pt``, or ``best.keras`` for a Keras run; None if neither."""
+    for name in BEST_FILES.values():
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    return None
+
+
 def fold_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The best.pt of every fold of a finished cross-validation run, in fold order."""
+    """The best.pt (or a Keras run's best.keras) of every fold of a finished cross-validation run, in fold order."""
     run_dir = Path(run_dir)
     record = run_dir / CV_METRICS_FILE
     if not record.is_file():
@@ -299,7 +308,8 @@ def fold_checkpoints(run_dir: str | Path) -> list[Path]:
             f"{run_dir} has no {CV_METRICS_FILE}"
         )
     folds = int(json.loads(record.read_text(encoding="utf-8"))["protocol"]["folds"])
-    paths = [fold_run_dir(run_dir, k) / "checkpoints" / "best.pt" for k in range(1, folds + 1)]
+    found = [best_checkpoint(fold_run_dir(run_dir, k)) for k in range(1, folds + 1)]
+    paths = [p or fold_run_dir(run_dir, k) / "checkpoints" / "best.pt" for k, p in enumerate(found, start=1)]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir}: fold checkpoint(s) missing: {', '.join(missing)}")

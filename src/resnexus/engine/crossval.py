@@ -38,9 +38,9 @@ from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
 from ..files import write_text_atomic
 from ..reports import fixed_decimals, markdown_cell, markdown_table
 from . import distributed
-from .checkpoint import CV_METRICS_FILE, REFIT_DIR, fold_run_dir
+from .checkpoint import BEST_FILES, CV_METRICS_FILE, REFIT_DIR, fold_run_dir
 from .config import TrainConfig, check_before_training, complete_config, split_subfolders
-from .fit import train
+from .frameworks import train
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True) -> Cross
         "class_counts": samples.class_counts(),
         "val_fraction": config.val_fraction,
         "model": config.model,
+        "framework": config.framework,
         "weights": config.weights,
         "epochs": config.epochs,
         "image_size": config.image_size,
@@ -164,14 +165,14 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True) -> Cross
             "status": "done",
             "images": len(samples),
             "run_dir": REFIT_DIR,
-            "checkpoint": f"{REFIT_DIR}/checkpoints/best.pt",
+            "checkpoint": f"{REFIT_DIR}/checkpoints/{BEST_FILES[config.framework]}",
             "seconds": result.seconds,
         }
         record["seconds"] = time.perf_counter() - started
         if main:
             _write_record(run_dir, record)
         log(
-            f"deployable model: {refit_dir / 'checkpoints' / 'best.pt'} (all {len(samples)} images); "
+            f"deployable model: {refit_dir / 'checkpoints' / BEST_FILES[config.framework]} (all {len(samples)} images); "
             "its expected accuracy is the cross-validated estimate above"
         )
     else:
@@ -329,7 +330,8 @@ def _deployable_model_lines(record: dict[str, Any]) -> list[str]:
             "again without `--no-refit` to train one model on every image."
         ]
     lines = [
-        f"**The deployable model is the refit model, `{REFIT_DIR}/checkpoints/best.pt`**: the same recipe "
+        f"**The deployable model is the refit model, `{refit.get('checkpoint', REFIT_DIR + '/checkpoints/best.pt')}`**: "
+        "the same recipe "
         f"trained on all {refit['images']} images, none held back, its final weights. `evaluate`, `predict`, "
         "`explain` and `export` use it when given this directory. Its own report "
         f"([{REFIT_DIR}/report.md]({REFIT_DIR}/report.md)) is measured on its training images: "
