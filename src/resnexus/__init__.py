@@ -7,7 +7,11 @@ result = resnexus.train(resnexus.TrainConfig(data="photos/", model="resnext50_32
 
 from typing import Any
 
-from .models import create_model, list_models, model_info
+from ._compat import hide_triton_after_tensorflow
+
+hide_triton_after_tensorflow()  # `import keras` (TensorFlow) before resnexus must not crash torchvision later
+
+from .models import create_model, list_models, model_info  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [

@@ -14,9 +14,14 @@ JAX and torch are checked too. Needs the ``keras`` extra: ``pip install "resnexu
 Import ``resnexus.keras`` (or torchvision) before TensorFlow, see below.
 """
 
-# torchvision's compiled extension must be loaded before TensorFlow's libraries: the other order
-# crashes the interpreter (seen with torch 2.14 / torchvision 0.29 / TensorFlow 2.21) when
-# torchvision.ops is imported later, which every training and inference path does.
+# ruff: noqa: E402  (the imports follow the TensorFlow/Triton guard on purpose: resnexus._compat)
+
+# Triton (loaded by torchvision through torch._dynamo) must come before TensorFlow, or not at all:
+# the other order crashes the interpreter (resnexus._compat). Load torchvision now, before Keras
+# loads TensorFlow; if TensorFlow is already there, the package __init__ has hidden Triton.
+from .._compat import hide_triton_after_tensorflow
+
+hide_triton_after_tensorflow()
 import torchvision  # noqa: F401  (isort: the order of these imports matters)
 
 # each family module registers its builder with the registry when imported
