@@ -126,3 +126,18 @@ def keras_trainable_params(model: Any) -> int:
     import math
 
     return sum(math.prod(w.shape) for w in model.trainable_weights)
+
+
+def run_on_keras_backend(script: str, backend: str, root: Path) -> tuple[Any, str]:
+    """Run ``script`` in a fresh interpreter whose Keras uses ``backend`` (Keras picks its backend once,
+    at first import, and the test session runs on TensorFlow); returns the finished process and a text
+    showing its exit code and output, for assertion messages."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    return done, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"

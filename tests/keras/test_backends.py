@@ -9,13 +9,12 @@ per-group convolutions + concatenate of the write-up.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_on_keras_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,16 +48,7 @@ for form in ("c", "split"):
 def test_from_torch_gives_pytorch_logits_on_backend(backend: str) -> None:
     pytest.importorskip("keras")
     pytest.importorskip(backend)
-    env = os.environ | {"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT.format(root=str(ROOT), backend=backend)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    shown = f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    done, shown = run_on_keras_backend(SCRIPT.format(root=str(ROOT), backend=backend), backend, ROOT)
     assert done.returncode == 0, shown
     diffs = dict(re.findall(rf"backend={backend} form=(\w+) max_abs_diff=(\S+)", done.stdout))
     assert set(diffs) == {"c", "split"}, shown

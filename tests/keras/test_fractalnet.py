@@ -10,10 +10,7 @@ rate, at least one input per join) are checked statistically over many seeded dr
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,7 @@ import resnexus
 from resnexus import keras as rk
 from resnexus.models import get_entry
 from resnexus.models.fractalnet import ConvUnit, DropPathPlan, FractalBlock
-from tests.helpers import keras_logits, keras_trainable_params, max_abs_diff, randomize_
+from tests.helpers import keras_logits, keras_trainable_params, max_abs_diff, randomize_, run_on_keras_backend
 
 keras = pytest.importorskip("keras")
 from resnexus.keras.fractalnet import (  # noqa: E402  (needs keras)
@@ -361,16 +358,7 @@ print("training ok")
 @pytest.mark.parametrize("backend", ["jax"])  # torch: see the note above
 def test_fractalnet_custom_layers_on_other_backends(backend: str) -> None:
     pytest.importorskip(backend)
-    env = os.environ | {"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, "-c", BACKEND_SCRIPT.format(root=str(ROOT), backend=backend)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    shown = f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    done, shown = run_on_keras_backend(BACKEND_SCRIPT.format(root=str(ROOT), backend=backend), backend, ROOT)
     assert done.returncode == 0 and "training ok" in done.stdout, shown
     diffs = dict(re.findall(r"^(full|column) (\S+)$", done.stdout, re.M))
     assert set(diffs) == {"full", "column"} and all(float(d) < 1e-4 for d in diffs.values()), shown
