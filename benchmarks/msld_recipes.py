@@ -243,10 +243,11 @@ def fold_accuracies(records: list[dict], tta: bool) -> dict[tuple[int, int], flo
 
 
 def corrected_se(values: np.ndarray, n_test: float, n_train: float) -> float:
-    """Nadeau & Bengio's corrected standard error of a mean over repeated K-fold runs."""
-    if len(values) < 2:
-        return float("nan")
-    return math.sqrt((1 / len(values) + n_test / n_train) * np.var(values, ddof=1))
+    """Nadeau & Bengio's corrected standard error (the package's), NaN below 2 values for the table."""
+    from resnexus.engine.crossval import corrected_standard_error
+
+    se = corrected_standard_error(list(values), n_test, n_train)
+    return float("nan") if se is None else se
 
 
 def summary_rows(records: list[dict], baseline: str, folds: int) -> list[dict]:

@@ -144,6 +144,17 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train in this process (faster; peak memory is then not measured on CPU)",
     )
+    p.add_argument(
+        "--folds",
+        type=int,
+        help="compare on K-fold cross-validation (stratified, grouped by --group-by) instead of one split: "
+        "every model on the same fold runs; mean, corrected SE and the paired difference against the first model",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="with --folds: repeat the K folds R times with fold seeds seed .. seed+R-1 (default 1)",
+    )
     _add_recipe_flags(p)
 
 
@@ -191,7 +202,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from (in rising priority) its defaults, a --config YAML file, the typed flags."""
-    not_config = ("command", "config_file", "resume", "folds", "no_refit", "models", "no_isolate", "nproc")
+    not_config = ("command", "config_file", "resume", "folds", "repeats", "no_refit", "models", "no_isolate", "nproc")
     given = {k: v for k, v in vars(args).items() if k not in not_config}
     if getattr(args, "resume", None):
         refused = ["--config"] if getattr(args, "config_file", None) else []
@@ -424,7 +435,14 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "compare":
         base = train_config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "out"}))
         models = [m.strip() for m in args.models.split(",") if m.strip()]
-        result = compare(models, base, args.out, isolate=not getattr(args, "no_isolate", False))
+        result = compare(
+            models,
+            base,
+            args.out,
+            isolate=not getattr(args, "no_isolate", False),
+            folds=getattr(args, "folds", None),
+            repeats=getattr(args, "repeats", 1),
+        )
         best = result.best
         print(f"comparison: {result.markdown}" + (f" (best: {best['model']})" if best else ""))
         return 0

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from resnexus.engine import TrainConfig, load_checkpoint, model_from_checkpoint
-from resnexus.engine.comparison import COLUMNS, compare
+from resnexus.engine.comparison import COLUMNS, FOLD_COLUMNS, compare
 from resnexus.reports import MISSING
 from tests.helpers import bright_and_dark_folder
 
@@ -246,3 +246,112 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["resnet20_cifar", "resnet32_cifar"]
     # the paper's 10-class counts (269,722 and 464,154) less 8 of the 10 outputs (8 x 65 parameters)
     assert [int(r["params"]) for r in rows] == [269_722 - 520, 464_154 - 520]
+
+
+# -- compare on repeated grouped K-fold cross-validation ---------------------------------------------
+def _patients_folder(root: Path) -> Path:
+    """Two classes of 6 patients with 2 photos each (``b3.png``, ``b3_1.png``): 24 images, 12 groups."""
+    rng = np.random.default_rng(1)
+    for label, name in enumerate(("bright", "dark")):
+        (root / name).mkdir(parents=True)
+        for patient in range(6):
+            for stem in (f"{name[0]}{patient}", f"{name[0]}{patient}_1"):
+                pixels = rng.integers(0, 90, (16, 16, 3)) + (20 if label else 140)
+                Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{stem}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cv_result(tmp_path_factory):
+    data = _patients_folder(tmp_path_factory.mktemp("cvdata") / "patients")
+    out = tmp_path_factory.mktemp("cvcmp")
+    base = _base(data, epochs=1, val_fraction=0.0, group_by="patient")
+    return out, compare(MODELS, base, out, isolate=False, model_configs=CONFIGS, folds=2, repeats=2)
+
+
+def test_cv_every_model_trains_on_the_same_grouped_fold_runs(cv_result):
+    out, _ = cv_result
+    record = json.loads((out / "comparison_splits.json").read_text())
+    assert record["fold_runs"] == ["r1f1", "r1f2", "r2f1", "r2f2"]
+    for repeat in (0, 2):  # each repeat's two folds partition the 24 images, no patient on both sides
+        first, second = record["folds"][repeat : repeat + 2]
+        assert sorted(first["test"] + second["test"]) == sorted(first["train"] + first["test"])
+        assert len(first["train"]) + len(first["test"]) == 24
+        for fold in (first, second):
+            patients = {side: {Path(f).stem.removesuffix("_1") for f in fold[side]} for side in ("train", "test")}
+            assert not patients["train"] & patients["test"]
+    assert record["folds"][0]["test"] != record["folds"][2]["test"]  # repeat 2 cuts other folds (seed + 1)
+    rows = list(csv.DictReader((out / "comparison_folds.csv").open()))
+    assert [(r["model"], r["repeat"], r["fold"]) for r in rows] == [
+        (m, str(r), str(k)) for m in MODELS for r in (1, 2) for k in (1, 2)
+    ]
+    for row in rows:  # each fold run is an ordinary run directory tested on its held-out fold
+        tested = record["folds"][2 * (int(row["repeat"]) - 1) + int(row["fold"]) - 1]["test"]
+        metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+        assert Path(row["run_dir"]) == out / row["model"] / f"r{row['repeat']}f{row['fold']}"
+        assert metrics["split"] == "test" and metrics["n"] == len(tested) == int(row["n_test"])
+        assert float(row["accuracy"]) == metrics["accuracy"] and int(row["n_train"]) == 24 - len(tested)
+
+
+def test_cv_row_is_the_mean_with_corrected_se_and_the_paired_difference(cv_result):
+    out, res = cv_result
+    rows = list(csv.DictReader((out / "comparison_folds.csv").open()))
+    acc = {m: np.array([float(r["accuracy"]) for r in rows if r["model"] == m]) for m in MODELS}
+    n_test = np.mean([int(r["n_test"]) for r in rows])
+    ratio = n_test / (24 - n_test)
+
+    def se(values):  # Nadeau & Bengio: sqrt((1/n + n_test/n_train) * s^2)
+        return float(np.sqrt((1 / len(values) + ratio) * np.var(values, ddof=1)))
+
+    first, second = res.rows
+    assert first["fold_runs"] == second["fold_runs"] == 4 and first["status"] == second["status"] == "ok"
+    for row in res.rows:
+        assert row["accuracy"] == pytest.approx(acc[row["model"]].mean(), abs=1e-12)
+        assert row["accuracy_se"] == pytest.approx(se(acc[row["model"]]), abs=1e-12)
+        assert "best_epoch" not in row or row["best_epoch"] is None
+    assert first["accuracy_diff"] is None and first["accuracy_diff_se"] is None  # the reference
+    diffs = acc[MODELS[1]] - acc[MODELS[0]]
+    assert second["accuracy_diff"] == pytest.approx(diffs.mean(), abs=1e-12)
+    assert second["accuracy_diff_se"] == pytest.approx(se(diffs), abs=1e-12)
+    # the summary CSV and the Markdown table carry the same figures
+    summary = list(csv.DictReader(res.csv.open()))
+    assert list(summary[0]) == [key for key, _ in FOLD_COLUMNS]
+    assert float(summary[1]["accuracy_diff"]) == second["accuracy_diff"] and summary[0]["accuracy_diff"] == ""
+    md_rows = _markdown_table(res.markdown.read_text())
+    headers = dict(FOLD_COLUMNS)
+    assert md_rows[1][headers["fold_runs"]] == "4"
+    assert float(md_rows[1][headers["accuracy_diff"]]) == pytest.approx(second["accuracy_diff"], abs=5e-5)
+    assert float(md_rows[0][headers["accuracy_se"]]) == pytest.approx(first["accuracy_se"], abs=5e-5)
+    text = res.markdown.read_text()
+    assert "2 x 2 stratified folds grouped by `patient` (fold seeds 0-1) of 24 images in 12 groups" in text
+
+
+def test_cv_bad_fold_settings_are_rejected_before_training(data, tmp_path):
+    base = _base(data)
+    with pytest.raises(ValueError, match="at least 2 folds, got 1"):
+        compare(["lenet"], base, tmp_path / "a", model_configs={"lenet": CONFIGS["lenet"]}, folds=1)
+    with pytest.raises(ValueError, match="repeats must be a whole number >= 1, got 0"):
+        compare(["lenet"], base, tmp_path / "b", model_configs={"lenet": CONFIGS["lenet"]}, folds=2, repeats=0)
+    with pytest.raises(ValueError, match="repeats=3 needs folds"):
+        compare(["lenet"], base, tmp_path / "c", model_configs={"lenet": CONFIGS["lenet"]}, repeats=3)
+    assert not any(tmp_path.rglob("*.pt"))
+
+
+def test_cli_compare_with_folds(tmp_path, capsys):
+    from resnexus.cli import main
+
+    data = _patients_folder(tmp_path / "patients")
+    out = tmp_path / "cmp"
+    args = ["compare", "--models", "resnet20_cifar,resnet32_cifar", "--data", str(data), "--out", str(out)]
+    args += ["--folds", "2", "--group-by", "patient", "--epochs", "1", "--image-size", "16", "--batch-size", "8"]
+    assert main([*args, "--precision", "fp32", "--no-isolate", "--val-fraction", "0"]) == 0
+    assert f"comparison: {out / 'comparison.md'}" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "comparison_folds.csv").open()))
+    assert [(r["model"], r["fold"]) for r in rows] == [
+        ("resnet20_cifar", "1"),
+        ("resnet20_cifar", "2"),
+        ("resnet32_cifar", "1"),
+        ("resnet32_cifar", "2"),
+    ]
+    assert main([*args[:7], "--repeats", "2"]) == 2  # --repeats without --folds: one clear line
+    assert "repeats=2 needs folds" in capsys.readouterr().err

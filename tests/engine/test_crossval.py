@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def _config(data: Path, out: Path, **kw) -> TrainConfig:
         lr=0.05,
         image_size=16,
         val_fraction=0.2,
+        select="val",  # validation is carved only when it chooses the epoch (see the test below)
         group_by="patient",
         precision="fp32",
         verbose=False,
@@ -379,3 +381,20 @@ def test_partition_check_catches_a_leaked_patient(tmp_path):
     leaked = [plan([1, 2], [0, 3]), plan([0, 3], [1, 2])]  # p0 on both sides
     with pytest.raises(AssertionError, match="groups on both train and test"):
         _check_partition(s, leaked)
+
+
+def test_a_validation_part_too_small_to_choose_on_trains_instead(tmp_path, caplog):
+    """--select auto never trusts a validation part under MIN_VAL_FOR_SELECTION images, so CV does
+    not carve one: every non-test image of a fold trains (on MSLD: 120 photos, not 108)."""
+    data = _make_folder(tmp_path / "data")
+    with caplog.at_level(logging.INFO, logger="resnexus"):
+        result = cross_validate(_config(data, tmp_path / "cv", select="auto", verbose=True), 2, refit=False)
+    total = 2 * sum(PHOTOS)
+    for fold in result.folds:
+        assert fold["n_val"] == 0 and fold["n_train"] == total - fold["n_test"]
+    record = json.loads((tmp_path / "cv" / "cv_splits.json").read_text())
+    assert all(set(fold) == {"train", "test"} for fold in record["folds"])
+    assert "20% of a fold's training images would be too few to choose an epoch on (< 100" in caplog.text
+    report = (tmp_path / "cv" / "cv_report.md").read_text()
+    assert "No validation set (too few images to choose an epoch on" in report
+    assert json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["protocol"]["val_fraction"] == 0.0

@@ -29,6 +29,18 @@ engine/keras_fit.py) into ``out/keras-NAME/``, so ``["resnext50_32x4d", "keras:r
 puts the same architecture trained by each framework side by side; its inference images/s time the
 Keras model (``predict_on_batch``), its parameters and MACs are its PyTorch twin's (the same numbers).
 
+**Cross-validated comparison** (``folds=K``, ``repeats=R``; ``compare --folds K --repeats R``): on a
+few hundred images one test split of a few dozen images cannot tell two models apart. Every model
+is then trained and tested on the same R x K fold runs: repeat r cuts K stratified folds (grouped
+by ``group_by``) with seed ``seed + r - 1``, and fold run ``r{r}f{k}`` trains on the other K-1
+folds (validation carved from them as ``train --folds`` does) and tests on fold k, into
+``out/<model>/r{r}f{k}/``. A row then holds each metric's mean over its fold runs, the accuracy's
+standard error corrected for the shared training images (Nadeau & Bengio, 2003), and the
+**paired** difference in accuracy against the first model, fold run by fold run, with its own
+corrected standard error: the comparison that removes the splits' luck from the difference.
+Training time and speeds are medians per fold run; ``comparison_folds.csv`` has every fold run,
+``comparison_splits.json`` the files each fold run trained and was tested on.
+
 A model that fails while training gets a row with ``status`` "failed" and the error; the others
 still run. Bad input (no models, an unknown or repeated name, overrides a model rejects or an
 image size it cannot take, run directories that already hold runs) fails before any training.
@@ -54,15 +66,16 @@ from typing import Any
 
 import torch
 
-from ..data import Samples
+from ..data import Samples, kfold_splits
 from ..files import atomic_write, write_text_atomic
 from ..models.registry import count_macs, create_model, get_entry
 from ..reports import fixed_decimals, markdown_cell, markdown_table, plot_accuracy_vs_macs
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import TrainConfig, autocast_dtype, checked_splits, complete_config, describe_splits
+from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
 from .frameworks import train
 
-__all__ = ["COLUMNS", "CompareResult", "compare"]
+__all__ = ["COLUMNS", "FOLD_COLUMNS", "CompareResult", "compare"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +96,35 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("peak_memory_mib", "Peak memory (MiB)"),
     ("best_epoch", "Best epoch"),
     ("error", "Error"),
+)
+# With folds: the accuracy's corrected SE and the paired difference against the first model after the
+# accuracy, the number of fold runs instead of the best epoch (one per fold run), time per fold run.
+FOLD_COLUMNS: tuple[tuple[str, str], ...] = (
+    *COLUMNS[:3],
+    ("accuracy_se", "Accuracy SE"),
+    ("accuracy_diff", "Paired diff. vs first"),
+    ("accuracy_diff_se", "Diff. SE"),
+    *COLUMNS[3:9],
+    ("fold_runs", "Fold runs"),
+    ("train_seconds", "Train time per fold run (s)"),
+    *COLUMNS[10:13],
+    COLUMNS[14],
+)
+# comparison_folds.csv: one line per (model, fold run)
+FOLD_RUN_COLUMNS = (
+    "model",
+    "repeat",
+    "fold",
+    "status",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "roc_auc",
+    "n_train",
+    "n_test",
+    "train_seconds",
+    "run_dir",
+    "error",
 )
 _METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 _INFERENCE_MIN_SECONDS = 0.5  # keep timing batches until this much time has passed ...
@@ -110,15 +152,19 @@ def compare(
     out: str | Path,
     isolate: bool = True,
     model_configs: dict[str, dict[str, Any]] | None = None,
+    folds: int | None = None,
+    repeats: int = 1,
 ) -> CompareResult:
-    """Train each of ``models`` with ``base``'s recipe on one shared split; see the module docstring.
+    """Train each of ``models`` with ``base``'s recipe on the same images; see the module docstring.
 
     ``base.model``, ``base.out``, ``base.model_config`` and ``base.framework`` are not used
     (``model_configs`` maps a model, as given or without its ``keras:`` prefix, to its spec
     overrides, e.g. ``{"lenet": {"img_size": 32}}``). ``base.image_size`` None trains each model at
-    its own default input size; set it to compare at one size.
+    its own default input size; set it to compare at one size. ``folds`` (and ``repeats``) compare on
+    repeated grouped K-fold cross-validation instead of one split.
     """
     models = _check_models(models, model_configs)
+    _check_folds(folds, repeats)
     given_configs = {name: dict(cfg) for name, cfg in (model_configs or {}).items()}
     model_configs = {m: given_configs.get(m, given_configs.get(_spec(m)[0], {})) for m in models}
     if base.model_config:
@@ -146,15 +192,23 @@ def compare(
     autocast_dtype(recipe.precision, torch.device("cpu"))  # a typo here would fail every run, later
     if recipe.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}: expected 'sgd' or 'adamw'")
-    taken = [str(out / _run_name(n)) for n in models if (out / _run_name(n) / "checkpoints").exists()]
+
+    # the images every model sees: one split, or the same fold runs (name -> splits)
+    runs = _fold_runs(recipe, folds, repeats) if folds else {"": checked_splits(recipe, verbose=recipe.verbose)[0]}
+    taken = [
+        str(out / _run_name(n) / tag)
+        for n in models
+        for tag in runs
+        if (out / _run_name(n) / tag / "checkpoints").exists()
+    ]
     if taken and not base.overwrite:
         raise FileExistsError(
-            f"run directories already hold runs: {', '.join(taken)}; choose another out or set overwrite"
+            f"run directories already hold runs: {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; "
+            "choose another out or set overwrite"
         )
-
-    # the one split every model sees, of the images that passed the check
-    splits, _ = checked_splits(recipe, verbose=recipe.verbose)
-    num_classes = len(splits["train"].class_names)
+    first = next(iter(runs.values()))
+    class_names = first["train"].class_names
+    num_classes = len(class_names)
 
     # parameters and MACs as trained; building each model here also checks its overrides and image size
     rows: list[dict[str, Any]] = []
@@ -167,8 +221,9 @@ def compare(
                 f"compare: {name} with overrides {cfg.model_config} cannot run on {cfg.image_size}x{cfg.image_size} "
                 f"images with {num_classes} classes: {type(error).__name__}: {error}"
             ) from error
+        columns = FOLD_COLUMNS if folds else COLUMNS
         rows.append(
-            {key: None for key, _ in COLUMNS}
+            {key: None for key, _ in columns}
             | {
                 "model": name,
                 "params": params,
@@ -180,19 +235,147 @@ def compare(
 
     out.mkdir(parents=True, exist_ok=True)
     log = logger.info if base.verbose else logger.debug
+    run = _run_isolated if isolate else _run_in_process
+    fold_records: list[dict[str, Any]] = []
     for i, (name, row) in enumerate(zip(models, rows), 1):
-        log(f"compare [{i}/{len(models)}]: {name} -> {out / _run_name(name)}")
-        measured = _run_isolated(configs[name], splits) if isolate else _run_in_process(configs[name], splits)
-        row.update(measured)
+        if not folds:
+            log(f"compare [{i}/{len(models)}]: {name} -> {out / _run_name(name)}")
+            row.update(run(configs[name], runs[""]))
+        else:
+            measured = {}
+            for tag, splits in runs.items():
+                run_dir = out / _run_name(name) / tag
+                log(f"compare [{i}/{len(models)}] fold run {tag}: {name} -> {run_dir}")
+                measured[tag] = run(replace(configs[name], out=str(run_dir)), splits)
+                fold_records.append(_fold_record(name, tag, splits, measured[tag], run_dir))
+            row.update(_summarise_fold_runs(measured, runs))
         if row["status"] == "failed":
             log(f"compare: {name} failed: {row['error']}")
+    if folds:
+        _add_paired_differences(rows, fold_records, runs)
+        record = {"fold_runs": list(runs)} | splits_record(first["test"].root, list(runs.values()))
+        write_text_atomic(out / "comparison_splits.json", json.dumps(record, indent=2, ensure_ascii=False))
+        _write_csv(fold_records, out / "comparison_folds.csv", FOLD_RUN_COLUMNS)
+        protocol = _fold_protocol(runs, folds, repeats, recipe)
+    else:
+        evaluated = "test" if "test" in first else ("val" if "val" in first else "train")
+        protocol = f"split (same images for every model): {describe_splits(first)}; metrics on the {evaluated} split"
 
-    csv_path = _write_csv(rows, out / "comparison.csv")
+    columns = FOLD_COLUMNS if folds else COLUMNS
+    csv_path = _write_csv(rows, out / "comparison.csv", tuple(k for k, _ in columns))
     plot_path = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png")
-    markdown = _markdown(rows, recipe, splits, model_configs, isolate, plot_path.name)
+    markdown = _markdown(rows, columns, recipe, protocol, class_names, model_configs, isolate, plot_path.name)
     md_path = write_text_atomic(out / "comparison.md", markdown)
     log(f"comparison: {md_path}")
     return CompareResult(rows=rows, markdown=md_path, csv=csv_path, plot=plot_path)
+
+
+# -- cross-validated comparison ----------------------------------------------------------------
+def _check_folds(folds: int | None, repeats: int) -> None:
+    def is_count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if folds is None:
+        if repeats != 1:
+            raise ValueError(f"compare: repeats={repeats!r} needs folds (repeated K-fold cross-validation)")
+        return
+    if not is_count(folds) or folds < 2:
+        raise ValueError(f"compare: cross-validation needs at least 2 folds, got {folds!r}")
+    if not is_count(repeats) or repeats < 1:
+        raise ValueError(f"compare: repeats must be a whole number >= 1, got {repeats!r}")
+
+
+def _fold_runs(recipe: TrainConfig, folds: int, repeats: int) -> dict[str, dict[str, Samples]]:
+    """``{"r1f1": splits, ...}``: repeat r's K grouped, stratified folds with seed ``recipe.seed + r - 1``."""
+    samples = scan_checked(recipe)
+    runs = {}
+    for r in range(1, repeats + 1):
+        for k, (train_idx, test_idx) in enumerate(kfold_splits(samples, folds, seed=recipe.seed + r - 1), 1):
+            runs[f"r{r}f{k}"] = fold_splits(samples, train_idx, test_idx, recipe)
+    return runs
+
+
+def _fold_record(name: str, tag: str, splits: dict[str, Samples], measured: dict[str, Any], run_dir: Path) -> dict:
+    repeat, fold = (int(x) for x in tag[1:].split("f"))
+    return {key: measured.get(key) for key in _METRICS} | {
+        "model": name,
+        "repeat": repeat,
+        "fold": fold,
+        "status": measured["status"],
+        "n_train": len(splits["train"]) + (len(splits["val"]) if "val" in splits else 0),
+        "n_test": len(splits["test"]),
+        "train_seconds": measured.get("train_seconds"),
+        "run_dir": str(run_dir),
+        "error": measured.get("error"),
+    }
+
+
+def _summarise_fold_runs(measured: dict[str, dict[str, Any]], runs: dict[str, dict[str, Samples]]) -> dict:
+    """One row from a model's fold runs: metric means, the accuracy's corrected SE, median costs."""
+    failed = [(tag, m) for tag, m in measured.items() if m["status"] != "ok"]
+    if failed:
+        tag, m = failed[0]
+        return _failure(f"fold run {tag}: {m['error']}") | {"fold_runs": len(measured) - len(failed)}
+    rows = list(measured.values())
+    row: dict[str, Any] = {"status": "ok", "error": None, "fold_runs": len(rows)}
+    for key in _METRICS:
+        values = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+        row[key] = statistics.fmean(values) if values else None
+    n_test, n_train = _mean_sizes(runs)
+    row["accuracy_se"] = corrected_standard_error([r["accuracy"] for r in rows], n_test, n_train)
+    for key in ("train_seconds", "train_images_per_second", "inference_images_per_second"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        row[key] = statistics.median(values) if values else None
+    memory = [r["peak_memory_mib"] for r in rows if r.get("peak_memory_mib") is not None]
+    row["peak_memory_mib"] = max(memory) if memory else None
+    baselines = [r["baseline_memory_mib"] for r in rows if r.get("baseline_memory_mib") is not None]
+    if baselines:
+        row["baseline_memory_mib"] = statistics.median(baselines)
+    return row
+
+
+def _mean_sizes(runs: dict[str, dict[str, Samples]]) -> tuple[float, float]:
+    """Mean test and training-part (train + val) sizes of the fold runs: the SE correction's ratio."""
+    n_test = statistics.fmean(len(s["test"]) for s in runs.values())
+    n_train = statistics.fmean(sum(len(part) for name, part in s.items() if name != "test") for s in runs.values())
+    return n_test, n_train
+
+
+def _add_paired_differences(
+    rows: list[dict[str, Any]], records: list[dict[str, Any]], runs: dict[str, dict[str, Samples]]
+) -> None:
+    """Each later model's accuracy minus the first model's, fold run by fold run, and its corrected SE."""
+    accuracy = {(r["model"], r["repeat"], r["fold"]): r["accuracy"] for r in records if r["status"] == "ok"}
+    reference = rows[0]["model"]
+    n_test, n_train = _mean_sizes(runs)
+    for row in rows[1:]:
+        if row["status"] != "ok" or rows[0]["status"] != "ok":
+            continue
+        keys = [(m, r, f) for (m, r, f) in accuracy if m == reference]
+        diffs = [accuracy[(row["model"], r, f)] - accuracy[(m, r, f)] for (m, r, f) in keys]
+        row["accuracy_diff"] = statistics.fmean(diffs)
+        row["accuracy_diff_se"] = corrected_standard_error(diffs, n_test, n_train)
+
+
+def _fold_protocol(runs: dict[str, dict[str, Samples]], folds: int, repeats: int, recipe: TrainConfig) -> str:
+    first = next(iter(runs.values()))
+    images = sum(len(part) for part in first.values())
+    groups = len({g for part in first.values() for g in part.groups})
+    n_test, n_train = _mean_sizes(runs)
+    seeds = f"{recipe.seed}" if repeats == 1 else f"{recipe.seed}-{recipe.seed + repeats - 1}"
+    validation = (
+        f"{100 * recipe.val_fraction:g}% of each training part for validation"
+        if recipe.val_fraction
+        else ("no validation (final weights)")
+    )
+    return (
+        f"cross-validation, the same {repeats * folds} fold runs for every model: {repeats} x {folds} stratified "
+        f"folds grouped by `{recipe.group_by or 'file'}` (fold seeds {seeds}) of {images} images in {groups} groups; "
+        f"each fold run trains on about {n_train:.0f} images ({validation}) and is tested on its held-out fold "
+        f"(about {n_test:.0f} images). Metrics are means over the fold runs; the accuracy's SE is Nadeau and "
+        "Bengio's corrected standard error, sqrt((1/n + n_test/n_train) s^2); the paired difference is each fold "
+        "run's accuracy minus the first model's on the same fold run (per fold run: comparison_folds.csv)"
+    )
 
 
 # -- input checks and static measurements ------------------------------------------------------
@@ -406,20 +589,22 @@ def _csv_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+def _write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> Path:
     with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow([key for key, _ in COLUMNS])
+        writer.writerow(columns)
         for row in rows:
-            writer.writerow([_csv_value(row.get(key)) for key, _ in COLUMNS])
+            writer.writerow([_csv_value(row.get(key)) for key in columns])
     return path
 
 
 def _cell(key: str, value: Any) -> str:
     """Markdown cell: metrics to 4 decimals, counts exact and times, speeds, memory to 0.1, with thousands
     separators; a missing value gets the reports' one mark."""
-    if key in _METRICS:
+    if key in _METRICS or key in ("accuracy_se", "accuracy_diff_se"):
         return fixed_decimals(value)
+    if key == "accuracy_diff":
+        return markdown_cell(None) if value is None else f"{value:+.4f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     if isinstance(value, float) and math.isfinite(value):
@@ -429,13 +614,15 @@ def _cell(key: str, value: Any) -> str:
 
 def _markdown(
     rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
     recipe: TrainConfig,
-    splits: dict[str, Samples],
+    protocol: str,
+    class_names: Sequence[str],
     overrides: dict[str, dict[str, Any]],
     isolate: bool,
     plot_name: str,
 ) -> str:
-    keys = [(k, h) for k, h in COLUMNS if k != "error" or any(r.get("error") for r in rows)]
+    keys = [(k, h) for k, h in columns if k != "error" or any(r.get("error") for r in rows)]
     table = markdown_table(
         [h for _, h in keys],
         [[_cell(k, r.get(k)) for k, _ in keys] for r in rows],
@@ -452,7 +639,11 @@ def _markdown(
             f"Best by accuracy: **{best['model']}** (accuracy {best['accuracy']:.4f}, {best['macs']:,} MACs"
             f"{', the fewest among the models tied on accuracy' if tied else ''})."
         )
-    evaluated = "test" if "test" in splits else ("val" if "val" in splits else "train")
+        if any(r.get("accuracy_diff_se") is not None for r in rows):
+            lines.append(
+                "A paired difference smaller than about twice its SE is within what the splits' luck alone "
+                "produces: read such models as tied."
+            )
     sizes = sorted({r["image_size"] for r in rows})
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     memory = (
@@ -474,8 +665,8 @@ def _markdown(
         "## Recipe (identical for every model)",
         "",
         f"- data: `{recipe.data}`",
-        f"- split (same images for every model): {describe_splits(splits)}; metrics on the {evaluated} split",
-        f"- classes ({len(splits['train'].class_names)}): {', '.join(splits['train'].class_names)}",
+        f"- {protocol}",
+        f"- classes ({len(class_names)}): {', '.join(class_names)}",
         f"- epochs: {recipe.epochs}, batch size: {recipe.batch_size}, optimizer: {recipe.optimizer}, "
         f"lr: {recipe.lr}, weight decay: {recipe.weight_decay}, warm-up epochs: {recipe.warmup_epochs}, "
         f"label smoothing: {recipe.label_smoothing}",
@@ -487,7 +678,7 @@ def _markdown(
         "",
         "Notes: parameters and MACs (multiply-accumulates of one image, convolutions and linears) are for the "
         "model as trained: its overrides, image size and class count. Train time is the whole run (epochs, "
-        "final evaluation, report); train img/s is the median over epochs; inference img/s times one fixed "
+        "final evaluation, report; with folds, the median fold run); train img/s is the median over epochs; inference img/s times one fixed "
         f"batch of {recipe.batch_size} in eval mode at the training precision, without data loading. "
         f"Peak memory: {memory}.",
         "",

@@ -4,8 +4,9 @@
 ``config.group_by``), makes K stratified, grouped folds (data/split.py: ``kfold_splits``), and
 for fold k trains on the other K-1 folds and tests on fold k. A validation set (for picking the
 best epoch) is carved from the training part with ``split_samples(test_fraction=0,
-val_fraction=config.val_fraction, seed=config.seed)``, so it is grouped too; ``config.test_fraction``
-is not used (the held-out fold is the test set).
+val_fraction=config.val_fraction, seed=config.seed)``, so it is grouped too, but only when it is
+large enough to choose on (see :func:`fold_splits`): on a few hundred images those images train.
+``config.test_fraction`` is not used (the held-out fold is the test set).
 
 Then, like scikit-learn's ``refit``, the deployable model is trained with the same recipe on
 every image (no validation, no test: best.pt holds the final weights, ``select="last"``, no early
@@ -28,6 +29,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,14 @@ from ..files import write_text_atomic
 from ..reports import fixed_decimals, markdown_cell, markdown_table
 from . import distributed
 from .checkpoint import BEST_FILES, CV_METRICS_FILE, REFIT_DIR, fold_run_dir
-from .config import TrainConfig, check_before_training, complete_config, split_subfolders
+from .config import (
+    MIN_VAL_FOR_SELECTION,
+    TrainConfig,
+    check_before_training,
+    checkpoint_selection,
+    complete_config,
+    split_subfolders,
+)
 from .frameworks import train
 
 logger = logging.getLogger(__name__)
@@ -93,13 +102,19 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True) -> Cross
     _check_run_dir(run_dir, folds, config, refit)
     ctx.barrier()
 
-    samples = _scan(config)
+    samples = scan_checked(config)
     fold_indices = kfold_splits(samples, folds, seed=config.seed)
-    plans = [_fold_splits(samples, train_idx, test_idx, config) for train_idx, test_idx in fold_indices]
+    plans = [fold_splits(samples, train_idx, test_idx, config) for train_idx, test_idx in fold_indices]
     _check_partition(samples, plans)
+    validated = any("val" in plan for plan in plans)
+    if config.val_fraction > 0 and not validated:
+        log(
+            f"no validation part: {100 * config.val_fraction:g}% of a fold's training images would be too few to "
+            f"choose an epoch on (< {MIN_VAL_FOR_SELECTION}, --select auto), so they train; the final weights are tested"
+        )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "cv_splits.json", _splits_record(samples, plans))
+        _write_json(run_dir / "cv_splits.json", splits_record(samples.root, plans))
     n_groups = len(set(samples.groups))
     log(
         f"cross-validation: {folds} folds of {len(samples)} images / {n_groups} groups "
@@ -133,7 +148,7 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True) -> Cross
         "groups": n_groups,
         "class_names": list(samples.class_names),
         "class_counts": samples.class_counts(),
-        "val_fraction": config.val_fraction,
+        "val_fraction": config.val_fraction if validated else 0.0,
         "model": config.model,
         "framework": config.framework,
         "weights": config.weights,
@@ -206,6 +221,18 @@ def aggregate(
     return mean, std, counts
 
 
+def corrected_standard_error(values: Sequence[float], n_test: float, n_train: float) -> float | None:
+    """Standard error of a mean over (repeated) K-fold runs, corrected as Nadeau & Bengio (2003) propose.
+
+    The fold runs share most of their training images, so their scores are correlated and the plain
+    s / sqrt(n) understates the uncertainty; the correction is sqrt((1/n + n_test/n_train) * s^2).
+    None with fewer than 2 values.
+    """
+    if len(values) < 2:
+        return None
+    return math.sqrt((1 / len(values) + n_test / n_train) * float(np.var(values, ddof=1)))
+
+
 def format_mean_std(mean: dict[str, float], std: dict[str, float | None], digits: int = 4) -> str:
     """``accuracy 0.8296 ± 0.0457 | macro F1 ...``: one line for logs and the report."""
     parts = []
@@ -232,7 +259,7 @@ def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
     write_text_atomic(run_dir / "cv_report.md", _report_markdown(record))
 
 
-def _scan(config: TrainConfig) -> Samples:
+def scan_checked(config: TrainConfig) -> Samples:
     """The one labelled set the folds are cut from, checked first (unreadable files refused or skipped)."""
     root = Path(config.data).expanduser()
     is_csv = root.suffix.lower() == ".csv" and root.is_file()
@@ -249,15 +276,19 @@ def _scan(config: TrainConfig) -> Samples:
     return scan_dataset(root, config.group_by).excluding(check.unreadable).linking(check.duplicates)
 
 
-def _fold_splits(
-    samples: Samples, train_idx: list[int], test_idx: list[int], config: TrainConfig
-) -> dict[str, Samples]:
-    """The held-out fold is the test set; validation is carved (grouped) from the rest."""
+def fold_splits(samples: Samples, train_idx: list[int], test_idx: list[int], config: TrainConfig) -> dict[str, Samples]:
+    """The held-out fold is the test set; validation is carved (grouped) from the rest.
+
+    Only when it would be used: a validation part too small to choose an epoch on (``--select
+    auto``, fewer than MIN_VAL_FOR_SELECTION images, no early stopping) would only take images away
+    from training, so they train instead (on 150 photos: 12 more per fold).
+    """
     rest = samples.subset(train_idx)
+    parts = {"train": rest}
     if config.val_fraction > 0:
-        parts = split_samples(rest, val_fraction=config.val_fraction, test_fraction=0.0, seed=config.seed)
-    else:
-        parts = {"train": rest}
+        carved = split_samples(rest, val_fraction=config.val_fraction, test_fraction=0.0, seed=config.seed)
+        if checkpoint_selection(config, len(carved.get("val", []))) == "val":
+            parts = carved
     return {**parts, "test": samples.subset(test_idx)}
 
 
@@ -305,10 +336,11 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _splits_record(samples: Samples, plans: list[dict[str, Samples]]) -> dict[str, Any]:
+def splits_record(root: Path, plans: list[dict[str, Samples]]) -> dict[str, Any]:
+    """The files of every fold's parts, relative to the data root: what cv_splits.json holds."""
     return {
-        "root": str(samples.root),
-        "folds": [{name: [_relative(p, samples.root) for p in s.paths] for name, s in plan.items()} for plan in plans],
+        "root": str(root),
+        "folds": [{name: [_relative(p, root) for p in s.paths] for name, s in plan.items()} for plan in plans],
     }
 
 
@@ -372,7 +404,8 @@ def _report_markdown(record: dict[str, Any]) -> str:
         f"- Validation (best-epoch choice): {100 * protocol['val_fraction']:g}% of each fold's training part, "
         "grouped and stratified, same seed."
         if protocol["val_fraction"] > 0
-        else "- No validation set: the epoch with the best training accuracy is tested.",
+        else "- No validation set (too few images to choose an epoch on, or none asked for): the final weights "
+        "are tested.",
         f"- Model {protocol['model']}"
         + (f" from `{protocol['weights']}`" if protocol["weights"] else " trained from scratch")
         + f", {protocol['epochs']} epochs, image size {protocol['image_size']}, batch size {protocol['batch_size']}.",
