@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from resnexus.cli import main
@@ -398,3 +399,28 @@ def test_a_validation_part_too_small_to_choose_on_trains_instead(tmp_path, caplo
     report = (tmp_path / "cv" / "cv_report.md").read_text()
     assert "No validation set (too few images to choose an epoch on" in report
     assert json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["protocol"]["val_fraction"] == 0.0
+
+
+def test_jobs_train_the_same_runs_side_by_side(tmp_path):
+    """--jobs 2: the fold runs and the refit in two worker processes, one thread each, give the same
+    weights and metrics as the same runs one after another on one thread."""
+    data = _make_folder(tmp_path / "data")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # each of the 2 workers gets 1
+        side_by_side = cross_validate(_config(data, tmp_path / "jobs2"), 2, jobs=2)
+        torch.set_num_threads(1)
+        in_order = cross_validate(_config(data, tmp_path / "jobs1"), 2, jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert [f["accuracy"] for f in side_by_side.folds] == [f["accuracy"] for f in in_order.folds]
+    assert side_by_side.test_paths == in_order.test_paths
+    for run in ("fold1", "fold2", "refit"):
+        a = load_checkpoint(tmp_path / "jobs2" / run / "checkpoints" / "best.pt")["state_dict"]
+        b = load_checkpoint(tmp_path / "jobs1" / run / "checkpoints" / "best.pt")["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run
+    record = json.loads((tmp_path / "jobs2" / "cv_metrics.json").read_text())
+    assert record["refit"]["status"] == "done" and [f["fold"] for f in record["folds"]] == [1, 2]
+    with pytest.raises(ValueError, match="--jobs must be a whole number >= 1, got 0"):
+        cross_validate(_config(data, tmp_path / "bad"), 2, jobs=0)
+    assert not (tmp_path / "bad").exists()

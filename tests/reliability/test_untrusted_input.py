@@ -101,6 +101,8 @@ def test_csv_paths_cannot_leave_the_data_root(data, tmp_path, capsys):
         (["--image-size", "4"], "the image size >= 8 pixels"),
         (["--batch-size", "0"], "batch size must be >= 1"),
         (["--folds", "1"], "cross-validation needs at least 2 folds, got 1"),
+        (["--jobs", "2"], "--jobs goes with --folds (it trains fold runs side by side)"),
+        (["--folds", "2", "--jobs", "0"], "--jobs must be a whole number >= 1, got 0"),
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "val_fraction + test_fraction must be < 1"),
         (
             ["--optimizer", "adamw", "--precision", "fp32", "--balance", "sampler", "--group-by", "(["],

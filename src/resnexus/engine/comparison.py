@@ -74,6 +74,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import TrainConfig, autocast_dtype, checked_splits, complete_config, describe_splits
 from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
 from .frameworks import train
+from .workers import log_like_parent, logging_of_this_process
 
 __all__ = ["COLUMNS", "FOLD_COLUMNS", "CompareResult", "compare"]
 
@@ -515,29 +516,11 @@ def _run_in_process(config: TrainConfig, splits: dict[str, Samples]) -> dict[str
         return _failure(error)
 
 
-def _logging_of_this_process() -> tuple[int, bool]:
-    """What a spawned child needs to log as this process does: the package logger's level, and
-    whether its messages are shown at all (the CLI, or an application, configured a handler)."""
-    package = logging.getLogger("resnexus")
-    return package.getEffectiveLevel(), package.hasHandlers()
-
-
-def _log_like_parent(level: int, shown: bool) -> None:
-    """A spawned process starts with logging unconfigured; show its messages as plain lines on stdout,
-    as the CLI does, so a model's training log reads the same isolated or not."""
-    package = logging.getLogger("resnexus")
-    package.setLevel(level)
-    if shown and not package.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        package.addHandler(handler)
-
-
 def _child(
     config: TrainConfig, splits: dict[str, Samples], result_path: str, threads: int, logging_setup: tuple[int, bool]
 ) -> None:
     """Entry point of the spawned process: train, then write the measured row as JSON."""
-    _log_like_parent(*logging_setup)
+    log_like_parent(*logging_setup)
     torch.set_num_threads(threads)
     baseline = _peak_rss_mib()  # the interpreter, PyTorch and resnexus, before any training
     try:
@@ -555,7 +538,7 @@ def _run_isolated(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, 
     fd, result_path = tempfile.mkstemp(prefix=".compare-", suffix=".json", dir=Path(config.out).parent)
     os.close(fd)
     try:
-        args = (config, splits, result_path, torch.get_num_threads(), _logging_of_this_process())
+        args = (config, splits, result_path, torch.get_num_threads(), logging_of_this_process())
         process = ctx.Process(target=_child, args=args, name=f"compare-{Path(config.out).name}")
         process.start()
         try:

@@ -50,6 +50,7 @@ from .config import (
     split_subfolders,
 )
 from .frameworks import train
+from .workers import run_side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -88,16 +89,25 @@ class CrossValResult:
         return self.run_dir / "cv_report.md"
 
 
-def cross_validate(config: TrainConfig, folds: int, refit: bool = True) -> CrossValResult:
+def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: int = 1) -> CrossValResult:
     """Train and test ``folds`` models, one per held-out fold, then (``refit``) the deployable model
-    on every image; see the module docstring."""
+    on every image; see the module docstring. ``jobs`` > 1 trains that many of these runs side by
+    side, each in a process of its own with an equal share of the threads (like scikit-learn's
+    ``n_jobs``): the same runs and files, sooner on a CPU with a few cores."""
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"--jobs must be a whole number >= 1, got {jobs!r}")
     started = time.perf_counter()
     config = complete_config(config)  # data (built-in digits when None), model, out, ...
     ctx = distributed.setup()  # under torchrun every fold trains data-parallel; rank 0 writes
     main = ctx.is_main
     log = logger.info if config.verbose and main else logger.debug  # rank 0 speaks for the run
+    if jobs > 1 and (ctx.enabled or config.framework == "keras"):
+        raise ValueError(
+            "--jobs runs fold runs side by side in PyTorch processes of their own; it cannot be combined with "
+            + ("torchrun (--nproc)" if ctx.enabled else "--framework keras")
+        )
     run_dir = Path(config.out)
     _check_run_dir(run_dir, folds, config, refit)
     ctx.barrier()
@@ -121,67 +131,39 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True) -> Cross
         f"(grouped by {config.group_by or 'file'}), seed {config.seed}, into {run_dir}"
     )
 
-    fold_metrics: list[dict[str, Any]] = []
-    for k, splits in enumerate(plans, start=1):
-        log(f"-- fold {k}/{folds}: {' / '.join(f'{len(s)} {name}' for name, s in splits.items())}")
-        fold_config = dataclasses.replace(config, out=str(fold_run_dir(run_dir, k)))
-        result = train(fold_config, splits=splits)
-        row = dict(result.metrics)
-        row.update(
-            fold=k,
-            n_train=len(splits["train"]),
-            n_val=len(splits["val"]) if "val" in splits else 0,
-            n_test=len(splits["test"]),
-            test_groups=len(set(splits["test"].groups)),
-            seconds=result.seconds,
-            run_dir=str(result.run_dir),
+    # the K fold runs, then the refit: one after another, or `jobs` side by side (the refit needs no fold)
+    refit_dir = run_dir / REFIT_DIR if refit else None
+    tasks = [
+        (
+            dataclasses.replace(config, out=str(fold_run_dir(run_dir, k))),
+            splits,
+            f"-- fold {k}/{folds}: {' / '.join(f'{len(s)} {name}' for name, s in splits.items())}",
         )
-        fold_metrics.append(row)
-
-    mean, std, counts = aggregate(fold_metrics)
-    protocol = {
-        "folds": folds,
-        "data": str(config.data),
-        "group_by": config.group_by,
-        "seed": config.seed,
-        "images": len(samples),
-        "groups": n_groups,
-        "class_names": list(samples.class_names),
-        "class_counts": samples.class_counts(),
-        "val_fraction": config.val_fraction if validated else 0.0,
-        "model": config.model,
-        "framework": config.framework,
-        "weights": config.weights,
-        "epochs": config.epochs,
-        "image_size": config.image_size,
-        "batch_size": config.batch_size,
-        "std": "sample standard deviation over folds (ddof=1)",
-    }
-    pooled = np.sum([np.asarray(m["confusion_matrix"]) for m in fold_metrics], axis=0).tolist()
-    record = {
-        "protocol": protocol,
-        "folds": fold_metrics,
-        "mean": mean,
-        "std": std,
-        "n_folds_with_value": counts,
-        "pooled_confusion_matrix": pooled,
-        "refit": {"status": "training" if refit else "skipped", "images": len(samples)},
-        "seconds": time.perf_counter() - started,
-    }
-    if main:  # the estimate is on disk before the refit starts (an interrupted refit loses nothing)
-        _write_record(run_dir, record)
-    log(f"cross-validation ({folds} folds): {format_mean_std(mean, std)}")
-    refit_dir = None
-    if refit:
-        refit_dir = run_dir / REFIT_DIR
-        log(f"-- refit: the same recipe on all {len(samples)} images (no validation / test; final weights)")
-        result = train(_refit_config(config, refit_dir), splits={"train": samples})
+        for k, splits in enumerate(plans, start=1)
+    ]
+    if refit_dir is not None:
+        heading = f"-- refit: the same recipe on all {len(samples)} images (no validation / test; final weights)"
+        tasks.append((_refit_config(config, refit_dir), {"train": samples}, heading))
+    if jobs > 1:
+        log(f"{len(tasks)} training runs, {jobs} side by side in processes of their own")
+    outcomes: dict[int, dict[str, Any]] = {}
+    record: dict[str, Any] | None = None
+    for i, outcome in run_side_by_side(_train_task, tasks, jobs):
+        outcomes[i] = outcome
+        if record is None and all(k in outcomes for k in range(folds)):
+            fold_metrics = [_fold_row(k + 1, plans[k], outcomes[k]) for k in range(folds)]
+            record = _estimate_record(config, samples, fold_metrics, validated, refit, started)
+            if main:  # the estimate is on disk before the refit ends (an interrupted refit loses nothing)
+                _write_record(run_dir, record)
+            log(f"cross-validation ({folds} folds): {format_mean_std(record['mean'], record['std'])}")
+    assert record is not None  # every fold run finished (a failure raised above)
+    if refit_dir is not None:
         record["refit"] = {
             "status": "done",
             "images": len(samples),
             "run_dir": REFIT_DIR,
             "checkpoint": f"{REFIT_DIR}/checkpoints/{BEST_FILES[config.framework]}",
-            "seconds": result.seconds,
+            "seconds": outcomes[folds]["seconds"],
         }
         record["seconds"] = time.perf_counter() - started
         if main:
@@ -194,14 +176,74 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True) -> Cross
         log("no refit (--no-refit): use the fold models with --ensemble (predict / evaluate / explain)")
     log(f"report: {run_dir / 'cv_report.md'}")
     return CrossValResult(
-        folds=fold_metrics,
-        mean=mean,
-        std=std,
+        folds=record["folds"],
+        mean=record["mean"],
+        std=record["std"],
         run_dir=run_dir,
         test_paths=[list(p["test"].paths) for p in plans],
         seconds=record["seconds"],
         refit_dir=refit_dir,
     )
+
+
+def _train_task(config: TrainConfig, splits: dict[str, Samples], heading: str) -> dict[str, Any]:
+    """One fold run or the refit; module-level, so that a worker process can run it."""
+    (logger.info if config.verbose and distributed.setup().is_main else logger.debug)(heading)
+    result = train(config, splits=splits)
+    return {"metrics": result.metrics, "seconds": result.seconds, "run_dir": str(result.run_dir)}
+
+
+def _fold_row(k: int, splits: dict[str, Samples], outcome: dict[str, Any]) -> dict[str, Any]:
+    """Fold k's test metrics and the facts of its split, as cv_metrics.json lists them."""
+    return dict(outcome["metrics"]) | dict(
+        fold=k,
+        n_train=len(splits["train"]),
+        n_val=len(splits["val"]) if "val" in splits else 0,
+        n_test=len(splits["test"]),
+        test_groups=len(set(splits["test"].groups)),
+        seconds=outcome["seconds"],
+        run_dir=outcome["run_dir"],
+    )
+
+
+def _estimate_record(
+    config: TrainConfig,
+    samples: Samples,
+    fold_metrics: list[dict[str, Any]],
+    validated: bool,
+    refit: bool,
+    started: float,
+) -> dict[str, Any]:
+    """What cv_metrics.json holds once every fold has run: the protocol, the folds, mean and std."""
+    mean, std, counts = aggregate(fold_metrics)
+    protocol = {
+        "folds": len(fold_metrics),
+        "data": str(config.data),
+        "group_by": config.group_by,
+        "seed": config.seed,
+        "images": len(samples),
+        "groups": len(set(samples.groups)),
+        "class_names": list(samples.class_names),
+        "class_counts": samples.class_counts(),
+        "val_fraction": config.val_fraction if validated else 0.0,
+        "model": config.model,
+        "framework": config.framework,
+        "weights": config.weights,
+        "epochs": config.epochs,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
+        "std": "sample standard deviation over folds (ddof=1)",
+    }
+    return {
+        "protocol": protocol,
+        "folds": fold_metrics,
+        "mean": mean,
+        "std": std,
+        "n_folds_with_value": counts,
+        "pooled_confusion_matrix": np.sum([np.asarray(m["confusion_matrix"]) for m in fold_metrics], axis=0).tolist(),
+        "refit": {"status": "training" if refit else "skipped", "images": len(samples)},
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def aggregate(
