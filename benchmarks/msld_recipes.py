@@ -19,7 +19,7 @@ Standard errors: over n = repeats x folds fold runs, the plain SE (s / sqrt(n)) 
 uncertainty because the fold runs share training images; the table gives the corrected SE of
 Nadeau & Bengio (2003) for repeated K-fold, sqrt((1/n + n_test/n_train) * s^2), on both the
 accuracy and the paired difference against the baseline. ``jobs`` single-threaded processes run
-side by side (2 on 2 cores is ~1.7x one two-threaded run).
+side by side.
 
 Not a test: a full sweep trains hundreds of models.
 """

@@ -113,7 +113,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--jobs",
         type=int,
         help="with --folds: train N of the fold runs and the refit side by side, each in a process with "
-        "1/N of the threads (on a 2-core CPU, --jobs 2 finishes about 1.7x sooner); default 1",
+        "1/N of the threads: the same runs and files (benchmarks/cv_jobs.py measures the gain); default 1",
     )
     p.add_argument(
         "--no-refit",
