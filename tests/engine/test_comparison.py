@@ -326,6 +326,17 @@ def test_cv_row_is_the_mean_with_corrected_se_and_the_paired_difference(cv_resul
     assert "2 x 2 stratified folds grouped by `patient` (fold seeds 0-1) of 24 images in 12 groups" in text
 
 
+def test_cv_isolated_fold_runs_report_each_runs_peak_memory(tmp_path):
+    """The CLI's default: every fold run in a process of its own; the row's memory is the largest."""
+    data = _patients_folder(tmp_path / "patients")
+    base = _base(data, epochs=1, val_fraction=0.0, group_by="patient")
+    res = compare(["lenet"], base, tmp_path / "out", model_configs={"lenet": CONFIGS["lenet"]}, folds=2)
+    row = res.rows[0]
+    assert row["status"] == "ok" and row["fold_runs"] == 2 and row["error"] is None
+    assert row["peak_memory_mib"] > row["baseline_memory_mib"] > 0
+    assert [p.name for p in sorted((tmp_path / "out" / "lenet").iterdir())] == ["r1f1", "r1f2"]  # no temp files left
+
+
 def test_cv_bad_fold_settings_are_rejected_before_training(data, tmp_path):
     base = _base(data)
     with pytest.raises(ValueError, match="at least 2 folds, got 1"):

@@ -535,6 +535,7 @@ def _child(
 def _run_isolated(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, Any]:
     """One model in a fresh ``spawn`` process: its own peak memory, and a crash stays contained."""
     ctx = multiprocessing.get_context("spawn")
+    Path(config.out).parent.mkdir(parents=True, exist_ok=True)  # a fold run's model folder may not exist yet
     fd, result_path = tempfile.mkstemp(prefix=".compare-", suffix=".json", dir=Path(config.out).parent)
     os.close(fd)
     try:
