@@ -333,7 +333,9 @@ def test_cv_isolated_fold_runs_report_each_runs_peak_memory(tmp_path):
     res = compare(["lenet"], base, tmp_path / "out", model_configs={"lenet": CONFIGS["lenet"]}, folds=2)
     row = res.rows[0]
     assert row["status"] == "ok" and row["fold_runs"] == 2 and row["error"] is None
-    assert row["peak_memory_mib"] > row["baseline_memory_mib"] > 0
+    if not torch.cuda.is_available():  # each child's own peak RSS (the largest of the fold runs)
+        assert 50 < row["peak_memory_mib"] < 64 * 1024
+        assert 0 < row["baseline_memory_mib"] <= row["peak_memory_mib"]
     assert [p.name for p in sorted((tmp_path / "out" / "lenet").iterdir())] == ["r1f1", "r1f2"]  # no temp files left
 
 
