@@ -14,6 +14,7 @@ where it stopped and new recipes can be added later on the same splits.
     python benchmarks/msld_recipes.py colour --repeats 5              # colour histograms: the floor
     python benchmarks/msld_recipes.py ensemble --recipes default,r18_128   # averaging recorded models
     python benchmarks/msld_recipes.py testsize --recipe default        # kept weights at other test sizes
+    python benchmarks/msld_recipes.py models --recipes default,r18_128   # accuracy, F1, AUC, params, MACs, speed
 
 Standard errors: over n = repeats x folds fold runs, the plain SE (s / sqrt(n)) understates the
 uncertainty because the fold runs share training images; the table gives the corrected SE of
@@ -123,6 +124,10 @@ recipe("r34_128", model="resnet34", image_size=128, epochs=60)
 recipe("densenet121_128", model="densenet121", image_size=128, epochs=60)
 recipe("resnet50v2_128", model="resnet50v2", image_size=128, epochs=60)
 recipe("res2net50_128", model="res2net50_26w_4s", image_size=128, epochs=60)
+# issue 16 item 4, the seed's comparison on the recommended command's recipe (128 px, 40 epochs)
+recipe("rx50_128_e40", model="resnext50_32x4d", image_size=128, epochs=40)
+recipe("resnet50v2_128_e40", model="resnet50v2", image_size=128, epochs=40)
+recipe("densenet121_128_e40", model="densenet121", image_size=128, epochs=40)
 
 
 def fold_plan(data: Path, folds: int, repeats: int) -> tuple[Any, list[tuple[int, int, list[int], list[int]]]]:
@@ -426,6 +431,61 @@ def cmd_testsize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Issue 16's item 4 table from the records: one row per recipe with the accuracy and its
+    corrected SE, the paired difference against the first recipe on the fold runs both have, macro
+    F1 and ROC-AUC (means over fold runs, the package's metrics), parameters and MACs of the model
+    as trained, and the median training time and training images/s of one fold run."""
+    import torch
+
+    from resnexus import create_model
+    from resnexus.models.registry import count_macs
+    from resnexus.reports.metrics import classification_metrics
+
+    names = args.recipes.split(",")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        sys.exit(f"unknown recipes {unknown}; see `list`")
+    records = [r for r in load_records(Path(args.out)) if r["folds"] == args.folds]
+    by_run = {(r["recipe"], r["repeat"], r["fold"]): r for r in records}
+    first = {(r, k): _accuracy(rec["probs"], rec["labels"]) for (n, r, k), rec in by_run.items() if n == names[0]}
+    print(
+        f"| model (recipe) | fold runs | accuracy (mean ± corrected SE) | paired diff vs {names[0]} | macro F1 "
+        "| ROC-AUC | params | MACs | median min / fold run | train images/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        recs = [rec for (n, _, _), rec in sorted(by_run.items()) if n == name]
+        if not recs:
+            print(f"| {name} | 0 | not run | | | | | | | |")
+            continue
+        config = recipe_config(name, Path(args.data), Path(args.out), seed=0)
+        accs = [_accuracy(r["probs"], r["labels"]) for r in recs]
+        diffs = [
+            accs[i] - first[(r["repeat"], r["fold"])] for i, r in enumerate(recs) if (r["repeat"], r["fold"]) in first
+        ]
+        scores = [
+            classification_metrics(
+                r["labels"], np.stack([1 - np.asarray(r["probs"]), np.asarray(r["probs"])], 1), ["0", "1"]
+            )
+            for r in recs
+        ]
+        with torch.device("meta"):
+            model = create_model(config.model, num_classes=2).eval()
+        params = sum(p.numel() for p in model.parameters())
+        macs = count_macs(model, (3, config.image_size, config.image_size))
+        seconds = float(np.median([r["seconds"] for r in recs]))
+        images_per_second = float(np.median([r["n_train"] * config.epochs / r["seconds"] for r in recs]))
+        diff = f"{_mean_se(diffs)} ({len(diffs)})" if len(diffs) > 1 else "n/a"
+        print(
+            f"| {config.model} ({name}) | {len(recs)} | {_mean_se(accs)} % | {diff} "
+            f"| {np.mean([s['macro_f1'] for s in scores]):.3f} | {np.mean([s['roc_auc'] for s in scores]):.3f} "
+            f"| {params / 1e6:.2f} M | {macs / 1e9:.2f} G | {seconds / 60:.1f} ({recs[0]['threads']} thread) "
+            f"| {images_per_second:.1f} |"
+        )
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     for name, (overrides, augment) in RECIPES.items():
         print(f"{name:>16}: {overrides} {augment or ''}")
@@ -447,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--baseline", default="default")
     table.add_argument("--tta", action="store_true", help="also the rows with flip TTA")
     sub.add_parser("list", help="the recipes")
+    models = sub.add_parser("models", help="item 4's table: accuracy, paired diff, F1, AUC, params, MACs, speed")
+    models.add_argument("--recipes", required=True, help="comma-separated; the first is the paired reference")
     ensemble = sub.add_parser("ensemble", help="average recorded probabilities of several recipes per fold run")
     ensemble.add_argument("--recipes", required=True)
     testsize = sub.add_parser("testsize", help="kept weights of a recipe tested at other resolutions / crops")
@@ -455,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     testsize.add_argument("--threads", type=int, default=1)
     colour = sub.add_parser("colour", help="the colour-histogram floor on the same folds")
     colour.add_argument("--repeats", type=int, default=5)
-    for sp in (run, table, colour, ensemble, testsize):
+    for sp in (run, table, colour, ensemble, testsize, models):
         sp.add_argument("--data", default=str(DEFAULT_DATA))
         sp.add_argument("--out", default=str(DEFAULT_OUT))
         sp.add_argument("--folds", type=int, default=5, help="K (default 5)")
@@ -469,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         "colour": cmd_colour,
         "ensemble": cmd_ensemble,
         "testsize": cmd_testsize,
+        "models": cmd_models,
     }
     return commands[args.command](args)
 

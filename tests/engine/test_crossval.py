@@ -423,4 +423,6 @@ def test_jobs_train_the_same_runs_side_by_side(tmp_path):
     assert record["refit"]["status"] == "done" and [f["fold"] for f in record["folds"]] == [1, 2]
     with pytest.raises(ValueError, match="--jobs must be a whole number >= 1, got 0"):
         cross_validate(_config(data, tmp_path / "bad"), 2, jobs=0)
+    with pytest.raises(ValueError, match="--jobs must be a whole number >= 1, got True"):
+        cross_validate(_config(data, tmp_path / "bad"), 2, jobs=True)
     assert not (tmp_path / "bad").exists()

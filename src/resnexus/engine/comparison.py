@@ -71,7 +71,7 @@ from ..files import atomic_write, write_text_atomic
 from ..models.registry import count_macs, create_model, get_entry
 from ..reports import fixed_decimals, markdown_cell, markdown_table, plot_accuracy_vs_macs
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import TrainConfig, autocast_dtype, checked_splits, complete_config, describe_splits
+from .config import TrainConfig, autocast_dtype, checked_splits, complete_config, describe_splits, is_whole_number
 from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
 from .frameworks import train
 from .workers import log_like_parent, logging_of_this_process
@@ -273,16 +273,13 @@ def compare(
 
 # -- cross-validated comparison ----------------------------------------------------------------
 def _check_folds(folds: int | None, repeats: int) -> None:
-    def is_count(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
     if folds is None:
         if repeats != 1:
             raise ValueError(f"compare: repeats={repeats!r} needs folds (repeated K-fold cross-validation)")
         return
-    if not is_count(folds) or folds < 2:
+    if not is_whole_number(folds) or folds < 2:
         raise ValueError(f"compare: cross-validation needs at least 2 folds, got {folds!r}")
-    if not is_count(repeats) or repeats < 1:
+    if not is_whole_number(repeats) or repeats < 1:
         raise ValueError(f"compare: repeats must be a whole number >= 1, got {repeats!r}")
 
 

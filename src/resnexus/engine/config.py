@@ -243,6 +243,11 @@ def _label(name: str) -> str:
     return f"{name} ({_FLAGS.get(name, '--' + name.replace('_', '-'))})"
 
 
+def is_whole_number(value: Any) -> bool:
+    """An int that is not a bool: ``True`` must not pass as 1 fold, 1 repeat or 1 job."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _accepts(kind: type, value: Any) -> bool:
     """``isinstance``, except that a bool is not a number and an int is a float (YAML's ``lr: 1``)."""
     if kind is bool:

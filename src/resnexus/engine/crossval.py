@@ -47,6 +47,7 @@ from .config import (
     check_before_training,
     checkpoint_selection,
     complete_config,
+    is_whole_number,
     split_subfolders,
 )
 from .frameworks import train
@@ -94,9 +95,9 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
     on every image; see the module docstring. ``jobs`` > 1 trains that many of these runs side by
     side, each in a process of its own with an equal share of the threads (like scikit-learn's
     ``n_jobs``): the same runs and files, sooner on a CPU with a few cores."""
-    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+    if not is_whole_number(folds) or folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+    if not is_whole_number(jobs) or jobs < 1:
         raise ValueError(f"--jobs must be a whole number >= 1, got {jobs!r}")
     started = time.perf_counter()
     config = complete_config(config)  # data (built-in digits when None), model, out, ...
