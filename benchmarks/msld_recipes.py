@@ -15,6 +15,7 @@ where it stopped and new recipes can be added later on the same splits.
     python benchmarks/msld_recipes.py ensemble --recipes default,r18_128   # averaging recorded models
     python benchmarks/msld_recipes.py testsize --recipe default        # kept weights at other test sizes
     python benchmarks/msld_recipes.py models --recipes default,r18_128   # accuracy, F1, AUC, params, MACs, speed
+    python benchmarks/msld_recipes.py nested --recipe r18_128_e40      # fold ensemble vs refit, nested CV
 
 Standard errors: over n = repeats x folds fold runs, the plain SE (s / sqrt(n)) understates the
 uncertainty because the fold runs share training images; the table gives the corrected SE of
@@ -170,10 +171,9 @@ def recipe_config(name: str, data: Path, out: Path, seed: int, precision: str = 
     return config
 
 
-def run_one(
-    name: str, data: str, folds: int, repeats: int, repeat: int, fold: int, out: str, threads: int, precision: str
-) -> dict:
-    """Train recipe ``name`` on fold run (repeat, fold) and return its JSON record."""
+def train_and_test(name: str, train_part: Any, test: Any, run_dir: Path, seed: int, precision: str) -> dict:
+    """Train recipe ``name`` on ``train_part`` into ``run_dir``, predict ``test`` with and without
+    flip TTA, and drop the weights (unless KEEP_WEIGHTS): the parts of a record both protocols share."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -182,14 +182,9 @@ def run_one(
     from resnexus.engine.fit import train
     from resnexus.engine.inference import predict_loader
 
-    torch.set_num_threads(threads)
-    samples, plan = fold_plan(Path(data), folds, repeats)
-    (_, _, train_idx, test_idx) = next(p for p in plan if p[0] == repeat and p[1] == fold)
-    run_dir = Path(out) / "runs" / name / f"r{repeat}f{fold}"
-    config = recipe_config(name, Path(data), run_dir, seed=repeat * 100 + fold, precision=precision)
-    test = samples.subset(test_idx)
+    config = recipe_config(name, Path(train_part.root), run_dir, seed=seed, precision=precision)
     started = time.perf_counter()
-    result = train(config, splits={"train": samples.subset(train_idx)})
+    result = train(config, splits={"train": train_part})
     seconds = time.perf_counter() - started
     model, ckpt = load_for_inference(run_dir)
     preprocess = eval_transform(ckpt["image_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"])
@@ -203,19 +198,54 @@ def run_one(
         "recipe": name,
         "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[name][0].items()},
         "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[name][1].items()},
-        "repeat": repeat,
-        "fold": fold,
-        "folds": folds,
-        "n_train": len(train_idx),
-        "n_test": len(test_idx),
+        "n_train": len(train_part),
+        "n_test": len(test),
         "seconds": seconds,
-        "threads": threads,
+        "threads": torch.get_num_threads(),
         "train_accuracy_last_epoch": result.history[-1].get("train_accuracy") if result.history else None,
-        "paths": [p.relative_to(samples.root).as_posix() for p in test.paths],
+        "paths": [p.relative_to(test.root).as_posix() for p in test.paths],
         "labels": labels.tolist(),
         "probs": probs[:, 1].round(5).tolist(),
         "probs_flip": probs_flip[:, 1].round(5).tolist(),
     }
+
+
+def run_one(
+    name: str, data: str, folds: int, repeats: int, repeat: int, fold: int, out: str, threads: int, precision: str
+) -> dict:
+    """Train recipe ``name`` on fold run (repeat, fold) and return its JSON record."""
+    import torch
+
+    torch.set_num_threads(threads)
+    samples, plan = fold_plan(Path(data), folds, repeats)
+    (_, _, train_idx, test_idx) = next(p for p in plan if p[0] == repeat and p[1] == fold)
+    run_dir = Path(out) / "runs" / name / f"r{repeat}f{fold}"
+    record = train_and_test(
+        name, samples.subset(train_idx), samples.subset(test_idx), run_dir, repeat * 100 + fold, precision
+    )
+    return {"repeat": repeat, "fold": fold, "folds": folds} | record
+
+
+def run_inner(
+    name: str, data: str, folds: int, repeat: int, fold: int, inner: int, inner_fold: int, out: str, precision: str
+) -> dict:
+    """Nested CV: the model ``train --folds INNER`` would train as its fold ``inner_fold`` on outer fold
+    run (repeat, fold)'s training part (inner folds: seed ``repeat``), tested on the outer held-out fold."""
+    import torch
+
+    from resnexus.data import kfold_splits
+
+    torch.set_num_threads(1)
+    samples, plan = fold_plan(Path(data), folds, repeat + 1)
+    (_, _, train_idx, test_idx) = next(p for p in plan if p[0] == repeat and p[1] == fold)
+    outer_train = samples.subset(train_idx)
+    inner_train_idx, _ = kfold_splits(outer_train, inner, seed=repeat)[inner_fold - 1]
+    run_dir = Path(out) / "nested" / name / f"r{repeat}f{fold}i{inner_fold}"
+    seed = 10_000 + repeat * 100 + fold * 10 + inner_fold
+    record = train_and_test(
+        name, outer_train.subset(inner_train_idx), samples.subset(test_idx), run_dir, seed, precision
+    )
+    return {"repeat": repeat, "fold": fold, "folds": folds, "inner": inner, "inner_fold": inner_fold} | record
 
 
 def load_records(out: Path) -> list[dict]:
@@ -477,12 +507,76 @@ def cmd_models(args: argparse.Namespace) -> int:
         seconds = float(np.median([r["seconds"] for r in recs]))
         images_per_second = float(np.median([r["n_train"] * config.epochs / r["seconds"] for r in recs]))
         diff = f"{_mean_se(diffs)} ({len(diffs)})" if len(diffs) > 1 else "n/a"
+        diff = "reference" if name == names[0] else diff
         print(
             f"| {config.model} ({name}) | {len(recs)} | {_mean_se(accs)} % | {diff} "
             f"| {np.mean([s['macro_f1'] for s in scores]):.3f} | {np.mean([s['roc_auc'] for s in scores]):.3f} "
             f"| {params / 1e6:.2f} M | {macs / 1e9:.2f} G | {seconds / 60:.1f} ({recs[0]['threads']} thread) "
             f"| {images_per_second:.1f} |"
         )
+    return 0
+
+
+def cmd_nested(args: argparse.Namespace) -> int:
+    """Fold ensemble vs refit, by nested CV (issue 16 item 1): on each outer fold run, the ``--inner``
+    fold models that ``train --folds INNER`` would train on the outer training part, their mean
+    probability (``--ensemble``) against the refit on the whole outer training part, which is the
+    recipe's own record of that fold run. Missing inner runs are trained first (resumable)."""
+    out, name = Path(args.out), args.recipe
+    if name not in RECIPES:
+        sys.exit(f"unknown recipe {name!r}; see `list`")
+    path = out / "nested.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    done = {(r["recipe"], r["inner"], r["repeat"], r["fold"], r["inner_fold"]) for r in records}
+    todo = [
+        (r, k, i)
+        for r in range(args.repeats)
+        for k in range(1, args.folds + 1)
+        for i in range(1, args.inner + 1)
+        if (name, args.inner, r, k, i) not in done
+    ]
+    print(f"{len(todo)} inner fold runs to do ({len(records)} on record) with {args.jobs} x 1 thread", flush=True)
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = {
+            pool.submit(run_inner, name, args.data, args.folds, r, k, args.inner, i, str(out), args.precision): (
+                r,
+                k,
+                i,
+            )
+            for r, k, i in todo
+        }
+        for future in as_completed(futures):
+            r, k, i = futures[future]
+            record = future.result()
+            records.append(record)
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"{name} r{r}f{k} inner {i}: acc {_accuracy(record['probs'], record['labels']):.3f}", flush=True)
+
+    refits = {
+        (r["repeat"], r["fold"]): r for r in load_records(out) if r["recipe"] == name and r["folds"] == args.folds
+    }
+    ensemble, refit, single = [], [], []
+    for r in range(args.repeats):
+        for k in range(1, args.folds + 1):
+            inner = [
+                x for x in records if (x["recipe"], x["inner"], x["repeat"], x["fold"]) == (name, args.inner, r, k)
+            ]
+            if len(inner) < args.inner or (r, k) not in refits:
+                continue
+            assert all(x["paths"] == refits[(r, k)]["paths"] for x in inner)  # the same held-out photos
+            ensemble.append(_accuracy(np.mean([x["probs"] for x in inner], axis=0), inner[0]["labels"]))
+            refit.append(_accuracy(refits[(r, k)]["probs"], refits[(r, k)]["labels"]))
+            single.append(float(np.mean([_accuracy(x["probs"], x["labels"]) for x in inner])))
+    if len(refit) < 2:
+        sys.exit(f"fewer than 2 complete outer fold runs of {name} (the refit is `run --recipes {name}`)")
+    print(f"{name}, {len(refit)} outer fold runs, {args.inner} inner folds each:")
+    print(f"  refit on the whole training part: {_mean_se(refit)} %")
+    print(
+        f"  mean of the {args.inner} fold models (--ensemble): {_mean_se(ensemble)} %, paired vs refit "
+        f"{_mean_se([e - f for e, f in zip(ensemble, refit)])}"
+    )
+    print(f"  one fold model alone (mean): {_mean_se(single)} %")
     return 0
 
 
@@ -507,6 +601,12 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--baseline", default="default")
     table.add_argument("--tta", action="store_true", help="also the rows with flip TTA")
     sub.add_parser("list", help="the recipes")
+    nested = sub.add_parser("nested", help="fold ensemble vs refit by nested CV (trains the inner fold runs)")
+    nested.add_argument("--recipe", required=True)
+    nested.add_argument("--inner", type=int, default=5, help="inner folds, as train --folds (default 5)")
+    nested.add_argument("--repeats", type=int, default=1, help="outer repeats (default 1)")
+    nested.add_argument("--jobs", type=int, default=2)
+    nested.add_argument("--precision", default="fp32")
     models = sub.add_parser("models", help="item 4's table: accuracy, paired diff, F1, AUC, params, MACs, speed")
     models.add_argument("--recipes", required=True, help="comma-separated; the first is the paired reference")
     ensemble = sub.add_parser("ensemble", help="average recorded probabilities of several recipes per fold run")
@@ -517,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     testsize.add_argument("--threads", type=int, default=1)
     colour = sub.add_parser("colour", help="the colour-histogram floor on the same folds")
     colour.add_argument("--repeats", type=int, default=5)
-    for sp in (run, table, colour, ensemble, testsize, models):
+    for sp in (run, table, colour, ensemble, testsize, models, nested):
         sp.add_argument("--data", default=str(DEFAULT_DATA))
         sp.add_argument("--out", default=str(DEFAULT_OUT))
         sp.add_argument("--folds", type=int, default=5, help="K (default 5)")
@@ -532,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         "ensemble": cmd_ensemble,
         "testsize": cmd_testsize,
         "models": cmd_models,
+        "nested": cmd_nested,
     }
     return commands[args.command](args)
 
