@@ -347,7 +347,7 @@ def test_cv_bad_fold_settings_are_rejected_before_training(data, tmp_path):
         compare(["lenet"], base, tmp_path / "b", model_configs={"lenet": CONFIGS["lenet"]}, folds=2, repeats=0)
     with pytest.raises(ValueError, match="repeats must be a whole number >= 1, got True"):
         compare(["lenet"], base, tmp_path / "d", model_configs={"lenet": CONFIGS["lenet"]}, folds=2, repeats=True)
-    with pytest.raises(ValueError, match="at least 2 folds, got 2.0"):
+    with pytest.raises(ValueError, match=r"at least 2 folds, got 2\.0"):
         compare(["lenet"], base, tmp_path / "e", model_configs={"lenet": CONFIGS["lenet"]}, folds=2.0)
     with pytest.raises(ValueError, match="repeats=3 needs folds"):
         compare(["lenet"], base, tmp_path / "c", model_configs={"lenet": CONFIGS["lenet"]}, repeats=3)
