@@ -401,6 +401,14 @@ def _accuracy(probs: Any, labels: Any) -> float:
     return float(np.mean((np.asarray(probs) > 0.5) == np.asarray(labels)))
 
 
+def _roc_auc(probs: Any, labels: Any) -> float:
+    """ROC-AUC of the recorded positive-class probabilities, by the package's own metrics."""
+    from resnexus.reports.metrics import classification_metrics
+
+    p = np.asarray(probs, dtype=float)
+    return float(classification_metrics(list(labels), np.stack([1 - p, p], 1), ["0", "1"])["roc_auc"])
+
+
 def _mean_se(values: list[float], n_test: float = 30, n_train: float = 120) -> str:
     return f"{100 * np.mean(values):.1f} ± {100 * corrected_se(np.asarray(values), n_test, n_train):.1f}"
 
@@ -557,6 +565,7 @@ def cmd_nested(args: argparse.Namespace) -> int:
         (r["repeat"], r["fold"]): r for r in load_records(out) if r["recipe"] == name and r["folds"] == args.folds
     }
     ensemble, refit, single = [], [], []
+    auc_ensemble, auc_refit, auc_single = [], [], []
     for r in range(args.repeats):
         for k in range(1, args.folds + 1):
             inner = [
@@ -568,6 +577,10 @@ def cmd_nested(args: argparse.Namespace) -> int:
             ensemble.append(_accuracy(np.mean([x["probs"] for x in inner], axis=0), inner[0]["labels"]))
             refit.append(_accuracy(refits[(r, k)]["probs"], refits[(r, k)]["labels"]))
             single.append(float(np.mean([_accuracy(x["probs"], x["labels"]) for x in inner])))
+            mean_probs = np.mean([x["probs"] for x in inner], axis=0)
+            auc_ensemble.append(_roc_auc(mean_probs, inner[0]["labels"]))
+            auc_refit.append(_roc_auc(refits[(r, k)]["probs"], refits[(r, k)]["labels"]))
+            auc_single.append(float(np.mean([_roc_auc(x["probs"], x["labels"]) for x in inner])))
     if len(refit) < 2:
         sys.exit(f"fewer than 2 complete outer fold runs of {name} (the refit is `run --recipes {name}`)")
     print(f"{name}, {len(refit)} outer fold runs, {args.inner} inner folds each:")
@@ -577,6 +590,14 @@ def cmd_nested(args: argparse.Namespace) -> int:
         f"{_mean_se([e - f for e, f in zip(ensemble, refit)])}"
     )
     print(f"  one fold model alone (mean): {_mean_se(single)} %")
+
+    def auc(values: list[float]) -> str:  # ROC-AUC with the same corrected SE, on the 0-1 scale
+        return f"{np.mean(values):.3f} ± {corrected_se(np.asarray(values), 30, 120):.3f}"
+
+    print(
+        f"  ROC-AUC: refit {auc(auc_refit)}, fold models' mean {auc(auc_ensemble)} (paired vs refit "
+        f"{auc([e - f for e, f in zip(auc_ensemble, auc_refit)])}), one fold model {auc(auc_single)}"
+    )
     return 0
 
 
