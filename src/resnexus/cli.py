@@ -161,6 +161,18 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         type=int,
         help="with --folds: repeat the K folds R times with fold seeds seed .. seed+R-1 (default 1)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="train N runs (models, fold runs) side by side, each in its own process with 1/N of the threads; "
+        "default 1",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped comparison in --out with the same options: finished runs are kept, an "
+        "interrupted one continues from its last.pt, the others are trained",
+    )
     _add_recipe_flags(p)
 
 
@@ -453,7 +465,10 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "train":
         return _run_train(args, argv)
     if args.command == "compare":
-        base = train_config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "out"}))
+        # --out is the comparison's folder and --resume continues the comparison: neither is one run's
+        base = train_config_from_args(
+            argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("out", "resume")})
+        )
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         result = compare(
             models,
@@ -462,6 +477,8 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             isolate=not getattr(args, "no_isolate", False),
             folds=getattr(args, "folds", None),
             repeats=getattr(args, "repeats", 1),
+            jobs=getattr(args, "jobs", 1),
+            resume=getattr(args, "resume", False),
         )
         best = result.best
         print(f"comparison: {result.markdown}" + (f" (best: {best['model']})" if best else ""))

@@ -372,3 +372,99 @@ def test_cli_compare_with_folds(tmp_path, capsys):
     ]
     assert main([*args[:7], "--repeats", "2"]) == 2  # --repeats without --folds: one clear line
     assert "repeats=2 needs folds" in capsys.readouterr().err
+
+
+# -- side by side (jobs) and resumable (resume) ------------------------------------------------------
+def test_bad_jobs_are_rejected_before_training(data, tmp_path):
+    base, lenet = _base(data), {"lenet": CONFIGS["lenet"]}
+    with pytest.raises(ValueError, match="jobs must be a whole number >= 1, got 0"):
+        compare(["lenet"], base, tmp_path / "a", model_configs=lenet, jobs=0)
+    with pytest.raises(ValueError, match="jobs must be a whole number >= 1, got True"):
+        compare(["lenet"], base, tmp_path / "b", model_configs=lenet, jobs=True)
+    with pytest.raises(ValueError, match="cannot run with isolate=False"):
+        compare(["lenet"], base, tmp_path / "c", model_configs=lenet, jobs=2, isolate=False)
+    with pytest.raises(ValueError, match="train keras:lenet with jobs=1"):
+        compare(["lenet", "keras:lenet"], base, tmp_path / "d", model_configs=lenet, jobs=2)
+    with pytest.raises(ValueError, match=r"continue a comparison with resume=True \(--resume\)"):
+        compare(["lenet"], _base(data, resume=True), tmp_path / "e", model_configs=lenet)
+    assert not any(tmp_path.rglob("*.pt"))
+
+
+@pytest.mark.slow  # two spawned processes, each re-importing PyTorch
+def test_jobs_trains_runs_side_by_side_in_processes_of_their_own(data, tmp_path):
+    res = compare(MODELS, _base(data, epochs=1), tmp_path, model_configs=CONFIGS, jobs=2)
+    assert [r["status"] for r in res.rows] == ["ok", "ok"], [r["error"] for r in res.rows]
+    for row in res.rows:
+        run_dir = Path(row["run_dir"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert row["accuracy"] == metrics["accuracy"] and row["macro_f1"] == metrics["macro_f1"]
+        assert json.loads((run_dir / "compare_run.json").read_text())["row"]["accuracy"] == row["accuracy"]
+        if not torch.cuda.is_available():  # still each run's own process, so its own peak memory
+            assert 50 < row["peak_memory_mib"] < 64 * 1024
+    assert "trained 2 side by side, each with 1/2 of the threads" in res.markdown.read_text()
+    assert not list(tmp_path.glob(".compare-*.json"))
+
+
+def test_cv_a_stopped_comparison_resumes_only_what_is_missing(tmp_path, monkeypatch):
+    import resnexus.engine.comparison as cmp
+
+    data = _patients_folder(tmp_path / "patients")
+    base = _base(data, epochs=1, val_fraction=0.0, group_by="patient")
+    out = tmp_path / "out"
+    real_train, trained, to_crash = cmp.train, [], ["lenet/r1f2"]
+
+    def crashes_once(config, splits=None):
+        run = Path(config.out).relative_to(out).as_posix()
+        trained.append((run, config.resume))
+        if run in to_crash:
+            to_crash.remove(run)
+            raise RuntimeError("simulated crash")
+        return real_train(config, splits=splits)
+
+    monkeypatch.setattr(cmp, "train", crashes_once)
+    first = compare(MODELS, base, out, isolate=False, model_configs=CONFIGS, folds=2)
+    assert [r["status"] for r in first.rows] == ["ok", "failed"]
+    assert (out / "resnet20_cifar" / "r1f1" / "compare_run.json").is_file()
+    assert not (out / "lenet" / "r1f2" / "compare_run.json").exists()  # a failed run records nothing
+    first_folds = list(csv.DictReader((out / "comparison_folds.csv").open()))
+    with pytest.raises(FileExistsError, match=r"continue the comparison with resume \(--resume\)"):
+        compare(MODELS, base, out, isolate=False, model_configs=CONFIGS, folds=2)
+
+    trained.clear()
+    second = compare(MODELS, base, out, isolate=False, model_configs=CONFIGS, folds=2, resume=True)
+    assert trained == [("lenet/r1f2", True)]  # the three finished runs are kept, not trained again
+    assert [r["status"] for r in second.rows] == ["ok", "ok"]
+    assert second.rows[0]["accuracy"] == first.rows[0]["accuracy"]
+    folds = list(csv.DictReader((out / "comparison_folds.csv").open()))
+    assert folds[:3] == first_folds[:3]  # the same fold runs, the same recorded numbers
+    saved = json.loads((out / "lenet" / "r1f2" / "compare_run.json").read_text())
+    assert float(folds[3]["accuracy"]) == pytest.approx(saved["row"]["accuracy"])
+
+    # a finished run is never mixed with another recipe or other images: refused, naming it
+    changed = _base(data, epochs=1, val_fraction=0.0, group_by="patient", lr=0.1)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"{out / 'resnet20_cifar' / 'r1f1'} finished with another recipe (lr: 0.05 then, 0.1 now"),
+    ):
+        compare(MODELS, changed, out, isolate=False, model_configs=CONFIGS, folds=2, resume=True)
+    Image.new("RGB", (16, 16), (250, 250, 250)).save(data / "bright" / "b9.png")  # a new patient: new folds
+    with pytest.raises(ValueError, match="r1f1 was trained or tested on other images"):
+        compare(MODELS, base, out, isolate=False, model_configs=CONFIGS, folds=2, resume=True)
+    assert trained == [("lenet/r1f2", True)]
+
+
+def test_cli_compare_resume_and_jobs_reach_compare(tmp_path, monkeypatch, capsys):
+    import resnexus.cli as cli
+    from resnexus.engine.comparison import CompareResult
+
+    seen = {}
+
+    def fake_compare(models, base, out, **kwargs):
+        seen.update(kwargs, models=models, base=base)
+        return CompareResult(rows=[], markdown=Path(out) / "comparison.md", csv=Path(out), plot=Path(out))
+
+    monkeypatch.setattr(cli, "compare", fake_compare)
+    argv = ["compare", "--models", "lenet,resnet18", "--out", str(tmp_path), "--jobs", "2", "--resume"]
+    assert cli.main([*argv, "--epochs", "3"]) == 0
+    assert seen["jobs"] == 2 and seen["resume"] is True and seen["base"].resume is False
+    assert seen["models"] == ["lenet", "resnet18"] and seen["base"].epochs == 3

@@ -41,8 +41,17 @@ corrected standard error: the comparison that removes the splits' luck from the 
 Training time and speeds are medians per fold run; ``comparison_folds.csv`` has every fold run,
 ``comparison_splits.json`` the files each fold run trained and was tested on.
 
+**Side by side and resumable** (``jobs=N``, ``resume=True``; ``compare --jobs N --resume``): a
+study's comparison is dozens of training runs. ``jobs`` > 1 trains N of them at once, each in its
+own process with 1/N of the threads (on a CPU of a few cores, more work per second than one run
+with every thread; the times and speeds in the table are then each run's under that sharing, as
+the report says). Each finished run writes ``compare_run.json`` into its run directory (its row,
+recipe and images); ``resume`` keeps those rows, continues an interrupted run from its ``last.pt``
+and trains the runs never started, so a stopped comparison loses at most the unfinished epochs. A
+finished run trained with another recipe or on other images is refused, by name, not mixed in.
+
 A model that fails while training gets a row with ``status`` "failed" and the error; the others
-still run. Bad input (no models, an unknown or repeated name, overrides a model rejects or an
+still run (and ``resume`` trains it again). Bad input (no models, an unknown or repeated name, overrides a model rejects or an
 image size it cannot take, run directories that already hold runs) fails before any training.
 """
 
@@ -58,8 +67,10 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -71,7 +82,15 @@ from ..files import atomic_write, write_text_atomic
 from ..models.registry import count_macs, create_model, get_entry
 from ..reports import fixed_decimals, markdown_cell, markdown_table, plot_accuracy_vs_macs
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import TrainConfig, autocast_dtype, checked_splits, complete_config, describe_splits, is_whole_number
+from .config import (
+    TrainConfig,
+    autocast_dtype,
+    checked_splits,
+    complete_config,
+    data_fingerprint,
+    describe_splits,
+    is_whole_number,
+)
 from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
 from .frameworks import train
 from .workers import log_like_parent, logging_of_this_process
@@ -155,6 +174,8 @@ def compare(
     model_configs: dict[str, dict[str, Any]] | None = None,
     folds: int | None = None,
     repeats: int = 1,
+    jobs: int = 1,
+    resume: bool = False,
 ) -> CompareResult:
     """Train each of ``models`` with ``base``'s recipe on the same images; see the module docstring.
 
@@ -162,10 +183,12 @@ def compare(
     (``model_configs`` maps a model, as given or without its ``keras:`` prefix, to its spec
     overrides, e.g. ``{"lenet": {"img_size": 32}}``). ``base.image_size`` None trains each model at
     its own default input size; set it to compare at one size. ``folds`` (and ``repeats``) compare on
-    repeated grouped K-fold cross-validation instead of one split.
+    repeated grouped K-fold cross-validation instead of one split. ``jobs`` trains that many runs
+    side by side (isolated processes); ``resume`` keeps the runs already finished in ``out``.
     """
     models = _check_models(models, model_configs)
     _check_folds(folds, repeats)
+    _check_jobs(jobs, isolate, models)
     given_configs = {name: dict(cfg) for name, cfg in (model_configs or {}).items()}
     model_configs = {m: given_configs.get(m, given_configs.get(_spec(m)[0], {})) for m in models}
     if base.model_config:
@@ -173,7 +196,7 @@ def compare(
     if base.weights is not None:
         raise ValueError("compare: base.weights cannot apply to several models; compare trains from scratch")
     if base.resume:
-        raise ValueError("compare: resume is not supported; train the missing model with `train --resume`")
+        raise ValueError("compare: base.resume continues one run; continue a comparison with resume=True (--resume)")
     out = Path(out)
 
     # one config per model, all filled from the same base (the built-in digits when data is None)
@@ -202,10 +225,10 @@ def compare(
         for tag in runs
         if (out / _run_name(n) / tag / "checkpoints").exists()
     ]
-    if taken and not base.overwrite:
+    if taken and not (base.overwrite or resume):
         raise FileExistsError(
             f"run directories already hold runs: {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; "
-            "choose another out or set overwrite"
+            "continue the comparison with resume (--resume), choose another out, or set overwrite"
         )
     first = next(iter(runs.values()))
     class_names = first["train"].class_names
@@ -236,20 +259,26 @@ def compare(
 
     out.mkdir(parents=True, exist_ok=True)
     log = logger.info if base.verbose else logger.debug
-    run = _run_isolated if isolate else _run_in_process
+    run_configs = {(n, tag): replace(configs[n], out=str(out / _run_name(n) / tag)) for n in models for tag in runs}
+    measured = {key: _finished_row(cfg, runs[key[1]]) for key, cfg in run_configs.items()} if resume else {}
+    measured = {key: row for key, row in measured.items() if row is not None}
+    if measured:
+        log(
+            f"compare: {len(measured)} of {len(run_configs)} runs finished before; training the other {len(run_configs) - len(measured)}"
+        )
+    todo = [(key, replace(cfg, resume=resume)) for key, cfg in run_configs.items() if key not in measured]
+    for (name, tag), row in _train_runs(todo, runs, isolate, jobs, log):
+        measured[(name, tag)] = row
+        if row["status"] == "ok":
+            _record_finished(run_configs[(name, tag)], runs[tag], row)
     fold_records: list[dict[str, Any]] = []
-    for i, (name, row) in enumerate(zip(models, rows), 1):
+    for name, row in zip(models, rows):
         if not folds:
-            log(f"compare [{i}/{len(models)}]: {name} -> {out / _run_name(name)}")
-            row.update(run(configs[name], runs[""]))
+            row.update(measured[(name, "")])
         else:
-            measured = {}
             for tag, splits in runs.items():
-                run_dir = out / _run_name(name) / tag
-                log(f"compare [{i}/{len(models)}] fold run {tag}: {name} -> {run_dir}")
-                measured[tag] = run(replace(configs[name], out=str(run_dir)), splits)
-                fold_records.append(_fold_record(name, tag, splits, measured[tag], run_dir))
-            row.update(_summarise_fold_runs(measured, runs))
+                fold_records.append(_fold_record(name, tag, splits, measured[(name, tag)], out / _run_name(name) / tag))
+            row.update(_summarise_fold_runs({tag: measured[(name, tag)] for tag in runs}, runs))
         if row["status"] == "failed":
             log(f"compare: {name} failed: {row['error']}")
     if folds:
@@ -265,7 +294,7 @@ def compare(
     columns = FOLD_COLUMNS if folds else COLUMNS
     csv_path = _write_csv(rows, out / "comparison.csv", tuple(k for k, _ in columns))
     plot_path = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png")
-    markdown = _markdown(rows, columns, recipe, protocol, class_names, model_configs, isolate, plot_path.name)
+    markdown = _markdown(rows, columns, recipe, protocol, class_names, model_configs, isolate, plot_path.name, jobs)
     md_path = write_text_atomic(out / "comparison.md", markdown)
     log(f"comparison: {md_path}")
     return CompareResult(rows=rows, markdown=md_path, csv=csv_path, plot=plot_path)
@@ -281,6 +310,18 @@ def _check_folds(folds: int | None, repeats: int) -> None:
         raise ValueError(f"compare: cross-validation needs at least 2 folds, got {folds!r}")
     if not is_whole_number(repeats) or repeats < 1:
         raise ValueError(f"compare: repeats must be a whole number >= 1, got {repeats!r}")
+
+
+def _check_jobs(jobs: int, isolate: bool, models: Sequence[str]) -> None:
+    if not is_whole_number(jobs) or jobs < 1:
+        raise ValueError(f"compare: jobs must be a whole number >= 1, got {jobs!r}")
+    if jobs > 1 and not isolate:
+        raise ValueError("compare: jobs > 1 trains each run in a process of its own; it cannot run with isolate=False")
+    keras = [m for m in models if _spec(m)[1] == "keras"]
+    if jobs > 1 and keras:
+        raise ValueError(
+            f"compare: jobs > 1 shares the cores between PyTorch processes; train {', '.join(keras)} with jobs=1"
+        )
 
 
 def _fold_runs(recipe: TrainConfig, folds: int, repeats: int) -> dict[str, dict[str, Samples]]:
@@ -529,22 +570,57 @@ def _child(
     write_text_atomic(result_path, json.dumps(row))
 
 
-def _run_isolated(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, Any]:
+class _Children:
+    """The training processes running now, so that Ctrl-C in the parent stops every one of them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.live: set[multiprocessing.process.BaseProcess] = set()
+        self.stopping = False
+
+    def start(self, process: multiprocessing.process.BaseProcess) -> bool:
+        with self.lock:
+            if self.stopping:
+                return False
+            process.start()
+            self.live.add(process)
+            return True
+
+    def done(self, process: multiprocessing.process.BaseProcess) -> None:
+        with self.lock:
+            self.live.discard(process)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for process in self.live:
+                process.terminate()
+
+
+def _run_isolated(
+    config: TrainConfig, splits: dict[str, Samples], threads: int | None = None, children: _Children | None = None
+) -> dict[str, Any]:
     """One model in a fresh ``spawn`` process: its own peak memory, and a crash stays contained."""
     ctx = multiprocessing.get_context("spawn")
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)  # a fold run's model folder may not exist yet
     fd, result_path = tempfile.mkstemp(prefix=".compare-", suffix=".json", dir=Path(config.out).parent)
     os.close(fd)
     try:
-        args = (config, splits, result_path, torch.get_num_threads(), logging_of_this_process())
+        args = (config, splits, result_path, threads or torch.get_num_threads(), logging_of_this_process())
         process = ctx.Process(target=_child, args=args, name=f"compare-{Path(config.out).name}")
-        process.start()
+        if children is None:
+            process.start()
+        elif not children.start(process):
+            return _failure("not started: the comparison was stopped")
         try:
             process.join()
         except BaseException:  # Ctrl-C: do not leave the child training on its own
             process.terminate()
             process.join()
             raise
+        finally:
+            if children is not None:
+                children.done(process)
         try:
             return json.loads(Path(result_path).read_text())
         except (OSError, ValueError):  # missing or empty: the child died before writing its row
@@ -554,6 +630,82 @@ def _run_isolated(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, 
             )
     finally:
         Path(result_path).unlink(missing_ok=True)
+
+
+def _train_runs(
+    todo: Sequence[tuple[tuple[str, str], TrainConfig]],
+    runs: dict[str, dict[str, Samples]],
+    isolate: bool,
+    jobs: int,
+    log: Any,
+) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
+    """``((model, fold run tag), measured row)`` for each run of ``todo``, as each finishes: one after
+    another, or ``jobs`` isolated processes at once (threads here only wait for them)."""
+    if jobs == 1:
+        run = _run_isolated if isolate else _run_in_process
+        for i, ((name, tag), config) in enumerate(todo, 1):
+            log(f"compare [{i}/{len(todo)}]{f' fold run {tag}' if tag else ''}: {name} -> {config.out}")
+            yield (name, tag), run(config, runs[tag])
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    log(f"compare: {len(todo)} runs, {jobs} side by side with {threads} thread(s) each")
+    children = _Children()
+    with ThreadPoolExecutor(jobs, thread_name_prefix="compare") as pool:
+        futures = {
+            pool.submit(_run_isolated, config, runs[key[1]], threads, children): (key, config) for key, config in todo
+        }
+        try:
+            for i, future in enumerate(as_completed(futures), 1):
+                (name, tag), config = futures[future]
+                log(f"compare [{i}/{len(todo)}] finished{f' fold run {tag}' if tag else ''}: {name} -> {config.out}")
+                yield (name, tag), future.result()
+        except BaseException:  # Ctrl-C or a failure here: no run goes on training on its own
+            children.stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+# -- resuming: what a finished run leaves behind -------------------------------------------------
+_FINISHED = "compare_run.json"
+_NOT_THE_RECIPE = ("out", "resume", "overwrite", "verbose", "workers")  # how a run ran, not what it computes
+
+
+def _recipe_of(config: TrainConfig) -> dict[str, Any]:
+    recipe = {k: v for k, v in asdict(config).items() if k not in _NOT_THE_RECIPE}
+    return json.loads(json.dumps(recipe, default=str))  # tuples as lists: comparable with what was saved
+
+
+def _record_finished(config: TrainConfig, splits: dict[str, Samples], row: dict[str, Any]) -> None:
+    """Write ``compare_run.json`` into a finished run's directory: its row, recipe and images."""
+    record = {"row": row, "recipe": _recipe_of(config), "images": data_fingerprint(splits, config.data)["sha256"]}
+    write_text_atomic(Path(config.out) / _FINISHED, json.dumps(record, indent=2, default=str))
+
+
+def _finished_row(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, Any] | None:
+    """The row a finished run recorded, or None if it never finished; a run finished with another
+    recipe or on other images is refused, naming the run and what differs."""
+    path = Path(config.out) / _FINISHED
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        saved, row, images = record["recipe"], record["row"], record["images"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"compare: cannot read {path} ({error}); delete it to train that run again") from error
+    now = _recipe_of(config)
+    changed = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
+    if changed:
+        what = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in changed[:4])
+        raise ValueError(
+            f"compare --resume: {config.out} finished with another recipe ({what}); "
+            "resume with the same options, or choose another out"
+        )
+    if images != data_fingerprint(splits, config.data)["sha256"]:
+        raise ValueError(
+            f"compare --resume: {config.out} was trained or tested on other images than this comparison's "
+            "(the data folder or the split changed); choose another out"
+        )
+    return row
 
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -602,6 +754,7 @@ def _markdown(
     overrides: dict[str, dict[str, Any]],
     isolate: bool,
     plot_name: str,
+    jobs: int = 1,
 ) -> str:
     keys = [(k, h) for k, h in columns if k != "error" or any(r.get("error") for r in rows)]
     table = markdown_table(
@@ -661,7 +814,13 @@ def _markdown(
         "model as trained: its overrides, image size and class count. Train time is the whole run (epochs, "
         "final evaluation, report; with folds, the median fold run); train img/s is the median over epochs; inference img/s times one fixed "
         f"batch of {recipe.batch_size} in eval mode at the training precision, without data loading. "
-        f"Peak memory: {memory}.",
+        f"Peak memory: {memory}."
+        + (
+            f" Runs were trained {jobs} side by side, each with 1/{jobs} of the threads: times and speeds are "
+            "each run's under that sharing, not alone."
+            if jobs > 1
+            else ""
+        ),
         "",
         "Model overrides: " + ("; ".join(f"{n} {c}" for n, c in overrides.items() if c) or "none") + ".",
         "",
