@@ -640,7 +640,10 @@ def _train_runs(
     log: Any,
 ) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
     """``((model, fold run tag), measured row)`` for each run of ``todo``, as each finishes: one after
-    another, or ``jobs`` isolated processes at once (threads here only wait for them)."""
+    another, or ``jobs`` isolated processes at once (threads here only wait for them).
+
+    Not workers.run_side_by_side's process pool: a pool's worker trains run after run, so its peak
+    memory would not be one run's, and a run killed for memory would break the pool for the rest."""
     if jobs == 1:
         run = _run_isolated if isolate else _run_in_process
         for i, ((name, tag), config) in enumerate(todo, 1):
