@@ -121,6 +121,17 @@ variants(
     sgd=dict(optimizer="sgd", lr=0.05),
     ema=dict(ema_decay=0.995),
 )
+# one change at a time from the recommended command's recipe (resnet18, 128 px, 40 epochs): the
+# regularisers the issue names (Mixup, CutMix, Random Erasing, the crop scale), the optimiser, EMA
+variants(
+    "r18_128_e40",
+    mixup=dict(mixup=0.2),
+    cutmix=dict(cutmix=1.0),
+    noerase=dict(random_erasing=0.0),
+    crop08=dict(random_resized_crop_scale=(0.08, 1.0)),
+    sgd=dict(optimizer="sgd", lr=0.05),
+    ema=dict(ema_decay=0.995),
+)
 recipe("r34_128", model="resnet34", image_size=128, epochs=60)
 recipe("densenet121_128", model="densenet121", image_size=128, epochs=60)
 recipe("resnet50v2_128", model="resnet50v2", image_size=128, epochs=60)

@@ -93,7 +93,7 @@ from .config import (
 )
 from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
 from .frameworks import train
-from .workers import log_like_parent, logging_of_this_process
+from .workers import log_like_parent, logging_of_this_process, threads_per_job
 
 __all__ = ["COLUMNS", "FOLD_COLUMNS", "CompareResult", "compare"]
 
@@ -650,7 +650,7 @@ def _train_runs(
             log(f"compare [{i}/{len(todo)}]{f' fold run {tag}' if tag else ''}: {name} -> {config.out}")
             yield (name, tag), run(config, runs[tag])
         return
-    threads = max(1, torch.get_num_threads() // jobs)
+    threads = threads_per_job(jobs)
     log(f"compare: {len(todo)} runs, {jobs} side by side with {threads} thread(s) each")
     children = _Children()
     with ThreadPoolExecutor(jobs, thread_name_prefix="compare") as pool:

@@ -35,6 +35,12 @@ def log_like_parent(level: int, shown: bool) -> None:
         package.addHandler(handler)
 
 
+def threads_per_job(jobs: int) -> int:
+    """Each of ``jobs`` side-by-side trainings' equal share of this process's threads (at least one),
+    so that together they do not oversubscribe the cores."""
+    return max(1, torch.get_num_threads() // jobs)
+
+
 def _start_worker(threads: int, logging_setup: tuple[int, bool]) -> None:
     torch.set_num_threads(threads)
     log_like_parent(*logging_setup)
@@ -54,7 +60,7 @@ def run_side_by_side(
         for i, task in enumerate(tasks):
             yield i, work(*task)
         return
-    threads = max(1, torch.get_num_threads() // jobs)
+    threads = threads_per_job(jobs)
     with ProcessPoolExecutor(
         jobs,
         mp_context=get_context("spawn"),
