@@ -130,7 +130,8 @@ variants(
     noerase=dict(random_erasing=0.0),
     crop08=dict(random_resized_crop_scale=(0.08, 1.0)),
     sgd=dict(optimizer="sgd", lr=0.05),
-    ema=dict(ema_decay=0.995),
+    ema=dict(ema_decay=0.995),  # its records predate the EMA warm-up (fit.ema_with_warmup): a plain EMA
+    ema999=dict(ema_decay=0.999),  # with the warm-up
 )
 recipe("r34_128", model="resnet34", image_size=128, epochs=60)
 recipe("densenet121_128", model="densenet121", image_size=128, epochs=60)
@@ -424,6 +425,11 @@ def _mean_se(values: list[float], n_test: float = 30, n_train: float = 120) -> s
     return f"{100 * np.mean(values):.1f} ± {100 * corrected_se(np.asarray(values), n_test, n_train):.1f}"
 
 
+def _auc_se(values: list[float], n_test: float = 30, n_train: float = 120) -> str:
+    """ROC-AUC (or a difference of two) with the same corrected SE, on the 0-1 scale."""
+    return f"{np.mean(values):.3f} ± {corrected_se(np.asarray(values), n_test, n_train):.3f}"
+
+
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """Average the recorded probabilities of several recipes' models on each fold run they share:
     does averaging models trained on the same photos help here? (No training: the records suffice.)"""
@@ -500,13 +506,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     first = {(r, k): _accuracy(rec["probs"], rec["labels"]) for (n, r, k), rec in by_run.items() if n == names[0]}
     print(
         f"| model (recipe) | fold runs | accuracy (mean ± corrected SE) | paired diff vs {names[0]} | macro F1 "
-        "| ROC-AUC | params | MACs | median min / fold run | train images/s |"
+        "| ROC-AUC | paired ROC-AUC diff | params | MACs | median min / fold run | train images/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    first_auc = {(r, k): _roc_auc(rec["probs"], rec["labels"]) for (n, r, k), rec in by_run.items() if n == names[0]}
     for name in names:
         recs = [rec for (n, _, _), rec in sorted(by_run.items()) if n == name]
         if not recs:
-            print(f"| {name} | 0 | not run | | | | | | | |")
+            print(f"| {name} | 0 | not run | | | | | | | | |")
             continue
         config = recipe_config(name, Path(args.data), Path(args.out), seed=0)
         accs = [_accuracy(r["probs"], r["labels"]) for r in recs]
@@ -527,9 +534,17 @@ def cmd_models(args: argparse.Namespace) -> int:
         images_per_second = float(np.median([r["n_train"] * config.epochs / r["seconds"] for r in recs]))
         diff = f"{_mean_se(diffs)} ({len(diffs)})" if len(diffs) > 1 else "n/a"
         diff = "reference" if name == names[0] else diff
+        auc_diffs = [
+            s["roc_auc"] - first_auc[(r["repeat"], r["fold"])]
+            for s, r in zip(scores, recs)
+            if (r["repeat"], r["fold"]) in first_auc
+        ]
+        auc_diff = _auc_se(auc_diffs) if len(auc_diffs) > 1 else "n/a"
+        auc_diff = "reference" if name == names[0] else auc_diff
         print(
             f"| {config.model} ({name}) | {len(recs)} | {_mean_se(accs)} % | {diff} "
             f"| {np.mean([s['macro_f1'] for s in scores]):.3f} | {np.mean([s['roc_auc'] for s in scores]):.3f} "
+            f"| {auc_diff} "
             f"| {params / 1e6:.2f} M | {macs / 1e9:.2f} G | {seconds / 60:.1f} ({recs[0]['threads']} thread) "
             f"| {images_per_second:.1f} |"
         )
@@ -601,13 +616,9 @@ def cmd_nested(args: argparse.Namespace) -> int:
         f"{_mean_se([e - f for e, f in zip(ensemble, refit)])}"
     )
     print(f"  one fold model alone (mean): {_mean_se(single)} %")
-
-    def auc(values: list[float]) -> str:  # ROC-AUC with the same corrected SE, on the 0-1 scale
-        return f"{np.mean(values):.3f} ± {corrected_se(np.asarray(values), 30, 120):.3f}"
-
     print(
-        f"  ROC-AUC: refit {auc(auc_refit)}, fold models' mean {auc(auc_ensemble)} (paired vs refit "
-        f"{auc([e - f for e, f in zip(auc_ensemble, auc_refit)])}), one fold model {auc(auc_single)}"
+        f"  ROC-AUC: refit {_auc_se(auc_refit)}, fold models' mean {_auc_se(auc_ensemble)} (paired vs refit "
+        f"{_auc_se([e - f for e, f in zip(auc_ensemble, auc_refit)])}), one fold model {_auc_se(auc_single)}"
     )
     return 0
 

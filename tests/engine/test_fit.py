@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -105,3 +106,38 @@ def test_training_and_inference_share_the_probability_code():
         expected = class_probabilities(model, images, flip_tta=True)
     assert y.tolist() == [0, 1, 2, 0] and torch.allclose(torch.from_numpy(probs), expected)
     assert loss > 0
+
+
+def _averaged_after(trajectory: list[float], decay: float) -> tuple[float, int]:
+    """The EMA of a one-weight model (plus its BatchNorm counter) that took these values in turn."""
+    from resnexus.engine.fit import _make_ema
+
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    ema = _make_ema(model, decay)
+    for step, value in enumerate(trajectory, 1):
+        model[0].weight.data.fill_(value)
+        model[1].num_batches_tracked.fill_(step)
+        ema.update_parameters(model)
+    return ema.module[0].weight.item(), int(ema.module[1].num_batches_tracked)
+
+
+def test_ema_warms_up_so_a_short_run_does_not_average_in_its_first_weights():
+    # weights that go from 0 to 1 over 320 steps (40 epochs of 120 photos in batches of 16)
+    ramp = [step / 320 for step in range(321)]
+    averaged, counter = _averaged_after(ramp, decay=0.999)
+    # a plain EMA (0.999 ** 320 = 0.73 of its weight on the first steps) would sit at 0.14 here;
+    # with the warm-up it follows the recent weights: after n updates the decay is (1 + n) / (10 + n)
+    assert averaged > 0.85  # about 35 steps behind the last weight (1.0)
+    expected = 0.0  # the first update copies, then each blends in the new value with the warm-up decay
+    for n, value in enumerate(ramp[1:], 1):
+        d = min(0.999, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * value
+    assert averaged == pytest.approx(expected, rel=1e-5)
+    assert 0 < counter <= 320  # integer buffers are averaged too, and stay integers
+
+
+def test_ema_uses_the_requested_decay_once_there_are_enough_steps():
+    steps = 5000  # (1 + n) / (10 + n) passes 0.99 at n = 890
+    constant_then_jump = [0.0] * steps + [1.0]
+    averaged, _ = _averaged_after(constant_then_jump, decay=0.99)
+    assert averaged == pytest.approx(0.01, rel=1e-5)  # one update at decay 0.99 from 0 towards 1

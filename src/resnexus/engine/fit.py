@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -802,7 +802,30 @@ def _make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
     """An exponential moving average of the weights (BatchNorm statistics included)."""
     if not decay:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
+
+
+def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """The EMA update for ``AveragedModel`` with TensorFlow's warm-up: after ``n`` updates the decay is
+    ``min(decay, (1 + n) / (10 + n))``.
+
+    Why: a plain EMA keeps ``decay ** steps`` of its weight on the first step's (nearly random)
+    weights. A small data set gives few steps: 0.999 over 320 steps (40 epochs of 120 photos) keeps
+    73 % of it there, and the averaged model is no better than an untrained one (measured: EMA 0.995
+    on MSLD predicted one class for every photo of 3 of 5 folds). With the warm-up the average
+    follows the recent weights until there are enough steps for the requested decay."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
+        n = int(n_averaged)
+        step_decay = min(decay, (1 + n) / (10 + n))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1 - step_decay)
+        else:  # integer buffers (BatchNorm's num_batches_tracked)
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(a * step_decay + c * (1 - step_decay))
+
+    return update
 
 
 def _make_mixer(config: TrainConfig, num_classes: int) -> Callable | None:
