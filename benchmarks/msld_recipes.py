@@ -132,6 +132,7 @@ variants(
     sgd=dict(optimizer="sgd", lr=0.05),
     ema=dict(ema_decay=0.995),  # its records predate the EMA warm-up (fit.ema_with_warmup): a plain EMA
     ema999=dict(ema_decay=0.999),  # with the warm-up
+    crop08_mixup=dict(random_resized_crop_scale=(0.08, 1.0), mixup=0.2),  # the two best screens together
 )
 recipe("r34_128", model="resnet34", image_size=128, epochs=60)
 recipe("densenet121_128", model="densenet121", image_size=128, epochs=60)
