@@ -277,7 +277,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.exit(f"unknown recipes {unknown}; see `list`")
     done = {(r["recipe"], r["repeat"], r["fold"]) for r in load_records(out) if r["folds"] == args.folds}
     todo = [
-        (n, r, k) for r in range(args.repeats) for n in names for k in range(1, args.folds + 1) if (n, r, k) not in done
+        (n, r, k)
+        for r in range(args.first_repeat, args.repeats)
+        for n in names
+        for k in range(1, args.folds + 1)
+        if (n, r, k) not in done
     ]
     print(f"{len(todo)} fold runs to do ({len(done)} on record) with {args.jobs} x {args.threads} threads", flush=True)
     started = time.perf_counter()
@@ -636,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="train the recipes' missing fold runs")
     run.add_argument("--recipes", required=True, help="comma-separated names (see `list`)")
     run.add_argument("--repeats", type=int, default=3, help="CV repeats, fold seeds 0..R-1 (default 3)")
+    run.add_argument(
+        "--first-repeat", type=int, default=0, help="start at this repeat: add repeat 2 alone with --first-repeat 2"
+    )
     run.add_argument("--jobs", type=int, default=2, help="fold runs side by side (default 2)")
     run.add_argument("--threads", type=int, default=1, help="torch threads per fold run (default 1)")
     run.add_argument(

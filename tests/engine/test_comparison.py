@@ -178,6 +178,27 @@ def test_a_failing_model_is_reported_and_the_others_still_run(data, tmp_path, mo
     assert res.best["model"] == "lenet" and "Best by accuracy: **lenet**" in text
 
 
+def test_report_names_the_precision_it_was_given(result):
+    _, res = result
+    assert "- precision: fp32, seed: 0, device: " in res.markdown.read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks the GPU's type there")
+def test_report_says_what_auto_precision_chose(data, tmp_path, monkeypatch):
+    # as on a CPU with AMX tiles, where "auto" trains in bf16: the recipe line must not just say "auto"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    res = compare(
+        ["lenet"],
+        _base(data, epochs=1, precision="auto"),
+        tmp_path,
+        isolate=False,
+        model_configs={"lenet": CONFIGS["lenet"]},
+    )
+    assert res.rows[0]["status"] == "ok", res.rows[0]["error"]
+    assert "- precision: auto (bfloat16 here), seed: 0, device: CPU" in res.markdown.read_text()
+    assert "| precision | bfloat16 |" in (tmp_path / "lenet" / "report.md").read_text()  # what the run used
+
+
 @pytest.mark.slow  # a spawned process re-imports PyTorch: ~8-10 s on 2 busy cores
 def test_isolated_runs_report_peak_memory(data, tmp_path):
     res = compare(["lenet"], _base(data, epochs=1), tmp_path, model_configs={"lenet": CONFIGS["lenet"]})  # isolate=True

@@ -90,6 +90,7 @@ from .config import (
     data_fingerprint,
     describe_splits,
     is_whole_number,
+    precision_name,
 )
 from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
 from .frameworks import train
@@ -748,6 +749,14 @@ def _cell(key: str, value: Any) -> str:
     return markdown_cell(value)
 
 
+def _precision_used(precision: str) -> str:
+    """``auto`` with what it chose on this machine, as each run's own report names it."""
+    if precision != "auto":
+        return precision
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return f"auto ({precision_name(autocast_dtype(precision, device))} here)"
+
+
 def _markdown(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[tuple[str, str]],
@@ -811,7 +820,9 @@ def _markdown(
         f"- augmentation: {augment}; mixup {recipe.mixup}, cutmix {recipe.cutmix}",
         f"- EMA: {recipe.ema_decay}, gradient clipping: {recipe.clip_grad_norm}, early stopping: "
         f"{recipe.early_stopping}, balance: {recipe.balance}",
-        f"- precision: {recipe.precision}, seed: {recipe.seed}, device: {device}",
+        f"- precision: {_precision_used(recipe.precision)}"
+        + ("; Keras models: fp32" if any(str(r["model"]).startswith(KERAS_PREFIX) for r in rows) else "")
+        + f", seed: {recipe.seed}, device: {device}",
         "",
         "Notes: parameters and MACs (multiply-accumulates of one image, convolutions and linears) are for the "
         "model as trained: its overrides, image size and class count. Train time is the whole run (epochs, "

@@ -629,6 +629,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else None
 
 
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """``"fp32"``, ``"bfloat16"`` or ``"float16"``: what :func:`autocast_dtype` chose, for logs and reports."""
+    return "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+
+
 def describe_splits(splits: dict[str, Samples]) -> str:
     """``"1257 train / 180 val / 360 test"``: the sizes of a run's splits, for logs and reports."""
     return " / ".join(f"{len(s)} {name}" for name, s in splits.items())

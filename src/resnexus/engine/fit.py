@@ -61,6 +61,7 @@ from .config import (
     complete_config,
     data_fingerprint,
     describe_splits,
+    precision_name,
     split_subfolders,
 )
 from .inference import predict_loader
@@ -194,7 +195,7 @@ class Runtime:
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch.")
+        return precision_name(self.amp_dtype)
 
 
 def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> TrainResult:
