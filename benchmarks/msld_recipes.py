@@ -133,6 +133,7 @@ variants(
     ema=dict(ema_decay=0.995),  # its records predate the EMA warm-up (fit.ema_with_warmup): a plain EMA
     ema999=dict(ema_decay=0.999),  # with the warm-up
     crop08_mixup=dict(random_resized_crop_scale=(0.08, 1.0), mixup=0.2),  # the two best screens together
+    seeds2=dict(seed_offset=1000),  # the same recipe, other training seeds: what retraining alone moves
 )
 recipe("r34_128", model="resnet34", image_size=128, epochs=60)
 recipe("densenet121_128", model="densenet121", image_size=128, epochs=60)
@@ -162,6 +163,8 @@ def recipe_config(name: str, data: Path, out: Path, seed: int, precision: str = 
     from resnexus.engine.config import complete_config
 
     overrides, augment = RECIPES[name]
+    overrides = dict(overrides)
+    seed += overrides.pop("seed_offset", 0)  # a recipe's twin trained from other seeds
     config = complete_config(
         TrainConfig(
             data=str(data),
