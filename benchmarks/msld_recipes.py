@@ -142,6 +142,14 @@ variants(
     # fold run's training part (about 60 / 90 of its 120 photos), tested on the same held-out fold
     train_half=dict(train_share=1 / 2),
     train_3q=dict(train_share=3 / 4),
+    # the rest of the issue's list: learning rate and weight decay (AdamW, default lr 1e-3, wd 0.05)
+    # on either side, and Mixup / CutMix strengths other than 0.2 / 1.0
+    lr3e3=dict(lr=3e-3),
+    lr3e4=dict(lr=3e-4),
+    wd5e4=dict(weight_decay=5e-4),
+    wd0p3=dict(weight_decay=0.3),
+    mixup1=dict(mixup=1.0),
+    cutmix03=dict(cutmix=0.3),
 )
 recipe("r34_128", model="resnet34", image_size=128, epochs=60)
 recipe("densenet121_128", model="densenet121", image_size=128, epochs=60)
@@ -151,6 +159,12 @@ recipe("res2net50_128", model="res2net50_26w_4s", image_size=128, epochs=60)
 recipe("rx50_128_e40", model="resnext50_32x4d", image_size=128, epochs=40)
 recipe("resnet50v2_128_e40", model="resnet50v2", image_size=128, epochs=40)
 recipe("densenet121_128_e40", model="densenet121", image_size=128, epochs=40)
+# depth and width at the recommended command's recipe: the deeper basic-block net and the
+# bottleneck nets the issue names (resnet26 / 50 and Res2Net-50)
+recipe("r26_128_e40", model="resnet26", image_size=128, epochs=40)
+recipe("r34_128_e40", model="resnet34", image_size=128, epochs=40)
+recipe("r50_128_e40", model="resnet50", image_size=128, epochs=40)
+recipe("res2net50_128_e40", model="res2net50_26w_4s", image_size=128, epochs=40)
 
 
 def fold_plan(data: Path, folds: int, repeats: int) -> tuple[Any, list[tuple[int, int, list[int], list[int]]]]:
