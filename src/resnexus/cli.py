@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,8 @@ from .data.check import MAX_PIXELS, check_data
 from .data.sampler import check_global_batch
 from .engine import compare, cross_validate, evaluate, predict, train
 from .engine.config import TrainConfig, complete_config, field_help, resume_config, resume_with, validate_config
+from .engine.crossval import resume_settings as cv_resume_settings
+from .engine.crossval import study_of as cv_study_of
 from .engine.distributed import torchrun_command
 from .engine.explain import explain
 from .engine.export import export_keras, export_onnx
@@ -235,7 +238,14 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k not in not_config}
     if getattr(args, "resume", None):
         refused = ["--config"] if getattr(args, "config_file", None) else []
-        return resume_with(resume_config(args.resume), given, refused)
+        study = cv_study_of(args.resume)
+        if study is not None:  # a fold run alone would be split anew: refused as "other splits"
+            raise ValueError(
+                f"{args.resume} is one run of the cross-validation {study}: continue the whole cross-validation "
+                f"with: resnexus train --resume {shlex.quote(str(study))}"
+            )
+        cv = cv_resume_settings(args.resume)
+        return resume_with(cv[0] if cv else resume_config(args.resume), given, refused)
     values: dict[str, Any] = {}
     if getattr(args, "config_file", None):
         path = Path(args.config_file)
@@ -270,6 +280,14 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _launch_torchrun(nproc, argv)
     folds = getattr(args, "folds", None)
     no_refit = getattr(args, "no_refit", False)
+    cv = cv_resume_settings(args.resume) if getattr(args, "resume", None) else None
+    if cv is not None:  # continuing a cross-validation: its folds and refit as it started
+        if folds not in (None, cv[1]) or (no_refit and cv[2]):
+            raise ValueError(
+                f"--resume {args.resume} continues a {cv[1]}-fold cross-validation"
+                f"{'' if cv[2] else ' without refit'}; it cannot change --folds or --no-refit"
+            )
+        folds, no_refit = cv[1], not cv[2]
     if no_refit and folds is None:
         raise ValueError("--no-refit goes with --folds (a plain train has no refit step)")
     jobs = getattr(args, "jobs", None)
@@ -458,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"resnexus {args.command}: {interrupted}", file=sys.stderr)
             return interrupted.exit_code
         print(f"resnexus {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return getattr(interrupted, "exit_code", 130)
 
 
 def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -470,16 +488,21 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("out", "resume")})
         )
         models = [m.strip() for m in args.models.split(",") if m.strip()]
-        result = compare(
-            models,
-            base,
-            args.out,
-            isolate=not getattr(args, "no_isolate", False),
-            folds=getattr(args, "folds", None),
-            repeats=getattr(args, "repeats", 1),
-            jobs=getattr(args, "jobs", 1),
-            resume=getattr(args, "resume", False),
-        )
+        try:
+            result = compare(
+                models,
+                base,
+                args.out,
+                isolate=not getattr(args, "no_isolate", False),
+                folds=getattr(args, "folds", None),
+                repeats=getattr(args, "repeats", 1),
+                jobs=getattr(args, "jobs", 1),
+                resume=getattr(args, "resume", False),
+            )
+        except TrainingInterrupted as stopped:  # the same command, with --resume, continues it
+            again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+            command = "resnexus " + shlex.join(again)
+            raise TrainingInterrupted(stopped.run_dir, stopped.signum, stopped.where, command, stopped.saved) from None
         best = result.best
         print(f"comparison: {result.markdown}" + (f" (best: {best['model']})" if best else ""))
         return 0

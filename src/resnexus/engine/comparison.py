@@ -87,14 +87,15 @@ from .config import (
     autocast_dtype,
     checked_splits,
     complete_config,
-    data_fingerprint,
     describe_splits,
     is_whole_number,
     precision_name,
 )
 from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
+from .finished import finished_outcome, record_finished
 from .frameworks import train
-from .workers import log_like_parent, logging_of_this_process, threads_per_job
+from .interrupt import StopRequested, TrainingInterrupted, raise_on_stop_signal
+from .workers import log_like_parent, logging_of_this_process, running_task, threads_per_job, watch_parent
 
 __all__ = ["COLUMNS", "FOLD_COLUMNS", "CompareResult", "compare"]
 
@@ -261,17 +262,28 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     log = logger.info if base.verbose else logger.debug
     run_configs = {(n, tag): replace(configs[n], out=str(out / _run_name(n) / tag)) for n in models for tag in runs}
-    measured = {key: _finished_row(cfg, runs[key[1]]) for key, cfg in run_configs.items()} if resume else {}
+    measured = (
+        {key: finished_outcome(cfg, runs[key[1]], _FINISHED, "compare --resume") for key, cfg in run_configs.items()}
+        if resume
+        else {}
+    )
     measured = {key: row for key, row in measured.items() if row is not None}
     if measured:
         log(
             f"compare: {len(measured)} of {len(run_configs)} runs finished before; training the other {len(run_configs) - len(measured)}"
         )
     todo = [(key, replace(cfg, resume=resume)) for key, cfg in run_configs.items() if key not in measured]
-    for (name, tag), row in _train_runs(todo, runs, isolate, jobs, log):
-        measured[(name, tag)] = row
-        if row["status"] == "ok":
-            _record_finished(run_configs[(name, tag)], runs[tag], row)
+    try:
+        with raise_on_stop_signal():  # SIGTERM too stops the runs (each saves) instead of orphaning them
+            for (name, tag), row in _train_runs(todo, runs, isolate, jobs, log):
+                measured[(name, tag)] = row
+                if row["status"] == "ok":
+                    record_finished(run_configs[(name, tag)], runs[tag], row, _FINISHED)
+    except (TrainingInterrupted, StopRequested) as stopped:
+        where = f"{sum(r['status'] == 'ok' for r in measured.values())} of {len(run_configs)} runs finished"
+        raise TrainingInterrupted(
+            out, stopped.signum, where, "the same comparison with resume=True (--resume)", str(out)
+        ) from None
     fold_records: list[dict[str, Any]] = []
     for name, row in zip(models, rows):
         if not folds:
@@ -556,14 +568,23 @@ def _run_in_process(config: TrainConfig, splits: dict[str, Samples]) -> dict[str
 
 
 def _child(
-    config: TrainConfig, splits: dict[str, Samples], result_path: str, threads: int, logging_setup: tuple[int, bool]
+    config: TrainConfig,
+    splits: dict[str, Samples],
+    result_path: str,
+    threads: int,
+    logging_setup: tuple[int, bool],
+    parent_pid: int,
 ) -> None:
     """Entry point of the spawned process: train, then write the measured row as JSON."""
+    watch_parent(parent_pid)  # a killed parent takes this run down (it saves first)
     log_like_parent(*logging_setup)
     torch.set_num_threads(threads)
     baseline = _peak_rss_mib()  # the interpreter, PyTorch and resnexus, before any training
     try:
-        row = _measure(config, splits, peak_rss=True)
+        with running_task():
+            row = _measure(config, splits, peak_rss=True)
+    except KeyboardInterrupt as stopped:  # stopped by the parent, saved: no row, no traceback
+        sys.exit(getattr(stopped, "exit_code", 130))
     except Exception as error:  # reported in the row; the parent reads it
         logger.exception(f"compare: {config.model} failed while training")
         row = _failure(error)
@@ -607,7 +628,8 @@ def _run_isolated(
     fd, result_path = tempfile.mkstemp(prefix=".compare-", suffix=".json", dir=Path(config.out).parent)
     os.close(fd)
     try:
-        args = (config, splits, result_path, threads or torch.get_num_threads(), logging_of_this_process())
+        threads = threads or torch.get_num_threads()
+        args = (config, splits, result_path, threads, logging_of_this_process(), os.getpid())
         process = ctx.Process(target=_child, args=args, name=f"compare-{Path(config.out).name}")
         if children is None:
             process.start()
@@ -669,47 +691,8 @@ def _train_runs(
             raise
 
 
-# -- resuming: what a finished run leaves behind -------------------------------------------------
+# -- resuming: what a finished run leaves behind (engine/finished.py) -----------------------------
 _FINISHED = "compare_run.json"
-_NOT_THE_RECIPE = ("out", "resume", "overwrite", "verbose", "workers")  # how a run ran, not what it computes
-
-
-def _recipe_of(config: TrainConfig) -> dict[str, Any]:
-    recipe = {k: v for k, v in asdict(config).items() if k not in _NOT_THE_RECIPE}
-    return json.loads(json.dumps(recipe, default=str))  # tuples as lists: comparable with what was saved
-
-
-def _record_finished(config: TrainConfig, splits: dict[str, Samples], row: dict[str, Any]) -> None:
-    """Write ``compare_run.json`` into a finished run's directory: its row, recipe and images."""
-    record = {"row": row, "recipe": _recipe_of(config), "images": data_fingerprint(splits, config.data)["sha256"]}
-    write_text_atomic(Path(config.out) / _FINISHED, json.dumps(record, indent=2, default=str))
-
-
-def _finished_row(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, Any] | None:
-    """The row a finished run recorded, or None if it never finished; a run finished with another
-    recipe or on other images is refused, naming the run and what differs."""
-    path = Path(config.out) / _FINISHED
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        saved, row, images = record["recipe"], record["row"], record["images"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"compare: cannot read {path} ({error}); delete it to train that run again") from error
-    now = _recipe_of(config)
-    changed = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
-    if changed:
-        what = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in changed[:4])
-        raise ValueError(
-            f"compare --resume: {config.out} finished with another recipe ({what}); "
-            "resume with the same options, or choose another out"
-        )
-    if images != data_fingerprint(splits, config.data)["sha256"]:
-        raise ValueError(
-            f"compare --resume: {config.out} was trained or tested on other images than this comparison's "
-            "(the data folder or the split changed); choose another out"
-        )
-    return row
 
 
 # -- outputs -----------------------------------------------------------------------------------

@@ -20,6 +20,13 @@ models can then be used as an ensemble (``--ensemble``). Outputs under ``config.
     cv_splits.json      the files of train / val / test of every fold (relative to the data root)
     cv_metrics.json     the protocol, per-fold test metrics, mean and std (sample std, ddof=1), the refit
     cv_report.md        the estimate (mean +- std), which model to deploy, a per-fold table, the protocol
+    cv_run.json         the folds and whether to refit, for resuming; each finished run records itself in
+                        its directory (cv_run_finished.json)
+
+``config.resume`` (``train --resume RUN_DIR``, see :func:`resume_settings`) continues an interrupted
+cross-validation: the finished runs are kept, the interrupted ones continue from their last.pt and
+the rest train, so the result is the uninterrupted run's. A stop signal (SIGINT / SIGTERM) saves
+every run being trained, one or ``jobs`` side by side, and names that command.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import dataclasses
 import json
 import logging
 import math
+import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,12 +56,18 @@ from .config import (
     checkpoint_selection,
     complete_config,
     is_whole_number,
+    resume_config,
     split_subfolders,
 )
+from .finished import finished_outcome, record_finished
 from .frameworks import train
-from .workers import run_side_by_side
+from .interrupt import TrainingInterrupted
+from .workers import RunsStopped, run_side_by_side
 
 logger = logging.getLogger(__name__)
+
+CV_RUN_FILE = "cv_run.json"  # the folds and whether to refit, written at the start: what resuming continues
+_FINISHED = "cv_run_finished.json"  # in each fold / refit run directory once that run has finished
 
 # Headline metrics averaged over folds; sensitivity / specificity exist for two classes only.
 CV_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
@@ -126,6 +140,7 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "cv_splits.json", splits_record(samples.root, plans))
+        _write_json(run_dir / CV_RUN_FILE, {"folds": folds, "refit": refit})  # what `train --resume` continues
     n_groups = len(set(samples.groups))
     log(
         f"cross-validation: {folds} folds of {len(samples)} images / {n_groups} groups "
@@ -145,11 +160,13 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
     if refit_dir is not None:
         heading = f"-- refit: the same recipe on all {len(samples)} images (no validation / test; final weights)"
         tasks.append((_refit_config(config, refit_dir), {"train": samples}, heading))
+    outcomes = _finished_runs(tasks) if config.resume else {}
+    if outcomes:
+        log(f"resuming: {len(outcomes)} of {len(tasks)} training runs finished before, kept")
     if jobs > 1:
-        log(f"{len(tasks)} training runs, {jobs} side by side in processes of their own")
-    outcomes: dict[int, dict[str, Any]] = {}
+        log(f"{len(tasks) - len(outcomes)} training runs, {jobs} side by side in processes of their own")
     record: dict[str, Any] | None = None
-    for i, outcome in run_side_by_side(_train_task, tasks, jobs):
+    for i, outcome in _train_runs(tasks, outcomes, jobs, run_dir, main):
         outcomes[i] = outcome
         if record is None and all(k in outcomes for k in range(folds)):
             fold_metrics = [_fold_row(k + 1, plans[k], outcomes[k]) for k in range(folds)]
@@ -185,6 +202,66 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
         seconds=record["seconds"],
         refit_dir=refit_dir,
     )
+
+
+def _finished_runs(tasks: list[tuple[TrainConfig, dict[str, Samples], str]]) -> dict[int, dict[str, Any]]:
+    """The outcomes of the fold runs (and refit) an interrupted cross-validation finished: kept, not retrained."""
+    found = {i: finished_outcome(cfg, splits, _FINISHED, "train --resume") for i, (cfg, splits, _) in enumerate(tasks)}
+    return {i: outcome for i, outcome in found.items() if outcome is not None}
+
+
+def _train_runs(
+    tasks: list[tuple[TrainConfig, dict[str, Samples], str]],
+    finished: dict[int, dict[str, Any]],
+    jobs: int,
+    run_dir: Path,
+    main: bool,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(task index, outcome)`` of every finished task, the kept ones first; each new one is recorded
+    in its run directory as it ends. A stop signal ends with :class:`TrainingInterrupted` naming the
+    command that resumes the whole cross-validation (the fold runs continue from their last.pt)."""
+    yield from sorted(finished.items())
+    todo = [i for i in range(len(tasks)) if i not in finished]
+    names = [Path(tasks[i][0].out).name for i in todo]
+    command = f"resnexus train --resume {shlex.quote(str(run_dir))}" + (f" --jobs {jobs}" if jobs > 1 else "")
+    try:
+        for j, outcome in run_side_by_side(_train_task, [tasks[i] for i in todo], jobs):
+            if main:
+                record_finished(tasks[todo[j]][0], tasks[todo[j]][1], outcome, _FINISHED)
+            yield todo[j], outcome
+    except TrainingInterrupted as stopped:  # one run at a time: the run being trained saved its progress
+        where = f"{stopped.run_dir.name}: {stopped.where}"
+        raise TrainingInterrupted(run_dir, stopped.signum, where, command, stopped.saved) from None
+    except RunsStopped as stopped:  # side by side: every worker saved what it could
+        raise TrainingInterrupted(run_dir, stopped.signum, stopped.where(names), command, str(run_dir)) from None
+
+
+def resume_settings(run_dir: str | Path) -> tuple[TrainConfig, int, bool] | None:
+    """``(config, folds, refit)`` to continue the cross-validation run in ``run_dir`` (``train --resume
+    RUN_DIR``), or None when ``run_dir`` is no cross-validation run. The recipe is the one its fold
+    runs saved in their last.pt; the folds and whether to refit, what the run recorded when it started."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CV_RUN_FILE).is_file():
+        return None
+    settings = json.loads((run_dir / CV_RUN_FILE).read_text(encoding="utf-8"))
+    folds, refit = int(settings["folds"]), bool(settings["refit"])
+    for k in range(1, folds + 1):
+        if (fold_run_dir(run_dir, k) / "checkpoints" / "last.pt").is_file():
+            config = resume_config(fold_run_dir(run_dir, k))
+            return dataclasses.replace(config, out=str(run_dir.expanduser().resolve())), folds, refit
+    raise FileNotFoundError(
+        f"nothing to resume: no fold run of the cross-validation {run_dir} saved a resumable checkpoint; "
+        f"start it again with --out {run_dir} --overwrite"
+    )
+
+
+def study_of(run_dir: str | Path) -> Path | None:
+    """The cross-validation run that ``run_dir`` (a foldK/ or refit/ directory) belongs to, if any."""
+    run_dir = Path(run_dir)
+    parent = run_dir.parent
+    if (parent / CV_RUN_FILE).is_file() and (run_dir.name == REFIT_DIR or run_dir.name.startswith("fold")):
+        return parent
+    return None
 
 
 def _train_task(config: TrainConfig, splits: dict[str, Samples], heading: str) -> dict[str, Any]:
@@ -360,6 +437,12 @@ def _check_run_dir(run_dir: Path, folds: int, config: TrainConfig, refit: bool) 
             f"{stale_refit.parent} holds the refit model of an earlier run, which --no-refit would leave "
             "looking like this run's deployable model; remove it or choose another --out"
         )
+    if config.resume and (run_dir / CV_RUN_FILE).is_file():
+        started = json.loads((run_dir / CV_RUN_FILE).read_text(encoding="utf-8"))["folds"]
+        if started != folds:
+            raise ValueError(
+                f"{run_dir} is a {started}-fold cross-validation; resuming it cannot make it {folds} folds"
+            )
     if config.overwrite or config.resume:
         return
     folds_taken = [fold_run_dir(run_dir, k) / "checkpoints" for k in range(1, folds + 1)]
