@@ -70,6 +70,7 @@ def _same_weights(a: Path, b: Path, runs: tuple[str, ...]) -> None:
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), run
 
 
+@pytest.mark.slow
 def test_a_stopped_cross_validation_resumes_with_the_printed_command_to_the_whole_result(
     data, tmp_path, monkeypatch, capsys
 ):
@@ -267,12 +268,12 @@ def test_sigterm_of_train_folds_jobs_saves_and_the_printed_command_finishes_it(d
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 def test_compare_jobs_workers_stop_with_their_parent(data, recipe, tmp_path, stop):
     out = tmp_path / "cmp"
-    args = ["compare", "--models", "resnet20_cifar,lenet", "--data", str(data), "--out", str(out)]
+    args = ["compare", "--models", "resnet20_cifar,resnet32_cifar", "--data", str(data), "--out", str(out)]
     args += ["--epochs", "30" if stop == signal.SIGKILL else "3", "--image-size", "16", "--batch-size", "4"]
     args += ["--precision", "fp32", "--workers", "0", "--checkpoint-every", "0", "--jobs", "2"]
     process, workers = _start(args, workers=2)
     try:
-        _wait_for(_epoch_saved(out / "lenet", 1), 120, "lenet's first epoch", process)
+        _wait_for(_epoch_saved(out / "resnet32_cifar", 1), 120, "a first epoch", process)
         process.send_signal(stop)
         if stop == signal.SIGKILL:
             assert process.wait(timeout=30) == -signal.SIGKILL
