@@ -14,7 +14,6 @@ import torch
 
 from resnexus.engine import TrainConfig, train
 from resnexus.engine.comparison import compare
-from resnexus.engine.config import config_warnings
 from resnexus.engine.crossval import _report_markdown, cross_validate
 from tests.engine.test_comparison import _patients_folder
 from tests.engine.test_crossval import _make_folder
@@ -41,6 +40,8 @@ def _config(data: Path, **overrides) -> TrainConfig:
 
 
 def test_a_warm_up_longer_than_the_run_is_warned_of_not_refused(tmp_path, caplog):
+    from resnexus.engine.config import config_warnings
+
     assert config_warnings(TrainConfig(epochs=3, warmup_epochs=5.0, lr=0.001)) == [
         "warm-up epochs 5 >= epochs 3: the learning rate rises for the whole run and never reaches its peak 0.001; "
         "use fewer --warmup-epochs"

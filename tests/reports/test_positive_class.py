@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnexus.reports import classification_metrics, describe_positive_class, format_metrics, write_report
-from resnexus.reports.metrics import resolve_positive_class
+from resnexus import reports
+from resnexus.reports import classification_metrics, format_metrics, write_report
 from resnexus.reports.plots import plot_roc
 
 from .samples import BIN_P, BIN_Y, HISTORY
@@ -30,7 +30,7 @@ from .samples import BIN_P, BIN_Y, HISTORY
     ],
 )
 def test_default_positive_class_is_predictable(names, positive, why):
-    index, reason = resolve_positive_class(names)
+    index, reason = reports.resolve_positive_class(names)
     assert names[index] == positive
     assert reason.startswith(why)
 
@@ -45,7 +45,7 @@ def test_the_given_positive_class_decides_what_sensitivity_is_about():
     mpox = classification_metrics(y, probs, names, positive_class="Monkeypox")
     assert (others["sensitivity"], others["specificity"]) == (5 / 6, 3 / 4)
     assert (mpox["sensitivity"], mpox["specificity"]) == (3 / 4, 5 / 6)
-    assert describe_positive_class(others) == "positive class: Others (set with --positive-class)"
+    assert reports.describe_positive_class(others) == "positive class: Others (set with --positive-class)"
     assert "sensitivity 0.833 (Others)" in format_metrics(others)
 
 
