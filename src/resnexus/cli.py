@@ -498,11 +498,11 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             overwrite=args.overwrite,
             positive_class=args.positive_class,
         )
-        print(f"{metrics['n']} images: {format_metrics(metrics)}")
         if positive := describe_positive_class(metrics):
             print(f"sensitivity / specificity: {positive}")
         for warning in metrics.get("warnings") or []:
             print(f"warning: {warning}")
+        print(f"{metrics['n']} images: {format_metrics(metrics)}")  # last: the line a script reads
         return 0
     if args.command == "predict":
         written = predict(

@@ -122,3 +122,26 @@ def test_cv_report_names_the_positive_class_and_flags_a_constant_fold(tmp_path):
     ):
         cross_validate(replace(config, out=str(tmp_path / "cv2"), positive_class="Mpox"), 2, refit=False)
     assert not (tmp_path / "cv2" / "fold1").exists()  # refused before any fold trained
+
+
+def test_evaluate_uses_the_runs_positive_class_unless_told_and_names_it(tmp_path, capsys):
+    from resnexus.cli import main
+
+    data = bright_and_dark_folder(tmp_path / "halves", per_class=8, size=16)
+    run = tmp_path / "run"
+    train(_config(data, out=str(run), positive_class="bright", **_LENET_RUN))
+    assert json.loads((run / "metrics.json").read_text())["positive_class"] == "bright"
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "positive class: bright (the run's choice: set with --positive-class when it was trained)" in out
+    assert "(bright)" in out.splitlines()[-1]
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(data), "--positive-class", "dark"]) == 0
+    assert "positive class: dark (set with --positive-class)" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(data), "--positive-class", "Dark"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "resnexus evaluate: error: --positive-class 'Dark' is not one of the classes: 'bright', 'dark'"
+    )
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "bad"), "--positive-class", "x", "--epochs", "1"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().endswith("--positive-class 'x' is not one of the classes: 'bright', 'dark'")
