@@ -32,7 +32,7 @@ from .engine.explain import explain
 from .engine.export import export_keras, export_onnx
 from .engine.interrupt import TrainingInterrupted
 from .models.registry import ModelInfo, list_models, list_pretrained, model_info
-from .reports import format_metrics, markdown_table
+from .reports import describe_positive_class, format_metrics, markdown_table
 
 
 def models_table(names: Sequence[str], markdown: bool = False) -> str:
@@ -334,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ev.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
     ev.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP)
+    ev.add_argument(
+        "--positive-class",
+        help="two classes: the class sensitivity, specificity and ROC are about (default: the run's choice, "
+        "else a class not named like others/normal/healthy/benign/control, else the second in sorted order)",
+    )
     pr = commands.add_parser("predict", help="predict images into a CSV file")
     pr.add_argument("--checkpoint", help=_CHECKPOINT_HELP)
     pr.add_argument("--model", help="without --checkpoint: a registry name, used with published --weights")
@@ -514,8 +519,13 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             flip_tta=args.tta,
             ensemble=args.ensemble,
             overwrite=args.overwrite,
+            positive_class=args.positive_class,
         )
-        print(f"{metrics['n']} images: {format_metrics(metrics)}")
+        if positive := describe_positive_class(metrics):
+            print(f"sensitivity / specificity: {positive}")
+        for warning in metrics.get("warnings") or []:
+            print(f"warning: {warning}")
+        print(f"{metrics['n']} images: {format_metrics(metrics)}")  # last: the line a script reads
         return 0
     if args.command == "predict":
         written = predict(

@@ -50,6 +50,13 @@ def result(data, tmp_path_factory):
     return out, compare(MODELS, _base(data), out, isolate=False, model_configs=CONFIGS)
 
 
+def _binary(columns) -> list[str]:
+    """The CSV's columns for two classes: the positive class, its sensitivity and specificity after the ROC-AUC."""
+    keys = [key for key, _ in columns]
+    at = keys.index("roc_auc") + 1
+    return [*keys[:at], "positive_class", "sensitivity", "specificity", *keys[at:]]
+
+
 def _markdown_table(text: str) -> list[dict[str, str]]:
     lines = [line for line in text.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -102,14 +109,15 @@ def test_csv_and_markdown_hold_the_same_numbers(result):
     _, res = result
     with res.csv.open(encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == [key for key, _ in COLUMNS]
+        assert reader.fieldnames == _binary(COLUMNS)
         csv_rows = list(reader)
     text = res.markdown.read_text(encoding="utf-8")
     md_rows = _markdown_table(text)
-    headers = dict(COLUMNS)
+    headers = dict(COLUMNS) | {"sensitivity": "Sensitivity (dark)", "specificity": "Specificity"}
     assert [r["model"] for r in csv_rows] == [r["Model"] for r in md_rows] == MODELS
     for c, m, row in zip(csv_rows, md_rows, res.rows):
-        for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
+        assert c["positive_class"] == "dark"
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity"):
             assert float(c[key]) == row[key]  # CSV: full precision
             assert float(m[headers[key]]) == pytest.approx(float(c[key]), abs=5e-5)
         for key in ("params", "macs", "image_size", "best_epoch"):
@@ -336,7 +344,7 @@ def test_cv_row_is_the_mean_with_corrected_se_and_the_paired_difference(cv_resul
     assert second["accuracy_diff_se"] == pytest.approx(se(diffs), abs=1e-12)
     # the summary CSV and the Markdown table carry the same figures
     summary = list(csv.DictReader(res.csv.open()))
-    assert list(summary[0]) == [key for key, _ in FOLD_COLUMNS]
+    assert list(summary[0]) == _binary(FOLD_COLUMNS)
     assert float(summary[1]["accuracy_diff"]) == second["accuracy_diff"] and summary[0]["accuracy_diff"] == ""
     md_rows = _markdown_table(res.markdown.read_text())
     headers = dict(FOLD_COLUMNS)

@@ -14,7 +14,17 @@ from resnexus.engine.fit import RunState
 from resnexus.engine.inference import class_probabilities, predict_loader
 from tests.helpers import bright_and_dark_folder
 
-RESUME_KEYS = {"model_state", "optimizer", "scheduler", "scaler", "best_score", "best_epoch", "epoch", "history"}
+RESUME_KEYS = {
+    "model_state",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "best_score",
+    "best_epoch",
+    "epoch",
+    "history",
+    "seconds",  # the run's time so far: a resumed run's training time counts every session
+}
 
 
 def _state(seed: int, ema: bool = True) -> RunState:
@@ -49,6 +59,7 @@ def test_run_state_round_trip_restores_everything_resuming_needs():
     restored.load_state_dict(saved)
     assert restored.epoch == 1 and restored.best_epoch == 1 and restored.best_score == [0.8, -0.4]
     assert restored.history == [row] and restored.partial["step"] == 3
+    assert restored.earlier_seconds == saved["seconds"] > 0 and restored.seconds() > saved["seconds"]
     assert restored.scheduler.state_dict() == state.scheduler.state_dict()
     assert restored.optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
         state.optimizer.state_dict()["state"][0]["momentum_buffer"]

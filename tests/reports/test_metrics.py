@@ -305,9 +305,16 @@ def test_positive_class_chooses_what_sensitivity_means():
     pred = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 0])
     probs = np.eye(2)[pred] * 0.8 + 0.1
     default = classification_metrics(y, probs, ["Monkey Pox", "Others"])
-    disease = classification_metrics(y, probs, ["Monkey Pox", "Others"], positive_class="Monkey Pox")
-    assert (default["positive_class"], default["sensitivity"], default["specificity"]) == ("Others", 5 / 6, 3 / 4)
-    assert (disease["positive_class"], disease["sensitivity"], disease["specificity"]) == ("Monkey Pox", 3 / 4, 5 / 6)
-    assert disease["roc_auc"] == pytest.approx(default["roc_auc"])  # symmetric for two classes
-    with pytest.raises(ValueError, match="positive class 'Mpox' is not one of the classes"):
+    others = classification_metrics(y, probs, ["Monkey Pox", "Others"], positive_class="Others")
+    # "Others" reads as the negative class, so the disease is the default positive, not the alphabet's second
+    assert (default["positive_class"], default["sensitivity"], default["specificity"]) == ("Monkey Pox", 3 / 4, 5 / 6)
+    assert default["positive_class_reason"] == (
+        "chosen by default: 'Others' reads as the negative class; set --positive-class"
+    )
+    assert (others["positive_class"], others["sensitivity"], others["specificity"]) == ("Others", 5 / 6, 3 / 4)
+    assert others["positive_class_reason"] == "set with --positive-class"
+    assert others["roc_auc"] == pytest.approx(default["roc_auc"])  # symmetric for two classes
+    with pytest.raises(
+        ValueError, match=r"^--positive-class 'Mpox' is not one of the classes: 'Monkey Pox', 'Others'$"
+    ):
         classification_metrics(y, probs, ["Monkey Pox", "Others"], positive_class="Mpox")

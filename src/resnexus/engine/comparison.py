@@ -80,16 +80,18 @@ import torch
 from ..data import Samples, kfold_splits
 from ..files import atomic_write, write_text_atomic
 from ..models.registry import count_macs, create_model, get_entry
-from ..reports import fixed_decimals, markdown_cell, markdown_table, plot_accuracy_vs_macs
+from ..reports import fixed_decimals, markdown_cell, markdown_table, plot_accuracy_vs_macs, resolve_positive_class
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import (
     TrainConfig,
     autocast_dtype,
     checked_splits,
     complete_config,
+    config_warnings,
     describe_splits,
     is_whole_number,
     precision_name,
+    warn_about_config,
 )
 from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
 from .finished import finished_outcome, record_finished
@@ -148,7 +150,9 @@ FOLD_RUN_COLUMNS = (
     "run_dir",
     "error",
 )
-_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
+# two classes: after the ROC-AUC, the rates of the positive class, which the CSV names in a column of its own
+_BINARY_COLUMNS = (("positive_class", "Positive class"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"))
 _INFERENCE_MIN_SECONDS = 0.5  # keep timing batches until this much time has passed ...
 _INFERENCE_MAX_BATCHES = 100  # ... or this many batches
 
@@ -235,6 +239,10 @@ def compare(
     first = next(iter(runs.values()))
     class_names = first["train"].class_names
     num_classes = len(class_names)
+    index, why = resolve_positive_class(class_names, recipe.positive_class)  # a wrong name: one line, now
+    positive = (class_names[index], why) if num_classes == 2 else None
+    columns = _columns(FOLD_COLUMNS if folds else COLUMNS, positive)
+    warn_about_config(recipe, recipe.verbose)  # once for all its runs
 
     # parameters and MACs as trained; building each model here also checks its overrides and image size
     rows: list[dict[str, Any]] = []
@@ -247,11 +255,11 @@ def compare(
                 f"compare: {name} with overrides {cfg.model_config} cannot run on {cfg.image_size}x{cfg.image_size} "
                 f"images with {num_classes} classes: {type(error).__name__}: {error}"
             ) from error
-        columns = FOLD_COLUMNS if folds else COLUMNS
         rows.append(
             {key: None for key, _ in columns}
             | {
                 "model": name,
+                "positive_class": positive[0] if positive else None,
                 "params": params,
                 "macs": macs,
                 "image_size": cfg.image_size,
@@ -304,10 +312,11 @@ def compare(
         evaluated = "test" if "test" in first else ("val" if "val" in first else "train")
         protocol = f"split (same images for every model): {describe_splits(first)}; metrics on the {evaluated} split"
 
-    columns = FOLD_COLUMNS if folds else COLUMNS
     csv_path = _write_csv(rows, out / "comparison.csv", tuple(k for k, _ in columns))
     plot_path = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png")
-    markdown = _markdown(rows, columns, recipe, protocol, class_names, model_configs, isolate, plot_path.name, jobs)
+    markdown = _markdown(
+        rows, columns, recipe, protocol, class_names, model_configs, isolate, plot_path.name, jobs, positive
+    )
     md_path = write_text_atomic(out / "comparison.md", markdown)
     log(f"comparison: {md_path}")
     return CompareResult(rows=rows, markdown=md_path, csv=csv_path, plot=plot_path)
@@ -380,6 +389,7 @@ def _summarise_fold_runs(measured: dict[str, dict[str, Any]], runs: dict[str, di
         row[key] = statistics.median(values) if values else None
     memory = [r["peak_memory_mib"] for r in rows if r.get("peak_memory_mib") is not None]
     row["peak_memory_mib"] = max(memory) if memory else None
+    row["warnings"] = [f"fold run {tag}: {w}" for tag, m in measured.items() for w in m.get("warnings") or []]
     baselines = [r["baseline_memory_mib"] for r in rows if r.get("baseline_memory_mib") is not None]
     if baselines:
         row["baseline_memory_mib"] = statistics.median(baselines)
@@ -415,11 +425,7 @@ def _fold_protocol(runs: dict[str, dict[str, Samples]], folds: int, repeats: int
     groups = len({g for part in first.values() for g in part.groups})
     n_test, n_train = _mean_sizes(runs)
     seeds = f"{recipe.seed}" if repeats == 1 else f"{recipe.seed}-{recipe.seed + repeats - 1}"
-    validation = (
-        f"{100 * recipe.val_fraction:g}% of each training part for validation"
-        if recipe.val_fraction
-        else ("no validation (final weights)")
-    )
+    validation = _validation_text(runs, recipe.val_fraction)
     return (
         f"cross-validation, the same {repeats * folds} fold runs for every model: {repeats} x {folds} stratified "
         f"folds grouped by `{recipe.group_by or 'file'}` (fold seeds {seeds}) of {images} images in {groups} groups; "
@@ -428,6 +434,30 @@ def _fold_protocol(runs: dict[str, dict[str, Samples]], folds: int, repeats: int
         "Bengio's corrected standard error, sqrt((1/n + n_test/n_train) s^2); the paired difference is each fold "
         "run's accuracy minus the first model's on the same fold run (per fold run: comparison_folds.csv)"
     )
+
+
+def _validation_text(runs: dict[str, dict[str, Samples]], val_fraction: float) -> str:
+    """What the fold runs validated on, read from their splits (not from ``val_fraction``: a fold run
+    whose validation part would be too small to choose an epoch on trains on it instead)."""
+    validated = [s for s in runs.values() if "val" in s]
+    if not validated:
+        unused = (
+            f"; --val-fraction {val_fraction:g} too small to choose an epoch on, so trained on" if val_fraction else ""
+        )
+        return f"no validation: the final weights are tested{unused}"
+    n_val = statistics.fmean(len(s["val"]) for s in validated)
+    share = f"about {n_val:.0f} of them, {100 * val_fraction:g}%, for validation"
+    if len(validated) == len(runs):
+        return share
+    return f"{share} in {len(validated)} of the {len(runs)} fold runs; the others without"
+
+
+def _columns(columns: tuple[tuple[str, str], ...], positive: tuple[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """``columns`` with, for two classes, the positive class and its sensitivity / specificity after the ROC-AUC."""
+    if positive is None:
+        return columns
+    at = [key for key, _ in columns].index("roc_auc") + 1
+    return (*columns[:at], *_BINARY_COLUMNS, *columns[at:])
 
 
 # -- input checks and static measurements ------------------------------------------------------
@@ -500,6 +530,7 @@ def _measure(config: TrainConfig, splits: dict[str, Samples], peak_rss: bool) ->
         if config.framework == "torch"
         else _keras_inference_speed(config, result.run_dir),
         peak_memory_mib=None,
+        warnings=list(result.metrics.get("warnings") or []),
     )
     if cuda:
         row["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -750,14 +781,21 @@ def _markdown(
     isolate: bool,
     plot_name: str,
     jobs: int = 1,
+    positive: tuple[str, str] | None = None,
 ) -> str:
-    keys = [(k, h) for k, h in columns if k != "error" or any(r.get("error") for r in rows)]
+    """comparison.md: every sentence from the runs' configs, splits and rows (``positive``: the
+    positive class and how it was chosen, for two classes)."""
+    keys = [(k, h) for k, h in columns if k != "positive_class" and (k != "error" or any(r.get("error") for r in rows))]
+    if positive is not None:  # the table names the class the sensitivity is about in its header
+        keys = [(k, f"{h} ({positive[0]})" if k == "sensitivity" else h) for k, h in keys]
     table = markdown_table(
         [h for _, h in keys],
         [[_cell(k, r.get(k)) for k, _ in keys] for r in rows],
         "".join("l" if k in ("model", "status", "error") else "r" for k, _ in keys),
     )
     lines = ["# Model comparison", "", table]
+    warnings = [f"{r['model']}: {w}" for r in rows for w in r.get("warnings") or []] + config_warnings(recipe)
+    lines += [f"\n**Warning:** {markdown_cell(w)}." for w in warnings]
     best = _best(rows)
     lines.append("")
     if best is None:
@@ -795,10 +833,12 @@ def _markdown(
         "",
         f"- data: `{recipe.data}`",
         f"- {protocol}",
-        f"- classes ({len(class_names)}): {', '.join(class_names)}",
+        f"- classes ({len(class_names)}): {', '.join(class_names)}"
+        + (f"; sensitivity, specificity: positive class {positive[0]} ({positive[1]})" if positive else ""),
         f"- epochs: {recipe.epochs}, batch size: {recipe.batch_size}, optimizer: {recipe.optimizer}, "
-        f"lr: {recipe.lr}, weight decay: {recipe.weight_decay}, warm-up epochs: {recipe.warmup_epochs}, "
-        f"label smoothing: {recipe.label_smoothing}",
+        f"lr: {recipe.lr}, weight decay: {recipe.weight_decay}, warm-up epochs: {recipe.warmup_epochs:g}"
+        + (" (longer than the run: the peak lr is never reached)" if config_warnings(recipe) else "")
+        + f", label smoothing: {recipe.label_smoothing}",
         f"- image size: {sizes[0]}" if len(sizes) == 1 else "- image size: each model's default (see the table)",
         f"- augmentation: {augment}; mixup {recipe.mixup}, cutmix {recipe.cutmix}",
         f"- EMA: {recipe.ema_decay}, gradient clipping: {recipe.clip_grad_norm}, early stopping: "

@@ -156,7 +156,12 @@ class TrainConfig:
     )
     compile: bool = _option(False, "torch.compile the training step (a slow start; no gain on 2 CPU cores, measured)")
     tensorboard: bool = _option(False, "write TensorBoard events to RUN_DIR/tensorboard (needs `tensorboard`)")
-    positive_class: str | None = _option(None, "two classes: the class sensitivity refers to (default: the second)")
+    positive_class: str | None = _option(
+        None,
+        "two classes: the class sensitivity, specificity and the ROC curve are about, named in every report "
+        "(default: the class not named like others/normal/negative/healthy/benign/control, else the second in "
+        "sorted order)",
+    )
     skip_bad_images: bool = _option(
         False, "train on the readable images instead of refusing to start; the report lists the rest"
     )
@@ -323,6 +328,26 @@ def validate_config(config: TrainConfig) -> None:
         _check_augment(config.augment)
     if config.framework == "keras":
         check_keras_options(config)
+
+
+def config_warnings(config: TrainConfig) -> list[str]:
+    """What a valid but suspect config will do that its user probably did not mean: logged as a
+    warning when a run starts and repeated in its reports, never refused."""
+    found = []
+    if config.warmup_epochs is not None and config.epochs is not None and config.warmup_epochs >= config.epochs:
+        found.append(
+            f"warm-up epochs {config.warmup_epochs:g} >= epochs {config.epochs}: the learning rate rises for the "
+            f"whole run and never reaches its peak{'' if config.lr is None else f' {config.lr:g}'}; "
+            "use fewer --warmup-epochs"
+        )
+    return found
+
+
+def warn_about_config(config: TrainConfig, loud: bool) -> None:
+    """:func:`config_warnings` as warnings when ``loud`` (a run of its own, rank 0), else at DEBUG: a
+    cross-validation or comparison says them once for all its runs."""
+    for warning in config_warnings(config):
+        (logger.warning if loud else logger.debug)(f"warning: {warning}")
 
 
 # what the Keras path (engine/keras_fit.py) cannot do, with why: refused, never silently ignored

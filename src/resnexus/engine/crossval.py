@@ -46,7 +46,7 @@ import numpy as np
 
 from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
 from ..files import write_text_atomic
-from ..reports import fixed_decimals, markdown_cell, markdown_table
+from ..reports import fixed_decimals, markdown_cell, markdown_table, resolve_positive_class
 from . import distributed
 from .checkpoint import BEST_FILES, CV_METRICS_FILE, REFIT_DIR, fold_run_dir
 from .config import (
@@ -55,9 +55,11 @@ from .config import (
     check_before_training,
     checkpoint_selection,
     complete_config,
+    config_warnings,
     is_whole_number,
     resume_config,
     split_subfolders,
+    warn_about_config,
 )
 from .finished import finished_outcome, record_finished
 from .frameworks import train
@@ -128,6 +130,8 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
     ctx.barrier()
 
     samples = scan_checked(config)
+    resolve_positive_class(samples.class_names, config.positive_class)  # a wrong name: one line, before any fold
+    warn_about_config(config, config.verbose and main)  # once here, not once per fold run
     fold_indices = kfold_splits(samples, folds, seed=config.seed)
     plans = [fold_splits(samples, train_idx, test_idx, config) for train_idx, test_idx in fold_indices]
     _check_partition(samples, plans)
@@ -173,7 +177,10 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
             record = _estimate_record(config, samples, fold_metrics, validated, refit, started)
             if main:  # the estimate is on disk before the refit ends (an interrupted refit loses nothing)
                 _write_record(run_dir, record)
-            log(f"cross-validation ({folds} folds): {format_mean_std(record['mean'], record['std'])}")
+            positive = record["protocol"].get("positive_class")
+            log(
+                f"cross-validation ({folds} folds): {format_mean_std(record['mean'], record['std'], positive=positive)}"
+            )
     assert record is not None  # every fold run finished (a failure raised above)
     if refit_dir is not None:
         record["refit"] = {
@@ -294,6 +301,10 @@ def _estimate_record(
 ) -> dict[str, Any]:
     """What cv_metrics.json holds once every fold has run: the protocol, the folds, mean and std."""
     mean, std, counts = aggregate(fold_metrics)
+    positive = {}
+    if len(samples.class_names) == 2:
+        index, why = resolve_positive_class(samples.class_names, config.positive_class)
+        positive = {"positive_class": samples.class_names[index], "positive_class_reason": why}
     protocol = {
         "folds": len(fold_metrics),
         "data": str(config.data),
@@ -304,6 +315,9 @@ def _estimate_record(
         "class_names": list(samples.class_names),
         "class_counts": samples.class_counts(),
         "val_fraction": config.val_fraction if validated else 0.0,
+        "validated_folds": sum(m["n_val"] > 0 for m in fold_metrics),
+        "early_stopping": config.early_stopping,
+        "warmup_epochs": config.warmup_epochs,
         "model": config.model,
         "framework": config.framework,
         "weights": config.weights,
@@ -311,6 +325,8 @@ def _estimate_record(
         "image_size": config.image_size,
         "batch_size": config.batch_size,
         "std": "sample standard deviation over folds (ddof=1)",
+        **positive,
+        "warnings": config_warnings(config),
     }
     return {
         "protocol": protocol,
@@ -353,14 +369,22 @@ def corrected_standard_error(values: Sequence[float], n_test: float, n_train: fl
     return math.sqrt((1 / len(values) + n_test / n_train) * float(np.var(values, ddof=1)))
 
 
-def format_mean_std(mean: dict[str, float], std: dict[str, float | None], digits: int = 4) -> str:
-    """``accuracy 0.8296 ± 0.0457 | macro F1 ...``: one line for logs and the report."""
+def format_mean_std(
+    mean: dict[str, float], std: dict[str, float | None], digits: int = 4, positive: str | None = None
+) -> str:
+    """``accuracy 0.8296 ± 0.0457 | macro F1 ...``: one line for logs and the report; the
+    sensitivity names its class (``positive``), so that nobody reads the other class's rate."""
     parts = []
     for key in CV_METRICS:
         if key in mean:
             spread = fixed_decimals(std.get(key), digits)
-            parts.append(f"{_LABELS[key]} {fixed_decimals(mean[key], digits)} ± {spread}")
+            parts.append(f"{_label(key, positive)} {fixed_decimals(mean[key], digits)} ± {spread}")
     return " | ".join(parts)
+
+
+def _label(key: str, positive: str | None) -> str:
+    """A metric's name; the sensitivity's with its positive class: ``sensitivity (Monkeypox)``."""
+    return f"{_LABELS[key]} ({positive})" if key == "sensitivity" and positive else _LABELS[key]
 
 
 # -- pieces ---------------------------------------------------------------------------------------
@@ -504,16 +528,54 @@ def _deployable_model_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _validation_line(protocol: dict[str, Any], fold_metrics: list[dict[str, Any]]) -> str:
+    """What the fold runs validated on: read from the folds (their ``n_val``), not from the options."""
+    validated = sum(m.get("n_val", 0) > 0 for m in fold_metrics)
+    share = f"{100 * protocol['val_fraction']:g}%"
+    if validated == len(fold_metrics) and validated:
+        return f"- Validation (best-epoch choice): {share} of each fold's training part, grouped and stratified, same seed."
+    if validated:
+        return (
+            f"- Validation (best-epoch choice) in {validated} of {len(fold_metrics)} folds: {share} of their training "
+            "part; the other folds had too few images to choose an epoch on, trained on them and tested the final weights."
+        )
+    return (
+        "- No validation set (too few images to choose an epoch on, or none asked for): the final weights are tested."
+    )
+
+
+def _epochs_text(protocol: dict[str, Any]) -> str:
+    """``20 epochs (warm-up 5)``, with early stopping and a warm-up the run never finishes said."""
+    text = f"{protocol['epochs']} epochs"
+    if protocol.get("warmup_epochs") is not None:
+        text += f" (warm-up {protocol['warmup_epochs']:g})"
+    if protocol.get("early_stopping"):
+        text += (
+            f", at most: early stopping after {protocol['early_stopping']} epochs without a better validation accuracy"
+        )
+    return text
+
+
+def _warning_lines(record: dict[str, Any]) -> list[str]:
+    """The recipe's warnings and each fold's (e.g. a fold model that predicted one class for every image)."""
+    found = list(record["protocol"].get("warnings") or [])
+    found += [f"fold {m['fold']}: {w}" for m in record["folds"] for w in m.get("warnings") or []]
+    return [line for w in found for line in (f"**Warning:** {markdown_cell(w)}.", "")]
+
+
 def _report_markdown(record: dict[str, Any]) -> str:
     protocol, fold_metrics, mean, std = record["protocol"], record["folds"], record["mean"], record["std"]
     keys = [k for k in CV_METRICS if k in mean]
     folds = protocol["folds"]
+    positive = protocol.get("positive_class")
     grouping = f"by `{protocol['group_by']}`" if protocol["group_by"] else "none (every file its own group)"
+    estimate = format_mean_std(mean, std, positive=positive)
     md = [
         f"# {folds}-fold cross-validation: {protocol['model']} on {Path(protocol['data']).name}",
         "",
-        f"**Cross-validated estimate of this recipe (mean ± std over {folds} folds):** {format_mean_std(mean, std)}",
+        f"**Cross-validated estimate of this recipe (mean ± std over {folds} folds):** {estimate}",
         "",
+        *_warning_lines(record),
         "## Which model to use",
         "",
         "The figures above are the **cross-validated estimate of this recipe**: each fold model was tested "
@@ -527,26 +589,26 @@ def _report_markdown(record: dict[str, Any]) -> str:
         f"seed {protocol['seed']}); each fold is the test set once, so every image is tested exactly once.",
         f"- Grouping: {grouping}; {protocol['images']} images in {protocol['groups']} groups, "
         "no group on two sides (train / val / test) of any fold.",
-        f"- Validation (best-epoch choice): {100 * protocol['val_fraction']:g}% of each fold's training part, "
-        "grouped and stratified, same seed."
-        if protocol["val_fraction"] > 0
-        else "- No validation set (too few images to choose an epoch on, or none asked for): the final weights "
-        "are tested.",
+        _validation_line(protocol, fold_metrics),
         f"- Model {protocol['model']}"
         + (f" from `{protocol['weights']}`" if protocol["weights"] else " trained from scratch")
-        + f", {protocol['epochs']} epochs, image size {protocol['image_size']}, batch size {protocol['batch_size']}.",
+        + f", {_epochs_text(protocol)}, image size {protocol['image_size']}, batch size {protocol['batch_size']}.",
         "- Std is the sample standard deviation over folds (ddof=1).",
         f"- Classes: {', '.join(f'{markdown_cell(n)} ({c})' for n, c in protocol['class_counts'].items())}.",
     ]
-    if "sensitivity" in mean:
-        positive = markdown_cell(protocol["class_names"][-1])
-        md.append(f"- Sensitivity / specificity: positive class {positive!r} (class index 1).")
+    if "sensitivity" in mean and positive:
+        why = protocol.get("positive_class_reason")
+        md.append(
+            f"- Sensitivity / specificity / ROC: positive class {markdown_cell(positive)}"
+            + (f" ({markdown_cell(why)})." if why else ".")
+        )
     md += [
         "",
         "## Per fold (test metrics of each fold's best checkpoint)",
         "",
     ]
-    header = ["fold", "train / val / test images", "test groups", *(_LABELS[k] for k in keys), "best epoch", "report"]
+    header = ["fold", "train / val / test images", "test groups", *(_label(k, positive) for k in keys), "best epoch"]
+    header.append("report")
     rows = [
         [
             str(m["fold"]),

@@ -46,7 +46,7 @@ from ..data.sampler import EpochBatches
 from ..files import atomic_write, default_cache_dir, write_text_atomic
 from ..models.layers import freeze_stages
 from ..models.registry import ModelEntry, create_model, get_entry
-from ..reports import classification_metrics, format_metrics, write_report
+from ..reports import classification_metrics, format_metrics, resolve_positive_class, write_report
 from . import distributed
 from .checkpoint import make_checkpoint, save_atomic
 from .config import (
@@ -59,10 +59,12 @@ from .config import (
     checked_splits,
     checkpoint_selection,
     complete_config,
+    config_warnings,
     data_fingerprint,
     describe_splits,
     precision_name,
     split_subfolders,
+    warn_about_config,
 )
 from .inference import predict_loader
 from .interrupt import StopOnSignal, TrainingInterrupted
@@ -100,6 +102,14 @@ class RunRecord:
     epoch: int = 0  # epochs finished
     # the images trained on (config.data_fingerprint): saved, and on resume compared, never loaded
     data: dict[str, Any] | None = None
+    # seconds the earlier sessions of a resumed run spent, and when this session started: the run's
+    # training time is all of them, not the last session's (a resumed finished run: its evaluation)
+    earlier_seconds: float = 0.0
+    session_started: float = field(default_factory=time.perf_counter)
+
+    def seconds(self) -> float:
+        """The run's time so far, over every session."""
+        return self.earlier_seconds + time.perf_counter() - self.session_started
 
     def record_dict(self) -> dict[str, Any]:
         return {
@@ -107,11 +117,14 @@ class RunRecord:
             "best_epoch": self.best_epoch,
             "epoch": self.epoch,
             "history": self.history,
+            "seconds": self.seconds(),
         }
 
     def load_record(self, state: dict[str, Any]) -> None:
         self.history, self.best_score, self.best_epoch = state["history"], state["best_score"], state["best_epoch"]
         self.epoch = state["epoch"]
+        # an older last.pt has no "seconds": its epochs' own times are the best record of them
+        self.earlier_seconds = float(state.get("seconds", sum(row.get("seconds") or 0.0 for row in self.history)))
 
     def end_epoch(self, row: dict[str, Any], monitor: str, select: str) -> bool:
         """Record a finished epoch; True when it is the new best (every epoch is with select="last")."""
@@ -229,13 +242,14 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         info(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
         if split_here and (hint := small_data_hint(config, splits)):
             info(hint)
+        warn_about_config(config, split_here and ctx.is_main and config.verbose)
 
         # -- model, precision, optimiser: the state that resuming restores
         runtime = _runtime(config, ctx.device)
         model = _build_model(config, len(class_names), runtime)
         forward = _training_forward(model, config, ctx)
         state = _new_run_state(model, config, runtime, steps_per_epoch=len(train_loader))
-        state.data = data_fingerprint(splits, config.data)
+        state.data, state.session_started = data_fingerprint(splits, config.data), started
         loss_fn = _loss_fn(config, splits["train"], runtime.device)
         mixer = _make_mixer(config, len(class_names))
         info(_describe_model(model, config, runtime, ctx, len(train_loader)))
@@ -294,7 +308,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
         metrics.update(split=final_split, loss=loss, best_epoch=state.best_epoch, model=config.model)
         metrics["skipped_images"] = skipped
-        result = TrainResult(run_dir, metrics, state.history, state.best_epoch, seconds=time.perf_counter() - started)
+        result = TrainResult(run_dir, metrics, state.history, state.best_epoch, seconds=state.seconds())
 
         # -- report (rank 0): metrics.json, TensorBoard's last scalars, report.md
         if ctx.is_main:
@@ -303,8 +317,15 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
             _write_report(result, config, splits, y_true, probs, model, runtime)
             seen = " (the images it was trained on: not an estimate for new images)" if final_split == "train" else ""
             info(f"{final_split}{seen}: {format_metrics(metrics)}")
+            log_metric_warnings(metrics, run_dir, config.verbose)
             info(f"report: {run_dir / 'report.md'}")
     return result
+
+
+def log_metric_warnings(metrics: dict[str, Any], where: Path | str, verbose: bool = True) -> None:
+    """What makes a run's metrics misleading (``metrics["warnings"]``, e.g. a constant predictor), as warnings."""
+    for warning in metrics.get("warnings") or []:
+        (logger.warning if verbose else logger.debug)(f"warning: {where}: {warning}")
 
 
 def train_one_epoch(
@@ -532,9 +553,7 @@ def _check_and_split(
     if splits is None:
         splits, unreadable = checked_splits(config, verbose=verbose)
         skipped = [str(p) for p in unreadable]
-    class_names = splits["train"].class_names
-    if config.positive_class is not None and config.positive_class not in class_names:
-        raise ValueError(f"--positive-class {config.positive_class!r} is not one of the classes {class_names}")
+    resolve_positive_class(splits["train"].class_names, config.positive_class)  # one of them, or one line naming them
     return splits, skipped
 
 
@@ -705,6 +724,8 @@ def _write_report(
     """report.md; ``trained_with`` names the framework when it is not PyTorch (the Keras path)."""
     metrics, n_params = result.metrics, sum(p.numel() for p in model.parameters())
     framework = {"trained with": trained_with} if trained_with else {}
+    trained = len(result.history)
+    stopped = f" of {config.epochs} (early stopping)" if trained < config.epochs and config.early_stopping else ""
     write_report(
         result.run_dir,
         title=f"{config.model} on {Path(config.data).name}",
@@ -721,16 +742,18 @@ def _write_report(
             "data": config.data,
             "images (train/val/test)": describe_splits(splits),
             "evaluated on": metrics["split"],
-            "epochs": config.epochs,
+            "epochs": f"{trained}{stopped}",
             "best epoch": result.best_epoch,
             "image size": config.image_size,
             "batch size": config.batch_size,
-            "optimizer": f"{config.optimizer}, lr {config.lr}",
+            "optimizer": f"{config.optimizer}, lr {config.lr}, weight decay {config.weight_decay}",
+            "warm-up epochs": f"{config.warmup_epochs:g}",
             "precision": runtime.precision,
             "training time": f"{result.seconds:.0f} s",
             "seed": config.seed,
         },
         skipped=metrics["skipped_images"],
+        notes=config_warnings(config),
     )
 
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..data import EvalPreprocess, ImageDataset, UnlabeledDataset, eval_transform, scan_dataset, scan_unlabeled
 from ..files import atomic_write, write_text_atomic
-from ..reports import classification_metrics
+from ..reports import classification_metrics, resolve_positive_class
 from .checkpoint import FoldEnsemble, load_for_inference, load_published, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -195,17 +195,21 @@ def evaluate(
     flip_tta: bool = False,
     ensemble: bool = False,
     overwrite: bool = False,
+    positive_class: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on labelled data: class sub-folders (or its ``test/`` part), or a CSV.
 
     ``checkpoint`` may be a run directory; ``ensemble``: a cross-validation run directory's fold
     models, averaged (the metrics then name the fold checkpoints under ``ensemble_members``).
     ``out``: also write the metrics there as JSON (an existing file only with ``overwrite``).
+    ``positive_class`` (two classes): the class sensitivity is about; default the run's own choice
+    (its ``--positive-class``, else the default rule of ``resolve_positive_class``).
     """
     if out is not None:  # before any work: a bad --out costs no model loading (see predict)
         check_output_file(out, [*checkpoint_files(checkpoint), data], overwrite=True, flag="--out")
     source = checkpoint if ensemble else resolve_checkpoint(checkpoint)
     model, ckpt = load_for_inference(source, ensemble=ensemble)
+    resolve_positive_class(ckpt["class_names"], positive_class)  # a wrong name: one line, before any image is read
     root = Path(data)
     if (root / "test").is_dir():
         root = root / "test"
@@ -219,7 +223,10 @@ def evaluate(
     y_true, probs, loss = predict_loader(
         model, loader, device, memory_format=memory_format, flip_tta=flip_tta, preprocess=preprocess.batch
     )
-    metrics = classification_metrics(y_true, probs, ckpt["class_names"], ckpt.get("positive_class"))
+    trained_with = ckpt.get("positive_class")
+    metrics = classification_metrics(y_true, probs, ckpt["class_names"], positive_class or trained_with)
+    if positive_class is None and trained_with is not None and "positive_class" in metrics:
+        metrics["positive_class_reason"] = "the run's choice: set with --positive-class when it was trained"
     metrics.update(loss=loss, checkpoint=str(source), data=str(root), model=ckpt["model_name"], flip_tta=flip_tta)
     if ensemble:
         metrics["ensemble_members"] = ckpt["ensemble_members"]

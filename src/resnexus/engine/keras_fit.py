@@ -70,6 +70,7 @@ from .config import (
     complete_config,
     data_fingerprint,
     describe_splits,
+    warn_about_config,
 )
 from .fit import (
     HeldOut,
@@ -86,6 +87,7 @@ from .fit import (
     _no_trace_of_a_failed_start,
     _Saver,
     _write_report,
+    log_metric_warnings,
     seed_everything,
     small_data_hint,
     validate,
@@ -122,6 +124,7 @@ def train_keras(config: TrainConfig, splits: dict[str, Samples] | None = None) -
         info(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
         if split_here and (hint := small_data_hint(config, splits)):
             info(hint)
+        warn_about_config(config, split_here and config.verbose)
 
         # -- model and optimiser; a resumed run loads both from last.keras
         model = create_model(
@@ -134,7 +137,7 @@ def train_keras(config: TrainConfig, splits: dict[str, Samples] | None = None) -
         )
         steps = len(EpochBatches(splits["train"].labels, config.batch_size, config.seed))
         compile_for_training(model, config, steps_per_epoch=steps)
-        record = RunRecord(data=data_fingerprint(splits, config.data))
+        record = RunRecord(data=data_fingerprint(splits, config.data), session_started=started)
         info(_describe_model(model, config, steps))
         last = run_dir / "checkpoints" / LAST
         if config.resume and last.is_file():
@@ -182,12 +185,13 @@ def train_keras(config: TrainConfig, splits: dict[str, Samples] | None = None) -
         metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
         metrics.update(split=final_split, loss=loss, best_epoch=record.best_epoch, model=config.model)
         metrics.update(framework="keras", skipped_images=skipped)
-        result = TrainResult(run_dir, metrics, record.history, record.best_epoch, seconds=time.perf_counter() - started)
+        result = TrainResult(run_dir, metrics, record.history, record.best_epoch, seconds=record.seconds())
 
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
         _write_report(result, config, splits, y_true, probs, torch_model, runtime, trained_with=keras_description())
         seen = " (the images it was trained on: not an estimate for new images)" if final_split == "train" else ""
         info(f"{final_split}{seen}: {format_metrics(metrics)}")
+        log_metric_warnings(metrics, run_dir, config.verbose)
         info(f"report: {run_dir / 'report.md'}")
     return result
 

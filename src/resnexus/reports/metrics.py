@@ -7,6 +7,7 @@ The maths is scikit-learn's; this module fixes the conventions (class order, whi
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -21,7 +22,72 @@ from sklearn.metrics import (
 
 from .tables import fixed_decimals
 
-__all__ = ["classification_metrics", "format_metrics"]
+__all__ = [
+    "NEGATIVE_CLASS_WORDS",
+    "classification_metrics",
+    "describe_positive_class",
+    "format_metrics",
+    "resolve_positive_class",
+]
+
+# Class names that read as "not the condition": with two classes, such a class is never the default
+# positive class when the other class does not read so too (a disease-vs-others task is about the disease).
+NEGATIVE_CLASS_WORDS = frozenset(
+    {"other", "others", "rest", "normal", "negative", "neg", "healthy", "benign", "control", "controls"}
+    | {"none", "no", "absent", "background", "clean", "ok", "good"}
+)
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _reads_negative(name: str) -> bool:
+    """``Others``, ``normal_skin``, ``no-finding``, ``non_melanoma``: a name whose first word says
+    "not the condition" (one of :data:`NEGATIVE_CLASS_WORDS`, or a ``non``/``not`` prefix)."""
+    words = _WORD.findall(name.casefold())
+    if not words:
+        return False
+    return words[0] in NEGATIVE_CLASS_WORDS or words[0] in ("non", "not")
+
+
+def resolve_positive_class(class_names: Sequence[str], positive_class: str | None = None) -> tuple[int, str]:
+    """(index, why) of the class that sensitivity, specificity and the binary ROC curve are about.
+
+    Given: it must be one of the two classes (else one line listing them). Not given, predictably:
+    when exactly one of the two names reads as a negative class (``Others``, ``normal``,
+    ``healthy``, ``benign``, ``control``, ``non-...``: :data:`NEGATIVE_CLASS_WORDS`), the other one;
+    else the second class in sorted order (index 1). ``why`` says which rule chose it.
+    """
+    names = [str(c) for c in class_names]
+    if positive_class is not None:
+        if positive_class not in names:
+            raise ValueError(
+                f"--positive-class {positive_class!r} is not one of the classes: {', '.join(map(repr, names))}"
+            )
+        return names.index(positive_class), "set with --positive-class"
+    if len(names) != 2:
+        return 1, "chosen by default: the second class"
+    negative = [_reads_negative(n) for n in names]
+    if negative.count(True) == 1:
+        index = negative.index(False)
+        return index, (f"chosen by default: {names[1 - index]!r} reads as the negative class; set --positive-class")
+    return 1, "chosen by default: the second class in sorted order; set --positive-class"
+
+
+def describe_positive_class(metrics: dict) -> str | None:
+    """``positive class: Others (chosen by default: ...)``: for two classes, else None. Said wherever
+    sensitivity / specificity are, so that nobody reads a rate of the wrong class."""
+    if "positive_class" not in metrics:
+        return None
+    why = metrics.get("positive_class_reason")
+    return f"positive class: {metrics['positive_class']}" + (f" ({why})" if why else "")
+
+
+def _degenerate_warnings(names: list[str], pred: np.ndarray) -> list[str]:
+    """A model that answers one class for every image: its rates say nothing about telling classes apart."""
+    predicted = np.unique(pred)
+    if len(names) < 2 or len(predicted) != 1 or pred.shape[0] < 2:
+        return []
+    rates = "sensitivity/specificity are" if len(names) == 2 else "the per-class recalls are"
+    return [f"the model predicted {names[int(predicted[0])]!r} for every image: {rates} degenerate"]
 
 
 def _check_inputs(
@@ -97,15 +163,13 @@ def classification_metrics(
     balanced accuracy, the mean recall) run over the classes present, so an absent class neither
     drags them towards 0 nor counts as a success. A present class that is never predicted keeps
     precision 0 (``zero_division=0``): the model failed to find it. For two classes,
-    ``positive_class`` (default: class index 1) is the one whose recall is the sensitivity, e.g.
-    the disease in a disease-vs-others task.
+    ``positive_class`` is the one whose recall is the sensitivity, e.g. the disease in a
+    disease-vs-others task (default: :func:`resolve_positive_class`; ``positive_class_reason`` says
+    how it was chosen). ``warnings`` lists what makes the numbers misleading, e.g. a model that
+    predicted one class for every image.
     """
     y, p, names = _check_inputs(y_true, probs, class_names)
-    positive = 1
-    if positive_class is not None:
-        if positive_class not in names:
-            raise ValueError(f"positive class {positive_class!r} is not one of the classes {names}")
-        positive = names.index(positive_class)
+    positive, reason = resolve_positive_class(names, positive_class)
     k = len(names)
     labels = list(range(k))
     pred = p.argmax(axis=1)
@@ -148,6 +212,8 @@ def classification_metrics(
         out["sensitivity"] = defined(rec, positive, bool(present[positive]))
         out["specificity"] = defined(rec, 1 - positive, bool(present[1 - positive]))
         out["positive_class"] = names[positive]
+        out["positive_class_reason"] = reason
+    out["warnings"] = _degenerate_warnings(names, pred)
     return out
 
 
@@ -159,8 +225,8 @@ def format_metrics(metrics: dict) -> str:
         f"macro-F1 {fixed_decimals(metrics.get('macro_f1'), 3)}",
         f"ROC-AUC {fixed_decimals(metrics.get('roc_auc'), 3)}",
     ]
+    pos = metrics.get("positive_class")
     if "sensitivity" in metrics:
-        pos = metrics.get("positive_class")
         parts.append(f"sensitivity {fixed_decimals(metrics['sensitivity'], 3)}" + (f" ({pos})" if pos else ""))
     if "specificity" in metrics:
         parts.append(f"specificity {fixed_decimals(metrics['specificity'], 3)}")

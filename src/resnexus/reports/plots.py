@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from ..files import atomic_write
-from .metrics import _auc_or_none, _check_inputs
+from .metrics import _auc_or_none, _check_inputs, resolve_positive_class
 
 __all__ = ["plot_accuracy_vs_macs", "plot_confusion_matrix", "plot_history", "plot_roc", "save_figure"]
 
@@ -115,9 +115,11 @@ def plot_roc(
     probs: np.ndarray,
     class_names: Sequence[str],
     path: Path,
+    positive_class: str | None = None,
 ) -> Path | None:
-    """ROC curve(s): binary draws class 1 (the positive class); multi-class draws one
-    one-vs-rest curve per class.
+    """ROC curve(s): binary draws the positive class's (``positive_class``, default as
+    :func:`~resnexus.reports.metrics.resolve_positive_class` chooses it), named in the title and
+    legend; multi-class draws one one-vs-rest curve per class.
 
     Returns None, writing nothing, when no curve is defined (every sample in one class).
     In the multi-class case a class absent from ``y_true`` has no curve and is left out
@@ -127,7 +129,8 @@ def plot_roc(
     k = len(names)
     if k < 2:
         return None
-    targets = [1] if k == 2 else list(range(k))
+    positive = resolve_positive_class(names, positive_class)[0]
+    targets = [positive] if k == 2 else list(range(k))
     curves = []
     for c in targets:
         yb = (y == c).astype(np.int64)
@@ -144,13 +147,13 @@ def plot_roc(
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
     cmap = matplotlib.colormaps["tab20" if len(curves) > 10 else "tab10"]
     for idx, (name, fpr, tpr, auc) in enumerate(curves):
-        label = f"{name} (AUC {auc:.3f})" if k == 2 else f"{name} vs rest (AUC {auc:.3f})"
+        label = f"positive class {name} (AUC {auc:.3f})" if k == 2 else f"{name} vs rest (AUC {auc:.3f})"
         ax.plot(fpr, tpr, linewidth=1.8, label=label, color=cmap(idx % cmap.N))
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title("ROC curve" if k == 2 else "ROC curves (one-vs-rest)")
+    ax.set_title(f"ROC curve (positive class: {names[positive]})" if k == 2 else "ROC curves (one-vs-rest)")
     ax.legend(loc="lower right", fontsize=8 if len(curves) > 5 else 9)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()

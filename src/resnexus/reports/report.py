@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import write_text_atomic
-from .metrics import classification_metrics
+from .metrics import classification_metrics, describe_positive_class
 from .plots import plot_confusion_matrix, plot_history, plot_roc
 from .tables import MISSING, fixed_decimals, markdown_cell, markdown_table
 
@@ -26,13 +26,15 @@ def write_report(
     class_names: Sequence[str],
     details: dict[str, object] | None = None,
     skipped: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write ``run_dir/report.md`` with its plots in ``run_dir/plots/`` and return its path.
 
     The report is self-contained Markdown with relative image links, so the run directory
     can be moved or zipped and still render. ``metrics`` is a ``classification_metrics``
     result for ``y_true``/``probs`` (computed here if it is empty). ``skipped`` lists image files
-    left out as unreadable (``--skip-bad-images``).
+    left out as unreadable (``--skip-bad-images``); ``notes`` are warnings about the run itself
+    (e.g. a warm-up longer than the run), shown at the top.
     """
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
@@ -48,11 +50,14 @@ def write_report(
     if has_history:
         plot_history(history, history_png)
     plot_confusion_matrix(metrics, cm_png)
-    roc_path = plot_roc(y_true, probs, names, roc_png)
+    roc_path = plot_roc(y_true, probs, names, roc_png, metrics.get("positive_class"))
     if roc_path is None and roc_png.exists():  # a stale curve from an earlier run would mislead
         roc_png.unlink()
 
     md: list[str] = [f"# {title}", ""]
+    md += [f"**Warning:** {markdown_cell(w)}." for w in notes]
+    if notes:
+        md.append("")
 
     if details:
         md += ["## Run details", ""]
@@ -80,6 +85,12 @@ def write_report(
     if "specificity" in metrics:
         summary.append(["specificity", fixed_decimals(metrics["specificity"])])
     md += [markdown_table(["metric", "value"], summary, "lr"), ""]
+    positive = describe_positive_class(metrics)
+    if positive:
+        md += [f"Sensitivity, specificity and the ROC curve: {markdown_cell(positive)}.", ""]
+    md += [f"**Warning:** {markdown_cell(w)}." for w in metrics.get("warnings") or []]
+    if metrics.get("warnings"):
+        md.append("")
     absent = metrics.get("absent_classes") or []
     if absent:
         n_present = len(metrics.get("class_names", names)) - len(absent)
