@@ -191,4 +191,6 @@ def test_page_blocks_run_on_tiny_data(page, tmp_path):
             _run([*env_python, "-c", tiny_python(block.code)], work, _id(block))
             continue
         for argv in commands(block.code):
-            _run([*env_python, "-m", "resnexus", *tiny_command(argv)], work, f"{_id(block)}: resnexus {shlex.join(argv)}")
+            _run(
+                [*env_python, "-m", "resnexus", *tiny_command(argv)], work, f"{_id(block)}: resnexus {shlex.join(argv)}"
+            )
