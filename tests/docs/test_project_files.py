@@ -1,6 +1,5 @@
 """The files a user or packager looks for exist and agree with the package."""
 
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -9,6 +8,7 @@ import resnexus
 from resnexus.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
 def test_version_flag_prints_the_package_version(capsys):
