@@ -324,6 +324,7 @@ _ENSEMBLE_HELP = "--checkpoint is a `train --folds` directory: use its fold mode
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnexus", description="The ResNet family of image classifiers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('resnexus').__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
     _add_compare(commands)

@@ -1,0 +1,85 @@
+"""Generated reference pages (run by mkdocs-gen-files on every `mkdocs build`), so they cannot drift.
+
+A page under docs/ holds its prose and a marker line such as ``<!-- generated: cli -->``; this
+script replaces the marker with what the code says today: the argparse parsers' help
+(``resnexus.cli.build_parser``), the model zoo and the published weights (the registry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:  # a clean clone without `pip install -e .`
+    sys.path.insert(0, str(ROOT / "src"))
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-parsers of ``parser`` by command name, in the order they were added."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def cli_reference() -> str:
+    """Every command's ``--help``, formatted at a fixed width so the page is the same on every machine."""
+    from resnexus.cli import build_parser
+
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width
+    parser = build_parser()
+    parts = ["## resnexus", "", "```text", parser.format_help().rstrip(), "```", ""]
+    for name, sub in _subcommands(parser).items():
+        parts += [f"## resnexus {name}", "", "```text", sub.format_help().rstrip(), "```", ""]
+    return "\n".join(parts)
+
+
+def models_reference() -> str:
+    """The zoo's table (``resnexus models --markdown``)."""
+    from resnexus import list_models
+    from resnexus.cli import models_table
+
+    return models_table(list_models(), markdown=True)
+
+
+def weights_reference() -> str:
+    """The published weights' table (``resnexus models --weights --markdown``)."""
+    from resnexus import list_models
+    from resnexus.cli import weights_table
+
+    return weights_table(list_models(), markdown=True)
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "cli": cli_reference,
+    "models": models_reference,
+    "weights": weights_reference,
+}
+
+
+def render(text: str) -> str:
+    """``text`` with every ``<!-- generated: NAME -->`` line replaced by ``GENERATORS[NAME]()``."""
+    out = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("<!-- generated:") and stripped.endswith("-->"):
+            name = stripped.removeprefix("<!-- generated:").removesuffix("-->").strip()
+            out.append(GENERATORS[name]())
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+PAGES = ("reference/cli.md", "reference/models.md")
+
+if __name__ == "<run_path>":  # run by mkdocs-gen-files
+    import mkdocs_gen_files
+
+    for page in PAGES:
+        source = (ROOT / "docs" / page).read_text(encoding="utf-8")
+        with mkdocs_gen_files.open(page, "w") as f:
+            f.write(render(source))
