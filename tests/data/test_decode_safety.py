@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,7 +90,9 @@ def test_exif_orientation_and_first_gif_frame_are_kept(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     rotated = decode_image_bytes(encode(photo, "PNG", exif=exif))
     assert rotated.shape == (3, 12, 10)
-    assert torch.equal(rotated, torch.from_numpy(np.array(photo.transpose(Image.Transpose.ROTATE_270))).permute(2, 0, 1))
+    assert torch.equal(
+        rotated, torch.from_numpy(np.array(photo.transpose(Image.Transpose.ROTATE_270))).permute(2, 0, 1)
+    )
     frames = [photo.convert("P"), photo.rotate(180).convert("P")]
     animated = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
     assert torch.equal(decode_image_bytes(animated), decode_image_bytes(encode(frames[0], "GIF")))
