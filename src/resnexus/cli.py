@@ -340,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="two classes: the class sensitivity, specificity and ROC are about (default: the run's choice, "
         "else a class not named like others/normal/healthy/benign/control, else the second in sorted order)",
     )
+    ev.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="evaluate on the images that can be decoded instead of stopping at the first that cannot; "
+        "the rest are listed in the log and under 'skipped' in --out",
+    )
     pr = commands.add_parser("predict", help="predict images into a CSV file")
     pr.add_argument("--checkpoint", help=_CHECKPOINT_HELP)
     pr.add_argument("--model", help="without --checkpoint: a registry name, used with published --weights")
@@ -354,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never an input)")
     pr.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
     pr.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP)
+    pr.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="predict the images that can be decoded instead of stopping at the first that cannot; the rest "
+        "get no row in --output (as timm's inference script leaves out what it skips) and are listed in the log",
+    )
     ex = commands.add_parser("explain", help="Grad-CAM overlays: where in each image the evidence for a class lies")
     ex.add_argument("--checkpoint", required=True, help="a resnexus checkpoint or a run directory (see evaluate)")
     ex.add_argument("--input", required=True, help="an image or a folder (class sub-folders are read too)")
@@ -362,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--target", help="class to explain (default: each image's predicted class)")
     ex.add_argument("--layer", help="module to look at (default: the model's last stage, e.g. layer4)")
     ex.add_argument("--ensemble", action="store_true", help=_ENSEMBLE_HELP + "; the map is the mean of their maps")
+    ex.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="explain the images that can be decoded instead of stopping at the first that cannot; the rest "
+        "get no overlay and no row in explain.csv, and are listed in the log",
+    )
     exp = commands.add_parser(
         "export",
         help="export a checkpoint to ONNX (usable by predict/evaluate via onnxruntime), .keras or a TF SavedModel",
@@ -521,12 +539,14 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             ensemble=args.ensemble,
             overwrite=args.overwrite,
             positive_class=args.positive_class,
+            skip_bad_images=args.skip_bad_images,
         )
         if positive := describe_positive_class(metrics):
             print(f"sensitivity / specificity: {positive}")
         for warning in metrics.get("warnings") or []:
             print(f"warning: {warning}")
-        print(f"{metrics['n']} images: {format_metrics(metrics)}")  # last: the line a script reads
+        skipped = f" ({len(metrics['skipped'])} unreadable skipped)" if metrics.get("skipped") else ""
+        print(f"{metrics['n']} images{skipped}: {format_metrics(metrics)}")  # last: the line a script reads
         return 0
     if args.command == "predict":
         written = predict(
@@ -540,6 +560,7 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             model=args.model,
             weights=args.weights,
             weights_dir=args.weights_dir,
+            skip_bad_images=args.skip_bad_images,
         )
         print(f"predictions: {written}")
         return 0
@@ -574,6 +595,7 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             layer=args.layer,
             ensemble=args.ensemble,
             overwrite=args.overwrite,
+            skip_bad_images=args.skip_bad_images,
         )
         print(f"Grad-CAM overlays: {csv_path.parent} (index: {csv_path})")
         return 0

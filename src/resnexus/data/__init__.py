@@ -5,7 +5,16 @@ the data raise :class:`DataError`, whose message names the offending path.
 """
 
 from .builtin import digits_folder
-from .dataset import DecodedCache, ImageDataset, UnlabeledDataset, decode_image_bytes, load_image
+from .dataset import (
+    BadImage,
+    DecodedCache,
+    ImageDataset,
+    ImageFileError,
+    UnlabeledDataset,
+    collate_readable,
+    decode_image_bytes,
+    load_image,
+)
 from .scan import (
     GROUP_PATTERNS,
     IMAGE_EXTENSIONS,
@@ -25,14 +34,17 @@ __all__ = [
     "GROUP_PATTERNS",
     "IMAGE_EXTENSIONS",
     "AugmentConfig",
+    "BadImage",
     "DataError",
     "DecodedCache",
     "EvalPreprocess",
     "ImageDataset",
+    "ImageFileError",
     "Preprocess",
     "Samples",
     "TrainAugment",
     "UnlabeledDataset",
+    "collate_readable",
     "decode_image_bytes",
     "digits_folder",
     "eval_transform",

@@ -25,8 +25,11 @@ import hashlib
 import io
 import os
 import re
+import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,6 +159,17 @@ def inspect_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[list[Findin
     return findings, digest
 
 
+@contextmanager
+def _no_bomb_warning() -> Iterator[None]:
+    """Silence Pillow's DecompressionBombWarning (above 89 MP): the "too-large" finding says it, and
+    the filter is set here, in the calling thread, because warning filters are process-wide."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def check_data(
     source: str | Path,
     max_pixels: int = MAX_PIXELS,
@@ -193,7 +207,7 @@ def check_data(
 
     paths = [p for p, _, _ in labelled]
     workers = threads or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
+    with _no_bomb_warning(), ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL
         results = list(pool.map(lambda p: inspect_image(p, max_pixels), paths))
     by_hash: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)
     for item, (findings, digest) in zip(labelled, results):

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
+from torch.utils.data import DataLoader
 
-from ..data import UnlabeledDataset, scan_unlabeled
+from ..data import BadImage, DataError, UnlabeledDataset, collate_readable, scan_unlabeled
 from ..files import atomic_write
 from ..reports import save_figure
 from .checkpoint import load_checkpoint, load_fold_ensemble, model_from_checkpoint, resolve_checkpoint
-from .inference import _transform, check_writable_folder
+from .inference import _transform, check_writable_folder, log_skipped, readable_batches, suggest_skipping
 
 CSV_NAME = "explain.csv"  # the index explain writes beside the overlays
 
@@ -66,6 +67,7 @@ def explain(
     batch_size: int = 16,
     ensemble: bool = False,
     overwrite: bool = False,
+    skip_bad_images: bool = False,
 ) -> Path:
     """Write a Grad-CAM overlay PNG per image into ``out`` and ``out/explain.csv``; returns the CSV.
 
@@ -74,6 +76,8 @@ def explain(
     ``checkpoint`` may be a run directory; ``ensemble``: a cross-validation run directory's fold
     models (mean probabilities, mean map). The files of an earlier run in ``out`` are replaced
     only with ``overwrite``; ``out`` may not lie inside the input folder (see :func:`_check_out`).
+    ``skip_bad_images``: an image that cannot be decoded gets no overlay and no row, and is listed
+    in the log, instead of stopping the run.
     """
     paths = scan_unlabeled(inputs)
     out = Path(out).expanduser()
@@ -90,32 +94,37 @@ def explain(
     if target is not None and target not in names:
         raise ValueError(f"--target {target!r} is not one of the checkpoint's classes {names}")
     layer = layer or default_cam_layer(members[0])
-    dataset = UnlabeledDataset(paths, _transform(ckpt))
+    dataset = UnlabeledDataset(paths, _transform(ckpt), skip_bad_images=skip_bad_images)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_readable)
+    skipped: list[BadImage] = []
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(paths), batch_size):
-        batch_paths = paths[start : start + batch_size]
-        images = torch.stack([dataset[i][0] for i in range(start, start + len(batch_paths))])
-        with torch.no_grad():
-            probs = model(images).float().softmax(1)
-        predicted = probs.argmax(1)
-        targets = predicted if target is None else torch.full_like(predicted, names.index(target))
-        maps = torch.stack([grad_cam(member, images, targets, layer) for member in members]).mean(0)
-        for i, path in enumerate(batch_paths):
-            png = png_names[start + i]
-            pred, tgt = names[int(predicted[i])], names[int(targets[i])]
-            title = f"predicted {pred} ({probs[i, predicted[i]]:.2f}); map for {tgt}"
-            _save_overlay(_unnormalize(images[i], ckpt), maps[i].numpy(), out / png, title)
-            rows.append(
-                {
-                    "path": str(path),
-                    "predicted": pred,
-                    "probability": f"{probs[i, predicted[i]]:.6f}",
-                    "target": tgt,
-                    "gradcam": png,
-                    "layer": layer,
-                }
-            )
+    with suggest_skipping("explain"):
+        for images, batch_indices in readable_batches(loader, skipped):
+            indices = [int(i) for i in batch_indices]
+            with torch.no_grad():
+                probs = model(images).float().softmax(1)
+            predicted = probs.argmax(1)
+            targets = predicted if target is None else torch.full_like(predicted, names.index(target))
+            maps = torch.stack([grad_cam(member, images, targets, layer) for member in members]).mean(0)
+            for i, index in enumerate(indices):
+                path, png = paths[index], png_names[index]
+                pred, tgt = names[int(predicted[i])], names[int(targets[i])]
+                title = f"predicted {pred} ({probs[i, predicted[i]]:.2f}); map for {tgt}"
+                _save_overlay(_unnormalize(images[i], ckpt), maps[i].numpy(), out / png, title)
+                rows.append(
+                    {
+                        "path": str(path),
+                        "predicted": pred,
+                        "probability": f"{probs[i, predicted[i]]:.6f}",
+                        "target": tgt,
+                        "gradcam": png,
+                        "layer": layer,
+                    }
+                )
+    log_skipped(skipped, "no overlays or rows for them")
+    if not rows:
+        raise DataError(f"none of the {len(skipped)} image(s) in {inputs} can be decoded (all skipped)")
     csv_path = out / CSV_NAME
     with atomic_write(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -13,8 +13,8 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import EvalPreprocess, ImageDataset, UnlabeledDataset, eval_transform, scan_dataset, scan_unlabeled
+from ..data import (
+    BadImage,
+    DataError,
+    EvalPreprocess,
+    ImageDataset,
+    ImageFileError,
+    UnlabeledDataset,
+    collate_readable,
+    eval_transform,
+    scan_dataset,
+    scan_unlabeled,
+)
 from ..files import atomic_write, write_text_atomic
 from ..reports import classification_metrics, resolve_positive_class
 from .checkpoint import FoldEnsemble, load_for_inference, load_published, resolve_checkpoint
@@ -43,7 +54,7 @@ def class_probabilities(model: nn.Module, images: torch.Tensor, flip_tta: bool =
 @torch.no_grad()
 def predict_loader(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[Any],
     device: torch.device,
     autocast: Callable[[], Any] = nullcontext,
     memory_format: torch.memory_format = torch.contiguous_format,
@@ -69,6 +80,8 @@ def predict_loader(
         loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
         labels_all.append(labels.cpu())
         probs_all.append(probs.cpu())
+    if not labels_all:  # no batch at all (every image skipped as unreadable)
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), 0.0
     y = torch.cat(labels_all).numpy()
     return y, torch.cat(probs_all).numpy(), loss_sum.item() / max(1, len(y))
 
@@ -187,6 +200,36 @@ def _transform(ckpt: dict[str, Any]) -> EvalPreprocess:
     return eval_transform(ckpt["image_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"])
 
 
+@contextmanager
+def suggest_skipping(command: str) -> Iterator[None]:
+    """An image that cannot be decoded stops ``command`` with one line naming it and the way on."""
+    try:
+        yield
+    except ImageFileError as error:
+        raise DataError(f"{error}; pass --skip-bad-images to {command} the other images") from None
+
+
+def readable_batches(loader: DataLoader, skipped: list[BadImage]) -> Iterator[Any]:
+    """The batches of a ``collate_readable`` loader without its unreadable images, which are
+    appended to ``skipped``."""
+    for batch, bad in loader:
+        skipped.extend(bad)
+        if batch is not None:
+            yield batch
+
+
+def log_skipped(skipped: Sequence[BadImage], how: str) -> None:
+    """One warning line per image left out by ``--skip-bad-images``, after a count saying ``how``."""
+    if skipped:
+        logger.warning(f"skipped {len(skipped)} unreadable image(s), {how}:")
+        for bad in skipped:
+            logger.warning(f"  {bad.error.path}: {bad.error.detail}")
+
+
+def _none_readable(skipped: Sequence[BadImage], source: str | Path) -> DataError:
+    return DataError(f"none of the {len(skipped)} image(s) in {source} can be decoded (all skipped)")
+
+
 def evaluate(
     checkpoint: str | Path,
     data: str | Path,
@@ -196,6 +239,7 @@ def evaluate(
     ensemble: bool = False,
     overwrite: bool = False,
     positive_class: str | None = None,
+    skip_bad_images: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on labelled data: class sub-folders (or its ``test/`` part), or a CSV.
 
@@ -204,6 +248,8 @@ def evaluate(
     ``out``: also write the metrics there as JSON (an existing file only with ``overwrite``).
     ``positive_class`` (two classes): the class sensitivity is about; default the run's own choice
     (its ``--positive-class``, else the default rule of ``resolve_positive_class``).
+    ``skip_bad_images``: images that cannot be decoded are left out of the metrics and listed
+    under ``skipped`` (and in the log) instead of stopping the evaluation.
     """
     if out is not None:  # before any work: a bad --out costs no model loading (see predict)
         check_output_file(out, [*checkpoint_files(checkpoint), data], overwrite=True, flag="--out")
@@ -219,15 +265,28 @@ def evaluate(
     device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
     model, memory_format = optimize_for_inference(model, device)
     preprocess = _transform(ckpt)  # uint8 crops from the loader, float conversion on the device
-    loader = DataLoader(ImageDataset(samples, preprocess.sample), batch_size=batch_size)
-    y_true, probs, loss = predict_loader(
-        model, loader, device, memory_format=memory_format, flip_tta=flip_tta, preprocess=preprocess.batch
-    )
+    dataset = ImageDataset(samples, preprocess.sample, skip_bad_images=skip_bad_images)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_readable)
+    skipped: list[BadImage] = []
+    with suggest_skipping("evaluate"):
+        y_true, probs, loss = predict_loader(
+            model,
+            readable_batches(loader, skipped),
+            device,
+            memory_format=memory_format,
+            flip_tta=flip_tta,
+            preprocess=preprocess.batch,
+        )
+    log_skipped(skipped, "left out of the metrics")
+    if len(y_true) == 0:
+        raise _none_readable(skipped, root)
     trained_with = ckpt.get("positive_class")
     metrics = classification_metrics(y_true, probs, ckpt["class_names"], positive_class or trained_with)
     if positive_class is None and trained_with is not None and "positive_class" in metrics:
         metrics["positive_class_reason"] = "the run's choice: set with --positive-class when it was trained"
     metrics.update(loss=loss, checkpoint=str(source), data=str(root), model=ckpt["model_name"], flip_tta=flip_tta)
+    if skip_bad_images:
+        metrics["skipped"] = [str(bad.error.path) for bad in skipped]
     if ensemble:
         metrics["ensemble_members"] = ckpt["ensemble_members"]
     if out is not None:
@@ -250,7 +309,8 @@ def predict_probabilities(
     """
     model, ckpt = load_for_inference(checkpoint, ensemble=ensemble)
     paths = scan_unlabeled(inputs)
-    return paths, _probabilities(model, ckpt, paths, batch_size, flip_tta), list(ckpt["class_names"])
+    kept, probs, _ = _probabilities(model, ckpt, paths, batch_size, flip_tta)
+    return kept, probs, list(ckpt["class_names"])
 
 
 class Predictor:
@@ -278,11 +338,30 @@ class Predictor:
 
 
 @torch.no_grad()
-def _probabilities(model: Any, ckpt: dict[str, Any], paths: list[Path], batch_size: int, flip_tta: bool) -> np.ndarray:
-    """The class probabilities of ``paths`` under a loaded model, preprocessed as ``ckpt`` says."""
+def _probabilities(
+    model: Any,
+    ckpt: dict[str, Any],
+    paths: list[Path],
+    batch_size: int,
+    flip_tta: bool,
+    skip_bad_images: bool = False,
+    command: str = "predict",
+) -> tuple[list[Path], np.ndarray, list[BadImage]]:
+    """(the paths predicted, their class probabilities under a loaded model, preprocessed as
+    ``ckpt`` says, the images skipped as unreadable: only with ``skip_bad_images``)."""
     predictor = Predictor(model, ckpt, flip_tta)
-    loader = DataLoader(UnlabeledDataset(paths, predictor.crop), batch_size=batch_size)
-    return np.concatenate([predictor.probabilities(images) for images, _ in loader])
+    dataset = UnlabeledDataset(paths, predictor.crop, skip_bad_images=skip_bad_images)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_readable)
+    kept: list[Path] = []
+    probs: list[np.ndarray] = []
+    skipped: list[BadImage] = []
+    with suggest_skipping(command):
+        for images, indices in readable_batches(loader, skipped):
+            kept += [paths[int(i)] for i in indices]
+            probs.append(predictor.probabilities(images))
+    if not probs:
+        raise _none_readable(skipped, paths[0].parent if len(paths) > 1 else paths[0])
+    return kept, np.concatenate(probs), skipped
 
 
 def predict(
@@ -298,6 +377,7 @@ def predict(
     model: str | None = None,
     weights: str | None = None,
     weights_dir: str | Path | None = None,
+    skip_bad_images: bool = False,
 ) -> Path:
     """Write one row per image: ``path,label,<one probability column per class>``.
 
@@ -310,6 +390,8 @@ def predict(
     and an existing file is replaced only with ``overwrite`` (:func:`check_output_file`).
     Without a checkpoint, ``model`` and ``weights`` name published ImageNet weights, used as they
     are (:func:`load_published`): the labels are ImageNet class names.
+    ``skip_bad_images``: an image that cannot be decoded gets no row (as timm's inference script
+    leaves out the samples it skips) and is listed in the log, instead of stopping the run.
     """
     if (checkpoint is None) == (model is None or weights is None):
         raise ValueError(
@@ -325,14 +407,16 @@ def predict(
         network, ckpt = load_for_inference(checkpoint, ensemble=ensemble)
     paths = scan_unlabeled(inputs)
     check_output_file(output, paths, overwrite)
-    ids = submission_ids(paths, inputs) if id_label else []
-    probs, names = _probabilities(network, ckpt, paths, batch_size, flip_tta), list(ckpt["class_names"])
+    ids = dict(zip(paths, submission_ids(paths, inputs))) if id_label else {}  # ids of all: stable if one is skipped
+    paths, probs, skipped = _probabilities(network, ckpt, paths, batch_size, flip_tta, skip_bad_images)
+    names = list(ckpt["class_names"])
+    log_skipped(skipped, f"no rows for them in {output}")
     with atomic_write(output, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if id_label:
             writer.writerow(["id", "label"])
-            for image_id, p in zip(ids, probs):
-                writer.writerow([image_id, f"{p[1]:.6f}" if len(names) == 2 else names[int(p.argmax())]])
+            for path, p in zip(paths, probs):
+                writer.writerow([ids[path], f"{p[1]:.6f}" if len(names) == 2 else names[int(p.argmax())]])
         else:
             writer.writerow(["path", "label", *(f"prob_{n}" for n in names)])
             for path, p in zip(paths, probs):
