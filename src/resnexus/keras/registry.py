@@ -16,7 +16,7 @@ import keras
 from keras import layers
 
 from ..models import get_entry, list_models
-from .layers import LINEAR_DEFAULT
+from .layers import linear_default
 
 __all__ = [
     "build_keras_model",
@@ -56,7 +56,7 @@ def classifier_head(
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
     if num_classes <= 0:
         return x
-    return layers.Dense(num_classes, activation=activation, kernel_initializer=LINEAR_DEFAULT, name=name)(x)
+    return layers.Dense(num_classes, activation=activation, kernel_initializer=linear_default(), name=name)(x)
 
 
 def build_keras_model(
