@@ -71,3 +71,11 @@ def test_initial_kernels_follow_the_pytorch_scheme() -> None:
     bound = 1 / math.sqrt(fc.shape[0])
     assert np.abs(fc).max() <= bound and np.abs(fc).max() > 0.9 * bound
     assert abs(fc.std() / (bound / math.sqrt(3)) - 1) < 0.15
+
+
+@pytest.mark.parametrize("bad", [-3, -1, True])
+def test_a_bad_class_count_is_refused_naming_it(bad) -> None:
+    """A negative count used to build the pooled-features model without a word; 0 still does, on purpose."""
+    with pytest.raises(ValueError, match=rf"invalid num_classes {bad!r}: expected a whole number >= 1 \(0: no"):
+        rk.create_model("resnet20_cifar", num_classes=bad)
+    assert rk.create_model("resnet20_cifar", num_classes=0).output_shape == (None, 64)
