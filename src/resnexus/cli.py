@@ -217,6 +217,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     _option(p, "--cache-dir")
     _option(p, "--overwrite", action="store_true")
     _option(p, "--checkpoint-every", type=float)
+    _option(p, "--progress-every", type=float)
     _option(p, "--sync-bn", action="store_true")
     _option(p, "--skip-bad-images", action="store_true")
 

@@ -321,3 +321,30 @@ def test_keras_cross_validation_refits_and_its_fold_models_ensemble(data, tmp_pa
         got = ensemble(x).softmax(1)  # the ensemble's logits are the log of the mean probability
     assert torch.allclose(got, expected, atol=1e-6)
     assert meta["ensemble_members"] == [str(p) for p in folds]
+
+
+@pytest.mark.slow  # two processes that import TensorFlow and PyTorch: 1-3 minutes on 2 busy cores
+def test_the_same_seed_gives_the_same_keras_run_in_every_process(data, tmp_path):
+    """A fresh process repeats a run's epoch-1 loss exactly: the initial weights come from the run's
+    seed (one initializer shared by every layer drew its seed at import, once per process)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model: resnet20_cifar\nmodel_config: {layers: [1, 1, 1]}\nframework: keras\nepochs: 1\n"
+        "batch_size: 8\nimage_size: 16\nprecision: fp32\nworkers: 0\ncache_dir: 'off'\n"
+    )
+    runs = {"a": 0, "b": 0}
+    command = [sys.executable, "-m", "resnexus", "train", "--config", str(config), "--data", str(data)]
+    processes = [
+        subprocess.Popen(
+            [*command, "--out", str(tmp_path / name), "--seed", str(seed)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, seed in runs.items()
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-2000:]
+    loss = {name: float(_history(tmp_path / name)[0]["train_loss"]) for name in runs}
+    assert loss["a"] == loss["b"]  # (another seed, another start: tests/keras/test_init.py)

@@ -137,7 +137,7 @@ def test_resume_refuses_every_option_that_would_change_the_run_in_one_line(tmp_p
     assert _error_line(capsys) == (
         f"resnexus train: error: --resume {run} continues the run as it was started; it cannot change "
         "--data, --lr, --model, --image-size, --epochs 1 (shorter than its 2) (only a longer --epochs, --workers, "
-        "--cache-dir and --checkpoint-every): drop them, or start a new run with another --out"
+        "--cache-dir, --checkpoint-every and --progress-every): drop them, or start a new run with another --out"
     )
     assert main(["train", "--resume", str(run), "--config", str(_recipe(tmp_path))]) == 2
     assert "it cannot change --config (only" in _error_line(capsys)

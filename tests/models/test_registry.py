@@ -121,6 +121,26 @@ def test_overrides_reach_the_builder():
     assert model.pretrained_cfg["input_size"] == (1, 224, 224)
 
 
+@pytest.mark.parametrize("bad", [-3, -1, 2.0, True, "10"])
+def test_a_bad_class_count_is_refused_naming_it(bad):
+    """A negative count used to build a feature extractor without a word (Linear if n > 0 else Identity)."""
+    message = f"invalid num_classes {bad!r}: expected a whole number >= 1 (0: no classifier"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resnexus.create_model("resnet20_cifar", num_classes=bad)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model_info("resnet20_cifar", num_classes=bad)
+    model = resnexus.create_model("resnet20_cifar", num_classes=4)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.reset_classifier(bad)
+    assert model.fc.out_features == 4  # the model is left as it was
+
+
+def test_zero_classes_is_the_model_without_a_classifier():
+    model = resnexus.create_model("resnet20_cifar", num_classes=0)
+    assert isinstance(model.fc, torch.nn.Identity)
+    assert tuple(model(torch.randn(2, 3, 32, 32)).shape) == (2, 64)
+
+
 def test_features_only_returns_a_feature_extractor():
     extractor = resnexus.create_model("resnet18", features_only=True, out_indices=(1, 3))
     assert isinstance(extractor, FeatureExtractor)

@@ -170,6 +170,11 @@ class TrainConfig:
         "seconds between resumable checkpoints (default {default:g}; "
         "0: every epoch; also saved at the end and on SIGINT/SIGTERM)",
     )
+    progress_every: float = _option(
+        30.0,
+        "seconds between progress lines within an epoch (step, img/s, ETA) when the output is not a "
+        "terminal, e.g. a log file (default {default:g}; 0: after every step); a terminal shows a bar",
+    )
     sync_bn: bool = _option(False, "several GPU processes: BatchNorm over the global batch")
     resume: bool = False  # continue the run in `out` from checkpoints/last.pt
     overwrite: bool = _option(False, "reuse an existing run directory")
@@ -237,6 +242,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "clip_grad_norm": (lambda v: v > 0, "must be > 0"),
     "early_stopping": (lambda v: v >= 1, "must be >= 1 epoch"),
     "checkpoint_every": (lambda v: v >= 0, "must be >= 0 seconds (0: every epoch)"),
+    "progress_every": (lambda v: v >= 0, "must be >= 0 seconds (0: after every step)"),
 }
 _AUGMENT_PROBABILITIES = ("hflip", "vflip", "random_erasing")
 
@@ -458,7 +464,7 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
 
 
 # what a resumed run may be given: how it runs, never what it computes (a longer --epochs: see below)
-RESUME_MAY_CHANGE = ("workers", "cache_dir", "checkpoint_every", "verbose")
+RESUME_MAY_CHANGE = ("workers", "cache_dir", "checkpoint_every", "progress_every", "verbose")
 
 
 def resume_with(config: TrainConfig, given: dict[str, Any], refused: Sequence[str] = ()) -> TrainConfig:
@@ -483,7 +489,7 @@ def resume_with(config: TrainConfig, given: dict[str, Any], refused: Sequence[st
     if bad:
         raise ValueError(
             f"--resume {config.out} continues the run as it was started; it cannot change {', '.join(bad)} "
-            "(only a longer --epochs, --workers, --cache-dir and --checkpoint-every): drop them, or start a new "
+            "(only a longer --epochs, --workers, --cache-dir, --checkpoint-every and --progress-every): drop them, or start a new "
             "run with another --out"
         )
     return replace(config, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE or k == "epochs"})

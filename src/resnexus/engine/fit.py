@@ -23,7 +23,6 @@ import random
 import shlex
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -68,6 +67,7 @@ from .config import (
 )
 from .inference import predict_loader
 from .interrupt import StopOnSignal, TrainingInterrupted
+from .progress import ProgressLog, progress_modes
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +367,9 @@ def train_one_epoch(
         state.partial = None
     batches: EpochBatches = loader.batch_sampler
     batches.set_epoch(epoch, start=step)
-    for images, labels, params in _progress(loader, f"epoch {epoch}/{config.epochs}", config.verbose):
+    log = logger.info if config.verbose and ctx.is_main else logger.debug
+    progress = _progress(loader, f"epoch {epoch}/{config.epochs}", config, log, world=ctx.world)
+    for images, labels, params in progress:
         # uint8 crops to the device, then colour jitter, normalisation and erasing there
         images = augment.batch(images.to(device, non_blocking=True), params)
         images = images.contiguous(memory_format=runtime.memory_format)
@@ -778,19 +780,32 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _progress(loader: DataLoader, description: str, enabled: bool) -> Iterator[Any]:
-    """A tqdm bar (images/s and ETA) on an interactive terminal; plain iteration in logs and tests."""
-    if not (enabled and sys.stderr.isatty()):
-        yield from loader
-        return
-    from tqdm import tqdm  # only on a terminal: keeps `import resnexus.engine` lighter
-
+def _progress(
+    loader: DataLoader, description: str, config: TrainConfig, log: Callable[[str], None], world: int = 1
+) -> Iterator[Any]:
+    """The loader's batches, with a tqdm bar (images/s and ETA) on an interactive terminal and a
+    :class:`ProgressLog` line every ``config.progress_every`` seconds where there is none (a log file)."""
+    modes = progress_modes(config.verbose)
     batches = loader.batch_sampler
-    total = batches.images() if isinstance(batches, EpochBatches) else len(loader.dataset)
-    with tqdm(total=total, desc=description, unit="img", leave=False) as bar:
+    first = batches.start if isinstance(batches, EpochBatches) else 0  # a run resumed mid-epoch
+    lines = ProgressLog(description, first + len(loader), config.progress_every, log, first_step=first)
+    bar = None
+    if modes.bar:
+        from tqdm import tqdm  # only on a terminal: keeps `import resnexus.engine` lighter
+
+        total = batches.images() if isinstance(batches, EpochBatches) else len(loader.dataset)
+        bar = tqdm(total=total, desc=description, unit="img", leave=False)
+    try:
         for batch in loader:
             yield batch
-            bar.update(len(batch[1]))  # (images, labels, ...)
+            images = len(batch[1])  # (images, labels, ...)
+            if bar is not None:
+                bar.update(images)
+            if modes.lines:
+                lines.update(images * world)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:

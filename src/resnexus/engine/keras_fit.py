@@ -43,7 +43,6 @@ import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -93,6 +92,7 @@ from .fit import (
     validate,
 )
 from .interrupt import StopOnSignal, TrainingInterrupted
+from .progress import ProgressLog, progress_modes
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,6 @@ def train_keras(config: TrainConfig, splits: dict[str, Samples] | None = None) -
         with StopOnSignal() as stop:
             epochs = _Epochs(train_data, record, saves, held_out, config, monitor, select, stop)
             if record.epoch < config.epochs:
-                progress_bar = config.verbose and sys.stderr.isatty()
                 model.fit(
                     train_data,
                     epochs=config.epochs,
@@ -170,7 +169,7 @@ def train_keras(config: TrainConfig, splits: dict[str, Samples] | None = None) -
                     steps_per_epoch=steps,  # one pass over train_data for all epochs: see TrainBatches
                     shuffle=False,  # the order is EpochBatches' (Keras would shuffle the batches with `random`)
                     callbacks=[epochs],
-                    verbose=1 if progress_bar else 0,
+                    verbose=1 if epochs.progress_modes.bar else 0,  # Keras' bar on a terminal
                 )
         if epochs.interrupted:
             raise _interrupted(run_dir, stop, f"epoch {record.epoch}")
@@ -425,7 +424,10 @@ def keras_predict(model: keras.Model, split: HeldOut, tta: bool = False) -> tupl
 # -- after each epoch: the bookkeeping fit.train does -------------------------------------------
 class _Epochs(keras.callbacks.Callback):
     """Validation, the history row, best / last checkpoints (the PyTorch path's rules: ``RunRecord``
-    and ``_Saver``), early stopping and the stop signal, after every epoch of ``model.fit``."""
+    and ``_Saver``), early stopping and the stop signal, after every epoch of ``model.fit``; a
+    progress line every ``progress_every`` seconds within an epoch where no bar is shown."""
+
+    async_safe = True  # the batch hook only counts and logs: Keras may keep dispatching steps ahead
 
     def __init__(
         self,
@@ -444,9 +446,20 @@ class _Epochs(keras.callbacks.Callback):
         self.interrupted = False
         self.started = time.perf_counter()
         self.info = logger.info if config.verbose else logger.debug
+        self.progress_modes = progress_modes(config.verbose)
+        self.progress: ProgressLog | None = None  # this epoch's, where there is no bar to watch
+        self.epoch = 1
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.started = time.perf_counter()
+        self.epoch = epoch + 1  # Keras counts epochs from 0
+        if self.progress_modes.lines:
+            where = f"epoch {self.epoch}/{self.config.epochs}"
+            self.progress = ProgressLog(where, self.data.steps, self.config.progress_every, self.info)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.progress is not None:
+            self.progress.update(len(self.data.batch_indices(self.epoch, batch)))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs, config, number = logs or {}, self.config, epoch + 1  # Keras counts epochs from 0

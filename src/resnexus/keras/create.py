@@ -28,7 +28,8 @@ def create_model(
     """A Keras 3 functional model of registered model ``name`` (channels-last, logits out).
 
     ``input_shape`` is ``(height, width, channels)``; the default is the variant's own input size
-    (224 px, 32 px for the CIFAR rows). ``overrides`` replace entries of the spec row, as in
+    (224 px, 32 px for the CIFAR rows). ``num_classes=0`` builds it without a classifier (the
+    pooled features); a negative count is refused. ``overrides`` replace entries of the spec row, as in
     :func:`resnexus.create_model`; ``block_form="split"`` builds ResNeXt's grouped 3x3 as split +
     C convolutions + concatenate. ``weights`` is anything :func:`resnexus.create_model` accepts
     (published weights by name, a file, a URL): they are loaded into the PyTorch model and moved

@@ -26,16 +26,29 @@ __all__ = [
     "batch_norm",
     "conv",
     "conv_bn_relu",
+    "he_fan_out",
     "keras_name",
+    "linear_default",
     "max_pool",
     "relu",
 ]
 
 BN_EPS = 1e-5  # PyTorch's default; Keras' own default is 1e-3
 BN_MOMENTUM = 0.9  # PyTorch's momentum=0.1 is Keras' 0.9 (the weight of the old running value)
-# the initial weights of a model trained from scratch, as the PyTorch models start (torchvision's scheme)
-HE_FAN_OUT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
-LINEAR_DEFAULT = keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+# The initial weights of a model trained from scratch, as the PyTorch models start (torchvision's
+# scheme). A new initializer per layer: a Keras initializer draws its seed once, when it is made
+# (from Python's `random`, which keras.utils.set_random_seed seeds), and then gives the same values
+# on every call, so one shared instance would start every layer of a shape with the same kernel.
+def he_fan_out() -> keras.initializers.Initializer:
+    """Kaiming normal, fan-out, gain sqrt(2): ``nn.init.kaiming_normal_(mode="fan_out")`` of a conv kernel."""
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+def linear_default() -> keras.initializers.Initializer:
+    """``nn.Linear``'s default kernel: uniform in +-1/sqrt(fan_in)."""
+    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 def keras_name(module_path: str) -> str:
@@ -76,7 +89,7 @@ def conv(
         padding=mode,
         groups=groups,
         use_bias=bias,
-        kernel_initializer=HE_FAN_OUT,
+        kernel_initializer=he_fan_out(),
         name=name,
     )(x)
 

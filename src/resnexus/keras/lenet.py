@@ -15,7 +15,7 @@ import keras
 from keras import layers
 
 from ..models.lenet import LeNet, lenet_feature_size
-from .layers import LINEAR_DEFAULT, relu
+from .layers import linear_default, relu
 from .registry import register_keras_builder
 
 __all__ = ["build_lenet"]
@@ -33,7 +33,7 @@ def _conv(x: keras.KerasTensor, filters: int, in_channels: int, *, name: str) ->
         filters,
         5,
         padding="valid",
-        kernel_initializer=LINEAR_DEFAULT,
+        kernel_initializer=linear_default(),
         bias_initializer=_torch_bias_init(in_channels * 25),
         name=name,
     )(x)
@@ -41,7 +41,7 @@ def _conv(x: keras.KerasTensor, filters: int, in_channels: int, *, name: str) ->
 
 def _linear(x: keras.KerasTensor, units: int, in_features: int, *, name: str) -> keras.KerasTensor:
     return layers.Dense(
-        units, kernel_initializer=LINEAR_DEFAULT, bias_initializer=_torch_bias_init(in_features), name=name
+        units, kernel_initializer=linear_default(), bias_initializer=_torch_bias_init(in_features), name=name
     )(x)
 
 

@@ -16,7 +16,8 @@ import keras
 from keras import layers
 
 from ..models import get_entry, list_models
-from .layers import LINEAR_DEFAULT
+from ..models.base import check_num_classes
+from .layers import linear_default
 
 __all__ = [
     "build_keras_model",
@@ -54,15 +55,17 @@ def classifier_head(
     """Global average pool + linear classifier (``name`` = the PyTorch classifier's name);
     ``num_classes=0`` returns the pooled features, as ``reset_classifier(0)`` does in PyTorch."""
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
-    if num_classes <= 0:
+    if num_classes == 0:
         return x
-    return layers.Dense(num_classes, activation=activation, kernel_initializer=LINEAR_DEFAULT, name=name)(x)
+    return layers.Dense(num_classes, activation=activation, kernel_initializer=linear_default(), name=name)(x)
 
 
 def build_keras_model(
     name: str, num_classes: int, input_shape: tuple[int | None, int | None, int], **overrides: Any
 ) -> keras.Model:
-    """The graph of ``name``'s spec row (with ``overrides``), freshly initialised; named ``name``."""
+    """The graph of ``name``'s spec row (with ``overrides``), freshly initialised; named ``name``.
+    ``num_classes=0``: no classifier (the pooled features); a negative count is refused."""
+    num_classes = check_num_classes(num_classes)
     config = {**get_entry(name).config, **overrides}
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     outputs = keras_builder(name)(inputs, num_classes=num_classes, in_chans=input_shape[-1], **config)

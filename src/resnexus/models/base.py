@@ -13,10 +13,23 @@ key names) and :meth:`keras_layers` (the Keras layer order, for ``.h5`` weight f
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+
+def check_num_classes(num_classes: int) -> int:
+    """``num_classes`` as an int: a whole number >= 1, or 0 for a model without a classifier (the
+    pooled features). Refused otherwise, naming the value: a negative count used to build a
+    feature extractor without a word (every head is ``Linear if num_classes > 0 else Identity``)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
+        raise ValueError(
+            f"invalid num_classes {num_classes!r}: expected a whole number >= 1 (0: no classifier, "
+            "the model returns its pooled features)"
+        )
+    return int(num_classes)
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,9 @@ class ImageClassifier(nn.Module):
         return getattr(self, self.classifier_name)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one (fine-tuning to new classes)."""
+        """Replace the classifier with a freshly initialised one (fine-tuning to new classes);
+        ``num_classes=0`` removes it (the model returns the pooled features)."""
+        num_classes = check_num_classes(num_classes)
         self.num_classes = num_classes
         old = self.get_classifier()
         device = old.weight.device if isinstance(old, nn.Linear) else None

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import FeatureExtractor, ImageClassifier
+from .base import FeatureExtractor, ImageClassifier, check_num_classes
 from .pretrained import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -247,8 +247,11 @@ def create_model(
     :class:`PretrainedWeights`; those are downloaded once and verified (``weights_dir`` or
     ``$RESNEXUS_WEIGHTS_DIR``: a folder of files to use without network). A file whose classifier
     has another class count loads everything but the classifier.
-    ``features_only=True`` returns a :class:`FeatureExtractor` giving the stage outputs.
+    ``num_classes=0`` builds the model without a classifier (it returns the pooled features); a
+    negative count is refused. ``features_only=True`` returns a :class:`FeatureExtractor` giving
+    the stage outputs.
     """
+    num_classes = check_num_classes(num_classes)
     entry = get_entry(name)
     config = {**entry.config, **overrides}
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, **config)
@@ -295,8 +298,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
 def model_info(name: str, num_classes: int | None = None) -> ModelInfo:
     """Parameter count and MACs (measured on the meta device, so free) plus the paper's numbers."""
     entry = get_entry(name)
-    if num_classes is None:
-        num_classes = 10 if entry.input_size[1] <= 32 else 1000
+    num_classes = (10 if entry.input_size[1] <= 32 else 1000) if num_classes is None else check_num_classes(num_classes)
     with torch.device("meta"):
         model = entry.builder(num_classes=num_classes, in_chans=entry.input_size[0], **entry.config)
     model.eval()
