@@ -120,31 +120,39 @@ class _Fatal(BaseException):
     """What no ``except Exception`` catches (as SystemExit from a library): it ends the thread."""
 
 
-def _answer_within(seconds: float, call, *args, **kwargs):
-    """``call(...)``'s result, failing the test (not hanging it) when none comes within ``seconds``."""
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(call(*args, **kwargs)), daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert result, f"no answer within {seconds} s: the request hangs"
-    return result[0]
+@pytest.fixture
+def live_client(live_server):
+    """``live_client(**create_app kwargs)`` -> (httpx client, batcher) of a real server: a request
+    that hangs fails the test with ``httpx.ReadTimeout`` after 10 s, and teardown does not wait on it."""
+    import httpx
+
+    clients: list[httpx.Client] = []
+
+    def make(**kwargs):
+        url, _, app = live_server(kwargs)
+        clients.append(httpx.Client(base_url=url, timeout=10))
+        return clients[-1], app.state.batcher
+
+    yield make
+    for client in clients:
+        client.close()
 
 
-def test_a_dead_batcher_makes_the_server_unready_and_refuses_at_once(make_client, photos):
-    client = make_client()
+def test_a_dead_batcher_makes_the_server_unready_and_refuses_at_once(live_client, photos):
+    client, batcher = live_client()
     image = upload(image_files(photos)[0])
 
     def fatal(crops):
         raise _Fatal("the model library called exit")
 
-    client.app.state.batcher.run = fatal
-    first = _answer_within(10, client.post, "/v1/predict", files=image)  # the request in the fatal batch
+    batcher.run = fatal
+    first = client.post("/v1/predict", files=image)  # the request in the fatal batch
     stopped = "the batching thread stopped (_Fatal: the model library called exit): restart the server"
     assert (first.status_code, first.json()) == (503, {"error": f"service unavailable: {stopped}"})
-    ready = _answer_within(10, client.get, "/readyz")
+    ready = client.get("/readyz")
     assert (ready.status_code, ready.json()) == (503, {"error": f"not ready: {stopped}"})
     t0 = time.perf_counter()
-    later = _answer_within(10, client.post, "/v1/predict", files=image)
+    later = client.post("/v1/predict", files=image)
     assert (later.status_code, later.json()) == (503, {"error": f"service unavailable: {stopped}"})
     assert time.perf_counter() - t0 < 2.0
     assert client.get("/healthz").status_code == 200  # the process still answers: an orchestrator restarts it
@@ -157,24 +165,22 @@ def test_a_dead_batcher_makes_the_server_unready_and_refuses_at_once(make_client
     assert counts["unavailable"] == 2
 
 
-def test_an_error_forming_a_batch_fails_that_batch_and_the_server_keeps_serving(make_client, photos):
+def test_an_error_forming_a_batch_fails_that_batch_and_the_server_keeps_serving(live_client, photos):
     """The issue's --max-wait-ms 1e15 (now refused up front) overflowed the queue's timeout and
     killed the thread; any such error now fails that batch only."""
-    client = make_client(max_batch=4)
-    batcher = client.app.state.batcher
+    client, batcher = live_client(max_batch=4)
     image = upload(image_files(photos)[0])
     batcher.max_wait = 1e12  # seconds: queue.get(timeout=1e12) raises OverflowError
-    failed = _answer_within(10, client.post, "/v1/predict", files=image)
+    failed = client.post("/v1/predict", files=image)
     assert failed.status_code == 500 and failed.json()["error"].startswith("internal error: OverflowError")
-    assert _answer_within(10, client.get, "/readyz").status_code == 200
+    assert client.get("/readyz").status_code == 200
     batcher.max_wait = 0.005
-    assert _answer_within(10, client.post, "/v1/predict", files=image).status_code == 200
+    assert client.post("/v1/predict", files=image).status_code == 200
 
 
 @pytest.mark.parametrize("fault", ["raises", "too-few-rows"])
-def test_a_model_failing_on_one_batch_fails_those_requests_and_the_next_works(make_client, photos, fault):
-    client = make_client(batching=False)
-    batcher = client.app.state.batcher
+def test_a_model_failing_on_one_batch_fails_those_requests_and_the_next_works(live_client, photos, fault):
+    client, batcher = live_client(batching=False)
     run, calls = batcher.run, []
 
     def once_broken(crops):
@@ -187,14 +193,14 @@ def test_a_model_failing_on_one_batch_fails_those_requests_and_the_next_works(ma
 
     batcher.run = once_broken
     image = upload(image_files(photos)[0])
-    failed = _answer_within(10, client.post, "/v1/predict", files=image)
+    failed = client.post("/v1/predict", files=image)
     expected = {
         "raises": "internal error: RuntimeError: CUDA error: device-side assert",
         "too-few-rows": "internal error: RuntimeError: the model returned 0 rows for a batch of 1 images",
     }[fault]
     assert (failed.status_code, failed.json()) == (500, {"error": expected})
-    assert _answer_within(10, client.post, "/v1/predict", files=image).status_code == 200
-    assert _answer_within(10, client.get, "/readyz").status_code == 200
+    assert client.post("/v1/predict", files=image).status_code == 200
+    assert client.get("/readyz").status_code == 200
 
 
 def test_batcher_dies_cleanly_answering_queued_and_later_callers():

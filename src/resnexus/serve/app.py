@@ -333,7 +333,10 @@ def create_app(checkpoint: str | Path, options: ServeOptions | None = None, **ov
     async def count(request: Request, call_next: Any) -> Response:
         started, status = time.perf_counter(), 500  # 500 unless a response comes back
         try:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as error:  # answered here: past this point Starlette re-raises, and
+                response = await failed(request, error)  # uvicorn drops the client's keep-alive connection
             status = response.status_code
             return response
         finally:
