@@ -23,12 +23,11 @@ FLAGS = {
 }
 
 
-@pytest.mark.parametrize("flag", FLAGS)
-@pytest.mark.parametrize("value", BAD_VALUES)
+@pytest.mark.parametrize(
+    ("flag", "value"), [(flag, value) for flag, (_, fine) in FLAGS.items() for value in BAD_VALUES if value not in fine]
+)
 def test_cli_refuses_each_bad_value_naming_the_option_and_its_range(flag, value, capsys, tmp_path):
-    described, fine = FLAGS[flag]
-    if value in fine:
-        pytest.skip(f"{value} is allowed for {flag}")
+    described = FLAGS[flag][0]
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--checkpoint", str(tmp_path / "never-read"), flag, value])
     assert exited.value.code == 2
