@@ -420,40 +420,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SERVE_EPILOG = """\
+The server has no authentication. It binds 127.0.0.1 (this machine only) unless --host says
+otherwise, and warns when it does. To let others in, keep it on 127.0.0.1 behind a reverse proxy
+that authenticates over HTTPS (basic auth over plain HTTP shows the password), e.g. Caddy, which
+gets a certificate itself (the hash from `caddy hash-password`):
+
+  example.org {
+      basic_auth {
+          alice <hash>
+      }
+      reverse_proxy 127.0.0.1:8000
+  }
+
+or nginx, in a server block with TLS (users from `htpasswd -c /etc/nginx/resnexus.htpasswd alice`):
+
+  location / {
+      auth_basic "resnexus";
+      auth_basic_user_file /etc/nginx/resnexus.htpasswd;
+      client_max_body_size 64m;        # nginx refuses bodies over 1 MB by default
+      proxy_pass http://127.0.0.1:8000;
+  }
+"""
+
+
 def _add_serve(commands: argparse._SubParsersAction) -> None:
-    sv = commands.add_parser("serve", help="an HTTP API and a web page for a checkpoint (FastAPI + uvicorn)")
-    sv.add_argument("--checkpoint", required=True, help="a checkpoint, a run or cross-validation directory, or .onnx")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    sv.add_argument("--max-batch", type=int, default=16, help="images gathered into one batch at most (default 16)")
-    sv.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images (default 5 ms)"
+    from .serve.options import BOUNDS, MIB, ServeOptions, argument_type  # no FastAPI: the flags' ranges
+
+    sv = commands.add_parser(
+        "serve",
+        help="an HTTP API and a web page for a checkpoint (FastAPI + uvicorn)",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    default = ServeOptions()
+
+    def bounded(flag: str, name: str, value: float, what: str) -> None:
+        text = f"{what}: {BOUNDS[name].describe()} (default {value:g})"
+        sv.add_argument(flag, type=argument_type(name), default=value, help=text)
+
+    sv.add_argument("--checkpoint", required=True, help="a checkpoint, a run or cross-validation directory, or .onnx")
+    sv.add_argument("--host", default=default.host, help=f"address to bind (default {default.host}: this machine only)")
+    bounded("--port", "port", default.port, "port")
+    bounded("--max-batch", "max_batch", default.max_batch, "images gathered into one batch at most")
+    bounded("--max-wait-ms", "max_wait_ms", default.max_wait_ms, "how long a batch waits for more images")
     sv.add_argument("--no-batching", action="store_true", help="run every image as a batch of one")
-    sv.add_argument("--max-file-mb", type=float, default=20.0, help="largest upload per image (default 20 MB)")
-    sv.add_argument("--max-files", type=int, default=32, help="most images per request (default 32)")
+    mb = default.limits.max_file_bytes / MIB
+    bounded("--max-file-mb", "max_file_mb", mb, "largest upload per image")
+    bounded("--max-files", "max_files", default.limits.max_files, "most images per request")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    for flag, value, low in (("--max-batch", args.max_batch, 1), ("--max-files", args.max_files, 1)):
-        if value < low:
-            raise ValueError(f"{flag} must be at least {low}, got {value}")
-    if args.max_wait_ms < 0 or args.max_file_mb <= 0 or not 0 < args.port < 65536:
-        raise ValueError("--max-wait-ms must be >= 0, --max-file-mb > 0 and --port in 1..65535")
-    try:
-        from .serve import Limits, serve
-    except ImportError as error:
-        raise ValueError(f"resnexus serve needs {error.name}: pip install 'resnexus[serve]'") from None
-    limits = Limits(max_file_bytes=int(args.max_file_mb * 1024 * 1024), max_files=args.max_files)
-    serve(
-        args.checkpoint,
-        args.host,
-        args.port,
+    from .serve.options import MIB, Limits, ServeOptions
+
+    max_file_bytes = max(1, round(args.max_file_mb * MIB))
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         batching=not args.no_batching,
-        limits=limits,
+        limits=Limits(max_file_bytes=max_file_bytes, max_files=args.max_files),
     )
+    try:
+        from .serve import serve  # FastAPI, uvicorn: the serve extra
+    except ImportError as error:
+        raise ValueError(f"resnexus serve needs {error.name}: pip install 'resnexus[serve]'") from None
+    serve(args.checkpoint, options)
     return 0
 
 

@@ -65,7 +65,7 @@ def test_model_endpoint_describes_the_run(make_client, run_dir):
         "std": pytest.approx([0.247, 0.2435, 0.2616]),
         "crop_fraction": 0.875,
     }
-    assert card["checkpoint"] == str(best)
+    assert card["checkpoint"] == "best.pt"  # the file's name: the server's paths stay on the server
     assert card["sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
     assert card["metrics"] == json.loads((run_dir / "metrics.json").read_text())
     assert card["cv_accuracy"] is None
@@ -84,7 +84,7 @@ def test_model_endpoint_describes_the_run(make_client, run_dir):
 
 def test_cross_validation_directory_reports_its_estimate(make_client, cv_dir):
     card = make_client(cv_dir).get("/v1/model").json()
-    assert card["checkpoint"] == str(cv_dir / "refit" / "checkpoints" / "best.pt")
+    assert card["checkpoint"] == "best.pt"
     assert card["cv_accuracy"] == {"mean": 0.75, "std": 0.05, "folds": 3}
 
 
@@ -137,10 +137,23 @@ def test_not_ready_outside_the_lifespan(run_dir):
     assert response.json() == {"error": "not ready: starting or shutting down"}
 
 
-def test_cli_refuses_bad_options_in_one_line(capsys, run_dir):
+def test_cli_refuses_a_missing_checkpoint_in_one_line(capsys, run_dir):
     from resnexus.cli import main
 
-    assert main(["serve", "--checkpoint", str(run_dir), "--max-batch", "0"]) == 2
-    assert capsys.readouterr().err == "resnexus serve: error: --max-batch must be at least 1, got 0\n"
     assert main(["serve", "--checkpoint", str(run_dir / "missing")]) == 2
     assert "resnexus serve: error: checkpoint not found" in capsys.readouterr().err
+
+
+def test_model_card_names_no_server_path(make_client, run_dir, cv_dir, photos):
+    """/v1/model, /readyz and the OpenAPI page say nothing about where the server keeps its files."""
+    root = str(run_dir.parent.parent)  # pytest's tmp dir, above the run, the CV dir and the photos
+    assert str(photos).startswith(root) and str(cv_dir).startswith(root)
+    for source in (run_dir, cv_dir, run_dir / "checkpoints" / "best.pt"):
+        client = make_client(source)
+        card = client.get("/v1/model")
+        assert card.status_code == 200
+        assert card.json()["checkpoint"] == "best.pt"
+        assert card.json()["trained_on"]["data"] == "photos"
+        for path in ("/v1/model", "/readyz", "/openapi.json", "/"):
+            body = client.get(path).text
+            assert root not in body, path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from resnexus.serve.batching import Batcher
+from resnexus.serve.batching import Batcher, Unavailable
 from tests.serve.conftest import hold_next_batch, image_files, upload
 
 
@@ -113,3 +114,112 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_lives_on():
         asyncio.run(batcher.submit(torch.zeros(1, dtype=torch.uint8)))
     assert asyncio.run(batcher.submit(torch.ones(1, dtype=torch.uint8))).tolist() == [1.0]
     batcher.close()
+
+
+class _Fatal(BaseException):
+    """What no ``except Exception`` catches (as SystemExit from a library): it ends the thread."""
+
+
+@pytest.fixture
+def live_client(live_server):
+    """``live_client(**create_app kwargs)`` -> (httpx client, batcher) of a real server: a request
+    that hangs fails the test with ``httpx.ReadTimeout`` after 10 s, and teardown does not wait on it."""
+    import httpx
+
+    clients: list[httpx.Client] = []
+
+    def make(**kwargs):
+        url, _, app = live_server(kwargs)
+        clients.append(httpx.Client(base_url=url, timeout=10))
+        return clients[-1], app.state.batcher
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_a_dead_batcher_makes_the_server_unready_and_refuses_at_once(live_client, photos):
+    client, batcher = live_client()
+    image = upload(image_files(photos)[0])
+
+    def fatal(crops):
+        raise _Fatal("the model library called exit")
+
+    batcher.run = fatal
+    first = client.post("/v1/predict", files=image)  # the request in the fatal batch
+    stopped = "the batching thread stopped (_Fatal: the model library called exit): restart the server"
+    assert (first.status_code, first.json()) == (503, {"error": f"service unavailable: {stopped}"})
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (503, {"error": f"not ready: {stopped}"})
+    t0 = time.perf_counter()
+    later = client.post("/v1/predict", files=image)
+    assert (later.status_code, later.json()) == (503, {"error": f"service unavailable: {stopped}"})
+    assert time.perf_counter() - t0 < 2.0
+    assert client.get("/healthz").status_code == 200  # the process still answers: an orchestrator restarts it
+    counts = {
+        s.labels.get("reason"): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for s in family.samples
+        if s.name == "resnexus_errors_total"
+    }
+    assert counts["unavailable"] == 2
+
+
+def test_an_error_forming_a_batch_fails_that_batch_and_the_server_keeps_serving(live_client, photos):
+    """The issue's --max-wait-ms 1e15 (now refused up front) overflowed the queue's timeout and
+    killed the thread; any such error now fails that batch only."""
+    client, batcher = live_client(max_batch=4)
+    image = upload(image_files(photos)[0])
+    batcher.max_wait = 1e12  # seconds: queue.get(timeout=1e12) raises OverflowError
+    failed = client.post("/v1/predict", files=image)
+    assert failed.status_code == 500 and failed.json()["error"].startswith("internal error: OverflowError")
+    assert client.get("/readyz").status_code == 200
+    batcher.max_wait = 0.005
+    assert client.post("/v1/predict", files=image).status_code == 200
+
+
+@pytest.mark.parametrize("fault", ["raises", "too-few-rows"])
+def test_a_model_failing_on_one_batch_fails_those_requests_and_the_next_works(live_client, photos, fault):
+    client, batcher = live_client(batching=False)
+    run, calls = batcher.run, []
+
+    def once_broken(crops):
+        calls.append(len(crops))
+        if len(calls) > 1:
+            return run(crops)
+        if fault == "raises":
+            raise RuntimeError("CUDA error: device-side assert")
+        return run(crops)[:0]  # a model that returns no row for the batch
+
+    batcher.run = once_broken
+    image = upload(image_files(photos)[0])
+    failed = client.post("/v1/predict", files=image)
+    expected = {
+        "raises": "internal error: RuntimeError: CUDA error: device-side assert",
+        "too-few-rows": "internal error: RuntimeError: the model returned 0 rows for a batch of 1 images",
+    }[fault]
+    assert (failed.status_code, failed.json()) == (500, {"error": expected})
+    assert client.post("/v1/predict", files=image).status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_batcher_dies_cleanly_answering_queued_and_later_callers():
+    release = threading.Event()
+
+    def run(crops: torch.Tensor) -> np.ndarray:
+        release.wait(10)
+        raise _Fatal("gone")
+
+    batcher = Batcher(run, max_batch=1, max_wait_ms=0)
+
+    async def main() -> list:
+        pending = [asyncio.ensure_future(batcher.submit(torch.zeros(1, dtype=torch.uint8))) for _ in range(3)]
+        await asyncio.sleep(0.05)  # the first is in the batch, two queued behind it
+        release.set()
+        return await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+
+    errors = asyncio.run(main())
+    assert [type(e) for e in errors] == [Unavailable] * 3
+    assert batcher.failure == "_Fatal: gone" and not batcher.alive
+    with pytest.raises(Unavailable, match=r"^the batching thread stopped \(_Fatal: gone\): restart the server$"):
+        asyncio.run(asyncio.wait_for(batcher.submit(torch.zeros(1, dtype=torch.uint8)), 5))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -21,7 +22,7 @@ import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 from urllib.parse import quote
 
@@ -42,7 +43,8 @@ from ..data.scan import DataError
 from ..engine.checkpoint import CV_METRICS_FILE, REFIT_DIR, load_for_inference, resolve_checkpoint
 from ..engine.explain import explain_image
 from ..engine.inference import Predictor
-from .batching import Batcher
+from .batching import Batcher, Unavailable
+from .options import Limits, ServeOptions, exposure_warning
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +53,6 @@ FIELD = "files"  # the multipart field that carries the images
 NOT_A_DIAGNOSIS = "not a diagnosis; for research use"
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _PATHS = ("/", "/v1/predict", "/v1/explain", "/v1/model", "/healthz", "/readyz", "/metrics")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may carry; larger uploads are refused while they arrive."""
-
-    max_file_bytes: int = 20 * 1024 * 1024
-    max_files: int = 32
-    max_pixels: int = MAX_PIXELS
 
 
 class UploadError(Exception):
@@ -225,7 +218,10 @@ def _read_json(path: Path) -> Any:
 
 def model_card(source: str | Path, resolved: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """What ``GET /v1/model`` says: the model, its classes and preprocessing, the run's metrics and
-    cross-validated accuracy when the checkpoint came from a run / CV directory, the file's hash."""
+    cross-validated accuracy when the checkpoint came from a run / CV directory, the file's hash.
+
+    No server path: the checkpoint and the training data are named by their file / folder name only
+    (the API has no authentication, and where the server keeps its files is nobody's business)."""
     run_dir = resolved.parent.parent if resolved.parent.name == "checkpoints" else None
     cv_dir = run_dir.parent if run_dir is not None and run_dir.name == REFIT_DIR else None
     if cv_dir is None and Path(source).is_dir() and (Path(source) / CV_METRICS_FILE).is_file():
@@ -246,11 +242,11 @@ def model_card(source: str | Path, resolved: Path, meta: dict[str, Any]) -> dict
             "std": list(meta["std"]),
             "crop_fraction": meta["crop_fraction"],
         },
-        "checkpoint": str(resolved),
+        "checkpoint": resolved.name,
         "sha256": _sha256(resolved),
         "runtime": "onnxruntime" if resolved.suffix.lower() == ".onnx" else "pytorch",
         "trained_on": {
-            "data": config.get("data"),
+            "data": _base_name(config.get("data")),
             "images": meta.get("split_sizes"),
             "which": meta.get("trained_on"),
         },
@@ -258,6 +254,11 @@ def model_card(source: str | Path, resolved: Path, meta: dict[str, Any]) -> dict
         "cv_accuracy": cv_accuracy,
         "notice": NOT_A_DIAGNOSIS,
     }
+
+
+def _base_name(path: str | None) -> str | None:
+    """The last part of a file or folder path, written with / or \\ (a run trained on Windows)."""
+    return (PureWindowsPath(path).name or None) if path else None
 
 
 class _Metrics:
@@ -285,20 +286,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(
-    checkpoint: str | Path,
-    *,
-    max_batch: int = 16,
-    max_wait_ms: float = 5.0,
-    batching: bool = True,
-    limits: Limits | None = None,
-) -> FastAPI:
+def create_app(checkpoint: str | Path, options: ServeOptions | None = None, **overrides: Any) -> FastAPI:
     """The FastAPI app serving ``checkpoint`` (a checkpoint file, run / CV directory or .onnx file).
 
-    The model loads here, so a bad checkpoint fails before a port is bound. ``batching=False``
-    runs every image as a batch of one (``max_batch=1``).
+    ``overrides`` are :class:`ServeOptions` fields (``max_batch=``, ``max_wait_ms=``,
+    ``batching=``, ``limits=``) replacing those of ``options``; every value is checked against its
+    range first (``ValueError`` naming it). The model loads here, so a bad checkpoint fails before a
+    port is bound.
     """
-    limits = limits or Limits()
+    options = dataclasses.replace(options or ServeOptions(), **overrides)
+    limits, batch_limit = options.limits, options.batch_limit
     resolved = resolve_checkpoint(checkpoint)
     model, meta = load_for_inference(resolved)
     cam_model = copy.deepcopy(model) if isinstance(model, torch.nn.Module) else None  # Grad-CAM's own copy
@@ -307,15 +304,14 @@ def create_app(
     names: list[str] = list(meta["class_names"])
     metrics = _Metrics()
     cam_lock = threading.Lock()  # captum hooks into the model: one Grad-CAM at a time
-    batch_limit = max_batch if batching else 1
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.batcher = Batcher(
-            predictor.probabilities, batch_limit, max_wait_ms, on_batch=metrics.batch_size.observe
+            predictor.probabilities, batch_limit, options.max_wait_ms, on_batch=metrics.batch_size.observe
         )
         app.state.ready = True
-        logger.info(f"serving {card['model']} ({', '.join(names)}) from {resolved}")
+        logger.info(f"serving {card['model']} ({', '.join(names)}) from {resolved}")  # the log may name paths
         try:
             yield
         finally:  # uvicorn has finished the in-flight requests; the batcher answers what is queued
@@ -337,7 +333,10 @@ def create_app(
     async def count(request: Request, call_next: Any) -> Response:
         started, status = time.perf_counter(), 500  # 500 unless a response comes back
         try:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as error:  # answered here: past this point Starlette re-raises, and
+                response = await failed(request, error)  # uvicorn drops the client's keep-alive connection
             status = response.status_code
             return response
         finally:
@@ -349,6 +348,11 @@ def create_app(
     async def refused(request: Request, error: UploadError) -> JSONResponse:
         metrics.errors.labels(error.reason).inc()
         return _error(error.status, error.message)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, error: Unavailable) -> JSONResponse:
+        metrics.errors.labels("unavailable").inc()
+        return _error(503, f"service unavailable: {error}")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -433,7 +437,7 @@ def create_app(
     @app.get("/v1/model", summary="the model, its classes, preprocessing, metrics and checkpoint hash")
     async def model_info() -> dict[str, Any]:
         return card | {
-            "serving": {"max_batch": batch_limit, "max_wait_ms": max_wait_ms, "batching": batching}
+            "serving": {"max_batch": batch_limit, "max_wait_ms": options.max_wait_ms, "batching": options.batching}
             | {"max_file_bytes": limits.max_file_bytes, "max_files": limits.max_files, "max_pixels": limits.max_pixels}
         }
 
@@ -445,6 +449,9 @@ def create_app(
     async def readyz(request: Request) -> JSONResponse:
         if not request.app.state.ready:
             return _error(503, "not ready: starting or shutting down")
+        batcher: Batcher = request.app.state.batcher
+        if not batcher.alive:
+            return _error(503, f"not ready: {batcher.stopped_message}")
         return JSONResponse({"status": "ready", "model": card["model"]})
 
     @app.get("/metrics", summary="Prometheus text format", response_class=Response)
@@ -467,18 +474,16 @@ def _png(rgb: np.ndarray, min_side: int = 256) -> bytes:
     return out.getvalue()
 
 
-def serve(
-    checkpoint: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    max_batch: int = 16,
-    max_wait_ms: float = 5.0,
-    batching: bool = True,
-    limits: Limits | None = None,
-) -> None:
-    """Run the server until SIGINT / SIGTERM; in-flight requests are finished before it exits."""
+def serve(checkpoint: str | Path, options: ServeOptions | None = None, **overrides: Any) -> None:
+    """Run the server until SIGINT / SIGTERM; in-flight requests are finished before it exits.
+
+    ``overrides`` are :class:`ServeOptions` fields (``host=``, ``port=``, ...), as for create_app.
+    A host other machines can reach is served with a warning: the server has no authentication.
+    """
     import uvicorn
 
-    app = create_app(checkpoint, max_batch=max_batch, max_wait_ms=max_wait_ms, batching=batching, limits=limits)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    options = dataclasses.replace(options or ServeOptions(), **overrides)
+    app = create_app(checkpoint, options)
+    if (warning := exposure_warning(options.host)) is not None:
+        logger.warning(warning)
+    uvicorn.run(app, host=options.host, port=options.port, log_level="info", timeout_graceful_shutdown=30)

@@ -1,0 +1,144 @@
+"""The serve options' defaults and allowed ranges, in one place.
+
+The CLI's argparse types, its ``--help`` and :func:`~resnexus.serve.app.create_app` all check
+against :data:`BOUNDS`, so a value the server cannot run with (a negative port, a wait that
+overflows a thread timeout, NaN) is refused, naming the option, before a model loads or a port is
+bound. This module needs no FastAPI: the CLI imports it to parse its flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..data.check import MAX_PIXELS
+
+MIB = 1024 * 1024
+MAX_FILE_MB = 1024  # one upload is held in memory: a gigabyte is already generous
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An option's allowed values: an ``int`` or a finite ``float`` from ``low`` to ``high``
+    (``low`` itself excluded when ``low_open``)."""
+
+    kind: type
+    low: float
+    high: float
+    low_open: bool = False
+    unit: str = ""
+
+    def describe(self) -> str:
+        """The range in words, as --help and the error messages say it."""
+        what = "an integer" if self.kind is int else "a number"
+        low = f"above {_figure(self.low)} and up to" if self.low_open else f"from {_figure(self.low)} to"
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{what} {low} {_figure(self.high)}{unit}"
+
+    def contains(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        return (value > self.low if self.low_open else value >= self.low) and value <= self.high
+
+    def check(self, name: str, value: object) -> None:
+        """Raise ``ValueError`` naming ``name`` and the range unless ``value`` lies in it."""
+        if not self.contains(value):
+            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+
+    def parse(self, text: str) -> int | float:
+        """An argparse ``type=``: the value of ``text``, or ``ArgumentTypeError`` with the range."""
+        try:
+            value = self.kind(text)
+        except (ValueError, OverflowError):
+            value = None
+        if value is None or not self.contains(value):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}")
+        return value
+
+
+def _figure(value: float) -> str:
+    """A bound as people write it: 65535, 1073741824, 0.5."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+BOUNDS: dict[str, Bound] = {
+    "port": Bound(int, 1, 65535),
+    "max_batch": Bound(int, 1, 1024),
+    "max_wait_ms": Bound(float, 0, 10_000, unit="ms"),
+    "max_file_mb": Bound(float, 0, MAX_FILE_MB, low_open=True, unit="MB"),
+    "max_file_bytes": Bound(int, 1, MAX_FILE_MB * MIB, unit="bytes"),
+    "max_files": Bound(int, 1, 1024),
+    "max_pixels": Bound(int, 1, 1_000_000_000),
+}
+
+
+def argument_type(name: str) -> Callable[[str], int | float]:
+    """The argparse ``type=`` of option ``name`` (a key of :data:`BOUNDS`)."""
+    return BOUNDS[name].parse
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry; larger uploads are refused while they arrive."""
+
+    max_file_bytes: int = 20 * MIB
+    max_files: int = 32
+    max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            BOUNDS[field.name].check(field.name, getattr(self, field.name))
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How ``resnexus serve`` runs; every field is checked against :data:`BOUNDS` when made
+    (``dataclasses.replace`` checks again). ``batching=False`` runs every image as a batch of one."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    batching: bool = True
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        for name in ("port", "max_batch", "max_wait_ms"):
+            BOUNDS[name].check(name, getattr(self, name))
+        if not isinstance(self.limits, Limits):
+            raise ValueError(f"limits must be a Limits, got {self.limits!r}")
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ValueError(f"host must be an address or host name, got {self.host!r}")
+
+    @property
+    def batch_limit(self) -> int:
+        """The largest batch the batcher forms: ``max_batch``, or 1 without batching."""
+        return self.max_batch if self.batching else 1
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning to log when ``host`` lets other machines reach a server with no authentication."""
+    if is_loopback(host):
+        return None
+    return (
+        f"serving on {host}: other machines can reach this server, and it has no authentication; "
+        "put it behind a reverse proxy that authenticates (see resnexus serve --help) or bind 127.0.0.1"
+    )

@@ -1,0 +1,117 @@
+"""Every serve option has one range, checked by the CLI (exit 2, one line naming the option) and by
+create_app / ServeOptions (ValueError naming it) alike; a reachable host is served with a warning."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+import pytest
+
+from resnexus.cli import main
+from resnexus.serve.options import BOUNDS, Limits, ServeOptions, exposure_warning, is_loopback
+
+BAD_VALUES = ("-1", "0", "nan", "inf", "1e400", "1e15", "99999999999999999999999", "abc")
+# flag -> (the range the message names, the values of BAD_VALUES inside that range)
+FLAGS = {
+    "--port": ("an integer from 1 to 65535", set()),
+    "--max-batch": ("an integer from 1 to 1024", set()),
+    "--max-wait-ms": ("a number from 0 to 10000 ms", {"0"}),
+    "--max-file-mb": ("a number above 0 and up to 1024 MB", set()),
+    "--max-files": ("an integer from 1 to 1024", set()),
+}
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [(flag, value) for flag, (_, fine) in FLAGS.items() for value in BAD_VALUES if value not in fine]
+)
+def test_cli_refuses_each_bad_value_naming_the_option_and_its_range(flag, value, capsys, tmp_path):
+    described = FLAGS[flag][0]
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--checkpoint", str(tmp_path / "never-read"), flag, value])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"resnexus serve: error: argument {flag}: must be {described}, got '{value}'"
+
+
+def test_help_documents_every_range(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, (described, _) in FLAGS.items():
+        assert f"{flag} {flag.removeprefix('--').replace('-', '_').upper()}" in text
+        assert described in text, flag
+    assert "no authentication" in text and "reverse_proxy 127.0.0.1:8000" in text and "auth_basic" in text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("port", -1),
+        ("port", 65536),
+        ("max_batch", 0),
+        ("max_batch", 16.0),
+        ("max_wait_ms", -5),
+        ("max_wait_ms", 1e15),
+        ("max_wait_ms", float("nan")),
+        ("max_wait_ms", float("inf")),
+    ],
+)
+def test_serve_options_refuse_values_out_of_range(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be {re.escape(BOUNDS[field].describe())}, got "):
+        ServeOptions(**{field: value})
+    with pytest.raises(ValueError, match=rf"^{field} must be"):  # replace() checks again
+        dataclasses.replace(ServeOptions(), **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_file_bytes", 0), ("max_file_bytes", 2**40), ("max_files", 0), ("max_files", 10**6), ("max_pixels", -1)],
+)
+def test_limits_refuse_values_out_of_range(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be {re.escape(BOUNDS[field].describe())}, got {value}$"):
+        Limits(**{field: value})
+
+
+def test_create_app_checks_options_before_loading_the_model(tmp_path):
+    from resnexus.serve import create_app
+
+    missing = tmp_path / "no-such-checkpoint"  # a check after loading would say "not found"
+    with pytest.raises(ValueError, match=r"^max_wait_ms must be a number from 0 to 10000 ms, got 1000000000000000\.0$"):
+        create_app(missing, max_wait_ms=1e15)
+    with pytest.raises(ValueError, match=r"^port must be"):
+        create_app(missing, ServeOptions(), port=0)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.1", "localhost", "LocalHost", "::1", "[::1]"])
+def test_loopback_hosts_are_served_quietly(host):
+    assert is_loopback(host)
+    assert exposure_warning(host) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "10.0.0.1", "example.org"])
+def test_a_host_others_can_reach_gets_a_warning(host):
+    assert not is_loopback(host)
+    warning = exposure_warning(host)
+    assert warning is not None
+    assert warning.startswith(f"serving on {host}: other machines can reach this server")
+    assert "no authentication" in warning and "reverse proxy" in warning
+
+
+def test_serve_logs_the_warning_before_binding(monkeypatch, run_dir, caplog):
+    """serve() logs the warning for 0.0.0.0 (uvicorn itself is replaced: nothing is bound)."""
+    import uvicorn
+
+    from resnexus.serve import serve
+
+    bound = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: bound.append(kwargs))
+    with caplog.at_level(logging.WARNING, logger="resnexus.serve.app"):
+        serve(run_dir, host="0.0.0.0", port=8123)
+    assert bound[0]["host"] == "0.0.0.0" and bound[0]["port"] == 8123
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [exposure_warning("0.0.0.0")]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnexus.serve.app"):
+        serve(run_dir)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
