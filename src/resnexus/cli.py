@@ -470,7 +470,7 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("out", "resume")})
         )
         models = [m.strip() for m in args.models.split(",") if m.strip()]
-        result = compare(
+        compare(  # it logs where comparison.md is and the best model: not printed twice
             models,
             base,
             args.out,
@@ -480,8 +480,6 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             jobs=getattr(args, "jobs", 1),
             resume=getattr(args, "resume", False),
         )
-        best = result.best
-        print(f"comparison: {result.markdown}" + (f" (best: {best['model']})" if best else ""))
         return 0
     if args.command == "evaluate":
         metrics = evaluate(

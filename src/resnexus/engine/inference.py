@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import EvalPreprocess, ImageDataset, UnlabeledDataset, eval_transform, scan_dataset, scan_unlabeled
-from ..files import atomic_write, write_text_atomic
+from ..files import atomic_write, check_writable_folder, write_text_atomic
 from ..reports import classification_metrics
 from .checkpoint import FoldEnsemble, load_for_inference, load_published, resolve_checkpoint
 
@@ -107,24 +107,6 @@ def _fused(model: nn.Module) -> nn.Module:
         return fuse(model)
     except Exception:  # not traceable by torch.fx: keep the model unfused
         return model
-
-
-def check_writable_folder(path: str | Path, target: str | Path | None = None) -> None:
-    """Refuse a folder that cannot be created or written into, naming ``target`` (default: the folder).
-
-    Missing folders are fine (the writer creates them); what fails is an existing ancestor that is
-    a file or that this process may not write into. Checked before any work, so a bad path costs
-    one line instead of a traceback after minutes of inference.
-    """
-    folder = Path(path).expanduser()
-    named = Path(target) if target is not None else folder
-    ancestor = folder
-    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(f"cannot write {named}: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {named}: no permission to write into {ancestor}")
 
 
 def check_output_file(
