@@ -234,6 +234,12 @@ def test_an_isolated_run_logs_like_the_parent(data, tmp_path, capfd):
     assert f"report: {tmp_path / 'lenet' / 'report.md'}" in child_output.splitlines()
 
 
+def _best_model(out: Path) -> str:
+    """The comparison's best row as CompareResult.best picks it: highest accuracy, fewer MACs on a tie."""
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    return min(rows, key=lambda r: (-float(r["accuracy"]), int(r["macs"])))["model"]
+
+
 def test_cli_compare_writes_the_table(tmp_path, capsys):
     from resnexus.cli import main
 
@@ -262,7 +268,8 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
         "--no-isolate",
     ]
     assert main(args) == 0
-    assert f"comparison: {out / 'comparison.md'}" in capsys.readouterr().out
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("comparison:")]
+    assert lines == [f"comparison: {out / 'comparison.md'} (best: {_best_model(out)})"]  # once, not twice
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert [r["model"] for r in rows] == ["resnet20_cifar", "resnet32_cifar"]
     # the paper's 10-class counts (269,722 and 464,154) less 8 of the 10 outputs (8 x 65 parameters)

@@ -184,6 +184,8 @@ def evaluate(
     models, averaged (the metrics then name the fold checkpoints under ``ensemble_members``).
     ``out``: also write the metrics there as JSON (an existing file only with ``overwrite``).
     """
+    if overwrite and out is None:
+        raise ValueError("--overwrite replaces an existing --out file: it goes with --out")
     if out is not None:  # before any work: a bad --out costs no model loading (see predict)
         check_output_file(out, [*checkpoint_files(checkpoint), data], overwrite=True, flag="--out")
     source = checkpoint if ensemble else resolve_checkpoint(checkpoint)
@@ -260,6 +262,26 @@ def _probabilities(model: Any, ckpt: dict[str, Any], paths: list[Path], batch_si
     return np.concatenate([predictor.probabilities(images) for images, _ in loader])
 
 
+def _check_model_source(
+    checkpoint: str | Path | None, model: str | None, weights: str | None, weights_dir: Any, ensemble: bool
+) -> None:
+    """One model source: a checkpoint (which holds its model and weights), or published weights by
+    name; an option the chosen source would ignore is refused rather than silently dropped."""
+    if checkpoint is not None:
+        given = [f for f, v in (("--model", model), ("--weights", weights), ("--weights-dir", weights_dir)) if v]
+        if given:
+            raise ValueError(
+                f"--checkpoint holds its model and weights: {', '.join(given)} would be ignored "
+                "(they name published weights to use without a checkpoint); drop them or --checkpoint"
+            )
+    elif model is None or weights is None:
+        raise ValueError(
+            "predict needs either --checkpoint, or --model with --weights (published weights, e.g. imagenet)"
+        )
+    elif ensemble:
+        raise ValueError("--ensemble averages the fold models of a --checkpoint `train --folds` directory")
+
+
 def predict(
     checkpoint: str | Path | None,
     inputs: str | Path,
@@ -286,10 +308,7 @@ def predict(
     Without a checkpoint, ``model`` and ``weights`` name published ImageNet weights, used as they
     are (:func:`load_published`): the labels are ImageNet class names.
     """
-    if (checkpoint is None) == (model is None or weights is None):
-        raise ValueError(
-            "predict needs either --checkpoint, or --model with --weights (published weights, e.g. imagenet)"
-        )
+    _check_model_source(checkpoint, model, weights, weights_dir, ensemble)
     # before any work: the path itself; once the images are known, that it is none of them (an
     # existing file is refused only then, so "pass --overwrite" is never said of an input)
     sources = checkpoint_files(checkpoint) if checkpoint is not None else []

@@ -222,7 +222,11 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Registered model names matching a shell-style ``pattern``, sorted."""
+    """Registered model names matching a shell-style ``pattern``, sorted; an unknown ``family`` is
+    refused, naming the known ones (else it would look like a pattern that matches nothing)."""
+    families = sorted({e.family for e in _REGISTRY.values()})
+    if family is not None and family not in families:
+        raise ValueError(f"unknown family {family!r}; known families: {', '.join(families)}")
     return sorted(
         n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
     )
