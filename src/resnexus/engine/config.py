@@ -123,7 +123,9 @@ class TrainConfig:
     warmup_epochs: float | None = _option(None, "epochs of linear warm-up before the cosine decay; default {default:g}")
     label_smoothing: float = _option(0.1, "default {default:g}")
     image_size: int | None = _option(
-        None, "default {small_data_image_size} for 224-px models trained from scratch, else the model's size"
+        None,
+        "default {small_data_image_size} for 224-px models trained from scratch, else the model's size; "
+        "8 to {max_image_size}",
     )
     crop_fraction: float = 0.875  # evaluation: resize to size / crop_fraction, centre crop
     val_fraction: float = _option(DEFAULT_VAL_FRACTION, "default {default:g}")
@@ -195,6 +197,7 @@ def field_help(name: str) -> str:
             adamw_weight_decay=ADAMW_WEIGHT_DECAY,
             sgd_weight_decay=SGD_WEIGHT_DECAY,
             small_data_image_size=SMALL_DATA_IMAGE_SIZE,
+            max_image_size=MAX_IMAGE_SIZE,
             min_val_for_selection=MIN_VAL_FOR_SELECTION,
             finetune_epochs=FINETUNE_RECIPE["epochs"],
             finetune_lr_factor=FINETUNE_LR_FACTOR,
