@@ -101,3 +101,15 @@ def test_nproc_refuses_a_batch_too_small_to_share_in_one_line_before_torchrun(tm
         "(2 images each, for BatchNorm)\n"
     )
     assert "launching" not in captured.out
+
+
+def test_models_names_an_unknown_family_and_lists_the_known_ones(capsys):
+    assert main(["models", "--family", "nonexistent"]) == 2
+    assert capsys.readouterr().err == (
+        "resnexus models: error: unknown family 'nonexistent'; known families: densenet, fractalnet, lenet, "
+        "res2net, resnet, resnet_v2, resnext\n"
+    )
+    assert main(["models", "nothing*", "--family", "lenet"]) == 2
+    assert capsys.readouterr().err == "resnexus models: error: no model matches 'nothing*' in family lenet\n"
+    assert main(["models", "--family", "lenet"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("lenet ")

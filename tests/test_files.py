@@ -11,7 +11,7 @@ import pytest
 
 from resnexus.data import digits_folder
 from resnexus.engine import TrainConfig, train
-from resnexus.files import atomic_write, default_cache_dir, write_text_atomic
+from resnexus.files import atomic_write, check_output_folder, default_cache_dir, write_text_atomic
 from tests.helpers import bright_and_dark_folder
 
 
@@ -134,3 +134,22 @@ def test_concurrent_writers_leave_one_whole_file(tmp_path):
         np.save(first, np.full(1000, 1))
     assert np.load(path).tolist() == [1] * 1000
     assert _names_in(tmp_path) == ["entry.npy"]
+
+
+def test_check_output_folder_follows_links_and_accepts_the_data_inside_the_output(tmp_path):
+    data = tmp_path / "project" / "data"
+    data.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data)
+    with pytest.raises(
+        ValueError, match=r"link/plots is inside the data folder .*: what is written there would be read"
+    ):
+        check_output_folder(tmp_path / "link" / "plots", outside={"data folder": data})
+    run = tmp_path / "project"  # holds the data: the reverse is fine, once the folder is a run
+    with pytest.raises(FileExistsError, match=r"holds files that are not a resnexus run \(data\)"):
+        check_output_folder(run, outside={"data folder": data}, ours=("checkpoints",))
+    (run / "checkpoints").mkdir()
+    assert check_output_folder(run, outside={"data folder": data}, ours=("checkpoints",)) == run
+    with pytest.raises(ValueError, match="is the checkpoint, an input of this command"):
+        check_output_folder(run, inputs={"checkpoint": tmp_path / "project"})
+    assert check_output_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"  # created later
+    assert not (tmp_path / "new").exists()

@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx (default); keras: a .keras file; savedmodel: a TF SavedModel folder for TF Serving, whose "
         "signature takes float32 NHWC images in [0, 1] and returns probabilities (needs resnexus[keras])",
     )
-    exp.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    exp.add_argument("--opset", type=int, help="ONNX opset (default 18; --format onnx only)")
     exp.add_argument(
         "--overwrite", action="store_true", help="keras, savedmodel: replace an existing --output (ONNX always does)"
     )
@@ -547,7 +547,7 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         try:
-            result = compare(
+            compare(  # it logs where comparison.md is and the best model: not printed twice
                 models,
                 base,
                 args.out,
@@ -561,8 +561,6 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
             command = "resnexus " + shlex.join(again)
             raise TrainingInterrupted(stopped.run_dir, stopped.signum, stopped.where, command, stopped.saved) from None
-        best = result.best
-        print(f"comparison: {result.markdown}" + (f" (best: {best['model']})" if best else ""))
         return 0
     if args.command == "evaluate":
         metrics = evaluate(
@@ -599,6 +597,8 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"predictions: {written}")
         return 0
     if args.command == "export" and args.format != "onnx":
+        if args.opset is not None:
+            raise ValueError(f"--opset is an ONNX option; --format {args.format} does not use it")
         exported = export_keras(args.checkpoint, args.output, format=args.format, overwrite=args.overwrite)
         compared = "logit" if args.format == "keras" else "probability (serving signature)"
         kind = "Keras model" if args.format == "keras" else "TF SavedModel"
@@ -608,7 +608,7 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         return 0
     if args.command == "export":
-        result = export_onnx(args.checkpoint, args.output, opset=args.opset)
+        result = export_onnx(args.checkpoint, args.output, opset=18 if args.opset is None else args.opset)
         print(
             f"ONNX model: {result.path} (opset {result.opset}); onnxruntime vs PyTorch on a random batch: "
             f"max |logit difference| {result.max_abs_diff:.2e}"
@@ -636,9 +636,10 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "serve":
         return _run_serve(args)
     if args.command == "models":
-        names = list_models(args.pattern, family=args.family)
+        names = list_models(args.pattern, family=args.family)  # an unknown family: one line listing them
         if not names:
-            print(f"resnexus: no model matches {args.pattern!r}", file=sys.stderr)
+            family = f" in family {args.family}" if args.family else ""
+            print(f"resnexus models: error: no model matches {args.pattern!r}{family}", file=sys.stderr)
             return 2
         table = weights_table if args.weights else models_table
         print(table(names, markdown=args.markdown))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -65,3 +65,70 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
     return Path(path)
+
+
+def check_writable_folder(path: str | os.PathLike[str], target: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a folder that cannot be created or written into, naming ``target`` (default: the folder).
+
+    Missing folders are fine (the writer creates them); what fails is an existing ancestor that is
+    a file or that this process may not write into. Checked before any work, so a bad path costs
+    one line instead of a traceback after minutes of inference.
+    """
+    folder = Path(path).expanduser()
+    named = Path(target) if target is not None else folder
+    ancestor = folder
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot write {named}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {named}: no permission to write into {ancestor}")
+
+
+def check_output_folder(
+    out: str | os.PathLike[str],
+    *,
+    inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    outside: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    ours: Sequence[str] = (),
+    kind: str = "a resnexus run",
+    overwrite: bool = False,
+    replaces: bool = False,
+    flag: str = "--out",
+) -> Path:
+    """Refuse, before any work, an output folder that would mix what a command writes with what it
+    or a later command reads, or with a user's own files; every command that writes a folder calls it.
+
+    ``inputs`` (what -> path: a checkpoint, a run being read) may not be the output; ``outside``
+    (what -> folder: a data folder, a weights folder) may not be it or hold it, since whatever is
+    written there would be read as input next time (plots as images of a class). An input inside
+    the output is fine. An existing folder must be empty or already this command's output (a glob
+    of ``ours`` matches in it: ``kind``); anything else is written into only with ``overwrite``, and
+    never when the command ``replaces`` the folder whole (its files would be deleted).
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file; {kind} is a folder: give a folder name")
+    check_writable_folder(out)
+    where = out.resolve()
+    for what, path in (inputs or {}).items():
+        if path is not None and Path(path).expanduser().resolve() == where:
+            raise ValueError(f"{flag} {out} is the {what}, an input of this command; choose another folder")
+    for what, path in (outside or {}).items():
+        if path is None:
+            continue
+        folder = Path(path).expanduser().resolve()
+        if where == folder or where.is_relative_to(folder):
+            raise ValueError(
+                f"{flag} {out} is {'the' if where == folder else 'inside the'} {what} {path}: what is written "
+                "there would be read as input next time; choose a folder outside it"
+            )
+    if out.is_dir() and (replaces or not overwrite) and not any(next(out.glob(p), None) for p in ours):
+        held = sorted(p.name for p in out.iterdir())
+        if held:
+            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+            how = "it would be replaced whole" if replaces else "or pass --overwrite to write into it anyway"
+            raise FileExistsError(
+                f"{flag} {out} already holds files that are not {kind} ({shown}); choose a new or empty folder, {how}"
+            )
+    return out

@@ -150,7 +150,7 @@ def test_bad_input_is_rejected_before_training(data, tmp_path):
     with pytest.raises(ValueError, match="not being compared: resnet18"):
         compare(["lenet"], base, tmp_path / "d", model_configs={"resnet18": {}})
     # LeNet's default img_size (256) cannot take 16x16 images: caught on the meta device, before any run
-    with pytest.raises(ValueError, match=r"lenet .* cannot run on 16x16"):
+    with pytest.raises(ValueError, match=r"lenet is built for 256x256 images only, not --image-size 16"):
         compare(
             ["resnet20_cifar", "lenet"],
             base,
@@ -242,6 +242,12 @@ def test_an_isolated_run_logs_like_the_parent(data, tmp_path, capfd):
     assert f"report: {tmp_path / 'lenet' / 'report.md'}" in child_output.splitlines()
 
 
+def _best_model(out: Path) -> str:
+    """The comparison's best row as CompareResult.best picks it: highest accuracy, fewer MACs on a tie."""
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    return min(rows, key=lambda r: (-float(r["accuracy"]), int(r["macs"])))["model"]
+
+
 def test_cli_compare_writes_the_table(tmp_path, capsys):
     from resnexus.cli import main
 
@@ -270,7 +276,8 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
         "--no-isolate",
     ]
     assert main(args) == 0
-    assert f"comparison: {out / 'comparison.md'}" in capsys.readouterr().out
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("comparison:")]
+    assert lines == [f"comparison: {out / 'comparison.md'} (best: {_best_model(out)})"]  # once, not twice
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert [r["model"] for r in rows] == ["resnet20_cifar", "resnet32_cifar"]
     # the paper's 10-class counts (269,722 and 464,154) less 8 of the 10 outputs (8 x 65 parameters)

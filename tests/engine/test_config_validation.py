@@ -172,3 +172,83 @@ def test_a_bad_option_under_nproc_is_one_line_before_torchrun_starts(data, tmp_p
     line = _train_cli(data, tmp_path / "run", "--nproc", "2", "--label-smoothing", "2", *TINY_RUN, capsys=capsys)
     assert "label_smoothing" in line or "label-smoothing" in line
     assert launched == []
+
+
+# -- the model: its options and the image size it can take, checked on the meta device before training --
+@pytest.mark.parametrize(
+    ("model", "size", "message"),
+    [
+        (
+            "lenet",
+            "32",
+            "lenet is built for 256x256 images only, not --image-size 32: use --image-size 256, "
+            "or model_config {img_size: 32} to build it for 32 px",
+        ),
+        ("densenet121", "16", "densenet121 cannot take 16x16 images (Given input size: (512x1x1)"),
+        ("densenet121", "16", "it needs at least 29 px"),
+        ("fractalnet20", "8", "fractalnet20 cannot take 8x8 images"),
+        ("fractalnet20", "31", "it needs at least 32 px"),
+        ("resnet20_cifar", "100000", "invalid image_size (--image-size): 100000; the image size >= 8 pixels is "),
+        ("resnet20_cifar", "2049", "and <= 2048 (memory grows with its square"),
+    ],
+)
+def test_a_model_that_cannot_take_the_image_size_is_one_line(model, size, message, data, tmp_path, capsys):
+    line = _train_cli(data, tmp_path / "run", "--model", model, "--image-size", size, "--epochs", "1", capsys=capsys)
+    assert message in line
+
+
+RESNET_OPTIONS = (
+    "avg_down, base_width, block, block_args, block_form, cardinality, layers, stage_planes, stem, stem_width, "
+    "zero_init_last, zero_pad_shortcut"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "model_config: {depth: 3}\n",
+            f"model_config: resnet20_cifar (resnet) has no option depth; its options: {RESNET_OPTIONS}",
+        ),
+        (
+            "model: densenet121\nmodel_config: {growth: 12, drop: 0.1}\n",
+            "densenet121 (densenet) has no option drop, growth; its options: block_config, bn_eps, bn_size, compression, drop_rate, growth_rate,",
+        ),
+        (
+            "model: lenet\nmodel_config: {width: 2}\n",
+            "model_config: lenet (lenet) has no option width; its options: img_size",
+        ),
+        (
+            "model_config: {num_classes: 7}\n",
+            "model_config cannot set num_classes (it is the number of classes in the data); remove it",
+        ),
+        ("model_config: {in_chans: 1}\n", "model_config cannot set in_chans (images are read as 3-channel RGB)"),
+        ("model_config: {layers: abc}\n", "model_config {'layers': 'abc'} cannot build resnet20_cifar: TypeError: "),
+        (
+            "model: lenet\nimage_size: 8\nmodel_config: {img_size: 8}\n",
+            "cannot build lenet: ValueError: img_size 8 is too small for LeNet",
+        ),
+    ],
+)
+def test_a_bad_model_config_key_or_value_names_the_allowed_keys(text, message, data, tmp_path, capsys):
+    line = _train_cli(data, tmp_path / "run", "--config", str(_yaml(tmp_path, text)), capsys=capsys)
+    assert message in line
+
+
+def test_a_model_built_for_the_image_size_is_accepted(data, tmp_path):
+    """LeNet built for 32 px trains at 32 px, the size its model_config sets when --image-size is not given."""
+    config = _api_config(data, tmp_path / "run", model="lenet", model_config={"img_size": 32}, image_size=None)
+    assert complete_config(config).image_size == 32
+    for model, size in (("densenet121", 29), ("fractalnet20", 32), ("resnet20_cifar", 8), ("resnet50v2", 8)):
+        assert complete_config(_api_config(data, tmp_path / "run", model=model, model_config={}, image_size=size))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_out_that_is_a_file_is_one_line_before_training(data, tmp_path, capsys):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    status = main(["train", "--data", str(data), "--out", str(existing), *TINY_RUN])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"--out {existing} is a file; a resnexus run is a folder: give a folder name" in err
+    assert existing.read_text() == "mine"

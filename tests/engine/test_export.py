@@ -70,7 +70,29 @@ def test_cli_export_reports_the_check(exported, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "m.onnx")]) == 0
     out = capsys.readouterr().out
     assert f"ONNX model: {tmp_path / 'm.onnx'} (opset 18)" in out and "max |logit difference|" in out
-    assert not (tmp_path / "m.onnx.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no weights file (m.onnx.tmp.data) beside it
+
+
+def test_a_failed_export_leaves_no_file(exported, tmp_path, monkeypatch):
+    """The file is serialised in memory and written by files.atomic_write: all of it, or nothing."""
+    ckpt, *_ = exported
+    real_export = torch.onnx.export
+
+    class Unwritable:
+        def __init__(self, proto):
+            self.metadata_props = proto.metadata_props
+
+        def SerializeToString(self):
+            raise OSError("No space left on device")
+
+    def failing_export(*args, **kwargs):
+        program = real_export(*args, **kwargs)
+        return type("Program", (), {"model_proto": Unwritable(program.model_proto)})()
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    with pytest.raises(OSError, match="No space left"):
+        export_onnx(ckpt, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_foreign_onnx_file_is_refused(tmp_path):

@@ -114,11 +114,13 @@ def test_an_existing_output_is_refused_and_named(exported, tmp_path):
     with pytest.raises(FileExistsError, match=re.escape(str(savedmodel.path)) + ".*--overwrite"):
         export_keras(run_dir, savedmodel.path, format="savedmodel")
     (tmp_path / "notes").mkdir()
-    with pytest.raises(ValueError, match=r"notes exists and is not a SavedModel folder"):
+    (tmp_path / "notes" / "plan.txt").write_text("mine")  # replaced whole, it would be lost: never, even with overwrite
+    with pytest.raises(FileExistsError, match=r"notes already holds files that are not a SavedModel \(plan\.txt\)"):
         export_keras(run_dir, tmp_path / "notes", format="savedmodel", overwrite=True)
+    assert (tmp_path / "notes" / "plan.txt").read_text() == "mine"
     with pytest.raises(ValueError, match=r"model\.h5: a Keras model file must end in \.keras"):
         export_keras(run_dir, tmp_path / "model.h5")
-    with pytest.raises(ValueError, match="holds the checkpoint"):
+    with pytest.raises(ValueError, match="is the checkpoint, an input of this command"):
         export_keras(run_dir, run_dir, format="savedmodel", overwrite=True)
 
 

@@ -21,6 +21,7 @@ from resnexus.models import (
     lenet,
     list_models,
     model_info,
+    model_options,
     res2net,
     resnet,
     resnet_v2,
@@ -139,6 +140,34 @@ def test_zero_classes_is_the_model_without_a_classifier():
     model = resnexus.create_model("resnet20_cifar", num_classes=0)
     assert isinstance(model.fc, torch.nn.Identity)
     assert tuple(model(torch.randn(2, 3, 32, 32)).shape) == (2, 64)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("resnet20_cifar", {"depth": 3}, "resnet20_cifar (resnet) has no option depth; its options: avg_down, "),
+        ("res2net50_26w_4s", {"scales": 8}, "has no option scales; its options: avg_down, base_width, block,"),
+        ("densenet121", {"growth": 12, "drop": 0.1}, "has no option drop, growth; its options: block_config,"),
+        (
+            "resnet50v2",
+            {"layers": (1, 1, 1, 1)},
+            "resnet50v2 (resnet_v2) has no option layers; its options: depths, widths",
+        ),
+        ("lenet", {"image_size": 32}, "lenet (lenet) has no option image_size; its options: img_size"),
+    ],
+)
+def test_an_unknown_override_is_refused_with_the_options_the_family_takes(name, overrides, message):
+    """Not a TypeError from the constructor: a ValueError naming the model, the bad keys and the good ones
+    (a family whose constructor passes **kwargs on, Res2Net, also takes its base class's options)."""
+    with torch.device("meta"), pytest.raises(ValueError) as error:
+        resnexus.create_model(name, **overrides)
+    assert message in str(error.value)
+    assert "scale" in model_options("res2net50_26w_4s") and "stem_width" in model_options("res2net50_26w_4s")
+
+
+def test_an_unknown_family_is_named_with_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown family 'resnets'; known families: densenet, fractalnet, lenet, "):
+        list_models(family="resnets")
 
 
 def test_features_only_returns_a_feature_extractor():

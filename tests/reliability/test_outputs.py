@@ -203,3 +203,115 @@ def test_explain_out_checks(checkpoint, images, tmp_path, capsys):
     assert main([*base, str(images / "cats"), "--overwrite"]) == 2  # overlays among the input images
     _one_line_error(capsys, "explain", str(images / "cats"))
     assert _tree(images) == before
+
+
+# -- output folders (files.check_output_folder): never the data or inside it, never others' files --------
+TINY_TRAIN = ["--model", "resnet20_cifar", "--image-size", "8", "--epochs", "1", "--batch-size", "4"]
+FOLDER_COMMANDS = {
+    "train": ["train", *TINY_TRAIN],
+    "train --folds": ["train", "--folds", "2", *TINY_TRAIN],
+    "compare": ["compare", "--models", "resnet20_cifar", *TINY_TRAIN[2:]],
+}
+
+
+@pytest.mark.parametrize("command", FOLDER_COMMANDS)
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_run_is_never_written_into_its_data(command, overwrite, images, capsys):
+    """Its plots would be images of a class "benign" next time; --out data would add a class "plots"."""
+    argv = [*FOLDER_COMMANDS[command], "--data", str(images), *overwrite, "--out"]
+    before = _tree(images)
+    for out, says in ((images / "benign", "is inside the data folder"), (images, "is the data folder")):
+        assert main([*argv, str(out)]) == 2
+        _one_line_error(capsys, argv[0], f"--out {out} {says} {images}: what is written there would be read as input")
+        assert _tree(images) == before and not out.joinpath("checkpoints").exists()
+    assert not (images / "benign").exists()
+
+
+@pytest.mark.parametrize("command", [*FOLDER_COMMANDS, "explain"])
+def test_a_folder_of_other_files_is_refused_without_overwrite(command, checkpoint, images, tmp_path, capsys):
+    mydocs = tmp_path / "mydocs"
+    mydocs.mkdir()
+    (mydocs / "thesis.txt").write_text("four years")
+    if command == "explain":
+        argv = ["explain", "--checkpoint", str(checkpoint), "--input", str(images)]
+        kind = "explain output"
+    else:
+        argv = [*FOLDER_COMMANDS[command], "--data", str(images)]
+        kind = {"train": "a resnexus run", "train --folds": "a cross-validation run", "compare": "a comparison"}[
+            command
+        ]
+    assert main([*argv, "--out", str(mydocs)]) == 2
+    _one_line_error(
+        capsys,
+        argv[0],
+        f"--out {mydocs} already holds files that are not {kind} (thesis.txt); choose a new or empty folder, "
+        "or pass --overwrite to write into it anyway",
+    )
+    assert _tree(mydocs) == {"thesis.txt": b"four years"}
+
+
+def test_overwrite_writes_a_run_into_a_folder_of_other_files_which_may_hold_the_data(tmp_path, capsys):
+    """--overwrite means for any folder what it means for a run's: written into, nothing removed; and the
+    data inside the output folder (the reverse of an output inside the data) is fine."""
+    from tests.helpers import noise_folder
+
+    mydocs = tmp_path / "mydocs"
+    data = noise_folder(mydocs / "data")
+    (mydocs / "thesis.txt").write_text("four years")
+    argv = ["train", "--data", str(data), "--out", str(mydocs), *TINY_TRAIN, "--precision", "fp32"]
+    assert main(argv) == 2
+    _one_line_error(capsys, "train", "not a resnexus run (data, thesis.txt)")
+    assert main([*argv, "--overwrite"]) == 0, capsys.readouterr().err
+    assert (mydocs / "checkpoints" / "best.pt").is_file() and (mydocs / "thesis.txt").read_text() == "four years"
+    assert main(argv) == 2  # now it holds a run: refused as one (continue it with --resume)
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_explain_and_a_savedmodel_are_never_written_over_the_checkpoint_run(checkpoint, images, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").write_bytes(checkpoint.read_bytes())
+    before = _tree(run)
+    assert main(["explain", "--checkpoint", str(run), "--input", str(images), "--out", str(run), "--overwrite"]) == 2
+    _one_line_error(capsys, "explain", f"--out {run} is the checkpoint, an input of this command")
+    export = ["export", "--checkpoint", str(run), "--format", "savedmodel", "--overwrite", "--output"]
+    assert main([*export, str(run)]) == 2
+    _one_line_error(capsys, "export", f"--output {run} is the checkpoint, an input of this command")
+    mydocs = tmp_path / "mydocs"
+    mydocs.mkdir()
+    (mydocs / "thesis.txt").write_text("four years")
+    assert main([*export, str(mydocs)]) == 2  # a SavedModel replaces the folder whole: not even with --overwrite
+    _one_line_error(
+        capsys, "export", "not a SavedModel (thesis.txt); choose a new or empty folder, it would be replaced whole"
+    )
+    assert _tree(run) == before and _tree(mydocs) == {"thesis.txt": b"four years"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--weights", "imagenet"], "--checkpoint holds its model and weights: --weights would be ignored"),
+        (["--model", "resnet18"], "--checkpoint holds its model and weights: --model would be ignored"),
+        (["--model", "resnet18", "--weights", "imagenet", "--weights-dir", "w"], "--model, --weights, --weights-dir"),
+    ],
+)
+def test_predict_refuses_options_its_checkpoint_would_ignore(extra, message, checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(images), "--output", str(out), *extra]) == 2
+    _one_line_error(capsys, "predict", message)
+    assert not out.exists()
+
+
+def test_ignored_options_of_predict_evaluate_and_export_are_refused(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    published = ["--model", "resnet18", "--weights", "imagenet", "--ensemble"]
+    assert main(["predict", *published, "--input", str(images), "--output", str(out)]) == 2
+    _one_line_error(
+        capsys, "predict", "--ensemble averages the fold models of a --checkpoint `train --folds` directory"
+    )
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(images), "--overwrite"]) == 2
+    _one_line_error(capsys, "evaluate", "--overwrite replaces an existing --out file: it goes with --out")
+    keras = ["export", "--checkpoint", str(checkpoint), "--format", "keras", "--output", str(tmp_path / "m.keras")]
+    assert main([*keras, "--opset", "17"]) == 2
+    _one_line_error(capsys, "export", "--opset is an ONNX option; --format keras does not use it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["images", "model.pt"])

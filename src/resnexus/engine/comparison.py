@@ -85,6 +85,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import (
     TrainConfig,
     autocast_dtype,
+    check_run_output,
     checked_splits,
     complete_config,
     config_warnings,
@@ -172,6 +173,10 @@ class CompareResult:
         return _best(self.rows)
 
 
+# what makes a folder a comparison's: its tables, or the model runs (one split, or fold runs) it trains
+COMPARE_FILES = ("comparison.*", "comparison_*", "*/checkpoints", "*/compare_run.json", "*/*/checkpoints")
+
+
 def compare(
     models: Sequence[str],
     base: TrainConfig,
@@ -223,6 +228,7 @@ def compare(
     if recipe.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}: expected 'sgd' or 'adamw'")
 
+    check_run_output(recipe, out, ours=COMPARE_FILES, kind="a comparison")  # not the data, nor others' files
     # the images every model sees: one split, or the same fold runs (name -> splits)
     runs = _fold_runs(recipe, folds, repeats) if folds else {"": checked_splits(recipe, verbose=recipe.verbose)[0]}
     taken = [
@@ -318,7 +324,8 @@ def compare(
         rows, columns, recipe, protocol, class_names, model_configs, isolate, plot_path.name, jobs, positive
     )
     md_path = write_text_atomic(out / "comparison.md", markdown)
-    log(f"comparison: {md_path}")
+    best = _best(rows)
+    log(f"comparison: {md_path}" + (f" (best: {best['model']})" if best else ""))  # the CLI prints no copy
     return CompareResult(rows=rows, markdown=md_path, csv=csv_path, plot=plot_path)
 
 

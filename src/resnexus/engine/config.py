@@ -7,6 +7,7 @@ defaults it states are the ones :func:`complete_config` applies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -24,7 +25,8 @@ from ..data import AugmentConfig, Samples, digits_folder, resolve_splits
 from ..data.check import DataCheck, check_data
 from ..data.scan import DataError
 from ..data.split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
-from ..models.registry import create_model, find_pretrained, get_entry, is_weights_tag
+from ..files import check_output_folder
+from ..models.registry import check_overrides, create_model, find_pretrained, get_entry, is_weights_tag
 from .checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,10 @@ FINETUNE_LR_FACTOR = 0.1
 FINETUNE_RECIPE: dict[str, Any] = dict(epochs=30, warmup_epochs=1.0)
 ADAMW_WEIGHT_DECAY = 0.05
 SGD_WEIGHT_DECAY = 5e-4
+# The largest --image-size: the ResNet family is trained at 32-600 px, and memory grows with the
+# square of the side: at 2048 px one training image of a ResNet-50 holds ~84x the activations of one
+# at 224 px (several GB) and its decoded copy alone 16 MB. Larger is a typo (100000 px: 30 GB per image).
+MAX_IMAGE_SIZE = 2048
 
 
 def _option(default: Any, help: str) -> Any:
@@ -117,7 +123,9 @@ class TrainConfig:
     warmup_epochs: float | None = _option(None, "epochs of linear warm-up before the cosine decay; default {default:g}")
     label_smoothing: float = _option(0.1, "default {default:g}")
     image_size: int | None = _option(
-        None, "default {small_data_image_size} for 224-px models trained from scratch, else the model's size"
+        None,
+        "default {small_data_image_size} for 224-px models trained from scratch, else the model's size; "
+        "8 to {max_image_size}",
     )
     crop_fraction: float = 0.875  # evaluation: resize to size / crop_fraction, centre crop
     val_fraction: float = _option(DEFAULT_VAL_FRACTION, "default {default:g}")
@@ -199,6 +207,7 @@ def field_help(name: str) -> str:
             adamw_weight_decay=ADAMW_WEIGHT_DECAY,
             sgd_weight_decay=SGD_WEIGHT_DECAY,
             small_data_image_size=SMALL_DATA_IMAGE_SIZE,
+            max_image_size=MAX_IMAGE_SIZE,
             min_val_for_selection=MIN_VAL_FOR_SELECTION,
             finetune_epochs=FINETUNE_RECIPE["epochs"],
             finetune_lr_factor=FINETUNE_LR_FACTOR,
@@ -226,7 +235,11 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (lambda v: v >= 1, "epochs must be >= 1"),
     "freeze": (lambda v: v >= 0, "must be >= 0 stages (0: train every layer)"),
     "batch_size": (lambda v: v >= 1, "batch size must be >= 1"),
-    "image_size": (lambda v: v >= 8, "the image size >= 8 pixels is required"),
+    "image_size": (
+        lambda v: 8 <= v <= MAX_IMAGE_SIZE,
+        f"the image size >= 8 pixels is required, and <= {MAX_IMAGE_SIZE} (memory grows with its square; "
+        "ResNets are trained at 32-600 px)",
+    ),
     "lr": (lambda v: v >= 0, "the learning rate must be >= 0 (0: the weights stay as they start)"),
     "weight_decay": (lambda v: v >= 0, "must be >= 0"),
     "warmup_epochs": (lambda v: v >= 0, "must be >= 0"),
@@ -397,6 +410,7 @@ def complete_config(config: TrainConfig) -> TrainConfig:
         size = published.preprocessing.input_size
     else:
         size = SMALL_DATA_IMAGE_SIZE if native == 224 and not finetune else native
+    size = values["model_config"].get("img_size", size)  # a model built for one size (LeNet) trains at it
     _check_freeze(values["freeze"], values["model"], finetune)
     recipe = DEFAULT_RECIPE | (FINETUNE_RECIPE if finetune else {}) | {"image_size": size}
     for key, default in recipe.items():
@@ -409,6 +423,7 @@ def complete_config(config: TrainConfig) -> TrainConfig:
     if values["weight_decay"] is None:
         values["weight_decay"] = SGD_WEIGHT_DECAY if sgd else ADAMW_WEIGHT_DECAY
     values["augment"] = values["augment"] or AugmentConfig()
+    check_model_input(values["model"], values["model_config"], values["image_size"])
     if values["workers"] is None:
         values["workers"] = 0 if (torch.get_num_threads() <= 2) else min(8, torch.get_num_threads() // 2)
     if values["out"] is None:
@@ -428,6 +443,73 @@ def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     if values.get("weights") is not None and Path(values["weights"]).expanduser().is_file():
         paths["weights"] = values["weights"]
     return {key: str(Path(value).expanduser().resolve()) for key, value in paths.items() if value is not None}
+
+
+# set by the data and the images, never by model_config
+_NOT_MODEL_CONFIG = {
+    "num_classes": "it is the number of classes in the data",
+    "in_chans": "images are read as 3-channel RGB",
+}
+
+
+def check_model_input(model: str, model_config: dict[str, Any], image_size: int) -> None:
+    """Refuse, in one line and before any work, a model_config the model cannot be built with or an
+    image size it cannot take: the model is built on the meta device (shapes only, no memory) and
+    runs a batch of one image of ``image_size``, so a mismatch found minutes into training (a
+    matrix-shape error, a pooled map of size 0) is found here, with the sizes that work."""
+    for key, why in _NOT_MODEL_CONFIG.items():
+        if key in model_config:
+            raise ValueError(f"model_config cannot set {key} ({why}); remove it")
+    try:
+        check_overrides(model, model_config)
+    except ValueError as error:
+        raise ValueError(f"model_config: {error}") from None
+    _check_builds(model, json.dumps(model_config, sort_keys=True, default=list), image_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_builds(model: str, model_config_json: str, image_size: int) -> None:
+    """:func:`check_model_input` once per (model, overrides, size): train calls it for every fold run."""
+    overrides = json.loads(model_config_json)
+    try:
+        with torch.device("meta"):
+            network = create_model(model, num_classes=2, **overrides).eval()
+    except Exception as error:  # a value of the wrong kind: whatever the constructor raised, in one line
+        raise ValueError(f"model_config {overrides} cannot build {model}: {type(error).__name__}: {error}") from None
+    reason = _forward_fails(network, image_size)
+    if reason is None:
+        return
+    fixed = getattr(network, "img_size", None)  # built for one input size (LeNet: its fc layer)
+    if fixed is not None:
+        raise ValueError(
+            f"{model} is built for {fixed}x{fixed} images only, not --image-size {image_size}: use "
+            f"--image-size {fixed}, or model_config {{img_size: {image_size}}} to build it for {image_size} px"
+        )
+    smallest = _smallest_size(network, image_size)
+    works = f"it needs at least {smallest} px" if smallest else "no size up to the maximum works"
+    raise ValueError(f"{model} cannot take {image_size}x{image_size} images ({reason}); {works}")
+
+
+def _forward_fails(network: torch.nn.Module, size: int) -> str | None:
+    """Why a meta-device forward of one ``size`` x ``size`` image fails (the error's first line), or None."""
+    try:
+        with torch.no_grad():
+            network(torch.empty(1, 3, size, size, device="meta"))
+    except (RuntimeError, ValueError, IndexError) as error:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return None
+
+
+def _smallest_size(network: torch.nn.Module, failed: int) -> int | None:
+    """The smallest image size above ``failed`` that ``network`` takes (bisection: a feature map that
+    vanishes below some size is the only way a size-independent network fails), or None."""
+    low, high = failed, MAX_IMAGE_SIZE
+    if _forward_fails(network, high) is not None:
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if _forward_fails(network, middle) else (low, middle)
+    return high
 
 
 def _check_freeze(stages: int, model: str, finetune: bool) -> None:
@@ -605,13 +687,36 @@ def split_subfolders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.casefold() in {"train", "test"})
 
 
+RUN_FILES = ("checkpoints", "history.csv", "metrics.json")  # a folder holding one of these is a train run
+
+
+def check_run_output(
+    config: TrainConfig, out: str | Path | None = None, ours: Sequence[str] = RUN_FILES, kind: str = "a resnexus run"
+) -> Path:
+    """``out`` (default ``config.out``) checked against what the run reads, before any work
+    (:func:`resnexus.files.check_output_folder`): not the data folder or inside it (a CSV: not the
+    file), nor the weights folder; an existing folder is empty or ``kind`` (``ours``), else written
+    into only with ``overwrite``. ``train`` (folds too) and ``compare`` all check here."""
+    data = Path(config.data) if config.data is not None else None
+    is_file = data is not None and data.is_file()
+    return check_output_folder(
+        config.out if out is None else out,
+        inputs={"data file": data if is_file else None},
+        outside={"data folder": None if is_file else data, "weights folder": config.weights_dir},
+        ours=ours,
+        kind=kind,
+        overwrite=config.overwrite,
+    )
+
+
 def check_run_dir(config: TrainConfig) -> Path:
-    """Never overwrite a finished or interrupted run silently, and suggest only what will work.
+    """Never overwrite a finished or interrupted run silently, and suggest only what will work; never
+    write a run into its data or a folder of other files (:func:`check_run_output`).
 
     A folder holds a run when its ``checkpoints/`` holds a checkpoint (an empty one, left by a failed
     start of an older version, does not count); ``--resume`` is suggested only when ``last.pt`` exists.
     """
-    run_dir = Path(config.out)
+    run_dir = check_run_output(config)
     checkpoints = run_dir / "checkpoints"
     held = sorted([*checkpoints.glob("*.pt"), *checkpoints.glob("*.keras")]) if checkpoints.is_dir() else []
     if held and not (config.overwrite or config.resume):

@@ -53,6 +53,7 @@ from .config import (
     MIN_VAL_FOR_SELECTION,
     TrainConfig,
     check_before_training,
+    check_run_output,
     checkpoint_selection,
     complete_config,
     config_warnings,
@@ -453,8 +454,13 @@ def _check_partition(samples: Samples, plans: list[dict[str, Samples]]) -> None:
             raise AssertionError(f"fold {k}: train / val / test do not cover the data")
 
 
+CV_FILES = (CV_METRICS_FILE, "cv_splits.json", "cv_report.md", "fold[0-9]*", REFIT_DIR)  # a CV run's own
+
+
 def _check_run_dir(run_dir: Path, folds: int, config: TrainConfig, refit: bool) -> None:
-    """Refuse up front, not after hours of training, when an earlier run would be overwritten."""
+    """Refuse up front, not after hours of training, when an earlier run would be overwritten (or the
+    folder is the data's or holds other files: :func:`check_run_output`)."""
+    check_run_output(config, run_dir, ours=CV_FILES, kind="a cross-validation run")
     stale_refit = run_dir / REFIT_DIR / "checkpoints"
     if not refit and not config.resume and stale_refit.exists():
         raise FileExistsError(

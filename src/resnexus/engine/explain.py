@@ -21,10 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import BadImage, DataError, UnlabeledDataset, collate_readable, scan_unlabeled
-from ..files import atomic_write
+from ..files import atomic_write, check_output_folder
 from ..reports import save_figure
 from .checkpoint import load_checkpoint, load_fold_ensemble, model_from_checkpoint, resolve_checkpoint
-from .inference import _transform, check_writable_folder, log_skipped, readable_batches, suggest_skipping
+from .inference import _transform, log_skipped, readable_batches, suggest_skipping
 
 CSV_NAME = "explain.csv"  # the index explain writes beside the overlays
 
@@ -82,7 +82,7 @@ def explain(
     paths = scan_unlabeled(inputs)
     out = Path(out).expanduser()
     png_names = _png_names(paths)
-    _check_out(out, Path(inputs), [*png_names, CSV_NAME], overwrite)
+    _check_out(out, Path(inputs), checkpoint, [*png_names, CSV_NAME], overwrite)
     if ensemble:
         model, ckpt = load_fold_ensemble(checkpoint)
         members = list(model.members)
@@ -177,18 +177,22 @@ def _png_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _check_out(out: Path, inputs: Path, names: list[str], overwrite: bool) -> None:
+def _check_out(out: Path, inputs: Path, checkpoint: str | Path, names: list[str], overwrite: bool) -> None:
     """Refuse, before any work, an ``--out`` that cannot be written or would destroy something.
 
     Not a file; not the input folder or inside it (the overlays would be read as images next
-    time); and the files of an earlier run there (``explain.csv``, same-named PNGs) are replaced
-    only with ``overwrite``.
+    time), nor the checkpoint's run directory; a folder of other files only with ``overwrite``
+    (:func:`resnexus.files.check_output_folder`); and the files of an earlier run there
+    (``explain.csv``, same-named PNGs) are replaced only with ``overwrite``.
     """
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; explain writes a folder of overlays")
-    check_writable_folder(out)
-    if inputs.is_dir() and out.resolve().is_relative_to(inputs.resolve()):
-        raise ValueError(f"--out {out} is inside the input folder {inputs}; choose a folder outside it")
+    check_output_folder(
+        out,
+        inputs={"checkpoint": checkpoint},
+        outside={"input folder": inputs if inputs.is_dir() else None},
+        ours=(CSV_NAME, "*_gradcam.png"),
+        kind="explain output",
+        overwrite=overwrite,
+    )
     existing = [name for name in names if (out / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(

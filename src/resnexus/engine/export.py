@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import EvalPreprocess
+from ..files import atomic_write, check_output_folder
 from .checkpoint import (
     FORMAT,
     INFERENCE_KEYS,
@@ -67,19 +68,16 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 18, bat
 
     ``checkpoint`` may be a run directory (a cross-validation run's refit model, see
     ``resolve_checkpoint``)."""
-    onnx = require_onnx_package("onnx")
+    require_onnx_package("onnx")
     require_onnx_package("onnxscript")  # torch's exporter translates with it
+    output = check_output_file(output, checkpoint_files(checkpoint), overwrite=True)  # before any work
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     model = model_from_checkpoint(ckpt)
     size = ckpt["image_size"]
     example = torch.randn(batch, ckpt.get("in_chans", 3), size, size, generator=torch.Generator().manual_seed(0))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    torch.onnx.export(
+    program = torch.onnx.export(  # in memory (no file name): no weights file beside the output
         model,
         (example,),
-        str(tmp),
         dynamo=True,
         opset_version=opset,
         input_names=["images"],
@@ -87,11 +85,11 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 18, bat
         dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
         verbose=False,
     )
-    proto = onnx.load(str(tmp))
+    proto = program.model_proto
     meta = {k: ckpt.get(k) for k in INFERENCE_KEYS}
     proto.metadata_props.add(key=ONNX_META_KEY, value=json.dumps(meta))
-    onnx.save(proto, str(tmp))
-    tmp.replace(output)
+    with atomic_write(output, "wb") as f:  # the whole file or none, and no temporary file left
+        f.write(proto.SerializeToString())
 
     runtime = OnnxClassifier(output)
     with torch.no_grad():
@@ -169,15 +167,20 @@ def _check_keras_output(output: Path, fmt: str, checkpoint: str | Path, overwrit
         if output.suffix != ".keras":
             raise ValueError(f"--output {output}: a Keras model file must end in .keras")
         return check_output_file(output, checkpoint_files(checkpoint), overwrite)
-    output = output.expanduser()
+    # a SavedModel is a folder, replaced whole: never the checkpoint's run directory or a folder of other files
+    output = check_output_folder(
+        output,
+        inputs={"checkpoint": checkpoint},
+        ours=("saved_model.pb",),
+        kind="a SavedModel",
+        replaces=True,
+        flag="--output",
+    )
     sources = [Path(p).resolve() for p in checkpoint_files(checkpoint)]
-    if any(output.resolve() == p or output.resolve() in p.parents for p in sources):
+    if any(output.resolve() in p.parents for p in sources):
         raise ValueError(f"--output {output} holds the checkpoint being exported; refusing to replace it")
-    if output.exists() or output.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it")
-        if not (output / "saved_model.pb").is_file():
-            raise ValueError(f"--output {output} exists and is not a SavedModel folder; refusing to replace it")
+    if (output / "saved_model.pb").is_file() and not overwrite:
+        raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it")
     # the folder is written beside its final place, then renamed: check that place is writable
     return check_output_file(output / "saved_model.pb", overwrite=True).parent
 

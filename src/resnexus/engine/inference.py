@@ -36,7 +36,7 @@ from ..data import (
     scan_dataset,
     scan_unlabeled,
 )
-from ..files import atomic_write, write_text_atomic
+from ..files import atomic_write, check_writable_folder, write_text_atomic
 from ..reports import classification_metrics, resolve_positive_class
 from .checkpoint import FoldEnsemble, load_for_inference, load_published, resolve_checkpoint
 
@@ -120,24 +120,6 @@ def _fused(model: nn.Module) -> nn.Module:
         return fuse(model)
     except Exception:  # not traceable by torch.fx: keep the model unfused
         return model
-
-
-def check_writable_folder(path: str | Path, target: str | Path | None = None) -> None:
-    """Refuse a folder that cannot be created or written into, naming ``target`` (default: the folder).
-
-    Missing folders are fine (the writer creates them); what fails is an existing ancestor that is
-    a file or that this process may not write into. Checked before any work, so a bad path costs
-    one line instead of a traceback after minutes of inference.
-    """
-    folder = Path(path).expanduser()
-    named = Path(target) if target is not None else folder
-    ancestor = folder
-    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(f"cannot write {named}: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {named}: no permission to write into {ancestor}")
 
 
 def check_output_file(
@@ -251,6 +233,8 @@ def evaluate(
     ``skip_bad_images``: images that cannot be decoded are left out of the metrics and listed
     under ``skipped`` (and in the log) instead of stopping the evaluation.
     """
+    if overwrite and out is None:
+        raise ValueError("--overwrite replaces an existing --out file: it goes with --out")
     if out is not None:  # before any work: a bad --out costs no model loading (see predict)
         check_output_file(out, [*checkpoint_files(checkpoint), data], overwrite=True, flag="--out")
     source = checkpoint if ensemble else resolve_checkpoint(checkpoint)
@@ -364,6 +348,26 @@ def _probabilities(
     return kept, np.concatenate(probs), skipped
 
 
+def _check_model_source(
+    checkpoint: str | Path | None, model: str | None, weights: str | None, weights_dir: Any, ensemble: bool
+) -> None:
+    """One model source: a checkpoint (which holds its model and weights), or published weights by
+    name; an option the chosen source would ignore is refused rather than silently dropped."""
+    if checkpoint is not None:
+        given = [f for f, v in (("--model", model), ("--weights", weights), ("--weights-dir", weights_dir)) if v]
+        if given:
+            raise ValueError(
+                f"--checkpoint holds its model and weights: {', '.join(given)} would be ignored "
+                "(they name published weights to use without a checkpoint); drop them or --checkpoint"
+            )
+    elif model is None or weights is None:
+        raise ValueError(
+            "predict needs either --checkpoint, or --model with --weights (published weights, e.g. imagenet)"
+        )
+    elif ensemble:
+        raise ValueError("--ensemble averages the fold models of a --checkpoint `train --folds` directory")
+
+
 def predict(
     checkpoint: str | Path | None,
     inputs: str | Path,
@@ -393,10 +397,7 @@ def predict(
     ``skip_bad_images``: an image that cannot be decoded gets no row (as timm's inference script
     leaves out the samples it skips) and is listed in the log, instead of stopping the run.
     """
-    if (checkpoint is None) == (model is None or weights is None):
-        raise ValueError(
-            "predict needs either --checkpoint, or --model with --weights (published weights, e.g. imagenet)"
-        )
+    _check_model_source(checkpoint, model, weights, weights_dir, ensemble)
     # before any work: the path itself; once the images are known, that it is none of them (an
     # existing file is refused only then, so "pass --overwrite" is never said of an input)
     sources = checkpoint_files(checkpoint) if checkpoint is not None else []

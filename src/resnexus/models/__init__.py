@@ -22,6 +22,7 @@ from .registry import (
     list_models,
     list_pretrained,
     model_info,
+    model_options,
     register_family,
     register_model,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "model_info",
+    "model_options",
     "register_family",
     "register_model",
     "res2net",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -221,7 +222,11 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Registered model names matching a shell-style ``pattern``, sorted."""
+    """Registered model names matching a shell-style ``pattern``, sorted; an unknown ``family`` is
+    refused, naming the known ones (else it would look like a pattern that matches nothing)."""
+    families = sorted({e.family for e in _REGISTRY.values()})
+    if family is not None and family not in families:
+        raise ValueError(f"unknown family {family!r}; known families: {', '.join(families)}")
     return sorted(
         n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
     )
@@ -253,6 +258,7 @@ def create_model(
     """
     num_classes = check_num_classes(num_classes)
     entry = get_entry(name)
+    check_overrides(name, overrides)
     config = {**entry.config, **overrides}
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, **config)
     model.model_name = name
@@ -281,6 +287,29 @@ def create_model(
     if features_only:
         return FeatureExtractor(model, out_indices)
     return model
+
+
+def model_options(name: str) -> list[str]:
+    """The spec keys ``create_model(name, **overrides)`` accepts: its family's constructor arguments
+    (following ``**kwargs`` to the base class), less ``num_classes`` and ``in_chans``."""
+    options: set[str] = set()
+    builder = get_entry(name).builder
+    classes = [c for c in builder.__mro__ if "__init__" in vars(c)] if inspect.isclass(builder) else [builder]
+    for owner in classes:
+        parameters = inspect.signature(owner).parameters.values()
+        options |= {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return sorted(options - {"self", "num_classes", "in_chans"})
+
+
+def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
+    """Refuse spec overrides (``model_config``) that ``name``'s family does not take, listing those it does."""
+    allowed = model_options(name)
+    unknown = sorted(map(str, set(overrides) - set(allowed)))
+    if unknown:
+        family = get_entry(name).family
+        raise ValueError(f"{name} ({family}) has no option {', '.join(unknown)}; its options: {', '.join(allowed)}")
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
