@@ -100,6 +100,44 @@ def test_kfold_errors():
         kfold_splits(s, folds=7)
 
 
+def test_group_errors_say_how_the_groups_were_formed(tmp_path):
+    """--group-by patient on files not named <id>_<n>: the message shows the groups the pattern made."""
+    root = make_tree(tmp_path / "d", {"cat": [f"blue_{i}.png" for i in range(4)], "dog": ["red.png", "red_1.png"]})
+    samples = resolve_splits(root, group_by="patient", val_fraction=0.0, test_fraction=0.0)["train"]
+    how = "2 groups from --group-by 'patient' (the file stem without a trailing _N): every image maps to one of "
+    counts = "'cat': 4 images / 1 groups; 'dog': 2 images / 1 groups; "
+    with pytest.raises(DataError) as error:
+        kfold_splits(samples, folds=3)
+    assert (
+        str(error.value)
+        == f"cannot make 3 folds from 2 groups; 6 images: {counts}{how}'blue' (4 images), 'red' (2 images)"
+    )
+    with pytest.raises(DataError) as error:
+        resolve_splits(root, group_by="patient")
+    assert str(error.value).endswith(f"{counts}{how}'blue' (4 images), 'red' (2 images)")
+    with pytest.raises(DataError, match=r"\(a regular expression on the file name.*\): .* 'png' \(6 images\)$"):
+        resolve_splits(root, group_by="png", test_fraction=0.5)  # the whole match: one group
+    many = resolve_splits(root, group_by=r"(\w+)\.png", val_fraction=0.0, test_fraction=0.0)["train"]
+    with pytest.raises(DataError, match=r"6 groups from --group-by .* 'blue_0' \(1 images\), .*, \.\.\. \(1 more\)$"):
+        kfold_splits(many, folds=7)
+
+
+def test_group_errors_name_the_csv_column(tmp_path):
+    root = make_tree(tmp_path / "d", {"cat": ["a.png", "b.png"], "dog": ["c.png", "d.png"]})
+    rows = ["path,label,site", "cat/a.png,cat,x", "cat/b.png,cat,x", "dog/c.png,dog,y", "dog/d.png,dog,y"]
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(
+        DataError, match=r"2 groups from --group-by 'site' \(the CSV column 'site'\): .* 'x' \(2 images\)"
+    ):
+        resolve_splits(root / "list.csv", group_by="site")
+
+
+def test_ungrouped_errors_list_no_groups():
+    with pytest.raises(DataError) as error:
+        kfold_splits(_samples({"a": (3, 1), "b": (3, 1)}), folds=7)
+    assert "maps to" not in str(error.value)
+
+
 def test_resolve_splits_explicit_layout(tmp_path):
     make_tree(tmp_path / "train", {"cat": ["c1.png", "c2.png"], "dog": ["d1.png", "d2.png"]})
     make_tree(tmp_path / "Valid", {"dog": ["d3.png"]})

@@ -20,6 +20,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", "
 # Named group-id conventions. "patient": MSLD-style names where the images of one patient share
 # a stem and differ by a trailing "_<n>" (a13_1.jpg, a13_2.jpg -> "a13"; 17.jpg, 17_2.jpg -> "17").
 GROUP_PATTERNS: dict[str, str] = {"patient": r"^(.+?)(?:_\d+)?\.[^.]+$"}
+# What each convention means in words, for the messages of a split the groups defeat.
+GROUP_RULES: dict[str, str] = {"patient": "the file stem without a trailing _N"}
 
 # Folders that archivers and file browsers leave behind; never a class, never images.
 _JUNK_DIRS = frozenset({"__MACOSX"})
@@ -36,7 +38,9 @@ class Samples:
     """A labelled image list: parallel lists of paths, label indices and group ids.
 
     ``groups`` are what a split keeps together (e.g. all photos of one patient); ``root`` is the
-    folder the paths were found under, kept for messages and relative display.
+    folder the paths were found under, kept for messages and relative display. ``grouping`` says
+    how the groups were formed (see :func:`describe_grouping`; ``None``: each file its own group),
+    so that a split the groups defeat can say why.
     """
 
     paths: list[Path]
@@ -44,6 +48,7 @@ class Samples:
     class_names: list[str]
     groups: list[str]
     root: Path
+    grouping: str | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.paths) == len(self.labels) == len(self.groups)):
@@ -64,6 +69,7 @@ class Samples:
             class_names=list(self.class_names),
             groups=[self.groups[i] for i in idx],
             root=self.root,
+            grouping=self.grouping,
         )
 
     def excluding(self, paths: Collection[Path]) -> Samples:
@@ -87,7 +93,8 @@ class Samples:
             present = [where[r] for r in (Path(f).resolve() for f in files) if r in where]
             for g in present[1:]:
                 parent[root(g)] = root(present[0])
-        return Samples(self.paths, self.labels, self.class_names, [root(g) for g in self.groups], self.root)
+        groups = [root(g) for g in self.groups]
+        return Samples(self.paths, self.labels, self.class_names, groups, self.root, self.grouping)
 
     def class_counts(self) -> dict[str, int]:
         """Images per class, in class order, zero for classes without images here."""
@@ -265,6 +272,17 @@ def _resolve_pattern(pattern: str) -> re.Pattern[str]:
         raise DataError(f"invalid group pattern {pattern!r}: {e}") from None
 
 
+def describe_grouping(group_by: str, column: bool = False) -> str:
+    """How ``--group-by group_by`` forms groups, in words: a named convention, a CSV column or a regex."""
+    if column:
+        how = f"the CSV column {group_by!r}"
+    else:
+        how = GROUP_RULES.get(
+            group_by, "a regular expression on the file name: its first capture group, else the match"
+        )
+    return f"--group-by {group_by!r} ({how})"
+
+
 def group_ids(paths: Sequence[Path], pattern: str | None) -> list[str]:
     """Group id of each file, so that related images (one patient, one scene) split together.
 
@@ -333,7 +351,8 @@ def scan_folder(root: str | Path, group_by: str | None = None, class_names: Sequ
         paths.extend(files)
         labels.extend([index[folder]] * len(files))
     groups = group_ids([p.relative_to(root) for p in paths], group_by)
-    return Samples(paths=paths, labels=labels, class_names=names, groups=groups, root=root)
+    grouping = None if group_by is None else describe_grouping(group_by)
+    return Samples(paths=paths, labels=labels, class_names=names, groups=groups, root=root, grouping=grouping)
 
 
 def scan_dataset(source: str | Path, group_by: str | None = None, class_names: Sequence[str] | None = None) -> Samples:
@@ -352,6 +371,7 @@ def scan_dataset(source: str | Path, group_by: str | None = None, class_names: S
     samples = scan_csv(source, class_names=class_names)
     if group_by is not None:
         samples.groups = group_ids([p.relative_to(samples.root) for p in samples.paths], group_by)
+        samples.grouping = describe_grouping(group_by)
     return samples
 
 
@@ -425,6 +445,7 @@ def scan_csv(
         class_names=names,
         groups=[r[3] for r in rows],
         root=base,
+        grouping=None if group_column is None else describe_grouping(group_column, column=True),
     )
 
 

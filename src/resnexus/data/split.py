@@ -9,7 +9,7 @@ split with exact sizes), ``StratifiedGroupKFold`` otherwise (sizes exact up to w
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -35,6 +35,17 @@ def _per_class(labels: Sequence[int], groups: Sequence[str], class_names: Sequen
     return "; ".join(parts)
 
 
+def _formed(groups: Sequence[str], grouping: str | None, shown: int = 5) -> str:
+    """How the groups were formed and the largest of them ("" when each file is its own group), so
+    that a pattern that grouped wrongly (every image in two groups, say) shows at once."""
+    if grouping is None:
+        return ""
+    counts = Counter(groups).most_common()
+    listed = ", ".join(f"{g!r} ({n} images)" for g, n in counts[:shown])
+    more = f", ... ({len(counts) - shown} more)" if len(counts) > shown else ""
+    return f"; {len(counts)} groups from {grouping}: every image maps to one of {listed}{more}"
+
+
 def _fold_grid(fraction: float, n_groups: int) -> tuple[int, int]:
     """(m, k): hold out m of k folds, m/k closest to ``fraction`` (fewest folds on ties)."""
     best: tuple[float, int, int] | None = None
@@ -54,11 +65,13 @@ def _holdout(
     seed: int,
     what: str,
     class_names: Sequence[str],
+    grouping: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split positions 0..n-1 into (keep, holdout) with about ``fraction`` held out.
 
     ``what`` says what is held out and, where ``fraction`` is not the one the user typed, why
     (validation is carved from what the test split left): messages must show the user's numbers.
+    ``grouping`` (:attr:`Samples.grouping`) lets them say how the groups were formed.
     """
     n = len(labels)
     classes = set(labels.tolist())
@@ -66,7 +79,7 @@ def _holdout(
     def too_few(reason: str) -> DataError:
         return DataError(
             f"too few images to hold out {what} ({reason}); "
-            f"{n} images: {_per_class(labels.tolist(), groups.tolist(), class_names)}"
+            f"{n} images: {_per_class(labels.tolist(), groups.tolist(), class_names)}{_formed(groups.tolist(), grouping)}"
         )
 
     per_class_groups = defaultdict(set)
@@ -135,7 +148,7 @@ def split_samples(
     out_idx: dict[str, np.ndarray] = {}
     if test_fraction > 0:
         what = f"{test_fraction:.0%} for test"
-        keep, hold = _holdout(labels, groups, test_fraction, seed, what, samples.class_names)
+        keep, hold = _holdout(labels, groups, test_fraction, seed, what, samples.class_names, samples.grouping)
         out_idx["test"] = pool[hold]
         pool = pool[keep]
     if val_fraction > 0:
@@ -143,7 +156,7 @@ def split_samples(
         what = f"{val_fraction:.0%} for validation"
         if test_fraction > 0:  # the fraction applied to what is left: say so, or "12 %" looks like a bug
             what += f" ({frac:.1%} of the {len(pool)} images left after the test split)"
-        keep, hold = _holdout(labels[pool], groups[pool], frac, seed, what, samples.class_names)
+        keep, hold = _holdout(labels[pool], groups[pool], frac, seed, what, samples.class_names, samples.grouping)
         out_idx["val"] = pool[hold]
         pool = pool[keep]
     result = {"train": samples.subset(pool.tolist())}
@@ -164,6 +177,7 @@ def kfold_splits(samples: Samples, folds: int, seed: int = 0) -> list[tuple[list
     groups = np.asarray(samples.groups, dtype=object)
     n_groups = len(set(samples.groups))
     detail = f"{len(samples)} images: {_per_class(samples.labels, samples.groups, samples.class_names)}"
+    detail += _formed(samples.groups, samples.grouping)
     if n_groups < folds:
         raise DataError(f"cannot make {folds} folds from {n_groups} groups; {detail}")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
