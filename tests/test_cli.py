@@ -3,8 +3,10 @@ library log messages shown as plain lines for the length of one command."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
+import shlex
 
 import pytest
 
@@ -113,3 +115,81 @@ def test_models_names_an_unknown_family_and_lists_the_known_ones(capsys):
     assert capsys.readouterr().err == "resnexus models: error: no model matches 'nothing*' in family lenet\n"
     assert main(["models", "--family", "lenet"]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("lenet ")
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    """Every sub-command's parser, by name, as build_parser makes them."""
+    (action,) = (a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_command_has_a_description_and_examples_the_parser_accepts(monkeypatch):
+    """`resnexus COMMAND --help` teaches: what the command is for, then example lines that parse as shown."""
+    monkeypatch.setenv("COLUMNS", "100")
+    commands = _commands()
+    assert {"train", "evaluate", "predict", "explain", "export", "compare", "check-data", "models", "serve"} <= set(
+        commands
+    )
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert sub.description and sub.description.count("\n") >= 1, name  # 2-4 lines, kept as written
+        assert sub.description in text, name
+        examples = [line.strip() for line in text.split("examples:", 1)[1].splitlines() if line.strip()]
+        examples = [line for line in examples if line.startswith("resnexus ")]
+        assert len(examples) >= 3 if name != "serve" else examples, name
+        for line in examples:
+            argv = shlex.split(line, comments=True)[1:]
+            assert argv[0] == name, line
+            try:
+                args = cli.build_parser().parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"the example {line!r} does not parse")
+            assert args.command == name
+
+
+def test_serve_help_keeps_the_reverse_proxy_advice_after_its_examples(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    text = _commands()["serve"].format_help()
+    assert text.index("resnexus serve --checkpoint") < text.index("reverse_proxy 127.0.0.1:8000")
+
+
+def test_train_and_compare_help_show_their_flags_in_sections(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    titles = [
+        "data:",
+        "model:",
+        "recipe:",
+        "augmentation:",
+        "cross-validation:",
+        "distributed & performance:",
+        "output:",
+    ]
+    section = {}  # (command, flag) -> the section title above it
+    for name in ("train", "compare"):
+        lines = _commands()[name].format_help().splitlines()
+        assert [line for line in lines if line in titles] == titles, name
+        title = None
+        for line in lines:
+            if line in titles:
+                title = line
+            elif line.startswith("  --"):
+                section[name, line.split()[0]] = title
+        assert section[name, "--group-by"] == section[name, "--data"] == "data:", name
+        assert section[name, "--epochs"] == "recipe:" and section[name, "--mixup"] == "augmentation:", name
+        assert section[name, "--folds"] == "cross-validation:" and section[name, "--out"] == "output:", name
+        assert section[name, "--precision"] == "distributed & performance:", name
+    assert section["train", "--weights"] == section["compare", "--models"] == "model:"
+    assert section["train", "--nproc"] == section["compare", "--jobs"] == "distributed & performance:"
+    assert section["train", "--jobs"] == section["compare", "--repeats"] == "cross-validation:"
+    assert section["train", "--resume"] == "output:"
+
+
+def test_group_by_and_data_help_explain_the_conventions(capsys, monkeypatch):
+    help = _option_help(capsys, monkeypatch)
+    assert (
+        "'patient': the file stem without a trailing _N (a13_1.jpg and a13_2.jpg are patient a13" in help["--group-by"]
+    )
+    assert "regular expression searched in the file name" in help["--group-by"]
+    assert "first capture group, else the whole match" in help["--group-by"]
+    assert "for a CSV" in help["--group-by"]
+    assert "a CSV file with path,label columns" in help["--data"]

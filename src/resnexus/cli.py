@@ -86,140 +86,275 @@ def weights_table(names: Sequence[str], markdown: bool = False) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
+# What each command is for and how it is typed: `resnexus COMMAND --help` shows the description
+# above the options and the examples below them (tests parse every example with build_parser).
+_GUIDE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train": (
+        "Train a model on a labelled image folder (or a path,label CSV), evaluate it on a held-out test\n"
+        "split and write a run directory: checkpoints, metrics and a report. Without --data it trains on\n"
+        "scikit-learn's handwritten digits, a check that everything works. On a small data set add\n"
+        "--folds K for a cross-validated estimate, and --group-by so one patient's images stay together.",
+        (
+            "resnexus train                                  # built-in digits, a few minutes on a laptop",
+            "resnexus train --data photos/ --model resnet18 --folds 5 --group-by patient --out runs/lesions",
+            "resnexus train --data photos/ --model resnet50 --weights imagenet --freeze 1   # fine-tune",
+            "resnexus train --data labels.csv --group-by site --epochs 40 --out runs/sites",
+            "resnexus train --resume runs/lesions            # continue a stopped run (or --epochs 60: longer)",
+            "resnexus train --data photos/ --nproc 2 --batch-size 128   # two processes, data-parallel",
+        ),
+    ),
+    "compare": (
+        "Train several models on the same split (or the same K folds) with the same recipe and write a\n"
+        "side-by-side table (comparison.md/.csv) and a plot: accuracy, parameters, MACs, speed, memory.\n"
+        "Use it to choose an architecture for your data; with --folds the table has the mean, its\n"
+        "corrected standard error and each model's paired difference against the first.",
+        (
+            "resnexus compare --models resnet20_cifar,resnet32_cifar --out runs/digits-compare",
+            "resnexus compare --models resnet18,resnext50_32x4d --data photos/ --folds 5 --group-by patient "
+            "--out runs/cmp",
+            "resnexus compare --models resnet18,resnet50 --data photos/ --folds 5 --repeats 3 --jobs 2 --out runs/cmp3",
+            "resnexus compare --models resnet50,keras:resnet50 --data photos/ --out runs/frameworks",
+            "resnexus compare --models resnet18,resnext50_32x4d --data photos/ --folds 5 --group-by patient "
+            "--out runs/cmp --resume",
+        ),
+    ),
+    "evaluate": (
+        "Measure a trained model on labelled images it has not seen: accuracy, per-class metrics and the\n"
+        "confusion matrix (for two classes also sensitivity, specificity and ROC-AUC). Use it on a new\n"
+        "test set, or on an exported .onnx file to check the export gives the same numbers.",
+        (
+            "resnexus evaluate --checkpoint runs/lesions --data new-photos/",
+            "resnexus evaluate --checkpoint runs/lesions/checkpoints/best.pt --data photos/test --out metrics.json",
+            "resnexus evaluate --checkpoint runs/cv --ensemble --tta --data new-photos/",
+            "resnexus evaluate --checkpoint model.onnx --data new-photos/ --positive-class melanoma",
+        ),
+    ),
+    "predict": (
+        "Classify unlabelled images with a trained model (or a registry model with published weights)\n"
+        "and write one CSV row per image: the predicted label and every class's probability.\n"
+        "Use --id-label for a Kaggle-style id,label submission file.",
+        (
+            "resnexus predict --checkpoint runs/lesions --input new-photos/ --output predictions.csv",
+            "resnexus predict --checkpoint model.onnx --input photo.jpg --output photo.csv",
+            "resnexus predict --model resnet50 --weights imagenet --input photos/ --output imagenet.csv",
+            "resnexus predict --checkpoint runs/cv --ensemble --tta --input test/ --output submission.csv --id-label",
+        ),
+    ),
+    "explain": (
+        "Draw Grad-CAM heat maps over images: where in each image the evidence for a class lies, one\n"
+        "<image>_gradcam.png per image and explain.csv. Use it to check that a model looks at the\n"
+        "object, not at a ruler, a label or the background.",
+        (
+            "resnexus explain --checkpoint runs/lesions --input new-photos/ --out cams/",
+            "resnexus explain --checkpoint runs/lesions --input photo.jpg --out cams/ --target melanoma",
+            "resnexus explain --checkpoint runs/cv --ensemble --input photos/test --out cams/ --overwrite",
+        ),
+    ),
+    "export": (
+        "Convert a trained checkpoint for deployment: ONNX (onnxruntime; predict, evaluate and serve\n"
+        "read it too), a Keras .keras file, or a TensorFlow SavedModel folder for TF Serving.\n"
+        "Check the result with `resnexus evaluate --checkpoint model.onnx --data ...`.",
+        (
+            "resnexus export --checkpoint runs/lesions --output model.onnx",
+            "resnexus export --checkpoint runs/lesions --output model.keras --format keras",
+            "resnexus export --checkpoint runs/lesions --output saved/lesions --format savedmodel --overwrite",
+        ),
+    ),
+    "check-data": (
+        "Check an image folder or a path,label CSV before training: unreadable, truncated and oversized\n"
+        "files, duplicates (also across splits and labels), empty or stray class folders, and whether\n"
+        "train can split it with these fractions and --group-by. It reads the images and changes nothing.",
+        (
+            "resnexus check-data photos/",
+            "resnexus check-data photos/ --group-by patient --quiet",
+            "resnexus check-data labels.csv --group-by site --test-fraction 0.3",
+        ),
+    ),
+    "models": (
+        "List the registered architectures with their parameters, multiply-accumulates per image and\n"
+        "the paper's error, or (--weights) the published weights each can load: the tags that\n"
+        "`train --weights` and `predict --weights` take. Use it to pick a --model.",
+        (
+            "resnexus models",
+            "resnexus models 'resnext*'",
+            "resnexus models --family densenet --markdown",
+            "resnexus models resnet50 --weights",
+        ),
+    ),
+    "serve": (
+        "Serve a trained model over HTTP: POST /v1/predict returns class probabilities, / is a web page\n"
+        "to try images by hand, /metrics is for Prometheus; requests arriving together are batched.\n"
+        "Needs the serve extra: pip install 'resnexus[serve]'.",
+        (
+            "resnexus serve --checkpoint runs/lesions",
+            "resnexus serve --checkpoint model.onnx --port 9000 --max-batch 16",
+            "resnexus serve --checkpoint runs/cv --max-file-mb 32 --no-batching",
+        ),
+    ),
+}
+
+
+def _command(
+    commands: argparse._SubParsersAction, name: str, epilog: str = "", **kwargs: Any
+) -> argparse.ArgumentParser:
+    """A sub-command with its description and examples from :data:`_GUIDE` (``epilog``: more after them)."""
+    description, examples = _GUIDE[name]
+    text = "examples:\n" + "\n".join("  " + line for line in examples) + ("\n\n" + epilog if epilog else "")
+    return commands.add_parser(
+        name, description=description, epilog=text, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+    )
+
+
+# train's and compare's --help sections, in this order
+_SECTIONS = ("data", "model", "recipe", "augmentation", "cross-validation", "distributed & performance", "output")
+
+
+def _sections(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    return {title: p.add_argument_group(title) for title in _SECTIONS}
+
+
 def _add_train(commands: argparse._SubParsersAction) -> None:
     # Flags default to SUPPRESS so that only what was typed overrides --config and the defaults.
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "train",
         help="train and evaluate a model on an image folder (default: built-in digits)",
         argument_default=argparse.SUPPRESS,
     )
-    _option(p, "--model")
-    _option(p, "--out")
-    p.add_argument(
+    g = _sections(p)
+    _option(g["model"], "--model")
+    _option(g["model"], "--weights")
+    _option(g["model"], "--weights-dir")
+    _option(g["model"], "--freeze", type=int)
+    _option(g["model"], "--framework", choices=("torch", "keras"))
+    _option(g["output"], "--out")
+    g["output"].add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue a run from its last checkpoint, on the same images (checked) and recipe: options that "
         "would change the run are refused, except a longer --epochs, which re-stretches the cosine schedule "
         "to the new total",
     )
-    _option(p, "--weights")
-    _option(p, "--weights-dir")
-    _option(p, "--freeze", type=int)
-    p.add_argument(
+    cv = g["cross-validation"]
+    cv.add_argument(
         "--folds",
         type=int,
         help="K-fold cross-validation (stratified, grouped): each fold is the test "
         "set once, validation is --val-fraction of the rest; reports mean +- std (the estimate), "
         "then trains the deployable model on every image into RUN_DIR/refit",
     )
-    p.add_argument(
+    cv.add_argument(
         "--jobs",
         type=int,
         help="with --folds: train N of the fold runs and the refit side by side, each in a process with "
         "1/N of the threads: the same runs and files (benchmarks/cv_jobs.py measures the gain); default 1",
     )
-    p.add_argument(
+    cv.add_argument(
         "--no-refit",
         dest="no_refit",
         action="store_true",
         help="with --folds: skip the model on every image (use the fold models with --ensemble)",
     )
-    p.add_argument(
+    g["distributed & performance"].add_argument(
         "--nproc",
         type=int,
         help="train data-parallel in N processes on this machine "
         "(runs torchrun --standalone --nproc_per_node N); --batch-size is the global batch",
     )
-    _option(p, "--framework", choices=("torch", "keras"))
-    _add_recipe_flags(p)
+    _add_recipe_flags(g)
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "compare",
         help="train several models on the same split and recipe, side by side",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument(
+    g = _sections(p)
+    g["model"].add_argument(
         "--models",
         required=True,
         help="comma-separated registry names; keras:NAME trains NAME with Keras (model.fit), "
         "e.g. resnext50_32x4d,keras:resnext50_32x4d",
     )
-    p.add_argument("--out", required=True, help="folder for the runs, comparison.md/.csv and the plot")
-    p.add_argument(
-        "--no-isolate",
-        dest="no_isolate",
-        action="store_true",
-        help="train in this process (faster; peak memory is then not measured on CPU)",
-    )
-    p.add_argument(
-        "--folds",
-        type=int,
-        help="compare on K-fold cross-validation (stratified, grouped by --group-by) instead of one split: "
-        "every model on the same fold runs; mean, corrected SE and the paired difference against the first model",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        help="with --folds: repeat the K folds R times with fold seeds seed .. seed+R-1 (default 1)",
-    )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        help="train N runs (models, fold runs) side by side, each in its own process with 1/N of the threads; "
-        "default 1",
-    )
-    p.add_argument(
+    g["output"].add_argument("--out", required=True, help="folder for the runs, comparison.md/.csv and the plot")
+    g["output"].add_argument(
         "--resume",
         action="store_true",
         help="continue a stopped comparison in --out with the same options: finished runs are kept, an "
         "interrupted one continues from its last.pt, the others are trained",
     )
-    _add_recipe_flags(p)
+    g["cross-validation"].add_argument(
+        "--folds",
+        type=int,
+        help="compare on K-fold cross-validation (stratified, grouped by --group-by) instead of one split: "
+        "every model on the same fold runs; mean, corrected SE and the paired difference against the first model",
+    )
+    g["cross-validation"].add_argument(
+        "--repeats",
+        type=int,
+        help="with --folds: repeat the K folds R times with fold seeds seed .. seed+R-1 (default 1)",
+    )
+    perf = g["distributed & performance"]
+    perf.add_argument(
+        "--jobs",
+        type=int,
+        help="train N runs (models, fold runs) side by side, each in its own process with 1/N of the threads; "
+        "default 1",
+    )
+    perf.add_argument(
+        "--no-isolate",
+        dest="no_isolate",
+        action="store_true",
+        help="train in this process (faster; peak memory is then not measured on CPU)",
+    )
+    _add_recipe_flags(g)
 
 
-def _option(p: argparse.ArgumentParser, flag: str, dest: str | None = None, **kwargs: Any) -> None:
+def _option(p: argparse._ActionsContainer, flag: str, dest: str | None = None, **kwargs: Any) -> None:
     """A flag for a TrainConfig field, with the field's help (defaults included) from engine/config.py."""
     dest = dest or flag.removeprefix("--").replace("-", "_")
     p.add_argument(flag, dest=dest, help=field_help(dest), **kwargs)
 
 
-def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
-    """The data and training-recipe flags `train` and `compare` share."""
-    _option(p, "--data")
-    p.add_argument("--config", dest="config_file", help="YAML file of TrainConfig fields; flags override it")
-    _option(p, "--epochs", type=int)
-    _option(p, "--batch-size", type=int)
-    _option(p, "--lr", type=float)
-    _option(p, "--optimizer", choices=("sgd", "adamw"))
-    _option(p, "--weight-decay", type=float)
-    _option(p, "--warmup-epochs", type=float)
-    _option(p, "--label-smoothing", type=float)
-    _option(p, "--image-size", type=int)
-    _option(p, "--val-fraction", type=float)
-    _option(p, "--test-fraction", type=float)
-    _option(p, "--group-by")
-    _option(p, "--seed", type=int)
-    _option(p, "--precision", choices=("auto", "bf16", "fp16", "fp32"))
-    _option(p, "--mixup", type=float)
-    _option(p, "--cutmix", type=float)
-    _option(p, "--ema", "ema_decay", type=float)
-    _option(p, "--clip-grad", "clip_grad_norm", type=float)
-    _option(p, "--early-stopping", type=int)
-    _option(p, "--balance", choices=("none", "loss", "sampler"))
-    _option(p, "--tta", action="store_true")
-    _option(p, "--select", choices=("auto", "val", "last"))
-    _option(p, "--positive-class")
-    _option(p, "--compile", action="store_true")
-    _option(p, "--tensorboard", action="store_true")
-    _option(p, "--workers", type=int)
-    _option(p, "--cache-dir")
-    _option(p, "--overwrite", action="store_true")
-    _option(p, "--checkpoint-every", type=float)
-    _option(p, "--progress-every", type=float)
-    _option(p, "--sync-bn", action="store_true")
-    _option(p, "--skip-bad-images", action="store_true")
+def _add_recipe_flags(g: dict[str, argparse._ArgumentGroup]) -> None:
+    """The data and training-recipe flags `train` and `compare` share, in their --help sections."""
+    data, recipe, augment = g["data"], g["recipe"], g["augmentation"]
+    perf, out = g["distributed & performance"], g["output"]
+    _option(data, "--data")
+    _option(data, "--val-fraction", type=float)
+    _option(data, "--test-fraction", type=float)
+    _option(data, "--group-by")
+    _option(data, "--skip-bad-images", action="store_true")
+    _option(g["model"], "--image-size", type=int)
+    recipe.add_argument("--config", dest="config_file", help="YAML file of TrainConfig fields; flags override it")
+    _option(recipe, "--epochs", type=int)
+    _option(recipe, "--batch-size", type=int)
+    _option(recipe, "--lr", type=float)
+    _option(recipe, "--optimizer", choices=("sgd", "adamw"))
+    _option(recipe, "--weight-decay", type=float)
+    _option(recipe, "--warmup-epochs", type=float)
+    _option(recipe, "--label-smoothing", type=float)
+    _option(recipe, "--ema", "ema_decay", type=float)
+    _option(recipe, "--clip-grad", "clip_grad_norm", type=float)
+    _option(recipe, "--early-stopping", type=int)
+    _option(recipe, "--balance", choices=("none", "loss", "sampler"))
+    _option(recipe, "--select", choices=("auto", "val", "last"))
+    _option(recipe, "--seed", type=int)
+    _option(augment, "--mixup", type=float)
+    _option(augment, "--cutmix", type=float)
+    _option(augment, "--tta", action="store_true")
+    _option(perf, "--precision", choices=("auto", "bf16", "fp16", "fp32"))
+    _option(perf, "--compile", action="store_true")
+    _option(perf, "--workers", type=int)
+    _option(perf, "--cache-dir")
+    _option(perf, "--sync-bn", action="store_true")
+    _option(out, "--overwrite", action="store_true")
+    _option(out, "--positive-class")
+    _option(out, "--checkpoint-every", type=float)
+    _option(out, "--progress-every", type=float)
+    _option(out, "--tensorboard", action="store_true")
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -324,12 +459,16 @@ _ENSEMBLE_HELP = "--checkpoint is a `train --folds` directory: use its fold mode
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnexus", description="The ResNet family of image classifiers.")
+    parser = argparse.ArgumentParser(
+        prog="resnexus",
+        description="The ResNet family of image classifiers.",
+        epilog="`resnexus COMMAND --help` describes a command, its options and examples; start with `resnexus train`.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('resnexus').__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
     _add_compare(commands)
-    ev = commands.add_parser("evaluate", help="metrics of a checkpoint on a labelled image folder")
+    ev = _command(commands, "evaluate", help="metrics of a checkpoint on a labelled image folder")
     ev.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
     ev.add_argument("--data", required=True, help="folder with class sub-folders (or its test/ part)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
@@ -347,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on the images that can be decoded instead of stopping at the first that cannot; "
         "the rest are listed in the log and under 'skipped' in --out",
     )
-    pr = commands.add_parser("predict", help="predict images into a CSV file")
+    pr = _command(commands, "predict", help="predict images into a CSV file")
     pr.add_argument("--checkpoint", help=_CHECKPOINT_HELP)
     pr.add_argument("--model", help="without --checkpoint: a registry name, used with published --weights")
     pr.add_argument(
@@ -367,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict the images that can be decoded instead of stopping at the first that cannot; the rest "
         "get no row in --output (as timm's inference script leaves out what it skips) and are listed in the log",
     )
-    ex = commands.add_parser("explain", help="Grad-CAM overlays: where in each image the evidence for a class lies")
+    ex = _command(commands, "explain", help="Grad-CAM overlays: where in each image the evidence for a class lies")
     ex.add_argument("--checkpoint", required=True, help="a resnexus checkpoint or a run directory (see evaluate)")
     ex.add_argument("--input", required=True, help="an image or a folder (class sub-folders are read too)")
     ex.add_argument("--out", required=True, help="folder for <image>_gradcam.png files and explain.csv")
@@ -381,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain the images that can be decoded instead of stopping at the first that cannot; the rest "
         "get no overlay and no row in explain.csv, and are listed in the log",
     )
-    exp = commands.add_parser(
+    exp = _command(
+        commands,
         "export",
         help="export a checkpoint to ONNX (usable by predict/evaluate via onnxruntime), .keras or a TF SavedModel",
     )
@@ -398,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--overwrite", action="store_true", help="keras, savedmodel: replace an existing --output (ONNX always does)"
     )
-    cd = commands.add_parser("check-data", help="find unreadable, oversized, duplicate and misplaced images")
+    cd = _command(commands, "check-data", help="find unreadable, oversized, duplicate and misplaced images")
     cd.add_argument("data", help="class-folder tree (optionally train/ val/ test/) or a path,label CSV")
     cd.add_argument(
         "--max-pixels", type=int, help="larger images are refused as decompression bombs (default 100,000,000)"
@@ -409,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(cd, "--test-fraction", type=float)
     _option(cd, "--group-by")
     _option(cd, "--seed", type=int)
-    models = commands.add_parser("models", help="list the registered models with parameters and MACs")
+    models = _command(commands, "models", help="list the registered models with parameters and MACs")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnext*'")
     models.add_argument("--family", help="only this family (resnet, resnext, res2net, densenet, ...)")
     models.add_argument("--markdown", action="store_true", help="print a Markdown table (as in the README)")
@@ -447,11 +587,8 @@ or nginx, in a server block with TLS (users from `htpasswd -c /etc/nginx/resnexu
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     from .serve.options import BOUNDS, MIB, ServeOptions, argument_type  # no FastAPI: the flags' ranges
 
-    sv = commands.add_parser(
-        "serve",
-        help="an HTTP API and a web page for a checkpoint (FastAPI + uvicorn)",
-        epilog=_SERVE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    sv = _command(
+        commands, "serve", help="an HTTP API and a web page for a checkpoint (FastAPI + uvicorn)", epilog=_SERVE_EPILOG
     )
     default = ServeOptions()
 

@@ -88,7 +88,8 @@ class TrainConfig:
 
     data: str | None = _option(
         None,
-        "folder with one sub-folder per class, or train/ [val/] [test/]; "
+        "folder with one sub-folder per class, or train/ [val/] [test/]; or a CSV file with path,label columns "
+        "(paths relative to its folder; more columns allowed, e.g. for --group-by); "
         "omitted: scikit-learn's handwritten digits written as an image folder",
     )
     out: str | None = _option(None, "run directory (default runs/<data>-<model>); never overwritten silently")
@@ -130,7 +131,15 @@ class TrainConfig:
     crop_fraction: float = 0.875  # evaluation: resize to size / crop_fraction, centre crop
     val_fraction: float = _option(DEFAULT_VAL_FRACTION, "default {default:g}")
     test_fraction: float = _option(DEFAULT_TEST_FRACTION, "default {default:g}")
-    group_by: str | None = _option(None, "regex on file names (or 'patient') keeping each group on one side")
+    group_by: str | None = _option(
+        None,
+        "keep the images of one group (patient, scene, animal) on one side of every split and fold. 'patient': "
+        "the file stem without a trailing _N (a13_1.jpg and a13_2.jpg are patient a13, 17.jpg is 17); the name "
+        "of a column, for a CSV that has one; any other value: a regular expression searched in the file name, "
+        "the group being its first capture group, else the whole match (e.g. '^(\\w+)-' puts scan12-left.png "
+        "and scan12-right.png in group scan12); "
+        "default: each image its own group",
+    )
     seed: int = _option(0, "default {default}")
     precision: str = _option(
         "auto", "default {default}: bf16 on GPUs (fp16 without bf16) and on CPUs with AMX, else fp32"
