@@ -278,7 +278,7 @@ def describe_grouping(group_by: str, column: bool = False) -> str:
         how = f"the CSV column {group_by!r}"
     else:
         how = GROUP_RULES.get(
-            group_by, "a regular expression on the file name: its first capture group, else the match"
+            group_by, "a regular expression on the file name: its first capture group, else the whole match"
         )
     return f"--group-by {group_by!r} ({how})"
 
