@@ -142,8 +142,8 @@ def test_a_stop_signal_mid_epoch_saves_the_position_and_resume_replays_the_rest(
     whole = train(_tiny(data, tmp_path / "whole"))
     real_progress = fit_module._progress
 
-    def signal_in_epoch_two(loader, description, enabled):
-        for step, batch in enumerate(real_progress(loader, description, enabled)):
+    def signal_in_epoch_two(loader, description, *args, **kwargs):
+        for step, batch in enumerate(real_progress(loader, description, *args, **kwargs)):
             if description.startswith("epoch 2/") and step == 2:
                 os.kill(os.getpid(), signal.SIGINT)  # delivered now, handled by the training loop
             yield batch

@@ -79,8 +79,8 @@ def test_a_stopped_cross_validation_resumes_with_the_printed_command_to_the_whol
     whole = cross_validate(_config(data, tmp_path / "whole"), 2)
     real_progress, real_train, training = fit_module._progress, crossval_module.train, []
 
-    def signal_in_fold_two(loader, description, enabled):
-        for step, batch in enumerate(real_progress(loader, description, enabled)):
+    def signal_in_fold_two(loader, description, *args, **kwargs):
+        for step, batch in enumerate(real_progress(loader, description, *args, **kwargs)):
             if training[-1].endswith("fold2") and description.startswith("epoch 2/") and step == 1:
                 os.kill(os.getpid(), signal.SIGTERM)  # delivered now, handled by the training loop
             yield batch

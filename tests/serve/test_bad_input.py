@@ -194,12 +194,12 @@ def test_a_failure_inside_the_model_is_a_json_500_and_counted(make_client, photo
     client = make_client()
 
     def broken(crops):
-        raise RuntimeError("out of memory")
+        raise RuntimeError("out of memory in /srv/models/secret/run")
 
     client.app.state.batcher.run = broken
     response = client.post("/v1/predict", files=upload(image_files(photos)[0]))
     assert response.status_code == 500
-    assert response.json() == {"error": "internal error: RuntimeError: out of memory"}
+    assert response.json() == {"error": "internal error (RuntimeError): the server's log has the details"}
     counts = _samples(client.get("/metrics").text)
     assert counts[("resnexus_errors_total", (("reason", "internal"),))] == 1
     assert counts[("resnexus_requests_total", (("endpoint", "/v1/predict"), ("status", "500")))] == 1

@@ -368,7 +368,8 @@ def create_app(checkpoint: str | Path, options: ServeOptions | None = None, **ov
     async def failed(request: Request, error: Exception) -> JSONResponse:
         logger.exception(f"{request.url.path}: internal error")
         metrics.errors.labels("internal").inc()
-        return _error(500, f"internal error: {type(error).__name__}: {error}")
+        # the type only: an exception's text may name server paths or data, which a client must not see
+        return _error(500, f"internal error ({type(error).__name__}): the server's log has the details")
 
     async def decoded(request: Request) -> list[tuple[str, torch.Tensor]]:
         uploads = await read_uploads(request, limits)
