@@ -54,8 +54,39 @@ def weights_reference() -> str:
     return weights_table(list_models(), markdown=True)
 
 
+def train_config_reference() -> str:
+    """Every ``TrainConfig`` field: its type, default, ``resnexus train`` flag and help, from the
+    dataclass and the parser themselves, so a new field or flag shows up here by itself."""
+    from dataclasses import MISSING, fields
+
+    from resnexus.cli import build_parser
+    from resnexus.engine.config import TrainConfig, field_help
+
+    flags, helps = {}, {}
+    for action in _subcommands(build_parser())["train"]._actions:
+        if action.option_strings:
+            flags.setdefault(action.dest, max(action.option_strings, key=len))
+            helps.setdefault(action.dest, action.help or "")
+    rows = ["| field | type | default | flag of `resnexus train` | what it sets |", "|---|---|---|---|---|"]
+    for f in fields(TrainConfig):
+        default = repr(f.default_factory()) if f.default is MISSING else repr(f.default)
+        flag = flags.get(f.name) or flags.get(f.name.removesuffix("_file"))
+        described = field_help(f.name) if "help" in f.metadata else f.metadata.get("doc") or helps.get(f.name, "")
+        cells = [
+            f"`{f.name}`",
+            f"`{str(f.type).replace(' | ', ' or ')}`",
+            f"`{default}`" if default else "",
+            f"`{flag}`" if flag else "(YAML / Python only)",
+        ]
+        for raw, markdown in (("|", "\\|"), ("[", "\\["), ("]", "\\]"), ("<", "&lt;")):  # plain text in a table cell
+            described = described.replace(raw, markdown)
+        rows.append("| " + " | ".join([*cells, described]) + " |")
+    return "\n".join(rows)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "cli": cli_reference,
+    "train-config": train_config_reference,
     "models": models_reference,
     "weights": weights_reference,
 }
@@ -74,7 +105,7 @@ def render(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-PAGES = ("reference/cli.md", "reference/models.md")
+PAGES = ("reference/cli.md", "reference/models.md", "reference/python-api.md")
 
 if __name__ == "<run_path>":  # run by mkdocs-gen-files
     import mkdocs_gen_files

@@ -78,6 +78,12 @@ def _option(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _python_only(doc: str, default: Any = None) -> Any:
+    """A TrainConfig field with no flag of its own (a YAML file or Python sets it); ``doc`` is what
+    the reference page says of it."""
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class TrainConfig:
     """Everything a run depends on; saved into every checkpoint so a run can be reproduced.
@@ -94,7 +100,13 @@ class TrainConfig:
     )
     out: str | None = _option(None, "run directory (default runs/<data>-<model>); never overwritten silently")
     model: str | None = _option(None, "registry name (see `resnexus models`); default {default_model}")
-    model_config: dict[str, Any] = field(default_factory=dict)  # spec overrides, e.g. {"cardinality": 16}
+    model_config: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "doc": "overrides of the model's spec row, e.g. {cardinality: 16}; the keys the family takes "
+            "are listed when a wrong one is given"
+        },
+    )
     framework: str = _option(
         "torch",
         "train with PyTorch (default) or Keras' model.fit (needs the keras extra): the same data checks, "
@@ -128,7 +140,9 @@ class TrainConfig:
         "default {small_data_image_size} for 224-px models trained from scratch, else the model's size; "
         "8 to {max_image_size}",
     )
-    crop_fraction: float = 0.875  # evaluation: resize to size / crop_fraction, centre crop
+    crop_fraction: float = _python_only(
+        "evaluation: resize to image_size / crop_fraction, then take the centre crop", 0.875
+    )
     val_fraction: float = _option(DEFAULT_VAL_FRACTION, "default {default:g}")
     test_fraction: float = _option(DEFAULT_TEST_FRACTION, "default {default:g}")
     group_by: str | None = _option(
@@ -144,14 +158,19 @@ class TrainConfig:
     precision: str = _option(
         "auto", "default {default}: bf16 on GPUs (fp16 without bf16) and on CPUs with AMX, else fp32"
     )
-    channels_last: bool | None = None  # None: on for CPUs, and on GPUs when bf16/fp16 is used
+    channels_last: bool | None = _python_only(
+        "channels-last memory format; None: on for CPUs, and on GPUs when bf16/fp16 is used"
+    )
     workers: int | None = _option(None, "DataLoader worker processes (default: from the machine)")
     cache_dir: str | None = _option(
         None,
         "where decoded images are kept between runs (default: $RESNEXUS_HOME/"
         "decoded, else ~/.cache/resnexus/decoded); 'off': decode every run",
     )
-    augment: AugmentConfig | None = None
+    augment: AugmentConfig | None = field(
+        default=None,
+        metadata={"doc": "crop scale, flips, colour jitter and Random Erasing (AugmentConfig); None: the recipe's"},
+    )
     mixup: float = _option(0.0, "Mixup alpha (Zhang et al., 2018 use 0.2 on ImageNet); default {default:g}: off")
     cutmix: float = _option(
         0.0, "CutMix alpha (Yun et al., 2019 use 1.0); default {default:g}: off; both on: each batch picks one"
@@ -193,11 +212,11 @@ class TrainConfig:
         "terminal, e.g. a log file (default {default:g}; 0: after every step); a terminal shows a bar",
     )
     sync_bn: bool = _option(False, "several GPU processes: BatchNorm over the global batch")
-    resume: bool = False  # continue the run in `out` from checkpoints/last.pt
+    resume: bool = _python_only("continue the run in `out` from checkpoints/last.pt", False)
     overwrite: bool = _option(False, "reuse an existing run directory")
     # False: no progress bar, and train's progress messages go to DEBUG instead of INFO (warnings
     # too); only rank 0 of a multi-process run ever logs at INFO.
-    verbose: bool = True
+    verbose: bool = _python_only("False: no progress bar, and progress messages at DEBUG", True)
 
 
 def field_help(name: str) -> str:
