@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -118,3 +123,32 @@ def hold_next_batch(batcher) -> tuple[threading.Event, threading.Event]:
 
     batcher.run = slow
     return started, release
+
+
+@contextmanager
+def serve_process(run_dir: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A real ``resnexus serve`` process on a free 127.0.0.1 port, once ``/readyz`` says ready:
+    (the process, its base URL). Killed on exit if it is still running."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "resnexus", "serve", "--checkpoint", str(run_dir), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "resnexus serve did not start"
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

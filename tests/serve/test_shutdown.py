@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.serve.conftest import hold_next_batch, image_files
+from tests.serve.conftest import hold_next_batch, image_files, serve_process
 
 
 def test_shutdown_finishes_the_request_in_flight(live_server, photos):
@@ -36,36 +36,15 @@ def test_shutdown_finishes_the_request_in_flight(live_server, photos):
 def test_resnexus_serve_command_serves_and_stops_on_sigterm(run_dir, photos):
     """The real command end to end: it binds 127.0.0.1, answers, and shuts down cleanly on SIGTERM."""
     import signal
-    import socket
-    import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "resnexus", "serve", "--checkpoint", str(run_dir), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "resnexus serve did not start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with serve_process(run_dir) as (process, url):
         name, data = image_files(photos)[0]
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/predict", files=[("files", (name, data, "image/png"))])
+        answer = httpx.post(f"{url}/v1/predict", files=[("files", (name, data, "image/png"))])
         assert answer.status_code == 200
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught (its exit status says SIGTERM)
         assert process.wait(30) == -signal.SIGTERM
         output = process.stdout.read()
         assert "Waiting for application shutdown." in output and "Application shutdown complete." in output
-        assert f"Uvicorn running on http://127.0.0.1:{port}" in output
+        assert f"Uvicorn running on {url}" in output
         assert "serving resnet20_cifar (bright, dark)" in output
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()

@@ -4,10 +4,6 @@ the `resnexus serve` process and never leave it unready (a short PNG used to seg
 from __future__ import annotations
 
 import random
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from tests.data.images import PNG_KINDS, encode, lying_size, short_png
+from tests.serve.conftest import serve_process
 
 REQUESTS = 30  # bounded: each request holds 1-3 files
 
@@ -51,48 +48,25 @@ def _upload(rng: random.Random) -> tuple[str, bytes, bool | None]:
     return "empty.png", b"", False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_random_uploads_never_end_or_unready_the_server(run_dir: Path):
     rng = random.Random(20260605)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "resnexus", "serve", "--checkpoint", str(run_dir), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "resnexus serve did not start"
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        with httpx.Client(base_url=url, timeout=60) as client:
-            for n in range(REQUESTS):
-                uploads = [_upload(rng) for _ in range(rng.randint(1, 3))]
-                files = [
-                    ("files", (f"{i}-{name}", data, "application/octet-stream"))
-                    for i, (name, data, _) in enumerate(uploads)
-                ]
-                response = client.post("/v1/predict", files=files)
-                assert process.poll() is None, f"request {n} ({[u[0] for u in uploads]}) ended the server"
-                if response.status_code == 200:  # every file decoded
-                    assert all(valid is not False for _, _, valid in uploads), response.text
-                    assert len(response.json()["predictions"]) == len(uploads)
-                elif all(valid for _, _, valid in uploads):
-                    assert response.status_code == 200, response.text
-                    assert len(response.json()["predictions"]) == len(uploads)
-                else:  # refused with a reason naming a bad file, never a server error
-                    assert response.status_code in (400, 413, 415), response.text
-                    bad = [f"{i}-{name}" for i, (name, _, valid) in enumerate(uploads) if valid is not True]
-                    assert any(name in response.json()["error"] for name in bad), response.text
-                assert client.get("/readyz").status_code == 200, f"unready after request {n}"
-    finally:
-        process.kill()
-        process.wait()
+    with serve_process(run_dir) as (process, url), httpx.Client(base_url=url, timeout=60) as client:
+        for n in range(REQUESTS):
+            uploads = [_upload(rng) for _ in range(rng.randint(1, 3))]
+            files = [
+                ("files", (f"{i}-{name}", data, "application/octet-stream"))
+                for i, (name, data, _) in enumerate(uploads)
+            ]
+            response = client.post("/v1/predict", files=files)
+            assert process.poll() is None, f"request {n} ({[u[0] for u in uploads]}) ended the server"
+            if response.status_code == 200:  # every file decoded
+                assert all(valid is not False for _, _, valid in uploads), response.text
+                assert len(response.json()["predictions"]) == len(uploads)
+            elif all(valid for _, _, valid in uploads):
+                assert response.status_code == 200, response.text
+                assert len(response.json()["predictions"]) == len(uploads)
+            else:  # refused with a reason naming a bad file, never a server error
+                assert response.status_code in (400, 413, 415), response.text
+                bad = [f"{i}-{name}" for i, (name, _, valid) in enumerate(uploads) if valid is not True]
+                assert any(name in response.json()["error"] for name in bad), response.text
+            assert client.get("/readyz").status_code == 200, f"unready after request {n}"
