@@ -11,7 +11,14 @@ import pytest
 
 from resnexus.data import digits_folder
 from resnexus.engine import TrainConfig, train
-from resnexus.files import atomic_write, check_output_folder, default_cache_dir, write_text_atomic
+from resnexus.files import (
+    atomic_folder,
+    atomic_path,
+    atomic_write,
+    check_output_folder,
+    default_cache_dir,
+    write_text_atomic,
+)
 from tests.helpers import bright_and_dark_folder
 
 
@@ -134,6 +141,35 @@ def test_concurrent_writers_leave_one_whole_file(tmp_path):
         np.save(first, np.full(1000, 1))
     assert np.load(path).tolist() == [1] * 1000
     assert _names_in(tmp_path) == ["entry.npy"]
+
+
+def test_atomic_path_gives_writers_a_file_name_and_keeps_the_old_file_on_failure(tmp_path):
+    """For writers that want a name, not a handle (``model.save``): the suffix they choose the format by is kept."""
+    path = tmp_path / "model.keras"
+    with atomic_path(path, suffix=".keras") as staged:
+        assert staged.parent == tmp_path and staged.suffix == ".keras" and staged != path
+        staged.write_bytes(b"new model")
+    assert path.read_bytes() == b"new model"
+    with pytest.raises(RuntimeError, match="export failed"), atomic_path(path) as staged:
+        staged.write_bytes(b"half")
+        raise RuntimeError("export failed")
+    assert path.read_bytes() == b"new model"
+    assert _names_in(tmp_path) == ["model.keras"]
+
+
+def test_atomic_folder_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "savedmodel"
+    target.mkdir()
+    (target / "old.pb").write_text("old")
+    with pytest.raises(RuntimeError, match="half way"), atomic_folder(target) as staged:
+        (staged / "new.pb").write_text("new")
+        raise RuntimeError("half way")
+    assert _names_in(target) == ["old.pb"]
+    assert _names_in(tmp_path) == ["savedmodel"]
+    with atomic_folder(target) as staged:
+        (staged / "new.pb").write_text("new")
+    assert _names_in(target) == ["new.pb"] and (target / "new.pb").read_text() == "new"
+    assert _names_in(tmp_path) == ["savedmodel"]  # neither the staged folder nor the old one is left
 
 
 def test_check_output_folder_follows_links_and_accepts_the_data_inside_the_output(tmp_path):

@@ -7,6 +7,7 @@ can all use it without an import cycle.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,27 +38,61 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_args: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success flush it to disk and rename it over ``path``.
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that wants a file name (``model.save``, an ONNX
+    exporter); when the ``with`` body succeeds it is renamed over ``path``.
 
-    A crash, a full disk or an exception in the ``with`` body leaves either the previous file or
-    the new one, never half of one, and no temporary file behind. ``mode`` is "w" or "wb".
+    The one write-then-rename in resnexus: a crash, a full disk or an exception in the body leaves
+    either the previous file or the new one, never half of one, and no temporary file behind.
+    ``suffix`` is for writers that choose the format by the file name (``.keras``).
     """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write writes whole files: mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, mode, **open_args) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); ours are normal files
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary folder beside ``path``, put in its place when the ``with`` body succeeds, else removed.
+
+    A folder cannot be renamed over a non-empty one, so an existing ``path`` is first moved aside
+    and deleted only once the new folder is in place: a reader sees the old folder or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield staged
+        os.chmod(staged, 0o777 & ~_umask())  # mkdtemp makes folders private (0700)
+        old = None
+        if path.exists() or path.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(staged, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_args: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success flush it to disk and rename it over ``path``
+    (see :func:`atomic_path`). ``mode`` is "w" or "wb"."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes whole files: mode must be 'w' or 'wb', not {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode, **open_args) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from resnexus.data import DataError, scan_dataset, scan_unlabeled
 from resnexus.data.check import FILE_PROBLEMS, check_data
-from resnexus.data.scan import _is_hidden, _is_image
+from resnexus.data.scan import _is_image, is_hidden
 from resnexus.engine import TrainConfig
 from resnexus.engine.config import check_before_training, checked_splits
 
@@ -147,7 +147,7 @@ def test_check_data_train_and_predict_see_the_same_images(seed, tmp_path):
         assert {(p, samples.class_names[y]) for p, y in zip(samples.paths, samples.labels)} == checked
 
     # predict's scan: every real file once; the class folders' images plus the images beside them
-    beside = {p for p in data.iterdir() if p.is_file() and _is_image(p) and not _is_hidden(p.name)}
+    beside = {p for p in data.iterdir() if p.is_file() and _is_image(p) and not is_hidden(p.name)}
     try:
         unlabeled = scan_unlabeled(data)
     except DataError:

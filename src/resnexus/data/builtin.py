@@ -7,14 +7,11 @@ once as an ordinary class-folder tree, so they go through exactly the code path 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..files import default_cache_dir
+from ..files import atomic_folder, default_cache_dir
 from .scan import DataError
 
 DIGITS_COUNT = 1797
@@ -57,24 +54,15 @@ def digits_folder(root: str | Path | None = None) -> Path:
         raise DataError(
             f"{root} exists and is not a digits folder written by resnexus; choose another folder or empty it"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        for d in range(10):
-            (tmp / str(d)).mkdir()
-        pixels = ((images * 255 + 8) // 16).astype(np.uint8)
-        for i, (img, d) in enumerate(zip(pixels, targets)):
-            Image.fromarray(img).save(tmp / str(d) / f"digit_{i}.png")
-        (tmp / _MARKER).write_text(f"{len(targets)}\n")
-        if root.exists():  # empty, or an incomplete earlier set of ours: move it aside first
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}-old-", dir=root.parent))
-            os.replace(root, old / "x")
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not _complete(root, counts):  # another process won the race with a complete set?
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(root) as staged:
+            for d in range(10):
+                (staged / str(d)).mkdir()
+            pixels = ((images * 255 + 8) // 16).astype(np.uint8)
+            for i, (img, d) in enumerate(zip(pixels, targets)):
+                Image.fromarray(img).save(staged / str(d) / f"digit_{i}.png")
+            (staged / _MARKER).write_text(f"{len(targets)}\n")
+    except OSError:
+        if not _complete(root, counts):  # another process won the race with a complete set?
+            raise
     return root

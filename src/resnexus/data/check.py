@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .scan import DataError, _is_hidden, class_folders, natural_key, walk_tree
+from .scan import DataError, class_folders, is_hidden, natural_key, walk_tree
 from .split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, resolve_splits
 
 # Pillow's own warning threshold is ~89 MP; 100 MP (e.g. 10000 x 10000) is far beyond any photo a
@@ -244,14 +244,14 @@ def _try_split(report: DataCheck, val_fraction: float, test_fraction: float, gro
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name)), key=natural_key)
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name)), key=natural_key)
 
 
 def _class_tree(folder: Path, part: str, report: DataCheck) -> list[tuple[Path, str, str]]:
     """Walk one class-folder tree with train's walker (:func:`walk_tree`), noting what it leaves out."""
     for stray in sorted(p for p in folder.iterdir() if p.is_file()):
         report.findings.append(Finding(stray, "note", "skipped", "a file beside the class folders, not in one"))
-    for hidden in sorted(p for p in folder.iterdir() if p.is_dir() and _is_hidden(p.name)):
+    for hidden in sorted(p for p in folder.iterdir() if p.is_dir() and is_hidden(p.name)):
         report.findings.append(Finding(hidden, "note", "skipped", "hidden folder"))
     classes = class_folders(folder)
     report.classes[part] = classes
@@ -301,7 +301,7 @@ def _compare_parts(report: DataCheck) -> None:
 
 def _csv_listing(csv_path: Path, report: DataCheck) -> list[tuple[Path, str, str]]:
     """Rows of a path,label CSV; missing files and paths outside the root are errors, not exceptions."""
-    from .scan import _inside
+    from .scan import is_inside
 
     root = csv_path.parent.resolve()
     items: list[tuple[Path, str, str]] = []
@@ -316,7 +316,7 @@ def _csv_listing(csv_path: Path, report: DataCheck) -> list[tuple[Path, str, str
             where = Path(f"{csv_path}, row {reader.line_num}")
             if not raw or not label:
                 report.findings.append(Finding(where, "error", "bad-row", "empty path or label"))
-            elif not _inside(full, root):
+            elif not is_inside(full, root):
                 report.findings.append(Finding(where, "error", "outside-root", f"{raw!r} is outside {root}"))
             elif not full.is_file():
                 report.findings.append(Finding(where, "error", "missing-file", f"file not found: {full}"))

@@ -118,7 +118,8 @@ def natural_key(path: Path | str) -> tuple:
     return folded, parts
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
+    """A dot-name or a tool's junk folder (``__MACOSX``...): never a class, never an image."""
     return name.startswith(".") or name in _JUNK_DIRS
 
 
@@ -158,7 +159,7 @@ class Walk:
 
 def class_folders(root: Path) -> list[str]:
     """The class folders of a tree: its non-hidden sub-folders (links too), sorted as ImageFolder sorts them."""
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not is_hidden(e.name))
 
 
 def walk_tree(root: str | Path, tops: Sequence[str] | None = None) -> Walk:
@@ -183,7 +184,7 @@ def walk_tree(root: str | Path, tops: Sequence[str] | None = None) -> Walk:
     owner: dict[str, tuple[str, Path]] = {}  # real folder -> (top, route): read without a link, then via one
     for name, top in top_dirs.items():
         for dirpath, dirnames, _ in os.walk(top):
-            dirnames[:] = [d for d in dirnames if not _is_hidden(d) and not os.path.islink(os.path.join(dirpath, d))]
+            dirnames[:] = [d for d in dirnames if not is_hidden(d) and not os.path.islink(os.path.join(dirpath, d))]
             owner.setdefault(os.path.realpath(dirpath), (name, Path(dirpath)))
     walk = Walk(root=root, images={name: [] for name in top_dirs}, skipped=[], problems=[])
     found: list[tuple[bool, tuple, Path, str, str]] = []  # (through a link, sort key, route, top, real path)
@@ -194,7 +195,7 @@ def walk_tree(root: str | Path, tops: Sequence[str] | None = None) -> Walk:
             keep = []
             for d in sorted(dirnames, key=natural_key):
                 full = os.path.join(dirpath, d)
-                if _is_hidden(d):
+                if is_hidden(d):
                     walk.skipped.append((Path(full), "hidden folder"))
                     continue
                 linked = through or os.path.islink(full)
@@ -210,7 +211,7 @@ def walk_tree(root: str | Path, tops: Sequence[str] | None = None) -> Walk:
             dirnames[:] = keep
             for f in filenames:
                 path = Path(dirpath, f)
-                if _is_hidden(f):
+                if is_hidden(f):
                     walk.skipped.append((path, "hidden file"))
                 elif not _is_image(path):
                     walk.skipped.append((path, f"not an image extension ({path.suffix or 'none'})"))
@@ -375,7 +376,8 @@ def scan_dataset(source: str | Path, group_by: str | None = None, class_names: S
     return samples
 
 
-def _inside(path: Path, root: Path) -> bool:
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies under ``root`` (a CSV row may not point outside the data folder)."""
     try:
         path.relative_to(root)
     except ValueError:
@@ -420,7 +422,7 @@ def scan_csv(
                 raise DataError(f"{where}: empty path or label")
             p = Path(raw).expanduser()
             full = (p if p.is_absolute() else base / p).resolve()
-            if not _inside(full, base):
+            if not is_inside(full, base):
                 raise DataError(f"{where}: path {raw!r} is outside the data root {base}")
             if not full.is_file():
                 raise DataError(f"{where}: file not found: {full}")

@@ -10,13 +10,13 @@ and renamed, so an interrupted save never replaces a good file with half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import keras
+
+from ..files import atomic_path
 
 __all__ = ["METADATA_MEMBER", "load_keras", "read_keras_metadata", "save_keras"]
 
@@ -28,19 +28,12 @@ def save_keras(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"{path}: a Keras model file must end in .keras")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".keras", prefix=f".{path.stem}-", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path, suffix=".keras") as temporary:
         model.save(temporary)
         if hasattr(model, "resnexus_config"):  # the spec overrides to_torch needs, unless given
             metadata = {"keras_model_config": model.resnexus_config, **metadata}
         with zipfile.ZipFile(temporary, "a") as archive:
             archive.writestr(METADATA_MEMBER, json.dumps(metadata, indent=2, default=str))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path
 
 
