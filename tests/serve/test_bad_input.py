@@ -196,7 +196,7 @@ def test_a_failure_inside_the_model_is_a_json_500_and_counted(make_client, photo
     def broken(crops):
         raise RuntimeError("out of memory in /srv/models/secret/run")
 
-    client.app.state.batcher.run = broken
+    client.app.state.server.batcher.run = broken
     response = client.post("/v1/predict", files=upload(image_files(photos)[0]))
     assert response.status_code == 500
     assert response.json() == {"error": "internal error (RuntimeError): the server's log has the details"}

@@ -51,7 +51,7 @@ def test_concurrent_requests_are_answered_correctly_in_shared_batches(make_clien
 def test_health_answers_while_the_model_is_busy(make_client, photos):
     """Inference runs off the event loop: /healthz answers while a slow batch is computing."""
     client = make_client()
-    batcher = client.app.state.batcher
+    batcher = client.app.state.server.batcher
     started, release = hold_next_batch(batcher)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(client.post, "/v1/predict", files=upload(image_files(photos)[0]))
@@ -131,7 +131,7 @@ def live_client(live_server):
     def make(**kwargs):
         url, _, app = live_server(kwargs)
         clients.append(httpx.Client(base_url=url, timeout=10))
-        return clients[-1], app.state.batcher
+        return clients[-1], app.state.server.batcher
 
     yield make
     for client in clients:

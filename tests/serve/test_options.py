@@ -3,6 +3,7 @@ create_app / ServeOptions (ValueError naming it) alike; a reachable host is serv
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import re
@@ -10,7 +11,16 @@ import re
 import pytest
 
 from resnexus.cli import main
-from resnexus.serve.options import BOUNDS, Limits, ServeOptions, exposure_warning, is_loopback
+from resnexus.serve.options import (
+    BOUNDS,
+    MIB,
+    Limits,
+    ServeOptions,
+    add_flags,
+    exposure_warning,
+    from_flags,
+    is_loopback,
+)
 
 BAD_VALUES = ("-1", "0", "nan", "inf", "1e400", "1e15", "99999999999999999999999", "abc")
 # flag -> (the range the message names, the values of BAD_VALUES inside that range)
@@ -115,3 +125,44 @@ def test_serve_logs_the_warning_before_binding(monkeypatch, run_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="resnexus.serve.app"):
         serve(run_dir)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def _serve_flags() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnexus serve")
+    add_flags(parser)
+    return parser
+
+
+def test_from_flags_gives_the_options_the_flags_say():
+    assert from_flags(_serve_flags().parse_args([])) == ServeOptions()
+    given = ["--host", "0.0.0.0", "--port", "9000", "--max-batch", "8", "--max-wait-ms", "2.5", "--no-batching"]
+    args = _serve_flags().parse_args([*given, "--max-file-mb", "0.5", "--max-files", "4"])
+    assert from_flags(args) == ServeOptions(
+        host="0.0.0.0",
+        port=9000,
+        max_batch=8,
+        max_wait_ms=2.5,
+        batching=False,
+        limits=Limits(max_file_bytes=MIB // 2, max_files=4),
+    )
+    tiny = _serve_flags().parse_args(["--max-file-mb", "1e-9"])  # above 0, but under one byte: one byte
+    assert from_flags(tiny).limits.max_file_bytes == 1
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max-batch", "0"), ("--max-wait-ms", "nan"), ("--port", "65536")])
+def test_add_flags_refuses_values_out_of_range(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        _serve_flags().parse_args([flag, value])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"resnexus serve: error: argument {flag}: must be {FLAGS[flag][0]}, got '{value}'"
+
+
+def test_the_cli_serve_command_has_the_flags_of_add_flags(capsys):
+    """The CLI's serve flags are add_flags' ones: the same flags, with the same help (defaults included)."""
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    cli_help = " ".join(capsys.readouterr().out.split())
+    for action in _serve_flags()._actions:
+        if action.dest != "help":
+            assert action.option_strings[0] in cli_help
+            assert " ".join(action.help.split()) in cli_help, action.dest

@@ -14,7 +14,7 @@ from tests.serve.conftest import hold_next_batch, image_files, serve_process
 def test_shutdown_finishes_the_request_in_flight(live_server, photos):
     url, server, app = live_server({})
     name, data = image_files(photos)[0]
-    batcher = app.state.batcher  # started by the lifespan by now
+    batcher = app.state.server.batcher  # started by the lifespan by now
     started, release = hold_next_batch(batcher)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, f"{url}/v1/predict", files=[("files", (name, data, "image/png"))], timeout=20)
@@ -30,7 +30,7 @@ def test_shutdown_finishes_the_request_in_flight(live_server, photos):
     while batcher._thread.is_alive():  # the lifespan's shutdown closed the batcher
         assert time.monotonic() < deadline, "the batcher did not stop"
         time.sleep(0.05)
-    assert app.state.ready is False
+    assert app.state.server.ready is False
 
 
 def test_resnexus_serve_command_serves_and_stops_on_sigterm(run_dir, photos):

@@ -52,10 +52,11 @@ class Batcher:
     def __init__(
         self,
         run: Callable[[torch.Tensor], np.ndarray],
-        max_batch: int = 16,
-        max_wait_ms: float = 5.0,
+        max_batch: int,
+        max_wait_ms: float,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
+        # no defaults here: ServeOptions has them; its ranges are checked again for a Batcher made directly
         BOUNDS["max_batch"].check("max_batch", max_batch)
         BOUNDS["max_wait_ms"].check("max_wait_ms", max_wait_ms)  # a wait of 1e15 ms overflows a timeout
         self.run = run

@@ -1,9 +1,10 @@
 """The serve options' defaults and allowed ranges, in one place.
 
-The CLI's argparse types, its ``--help`` and :func:`~resnexus.serve.app.create_app` all check
-against :data:`BOUNDS`, so a value the server cannot run with (a negative port, a wait that
-overflows a thread timeout, NaN) is refused, naming the option, before a model loads or a port is
-bound. This module needs no FastAPI: the CLI imports it to parse its flags.
+The CLI's flags (:func:`add_flags`, :func:`from_flags`), their ``--help``,
+:func:`~resnexus.serve.app.create_app` and the batcher all check against :data:`BOUNDS`, so a value
+the server cannot run with (a negative port, a wait that overflows a thread timeout, NaN) is
+refused, naming the option, before a model loads or a port is bound. This module needs no FastAPI:
+the CLI imports it to parse its flags.
 """
 
 from __future__ import annotations
@@ -141,4 +142,36 @@ def exposure_warning(host: str) -> str | None:
     return (
         f"serving on {host}: other machines can reach this server, and it has no authentication; "
         "put it behind a reverse proxy that authenticates (see resnexus serve --help) or bind 127.0.0.1"
+    )
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Register ``resnexus serve``'s option flags (``--host`` to ``--max-files``) on ``parser``, with
+    the defaults of :class:`ServeOptions` and the ranges of :data:`BOUNDS` in their help."""
+    default = ServeOptions()
+
+    def bounded(flag: str, name: str, value: float, what: str) -> None:
+        text = f"{what}: {BOUNDS[name].describe()} (default {value:g})"
+        parser.add_argument(flag, type=argument_type(name), default=value, help=text)
+
+    parser.add_argument(
+        "--host", default=default.host, help=f"address to bind (default {default.host}: this machine only)"
+    )
+    bounded("--port", "port", default.port, "port")
+    bounded("--max-batch", "max_batch", default.max_batch, "images gathered into one batch at most")
+    bounded("--max-wait-ms", "max_wait_ms", default.max_wait_ms, "how long a batch waits for more images")
+    parser.add_argument("--no-batching", action="store_true", help="run every image as a batch of one")
+    bounded("--max-file-mb", "max_file_mb", default.limits.max_file_bytes / MIB, "largest upload per image")
+    bounded("--max-files", "max_files", default.limits.max_files, "most images per request")
+
+
+def from_flags(args: argparse.Namespace) -> ServeOptions:
+    """The :class:`ServeOptions` of flags parsed from :func:`add_flags`' arguments."""
+    return ServeOptions(
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        batching=not args.no_batching,
+        limits=Limits(max_file_bytes=max(1, round(args.max_file_mb * MIB)), max_files=args.max_files),
     )

@@ -1,0 +1,203 @@
+"""The server's state: the loaded model, its class names and preprocessing, the model card, the
+batcher and the Prometheus metrics, made once by ``create_app`` and reached by the routes through
+``Depends(server_state)``.
+
+:func:`load_model` is the one place the server loads a checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.requests import Request
+
+from ..engine.checkpoint import load_for_inference, resolve_checkpoint
+from ..engine.inference import Predictor
+from ..engine.rundir import RunDir
+from .batching import Batcher
+from .options import ServeOptions
+from .schemas import ModelCard, ModelInfo, Serving
+
+NOT_A_DIAGNOSIS = "not a diagnosis; for research use"
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint loaded for inference: the model (PyTorch or onnxruntime), its metadata and the
+    file it came from."""
+
+    model: Any
+    meta: dict[str, Any]
+    path: Path
+
+
+def load_model(checkpoint: str | Path) -> LoadedModel:
+    """Load ``checkpoint`` (a checkpoint file, a run / CV directory or an .onnx file): the one place
+    the server reads a checkpoint, so a change of loader is a change here only."""
+    resolved = resolve_checkpoint(checkpoint)
+    model, meta = load_for_inference(resolved)
+    return LoadedModel(model, meta, resolved)
+
+
+class ServerMetrics:
+    """The server's Prometheus metrics, in a registry of its own (two apps in one process, as in
+    tests, do not collide in the global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "resnexus_requests", "HTTP requests answered", ["endpoint", "status"], registry=self.registry
+        )
+        self.errors = Counter(
+            "resnexus_errors", "refused or failed requests by reason", ["reason"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "resnexus_request_duration_seconds", "time to answer a request", ["endpoint"], registry=self.registry
+        )
+        self.images = Counter("resnexus_images", "images classified", registry=self.registry)
+        self.batch_size = Histogram(
+            "resnexus_batch_size", "images per model batch", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+
+
+@dataclass
+class ServerState:
+    """What the routes share. ``batcher`` runs, and ``ready`` is True, between :meth:`start` and
+    :meth:`stop` (the app's lifespan)."""
+
+    options: ServeOptions
+    checkpoint: Path  # the file loaded (the log may name it; responses do not)
+    meta: dict[str, Any]
+    predictor: Predictor
+    cam_model: torch.nn.Module | None  # Grad-CAM's own copy of a PyTorch model; None for ONNX
+    card: ModelCard
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    cam_lock: threading.Lock = field(default_factory=threading.Lock)  # captum hooks the model: one at a time
+    batcher: Batcher | None = None
+    ready: bool = False
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, options: ServeOptions) -> ServerState:
+        """The state of a server for ``checkpoint``: the model is loaded here."""
+        loaded = load_model(checkpoint)
+        return cls(
+            options=options,
+            checkpoint=loaded.path,
+            meta=loaded.meta,
+            predictor=Predictor(loaded.model, loaded.meta),
+            cam_model=copy.deepcopy(loaded.model) if isinstance(loaded.model, torch.nn.Module) else None,
+            card=model_card(checkpoint, loaded.path, loaded.meta),
+        )
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.card.classes
+
+    def start(self) -> None:
+        """Start the batcher and report ready."""
+        self.batcher = Batcher(
+            self.predictor.probabilities,
+            self.options.batch_limit,
+            self.options.max_wait_ms,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.ready = True
+
+    def stop(self) -> None:
+        """Report not ready, then let the batcher answer what is queued and stop."""
+        self.ready = False
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def model_info(self) -> ModelInfo:
+        """``GET /v1/model``: the model card and the serving options."""
+        options, limits = self.options, self.options.limits
+        serving = Serving(
+            max_batch=options.batch_limit,
+            max_wait_ms=options.max_wait_ms,
+            batching=options.batching,
+            max_file_bytes=limits.max_file_bytes,
+            max_files=limits.max_files,
+            max_pixels=limits.max_pixels,
+        )
+        return ModelInfo(**dict(self.card), serving=serving)
+
+
+def server_state(request: Request) -> ServerState:
+    """The state of the app answering ``request`` (the routes' ``Depends``)."""
+    return request.app.state.server
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _base_name(path: str | None) -> str | None:
+    """The last part of a file or folder path, written with / or \\ (a run trained on Windows)."""
+    return (PureWindowsPath(path).name or None) if path else None
+
+
+def _cv_accuracy(source: str | Path, run: RunDir | None) -> dict[str, Any] | None:
+    """The cross-validated accuracy when the model is a CV run's refit model (or ``source`` is a CV
+    directory), from its cv_metrics.json; else None."""
+    cv = RunDir(run.path.parent) if run is not None and run.path.name == RunDir.REFIT else None
+    if cv is None and Path(source).is_dir() and RunDir(source).cv_metrics.is_file():
+        cv = RunDir(source)
+    record = _read_json(cv.cv_metrics) if cv is not None else None
+    if not record:
+        return None
+    mean, std = record.get("mean", {}), record.get("std", {})
+    if "accuracy" not in mean:
+        return None
+    return {"mean": mean["accuracy"], "std": std.get("accuracy"), "folds": record.get("protocol", {}).get("folds")}
+
+
+def model_card(source: str | Path, resolved: Path, meta: dict[str, Any]) -> ModelCard:
+    """What ``GET /v1/model`` says: the model, its classes and preprocessing, the run's metrics and
+    cross-validated accuracy when the checkpoint came from a run / CV directory, the file's hash.
+
+    No server path: the checkpoint and the training data are named by their file / folder name only
+    (the API has no authentication, and where the server keeps its files is nobody's business)."""
+    run = RunDir.holding(resolved)
+    config = meta.get("config") or {}
+    return ModelCard(
+        model=meta["model_name"],
+        classes=list(meta["class_names"]),
+        preprocessing={
+            "image_size": meta["image_size"],
+            "mean": list(meta["mean"]),
+            "std": list(meta["std"]),
+            "crop_fraction": meta["crop_fraction"],
+        },
+        checkpoint=resolved.name,
+        sha256=_sha256(resolved),
+        runtime="onnxruntime" if resolved.suffix.lower() == ".onnx" else "pytorch",
+        trained_on={
+            "data": _base_name(config.get("data")),
+            "images": meta.get("split_sizes"),
+            "which": meta.get("trained_on"),
+        },
+        metrics=_read_json(run.metrics) if run is not None else None,
+        cv_accuracy=_cv_accuracy(source, run),
+        notice=NOT_A_DIAGNOSIS,
+    )
