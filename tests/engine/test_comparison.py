@@ -490,7 +490,7 @@ def test_cv_a_stopped_comparison_resumes_only_what_is_missing(tmp_path, monkeypa
 
 
 def test_cli_compare_resume_and_jobs_reach_compare(tmp_path, monkeypatch, capsys):
-    import resnexus.cli as cli
+    import resnexus.cli.training as cli
     from resnexus.engine.comparison import CompareResult
 
     seen = {}
