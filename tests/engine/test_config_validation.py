@@ -165,10 +165,10 @@ def test_the_edges_of_every_range_are_accepted(data, tmp_path):
 
 def test_a_bad_option_under_nproc_is_one_line_before_torchrun_starts(data, tmp_path, capsys, monkeypatch):
     """``--nproc 2`` checks the options in this process: one line, not one traceback per process."""
-    import resnexus.cli.training as cli
+    import resnexus.cli as cli
 
     launched = []
-    monkeypatch.setattr(cli, "_launch_torchrun", lambda *a: launched.append(a) or 0)
+    monkeypatch.setattr(cli.training, "_launch_torchrun", lambda *a: launched.append(a) or 0)
     line = _train_cli(data, tmp_path / "run", "--nproc", "2", "--label-smoothing", "2", *TINY_RUN, capsys=capsys)
     assert "label_smoothing" in line or "label-smoothing" in line
     assert launched == []
