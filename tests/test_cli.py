@@ -4,6 +4,7 @@ library log messages shown as plain lines for the length of one command."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import re
 import shlex
@@ -11,7 +12,7 @@ import shlex
 import pytest
 
 from resnexus import cli
-from resnexus.cli import main
+from resnexus.cli import main, training
 from resnexus.engine import config as config_module
 from resnexus.engine.config import (
     ADAMW_LR,
@@ -79,7 +80,7 @@ def _logs_three_levels(args, argv) -> int:
 
 
 def test_messages_are_plain_lines_on_stdout_once_per_command(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_dispatch", _logs_three_levels)
+    monkeypatch.setitem(cli.COMMANDS, "models", dataclasses.replace(cli.COMMANDS["models"], run=_logs_three_levels))
     package = logging.getLogger("resnexus")
     before = (list(package.handlers), package.level, package.propagate)
     for _ in range(2):  # a second main() in the same process neither stacks handlers nor repeats lines
@@ -94,7 +95,7 @@ def test_nproc_refuses_a_batch_too_small_to_share_in_one_line_before_torchrun(tm
     from tests.helpers import bright_and_dark_folder
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(cli, "_launch_torchrun", lambda *args: pytest.fail("torchrun launched"))
+    monkeypatch.setattr(training, "_launch_torchrun", lambda *args: pytest.fail("torchrun launched"))
     data = bright_and_dark_folder(tmp_path / "data", per_class=3, size=8)
     assert main(["train", "--nproc", "2", "--batch-size", "3", "--data", str(data), "--model", "lenet"]) == 2
     captured = capsys.readouterr()

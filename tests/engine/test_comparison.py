@@ -499,7 +499,7 @@ def test_cli_compare_resume_and_jobs_reach_compare(tmp_path, monkeypatch, capsys
         seen.update(kwargs, models=models, base=base)
         return CompareResult(rows=[], markdown=Path(out) / "comparison.md", csv=Path(out), plot=Path(out))
 
-    monkeypatch.setattr(cli, "compare", fake_compare)
+    monkeypatch.setattr(cli.training, "compare", fake_compare)
     argv = ["compare", "--models", "lenet,resnet18", "--out", str(tmp_path), "--jobs", "2", "--resume"]
     assert cli.main([*argv, "--epochs", "3"]) == 0
     assert seen["jobs"] == 2 and seen["resume"] is True and seen["base"].resume is False

@@ -168,7 +168,7 @@ def test_a_bad_option_under_nproc_is_one_line_before_torchrun_starts(data, tmp_p
     import resnexus.cli as cli
 
     launched = []
-    monkeypatch.setattr(cli, "_launch_torchrun", lambda *a: launched.append(a) or 0)
+    monkeypatch.setattr(cli.training, "_launch_torchrun", lambda *a: launched.append(a) or 0)
     line = _train_cli(data, tmp_path / "run", "--nproc", "2", "--label-smoothing", "2", *TINY_RUN, capsys=capsys)
     assert "label_smoothing" in line or "label-smoothing" in line
     assert launched == []

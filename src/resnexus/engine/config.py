@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ..data import AugmentConfig, Samples, digits_folder, resolve_splits
 from ..data.check import DataCheck, check_data
@@ -218,6 +219,30 @@ class TrainConfig:
     # too); only rank 0 of a multi-process run ever logs at INFO.
     verbose: bool = _python_only("False: no progress bar, and progress messages at DEBUG", True)
 
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """The config a YAML file of TrainConfig fields describes (``train --config``); a misspelt key
+        is refused by name, with the known ones, instead of being ignored. Values are checked by
+        :func:`validate_config`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields (key: value), got {values!r}")
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(map(str, set(values) - known)):
+            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        if isinstance(values.get("augment"), dict):
+            augment_keys = {f.name for f in fields(AugmentConfig)}
+            if unknown := sorted(map(str, set(values["augment"]) - augment_keys)):
+                raise ValueError(f"{path}: unknown augment keys {unknown}; known: {sorted(augment_keys)}")
+            values["augment"] = AugmentConfig(**values["augment"])  # its values: checked by validate_config
+        return cls(**values)
+
 
 def field_help(name: str) -> str:
     """The CLI help of a TrainConfig field, with the defaults it mentions taken from the recipes
@@ -251,13 +276,15 @@ def _show(value: Any) -> str:
 # -- validation: every value checked here, before complete_config fills or creates anything -------
 _FLAGS = {"ema_decay": "--ema", "clip_grad_norm": "--clip-grad"}  # where the flag is not the field's name
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
-_CHOICES: dict[str, tuple[str, ...]] = {
+# the values a field accepts; the CLI's --optimizer, --precision, ... offer these
+CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adamw"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "select": ("auto", "val", "last"),
     "balance": ("none", "loss", "sampler"),
     "framework": ("torch", "keras"),
 }
+_CHOICES = CHOICES  # the name it had
 # field: (accepted, what is expected); a None value (an unset or switched-off option) is not checked
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (lambda v: v >= 1, "epochs must be >= 1"),

@@ -1,0 +1,186 @@
+"""``evaluate``, ``predict``, ``explain`` and ``export``: the commands that use a trained model."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from ..engine import evaluate, predict
+from ..engine.explain import explain
+from ..engine.export import export_keras, export_onnx
+from ..reports import describe_positive_class, format_metrics
+from .command import Command
+from .guide import CHECKPOINT_HELP, ENSEMBLE_HELP
+
+EXPORT_FORMATS = ("onnx", "keras", "savedmodel")
+DEFAULT_OPSET = 18
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
+    ev.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    ev.add_argument("--data", required=True, help="folder with class sub-folders (or its test/ part)")
+    ev.add_argument("--out", help="also write the metrics to this JSON file")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    ev.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
+    ev.add_argument("--ensemble", action="store_true", help=ENSEMBLE_HELP)
+    ev.add_argument(
+        "--positive-class",
+        help="two classes: the class sensitivity, specificity and ROC are about (default: the run's choice, "
+        "else a class not named like others/normal/healthy/benign/control, else the second in sorted order)",
+    )
+    ev.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="evaluate on the images that can be decoded instead of stopping at the first that cannot; "
+        "the rest are listed in the log and under 'skipped' in --out",
+    )
+
+
+def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    metrics = evaluate(
+        args.checkpoint,
+        args.data,
+        out=args.out,
+        flip_tta=args.tta,
+        ensemble=args.ensemble,
+        overwrite=args.overwrite,
+        positive_class=args.positive_class,
+        skip_bad_images=args.skip_bad_images,
+    )
+    if positive := describe_positive_class(metrics):
+        print(f"sensitivity / specificity: {positive}")
+    for warning in metrics.get("warnings") or []:
+        print(f"warning: {warning}")
+    skipped = f" ({len(metrics['skipped'])} unreadable skipped)" if metrics.get("skipped") else ""
+    print(f"{metrics['n']} images{skipped}: {format_metrics(metrics)}")  # last: the line a script reads
+    return 0
+
+
+# -- predict --------------------------------------------------------------------------------------
+def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
+    pr.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    pr.add_argument("--model", help="without --checkpoint: a registry name, used with published --weights")
+    pr.add_argument(
+        "--weights",
+        help="without --checkpoint: published weights by name ('imagenet', or see `resnexus models --weights`)",
+    )
+    pr.add_argument("--weights-dir", help="folder of downloaded weights files (default $RESNEXUS_WEIGHTS_DIR)")
+    pr.add_argument("--input", required=True, help="an image or a folder (read in natural sort order)")
+    pr.add_argument("--output", required=True, help="CSV: path,label,prob_<class>...")
+    pr.add_argument("--id-label", action="store_true", help="write a Kaggle-style id,label file instead")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never an input)")
+    pr.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
+    pr.add_argument("--ensemble", action="store_true", help=ENSEMBLE_HELP)
+    pr.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="predict the images that can be decoded instead of stopping at the first that cannot; the rest "
+        "get no row in --output (as timm's inference script leaves out what it skips) and are listed in the log",
+    )
+
+
+def run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    written = predict(
+        args.checkpoint,
+        args.input,
+        args.output,
+        id_label=args.id_label,
+        flip_tta=args.tta,
+        ensemble=args.ensemble,
+        overwrite=args.overwrite,
+        model=args.model,
+        weights=args.weights,
+        weights_dir=args.weights_dir,
+        skip_bad_images=args.skip_bad_images,
+    )
+    print(f"predictions: {written}")
+    return 0
+
+
+# -- explain --------------------------------------------------------------------------------------
+def add_explain_arguments(ex: argparse.ArgumentParser) -> None:
+    ex.add_argument("--checkpoint", required=True, help="a resnexus checkpoint or a run directory (see evaluate)")
+    ex.add_argument("--input", required=True, help="an image or a folder (class sub-folders are read too)")
+    ex.add_argument("--out", required=True, help="folder for <image>_gradcam.png files and explain.csv")
+    ex.add_argument("--overwrite", action="store_true", help="replace the files of an earlier explain in --out")
+    ex.add_argument("--target", help="class to explain (default: each image's predicted class)")
+    ex.add_argument("--layer", help="module to look at (default: the model's last stage, e.g. layer4)")
+    ex.add_argument("--ensemble", action="store_true", help=ENSEMBLE_HELP + "; the map is the mean of their maps")
+    ex.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="explain the images that can be decoded instead of stopping at the first that cannot; the rest "
+        "get no overlay and no row in explain.csv, and are listed in the log",
+    )
+
+
+def run_explain(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    csv_path = explain(
+        args.checkpoint,
+        args.input,
+        args.out,
+        target=args.target,
+        layer=args.layer,
+        ensemble=args.ensemble,
+        overwrite=args.overwrite,
+        skip_bad_images=args.skip_bad_images,
+    )
+    print(f"Grad-CAM overlays: {csv_path.parent} (index: {csv_path})")
+    return 0
+
+
+# -- export ---------------------------------------------------------------------------------------
+def add_export_arguments(exp: argparse.ArgumentParser) -> None:
+    exp.add_argument("--checkpoint", required=True, help="a resnexus checkpoint or a run directory (see evaluate)")
+    exp.add_argument("--output", required=True, help="the .onnx or .keras file, or the SavedModel folder, to write")
+    exp.add_argument(
+        "--format",
+        default="onnx",
+        choices=EXPORT_FORMATS,
+        help="onnx (default); keras: a .keras file; savedmodel: a TF SavedModel folder for TF Serving, whose "
+        "signature takes float32 NHWC images in [0, 1] and returns probabilities (needs resnexus[keras])",
+    )
+    exp.add_argument("--opset", type=int, help=f"ONNX opset (default {DEFAULT_OPSET}; --format onnx only)")
+    exp.add_argument(
+        "--overwrite", action="store_true", help="keras, savedmodel: replace an existing --output (ONNX always does)"
+    )
+
+
+def run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.format == "onnx":
+        opset = DEFAULT_OPSET if args.opset is None else args.opset
+        result = export_onnx(args.checkpoint, args.output, opset=opset)
+        print(
+            f"ONNX model: {result.path} (opset {result.opset}); onnxruntime vs PyTorch on a random batch: "
+            f"max |logit difference| {result.max_abs_diff:.2e}"
+        )
+        return 0
+    if args.opset is not None:
+        raise ValueError(f"--opset is an ONNX option; --format {args.format} does not use it")
+    exported = export_keras(args.checkpoint, args.output, format=args.format, overwrite=args.overwrite)
+    compared = "logit" if args.format == "keras" else "probability (serving signature)"
+    kind = "Keras model" if args.format == "keras" else "TF SavedModel"
+    print(
+        f"{kind}: {exported.path}; read back vs PyTorch on a random batch: "
+        f"max |{compared} difference| {exported.max_abs_diff:.2e}"
+    )
+    return 0
+
+
+EVALUATE = Command(
+    "evaluate", "metrics of a checkpoint on a labelled image folder", add_evaluate_arguments, run_evaluate
+)
+PREDICT = Command("predict", "predict images into a CSV file", add_predict_arguments, run_predict)
+EXPLAIN = Command(
+    "explain",
+    "Grad-CAM overlays: where in each image the evidence for a class lies",
+    add_explain_arguments,
+    run_explain,
+)
+EXPORT = Command(
+    "export",
+    "export a checkpoint to ONNX (usable by predict/evaluate via onnxruntime), .keras or a TF SavedModel",
+    add_export_arguments,
+    run_export,
+)
