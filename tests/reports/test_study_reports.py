@@ -16,7 +16,9 @@ import torch
 import resnexus.engine.comparison as comparison
 import resnexus.engine.crossval as crossval
 from resnexus.data import AugmentConfig
-from resnexus.engine.config import TrainConfig
+from resnexus.engine.config import TrainConfig, config_warnings
+from resnexus.reports.comparison import ComparisonFacts, comparison_markdown, with_binary_columns
+from resnexus.reports.tables import write_csv
 
 EXPECTED = Path(__file__).parent / "data" / "study_reports"
 
@@ -86,13 +88,21 @@ def _row(model: str, **values) -> dict:
 # -- comparison ---------------------------------------------------------------------------------
 def _comparison_files(tmp_path: Path, rows, columns, recipe, **facts) -> tuple[str, str]:
     """comparison.md and comparison.csv for these rows (the code under test's entry points)."""
-    markdown = comparison._markdown(rows, columns, recipe, **facts)
-    csv_path = comparison._write_csv(rows, tmp_path / "comparison.csv", tuple(k for k, _ in columns))
+    facts = ComparisonFacts(
+        recipe=recipe,
+        recipe_warnings=config_warnings(recipe),
+        precision=recipe.precision,
+        device="CPU",
+        cuda=False,
+        **facts,
+    )
+    markdown = comparison_markdown(rows, columns, facts)
+    csv_path = write_csv(rows, tmp_path / "comparison.csv", tuple(k for k, _ in columns))
     return markdown, csv_path.read_bytes().decode("utf-8")
 
 
 def _binary_columns(columns):
-    return comparison._columns(columns, ("Monkeypox", "the class named like a finding"))
+    return with_binary_columns(columns, ("Monkeypox", "the class named like a finding"))
 
 
 def test_comparison_of_one_split_with_a_keras_model_and_a_failure(tmp_path):

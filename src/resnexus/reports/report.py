@@ -149,4 +149,4 @@ def _confusion_matrix_lines(metrics: dict, names: list[str], png_name: str) -> l
     cm_names = [markdown_cell(c) for c in metrics.get("class_names", names)]
     cm_rows = [[f"**{cm_names[i]}**", *(str(v) for v in row)] for i, row in enumerate(metrics["confusion_matrix"])]
     md += [markdown_table(["true \\ predicted", *cm_names], cm_rows, "l" + "r" * len(cm_names))]
-    return md + ["", f"![Confusion matrix](plots/{png_name})", ""]
+    return [*md, "", f"![Confusion matrix](plots/{png_name})", ""]
