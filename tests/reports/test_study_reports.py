@@ -242,7 +242,7 @@ def _cv_record(refit: dict, **protocol) -> dict:
 
 def _cv_files(tmp_path: Path, record: dict) -> tuple[str, str]:
     """cv_report.md and cv_metrics.json for this record (the code under test's entry point)."""
-    crossval._write_record(tmp_path, record)
+    crossval.write_record(tmp_path, record)
     return (tmp_path / "cv_report.md").read_bytes().decode(), (tmp_path / "cv_metrics.json").read_bytes().decode()
 
 
