@@ -1,6 +1,6 @@
 """The study reports (comparison.md / .csv, cv_report.md / cv_metrics.json) stay byte for byte what they were.
 
-Built from fixed rows and records (no training), on "a CPU" (CUDA hidden), and compared with the files in
+Built from fixed rows and records (no training; the machine facts given as a CPU's) and compared with the files in
 ``data/study_reports/``, which were captured from the code before these reports moved to reports/.
 Regenerate them only for an intended change: ``RESNEXUS_WRITE_EXPECTED=1 pytest tests/reports/test_study_reports.py``.
 """
@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 import resnexus.engine.comparison as comparison
 import resnexus.engine.crossval as crossval
@@ -21,11 +20,6 @@ from resnexus.reports.comparison import ComparisonFacts, comparison_markdown, wi
 from resnexus.reports.tables import write_csv
 
 EXPECTED = Path(__file__).parent / "data" / "study_reports"
-
-
-@pytest.fixture(autouse=True)
-def _on_a_cpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 def _check(name: str, text: str) -> None:
