@@ -53,6 +53,9 @@ finished run trained with another recipe or on other images is refused, by name,
 A model that fails while training gets a row with ``status`` "failed" and the error; the others
 still run (and ``resume`` trains it again). Bad input (no models, an unknown or repeated name, overrides a model rejects or an
 image size it cannot take, run directories that already hold runs) fails before any training.
+
+Here: the checks, the images and the rows; engine/compare_runs.py trains and measures each run, and
+reports/comparison.py writes the tables and comparison.md.
 """
 
 from __future__ import annotations

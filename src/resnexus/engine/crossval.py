@@ -27,6 +27,8 @@ models can then be used as an ensemble (``--ensemble``). Outputs under ``config.
 cross-validation: the finished runs are kept, the interrupted ones continue from their last.pt and
 the rest train, so the result is the uninterrupted run's. A stop signal (SIGINT / SIGTERM) saves
 every run being trained, one or ``jobs`` side by side, and names that command.
+
+cv_report.md is written by reports/crossval.py from the record cv_metrics.json holds.
 """
 
 from __future__ import annotations
