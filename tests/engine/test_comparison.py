@@ -166,7 +166,7 @@ def test_bad_input_is_rejected_before_training(data, tmp_path):
 
 
 def test_a_failing_model_is_reported_and_the_others_still_run(data, tmp_path, monkeypatch):
-    import resnexus.engine.comparison as cmp
+    import resnexus.engine.compare_runs as cmp  # where compare trains each model
 
     real_train = cmp.train
 
@@ -442,7 +442,7 @@ def test_jobs_trains_runs_side_by_side_in_processes_of_their_own(data, tmp_path)
 
 
 def test_cv_a_stopped_comparison_resumes_only_what_is_missing(tmp_path, monkeypatch):
-    import resnexus.engine.comparison as cmp
+    import resnexus.engine.compare_runs as cmp  # where compare trains each model
 
     data = _patients_folder(tmp_path / "patients")
     base = _base(data, epochs=1, val_fraction=0.0, group_by="patient")

@@ -14,7 +14,7 @@ import torch
 
 from resnexus.engine import TrainConfig, train
 from resnexus.engine.comparison import compare
-from resnexus.engine.crossval import _report_markdown, cross_validate
+from resnexus.engine.crossval import cross_validate, report_markdown
 from tests.engine.test_comparison import _patients_folder
 from tests.engine.test_crossval import _make_folder
 from tests.helpers import bright_and_dark_folder
@@ -115,7 +115,7 @@ def test_cv_report_names_the_positive_class_and_flags_a_constant_fold(tmp_path):
     ]
     assert (
         "**Warning:** fold 2: the model predicted 'Others' for every image: sensitivity/specificity are degenerate."
-        in _report_markdown(record)
+        in report_markdown(record)
     )
     with pytest.raises(
         ValueError, match=r"^--positive-class 'Mpox' is not one of the classes: 'Monkey Pox', 'Others'$"

@@ -53,35 +53,41 @@ finished run trained with another recipe or on other images is refused, by name,
 A model that fails while training gets a row with ``status`` "failed" and the error; the others
 still run (and ``resume`` trains it again). Bad input (no models, an unknown or repeated name, overrides a model rejects or an
 image size it cannot take, run directories that already hold runs) fails before any training.
+
+Here: the checks, the images and the rows; engine/compare_runs.py trains and measures each run, and
+reports/comparison.py writes the tables and comparison.md.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import multiprocessing
-import os
-import resource
 import statistics
-import sys
-import tempfile
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import Samples, kfold_splits
-from ..files import atomic_write, write_text_atomic
+from ..files import write_text_atomic
 from ..models.registry import count_macs, create_model, get_entry
-from ..reports import fixed_decimals, markdown_cell, markdown_table, plot_accuracy_vs_macs, resolve_positive_class
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from ..reports import plot_accuracy_vs_macs, resolve_positive_class
+from ..reports.comparison import (
+    COLUMNS,
+    FOLD_COLUMNS,
+    FOLD_RUN_COLUMNS,
+    KERAS_PREFIX,
+    METRICS,
+    ComparisonFacts,
+    best_row,
+    comparison_markdown,
+    with_binary_columns,
+)
+from ..reports.tables import write_csv
+from .compare_runs import failure_row, train_runs
 from .config import (
     TrainConfig,
     autocast_dtype,
@@ -96,66 +102,12 @@ from .config import (
 )
 from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
 from .finished import finished_outcome, record_finished
-from .frameworks import train
 from .interrupt import StopRequested, TrainingInterrupted, raise_on_stop_signal
-from .workers import log_like_parent, logging_of_this_process, running_task, threads_per_job, watch_parent
+from .rundir import RunDir
 
-__all__ = ["COLUMNS", "FOLD_COLUMNS", "CompareResult", "compare"]
+__all__ = ["COLUMNS", "FOLD_COLUMNS", "KERAS_PREFIX", "CompareResult", "compare"]
 
 logger = logging.getLogger(__name__)
-
-# (CSV column, Markdown header); the CSV and the table always hold the same columns in this order.
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("model", "Model"),
-    ("status", "Status"),
-    ("accuracy", "Accuracy"),
-    ("balanced_accuracy", "Balanced acc."),
-    ("macro_f1", "Macro F1"),
-    ("roc_auc", "ROC-AUC"),
-    ("params", "Params"),
-    ("macs", "MACs"),
-    ("image_size", "Image size"),
-    ("train_seconds", "Train time (s)"),
-    ("train_images_per_second", "Train img/s"),
-    ("inference_images_per_second", "Inference img/s"),
-    ("peak_memory_mib", "Peak memory (MiB)"),
-    ("best_epoch", "Best epoch"),
-    ("error", "Error"),
-)
-# With folds: the accuracy's corrected SE and the paired difference against the first model after the
-# accuracy, the number of fold runs instead of the best epoch (one per fold run), time per fold run.
-FOLD_COLUMNS: tuple[tuple[str, str], ...] = (
-    *COLUMNS[:3],
-    ("accuracy_se", "Accuracy SE"),
-    ("accuracy_diff", "Paired diff. vs first"),
-    ("accuracy_diff_se", "Diff. SE"),
-    *COLUMNS[3:9],
-    ("fold_runs", "Fold runs"),
-    ("train_seconds", "Train time per fold run (s)"),
-    *COLUMNS[10:13],
-    COLUMNS[14],
-)
-# comparison_folds.csv: one line per (model, fold run)
-FOLD_RUN_COLUMNS = (
-    "model",
-    "repeat",
-    "fold",
-    "status",
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "roc_auc",
-    "n_train",
-    "n_test",
-    "train_seconds",
-    "run_dir",
-    "error",
-)
-_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
-# two classes: after the ROC-AUC, the rates of the positive class, which the CSV names in a column of its own
-_BINARY_COLUMNS = (("positive_class", "Positive class"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"))
-_INFERENCE_MIN_SECONDS = 0.5  # keep timing batches until this much time has passed ...
-_INFERENCE_MAX_BATCHES = 100  # ... or this many batches
 
 
 @dataclass
@@ -170,11 +122,41 @@ class CompareResult:
     @property
     def best(self) -> dict[str, Any] | None:
         """The row with the highest accuracy (fewer MACs wins a tie); None if every model failed."""
-        return _best(self.rows)
+        return best_row(self.rows)
 
 
 # what makes a folder a comparison's: its tables, or the model runs (one split, or fold runs) it trains
-COMPARE_FILES = ("comparison.*", "comparison_*", "*/checkpoints", "*/compare_run.json", "*/*/checkpoints")
+COMPARE_FILES = (
+    "comparison.*",
+    "comparison_*",
+    f"*/{RunDir.CHECKPOINTS}",
+    f"*/{RunDir.COMPARE_FINISHED}",
+    f"*/*/{RunDir.CHECKPOINTS}",
+)
+
+
+@dataclass
+class _Plan:
+    """A comparison checked and laid out, before any training: which models, recipe and images."""
+
+    models: list[str]
+    configs: dict[str, TrainConfig]  # model -> its config (the shared recipe, its own spec and run directory)
+    overrides: dict[str, dict[str, Any]]  # model -> its spec overrides
+    runs: dict[str, dict[str, Samples]]  # fold run tag ("" for one split) -> the images of every model's run
+    out: Path
+    positive: tuple[str, str] | None  # two classes: the positive class and how it was chosen
+    columns: tuple[tuple[str, str], ...]
+
+    @property
+    def recipe(self) -> TrainConfig:
+        return self.configs[self.models[0]]
+
+    @property
+    def first(self) -> dict[str, Samples]:
+        return next(iter(self.runs.values()))
+
+    def run_dir(self, model: str, tag: str = "") -> Path:
+        return self.out / _run_name(model) / tag
 
 
 def compare(
@@ -197,18 +179,52 @@ def compare(
     repeated grouped K-fold cross-validation instead of one split. ``jobs`` trains that many runs
     side by side (isolated processes); ``resume`` keeps the runs already finished in ``out``.
     """
+    plan = _plan(models, base, Path(out), model_configs, folds, repeats, jobs, isolate, resume)
+    rows = _static_rows(plan)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    log = logger.info if base.verbose else logger.debug
+    measured = _train_all(plan, isolate, jobs, resume, log)
+    fold_records = _fill_rows(rows, plan, measured, log)
+    if folds:
+        protocol = _write_fold_files(rows, fold_records, plan, folds, repeats)
+    else:
+        first = plan.first
+        evaluated = "test" if "test" in first else ("val" if "val" in first else "train")
+        protocol = f"split (same images for every model): {describe_splits(first)}; metrics on the {evaluated} split"
+
+    out = plan.out
+    csv_path = write_csv(rows, out / "comparison.csv", tuple(k for k, _ in plan.columns))
+    plot_path = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png")
+    facts = _facts(plan, protocol, plot_path.name, isolate, jobs)
+    md_path = write_text_atomic(out / "comparison.md", comparison_markdown(rows, plan.columns, facts))
+    best = best_row(rows)
+    log(f"comparison: {md_path}" + (f" (best: {best['model']})" if best else ""))  # the CLI prints no copy
+    return CompareResult(rows=rows, markdown=md_path, csv=csv_path, plot=plot_path)
+
+
+def _plan(
+    models: Sequence[str],
+    base: TrainConfig,
+    out: Path,
+    model_configs: dict[str, dict[str, Any]] | None,
+    folds: int | None,
+    repeats: int,
+    jobs: int,
+    isolate: bool,
+    resume: bool,
+) -> _Plan:
+    """Every check that can fail before training, and what the runs will be: bad input fails here."""
     models = _check_models(models, model_configs)
     _check_folds(folds, repeats)
     _check_jobs(jobs, isolate, models)
     given_configs = {name: dict(cfg) for name, cfg in (model_configs or {}).items()}
-    model_configs = {m: given_configs.get(m, given_configs.get(_spec(m)[0], {})) for m in models}
+    overrides = {m: given_configs.get(m, given_configs.get(_spec(m)[0], {})) for m in models}
     if base.model_config:
         raise ValueError("compare: give per-model overrides in model_configs, not base.model_config")
     if base.weights is not None:
         raise ValueError("compare: base.weights cannot apply to several models; compare trains from scratch")
     if base.resume:
         raise ValueError("compare: base.resume continues one run; continue a comparison with resume=True (--resume)")
-    out = Path(out)
 
     # one config per model, all filled from the same base (the built-in digits when data is None)
     configs = {
@@ -217,7 +233,7 @@ def compare(
                 base,
                 model=_spec(spec)[0],
                 framework=_spec(spec)[1],
-                model_config=model_configs[spec],
+                model_config=overrides[spec],
                 out=str(out / _run_name(spec)),
             )
         )
@@ -231,29 +247,37 @@ def compare(
     check_run_output(recipe, out, ours=COMPARE_FILES, kind="a comparison")  # not the data, nor others' files
     # the images every model sees: one split, or the same fold runs (name -> splits)
     runs = _fold_runs(recipe, folds, repeats) if folds else {"": checked_splits(recipe, verbose=recipe.verbose)[0]}
+    _check_taken(out, models, runs, base.overwrite or resume)
+    class_names = next(iter(runs.values()))["train"].class_names
+    index, why = resolve_positive_class(class_names, recipe.positive_class)  # a wrong name: one line, now
+    positive = (class_names[index], why) if len(class_names) == 2 else None
+    columns = with_binary_columns(FOLD_COLUMNS if folds else COLUMNS, positive)
+    warn_about_config(recipe, recipe.verbose)  # once for all its runs
+    return _Plan(models, configs, overrides, runs, out, positive, columns)
+
+
+def _check_taken(out: Path, models: Sequence[str], runs: dict[str, dict[str, Samples]], allowed: bool) -> None:
+    """Refuse run directories that already hold runs, unless overwriting or resuming."""
     taken = [
         str(out / _run_name(n) / tag)
         for n in models
         for tag in runs
-        if (out / _run_name(n) / tag / "checkpoints").exists()
+        if RunDir(out / _run_name(n) / tag).checkpoints.exists()
     ]
-    if taken and not (base.overwrite or resume):
+    if taken and not allowed:
         raise FileExistsError(
             f"run directories already hold runs: {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; "
             "continue the comparison with resume (--resume), choose another out, or set overwrite"
         )
-    first = next(iter(runs.values()))
-    class_names = first["train"].class_names
-    num_classes = len(class_names)
-    index, why = resolve_positive_class(class_names, recipe.positive_class)  # a wrong name: one line, now
-    positive = (class_names[index], why) if num_classes == 2 else None
-    columns = _columns(FOLD_COLUMNS if folds else COLUMNS, positive)
-    warn_about_config(recipe, recipe.verbose)  # once for all its runs
 
-    # parameters and MACs as trained; building each model here also checks its overrides and image size
+
+def _static_rows(plan: _Plan) -> list[dict[str, Any]]:
+    """One row per model with its parameters and MACs as trained; building each model here also checks
+    its overrides and image size, before any training."""
+    num_classes = len(plan.first["train"].class_names)
     rows: list[dict[str, Any]] = []
-    for name in models:
-        cfg = configs[name]
+    for name in plan.models:
+        cfg = plan.configs[name]
         try:
             params, macs = _params_and_macs(cfg.model, cfg.model_config, num_classes, cfg.image_size)
         except Exception as error:  # reported with the model's name, before training
@@ -262,20 +286,28 @@ def compare(
                 f"images with {num_classes} classes: {type(error).__name__}: {error}"
             ) from error
         rows.append(
-            {key: None for key, _ in columns}
+            {key: None for key, _ in plan.columns}
             | {
                 "model": name,
-                "positive_class": positive[0] if positive else None,
+                "positive_class": plan.positive[0] if plan.positive else None,
                 "params": params,
                 "macs": macs,
                 "image_size": cfg.image_size,
-                "run_dir": str(out / _run_name(name)),
+                "run_dir": str(plan.run_dir(name)),
             }
         )
+    return rows
 
-    out.mkdir(parents=True, exist_ok=True)
-    log = logger.info if base.verbose else logger.debug
-    run_configs = {(n, tag): replace(configs[n], out=str(out / _run_name(n) / tag)) for n in models for tag in runs}
+
+def _train_all(
+    plan: _Plan, isolate: bool, jobs: int, resume: bool, log: Callable[[str], None]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(model, fold run tag) -> measured row`` of every run: kept from before (``resume``) or trained now.
+    A stop signal ends with :class:`TrainingInterrupted` naming how to continue the comparison."""
+    runs, out = plan.runs, plan.out
+    run_configs = {
+        (n, tag): replace(plan.configs[n], out=str(plan.run_dir(n, tag))) for n in plan.models for tag in runs
+    }
     measured = (
         {key: finished_outcome(cfg, runs[key[1]], _FINISHED, "compare --resume") for key, cfg in run_configs.items()}
         if resume
@@ -289,7 +321,7 @@ def compare(
     todo = [(key, replace(cfg, resume=resume)) for key, cfg in run_configs.items() if key not in measured]
     try:
         with raise_on_stop_signal():  # SIGTERM too stops the runs (each saves) instead of orphaning them
-            for (name, tag), row in _train_runs(todo, runs, isolate, jobs, log):
+            for (name, tag), row in train_runs(todo, runs, isolate, jobs, log):
                 measured[(name, tag)] = row
                 if row["status"] == "ok":
                     record_finished(run_configs[(name, tag)], runs[tag], row, _FINISHED)
@@ -298,35 +330,70 @@ def compare(
         raise TrainingInterrupted(
             out, stopped.signum, where, "the same comparison with resume=True (--resume)", str(out)
         ) from None
+    return measured
+
+
+def _fill_rows(
+    rows: list[dict[str, Any]],
+    plan: _Plan,
+    measured: dict[tuple[str, str], dict[str, Any]],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Each model's row from its run (one split) or its fold runs; returns the fold runs' records."""
     fold_records: list[dict[str, Any]] = []
-    for name, row in zip(models, rows):
-        if not folds:
+    for name, row in zip(plan.models, rows):
+        if "" in plan.runs:
             row.update(measured[(name, "")])
         else:
-            for tag, splits in runs.items():
-                fold_records.append(_fold_record(name, tag, splits, measured[(name, tag)], out / _run_name(name) / tag))
-            row.update(_summarise_fold_runs({tag: measured[(name, tag)] for tag in runs}, runs))
+            for tag, splits in plan.runs.items():
+                fold_records.append(_fold_record(name, tag, splits, measured[(name, tag)], plan.run_dir(name, tag)))
+            row.update(_summarise_fold_runs({tag: measured[(name, tag)] for tag in plan.runs}, plan.runs))
         if row["status"] == "failed":
             log(f"compare: {name} failed: {row['error']}")
-    if folds:
-        _add_paired_differences(rows, fold_records, runs)
-        record = {"fold_runs": list(runs)} | splits_record(first["test"].root, list(runs.values()))
-        write_text_atomic(out / "comparison_splits.json", json.dumps(record, indent=2, ensure_ascii=False))
-        _write_csv(fold_records, out / "comparison_folds.csv", FOLD_RUN_COLUMNS)
-        protocol = _fold_protocol(runs, folds, repeats, recipe)
-    else:
-        evaluated = "test" if "test" in first else ("val" if "val" in first else "train")
-        protocol = f"split (same images for every model): {describe_splits(first)}; metrics on the {evaluated} split"
+    return fold_records
 
-    csv_path = _write_csv(rows, out / "comparison.csv", tuple(k for k, _ in columns))
-    plot_path = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png")
-    markdown = _markdown(
-        rows, columns, recipe, protocol, class_names, model_configs, isolate, plot_path.name, jobs, positive
+
+def _write_fold_files(
+    rows: list[dict[str, Any]], fold_records: list[dict[str, Any]], plan: _Plan, folds: int, repeats: int
+) -> str:
+    """The paired differences into the rows, comparison_splits.json and comparison_folds.csv; the protocol."""
+    runs, out = plan.runs, plan.out
+    _add_paired_differences(rows, fold_records, runs)
+    record = {"fold_runs": list(runs)} | splits_record(plan.first["test"].root, list(runs.values()))
+    write_text_atomic(out / "comparison_splits.json", json.dumps(record, indent=2, ensure_ascii=False))
+    write_csv(fold_records, out / "comparison_folds.csv", FOLD_RUN_COLUMNS)
+    return _fold_protocol(runs, folds, repeats, plan.recipe)
+
+
+def _facts(plan: _Plan, protocol: str, plot_name: str, isolate: bool, jobs: int) -> ComparisonFacts:
+    """What comparison.md says beside the rows, this machine's facts (device, precision) included."""
+    recipe, cuda = plan.recipe, torch.cuda.is_available()
+    return ComparisonFacts(
+        recipe=recipe,
+        recipe_warnings=config_warnings(recipe),
+        protocol=protocol,
+        class_names=plan.first["train"].class_names,
+        overrides=plan.overrides,
+        plot_name=plot_name,
+        precision=_precision_used(recipe.precision),
+        device=torch.cuda.get_device_name() if cuda else "CPU",
+        cuda=cuda,
+        isolate=isolate,
+        jobs=jobs,
+        positive=plan.positive,
     )
-    md_path = write_text_atomic(out / "comparison.md", markdown)
-    best = _best(rows)
-    log(f"comparison: {md_path}" + (f" (best: {best['model']})" if best else ""))  # the CLI prints no copy
-    return CompareResult(rows=rows, markdown=md_path, csv=csv_path, plot=plot_path)
+
+
+def _precision_used(precision: str) -> str:
+    """``auto`` with what it chose on this machine, as each run's own report names it."""
+    if precision != "auto":
+        return precision
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return f"auto ({precision_name(autocast_dtype(precision, device))} here)"
+
+
+# -- resuming: what a finished run leaves behind (engine/finished.py) -----------------------------
+_FINISHED = RunDir.COMPARE_FINISHED
 
 
 # -- cross-validated comparison ----------------------------------------------------------------
@@ -365,7 +432,7 @@ def _fold_runs(recipe: TrainConfig, folds: int, repeats: int) -> dict[str, dict[
 
 def _fold_record(name: str, tag: str, splits: dict[str, Samples], measured: dict[str, Any], run_dir: Path) -> dict:
     repeat, fold = (int(x) for x in tag[1:].split("f"))
-    return {key: measured.get(key) for key in _METRICS} | {
+    return {key: measured.get(key) for key in METRICS} | {
         "model": name,
         "repeat": repeat,
         "fold": fold,
@@ -383,10 +450,10 @@ def _summarise_fold_runs(measured: dict[str, dict[str, Any]], runs: dict[str, di
     failed = [(tag, m) for tag, m in measured.items() if m["status"] != "ok"]
     if failed:
         tag, m = failed[0]
-        return _failure(f"fold run {tag}: {m['error']}") | {"fold_runs": len(measured) - len(failed)}
+        return failure_row(f"fold run {tag}: {m['error']}") | {"fold_runs": len(measured) - len(failed)}
     rows = list(measured.values())
     row: dict[str, Any] = {"status": "ok", "error": None, "fold_runs": len(rows)}
-    for key in _METRICS:
+    for key in METRICS:
         values = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
         row[key] = statistics.fmean(values) if values else None
     n_test, n_train = _mean_sizes(runs)
@@ -459,18 +526,7 @@ def _validation_text(runs: dict[str, dict[str, Samples]], val_fraction: float) -
     return f"{share} in {len(validated)} of the {len(runs)} fold runs; the others without"
 
 
-def _columns(columns: tuple[tuple[str, str], ...], positive: tuple[str, str] | None) -> tuple[tuple[str, str], ...]:
-    """``columns`` with, for two classes, the positive class and its sensitivity / specificity after the ROC-AUC."""
-    if positive is None:
-        return columns
-    at = [key for key, _ in columns].index("roc_auc") + 1
-    return (*columns[:at], *_BINARY_COLUMNS, *columns[at:])
-
-
 # -- input checks and static measurements ------------------------------------------------------
-KERAS_PREFIX = "keras:"  # a model trained with Keras (engine/keras_fit.py)
-
-
 def _spec(model: str) -> tuple[str, str]:
     """``"keras:NAME"`` -> (NAME, "keras"); a plain name -> (name, "torch")."""
     if model.startswith(KERAS_PREFIX):
@@ -516,364 +572,3 @@ def _params_and_macs(name: str, overrides: dict[str, Any], num_classes: int, ima
     model.eval()
     params = sum(p.numel() for p in model.parameters())
     return params, count_macs(model, (3, image_size, image_size))
-
-
-# -- running one model -------------------------------------------------------------------------
-def _measure(config: TrainConfig, splits: dict[str, Samples], peak_rss: bool) -> dict[str, Any]:
-    """Train one model and time its inference; the fields of its row that depend on the run."""
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    result = train(config, splits=splits)
-    speeds = [h["images_per_second"] for h in result.history if h.get("images_per_second")]
-    row: dict[str, Any] = {key: result.metrics.get(key) for key in _METRICS}
-    row.update(
-        status="ok",
-        error=None,
-        best_epoch=result.best_epoch,
-        train_seconds=result.seconds,
-        train_images_per_second=statistics.median(speeds) if speeds else None,
-        inference_images_per_second=_inference_speed(config, result.run_dir)
-        if config.framework == "torch"
-        else _keras_inference_speed(config, result.run_dir),
-        peak_memory_mib=None,
-        warnings=list(result.metrics.get("warnings") or []),
-    )
-    if cuda:
-        row["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    elif peak_rss:
-        row["peak_memory_mib"] = _peak_rss_mib()
-    return row
-
-
-@torch.inference_mode()
-def _inference_speed(config: TrainConfig, run_dir: Path) -> float:
-    """Images/s of the best checkpoint on one fixed batch, eval mode, the training precision."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp_dtype = autocast_dtype(config.precision, device)
-    channels_last = config.channels_last if config.channels_last is not None else amp_dtype is not None
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model_from_checkpoint(load_checkpoint(run_dir / "checkpoints" / "best.pt"))
-    model.to(device, memory_format=memory_format).eval()
-    size = config.image_size
-    x = torch.randn(config.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
-    x = x.to(device, memory_format=memory_format)
-
-    def forward() -> None:
-        if amp_dtype is None:
-            model(x)
-        else:
-            with torch.autocast(device.type, dtype=amp_dtype):
-                model(x)
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    forward()  # warm-up: allocator, cuDNN algorithm choice, lazy initialisation
-    sync()
-    batches, start = 0, time.perf_counter()
-    while True:
-        forward()
-        batches += 1
-        sync()
-        elapsed = time.perf_counter() - start
-        if elapsed >= _INFERENCE_MIN_SECONDS or batches >= _INFERENCE_MAX_BATCHES:
-            return batches * config.batch_size / elapsed
-
-
-def _keras_inference_speed(config: TrainConfig, run_dir: Path) -> float:
-    """Images/s of a Keras-trained run's best.keras, timed like :func:`_inference_speed`."""
-    from .keras_fit import keras_inference_speed
-
-    return keras_inference_speed(run_dir, config.batch_size, config.image_size, _INFERENCE_MIN_SECONDS)
-
-
-def _peak_rss_mib() -> float:
-    """This process's peak resident set size (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def _failure(error: BaseException | str) -> dict[str, Any]:
-    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    return {"status": "failed", "error": " ".join(str(message).split())}  # one line, for the table
-
-
-def _run_in_process(config: TrainConfig, splits: dict[str, Samples]) -> dict[str, Any]:
-    try:
-        return _measure(config, splits, peak_rss=False)
-    except Exception as error:  # one model's failure must not stop the comparison
-        logger.exception(f"compare: {config.model} failed while training")
-        return _failure(error)
-
-
-def _child(
-    config: TrainConfig,
-    splits: dict[str, Samples],
-    result_path: str,
-    threads: int,
-    logging_setup: tuple[int, bool],
-    parent_pid: int,
-) -> None:
-    """Entry point of the spawned process: train, then write the measured row as JSON."""
-    watch_parent(parent_pid)  # a killed parent takes this run down (it saves first)
-    log_like_parent(*logging_setup)
-    torch.set_num_threads(threads)
-    baseline = _peak_rss_mib()  # the interpreter, PyTorch and resnexus, before any training
-    try:
-        with running_task():
-            row = _measure(config, splits, peak_rss=True)
-    except KeyboardInterrupt as stopped:  # stopped by the parent, saved: no row, no traceback
-        sys.exit(getattr(stopped, "exit_code", 130))
-    except Exception as error:  # reported in the row; the parent reads it
-        logger.exception(f"compare: {config.model} failed while training")
-        row = _failure(error)
-    row["baseline_memory_mib"] = baseline
-    write_text_atomic(result_path, json.dumps(row))
-
-
-class _Children:
-    """The training processes running now, so that Ctrl-C in the parent stops every one of them."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.live: set[multiprocessing.process.BaseProcess] = set()
-        self.stopping = False
-
-    def start(self, process: multiprocessing.process.BaseProcess) -> bool:
-        with self.lock:
-            if self.stopping:
-                return False
-            process.start()
-            self.live.add(process)
-            return True
-
-    def done(self, process: multiprocessing.process.BaseProcess) -> None:
-        with self.lock:
-            self.live.discard(process)
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping = True
-            for process in self.live:
-                process.terminate()
-
-
-def _run_isolated(
-    config: TrainConfig, splits: dict[str, Samples], threads: int | None = None, children: _Children | None = None
-) -> dict[str, Any]:
-    """One model in a fresh ``spawn`` process: its own peak memory, and a crash stays contained."""
-    ctx = multiprocessing.get_context("spawn")
-    Path(config.out).parent.mkdir(parents=True, exist_ok=True)  # a fold run's model folder may not exist yet
-    fd, result_path = tempfile.mkstemp(prefix=".compare-", suffix=".json", dir=Path(config.out).parent)
-    os.close(fd)
-    try:
-        threads = threads or torch.get_num_threads()
-        args = (config, splits, result_path, threads, logging_of_this_process(), os.getpid())
-        process = ctx.Process(target=_child, args=args, name=f"compare-{Path(config.out).name}")
-        if children is None:
-            process.start()
-        elif not children.start(process):
-            return _failure("not started: the comparison was stopped")
-        try:
-            process.join()
-        except BaseException:  # Ctrl-C: do not leave the child training on its own
-            process.terminate()
-            process.join()
-            raise
-        finally:
-            if children is not None:
-                children.done(process)
-        try:
-            return json.loads(Path(result_path).read_text())
-        except (OSError, ValueError):  # missing or empty: the child died before writing its row
-            return _failure(
-                f"training process exited with code {process.exitcode} without a result "
-                "(killed, e.g. out of memory? its output above may say why)"
-            )
-    finally:
-        Path(result_path).unlink(missing_ok=True)
-
-
-def _train_runs(
-    todo: Sequence[tuple[tuple[str, str], TrainConfig]],
-    runs: dict[str, dict[str, Samples]],
-    isolate: bool,
-    jobs: int,
-    log: Any,
-) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
-    """``((model, fold run tag), measured row)`` for each run of ``todo``, as each finishes: one after
-    another, or ``jobs`` isolated processes at once (threads here only wait for them).
-
-    Not workers.run_side_by_side's process pool: a pool's worker trains run after run, so its peak
-    memory would not be one run's, and a run killed for memory would break the pool for the rest."""
-    if jobs == 1:
-        run = _run_isolated if isolate else _run_in_process
-        for i, ((name, tag), config) in enumerate(todo, 1):
-            log(f"compare [{i}/{len(todo)}]{f' fold run {tag}' if tag else ''}: {name} -> {config.out}")
-            yield (name, tag), run(config, runs[tag])
-        return
-    threads = threads_per_job(jobs)
-    log(f"compare: {len(todo)} runs, {jobs} side by side with {threads} thread(s) each")
-    children = _Children()
-    with ThreadPoolExecutor(jobs, thread_name_prefix="compare") as pool:
-        futures = {
-            pool.submit(_run_isolated, config, runs[key[1]], threads, children): (key, config) for key, config in todo
-        }
-        try:
-            for i, future in enumerate(as_completed(futures), 1):
-                (name, tag), config = futures[future]
-                log(f"compare [{i}/{len(todo)}] finished{f' fold run {tag}' if tag else ''}: {name} -> {config.out}")
-                yield (name, tag), future.result()
-        except BaseException:  # Ctrl-C or a failure here: no run goes on training on its own
-            children.stop()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-# -- resuming: what a finished run leaves behind (engine/finished.py) -----------------------------
-_FINISHED = "compare_run.json"
-
-
-# -- outputs -----------------------------------------------------------------------------------
-def _best(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    done = [r for r in rows if r.get("status") == "ok" and r.get("accuracy") is not None]
-    if not done:
-        return None
-    return min(done, key=lambda r: (-r["accuracy"], r["macs"]))  # min keeps the first of full ties
-
-
-def _csv_value(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> Path:
-    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_csv_value(row.get(key)) for key in columns])
-    return path
-
-
-def _cell(key: str, value: Any) -> str:
-    """Markdown cell: metrics to 4 decimals, counts exact and times, speeds, memory to 0.1, with thousands
-    separators; a missing value gets the reports' one mark."""
-    if key in _METRICS or key in ("accuracy_se", "accuracy_diff_se"):
-        return fixed_decimals(value)
-    if key == "accuracy_diff":
-        return markdown_cell(None) if value is None else f"{value:+.4f}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:,.1f}"
-    return markdown_cell(value)
-
-
-def _precision_used(precision: str) -> str:
-    """``auto`` with what it chose on this machine, as each run's own report names it."""
-    if precision != "auto":
-        return precision
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return f"auto ({precision_name(autocast_dtype(precision, device))} here)"
-
-
-def _markdown(
-    rows: Sequence[dict[str, Any]],
-    columns: Sequence[tuple[str, str]],
-    recipe: TrainConfig,
-    protocol: str,
-    class_names: Sequence[str],
-    overrides: dict[str, dict[str, Any]],
-    isolate: bool,
-    plot_name: str,
-    jobs: int = 1,
-    positive: tuple[str, str] | None = None,
-) -> str:
-    """comparison.md: every sentence from the runs' configs, splits and rows (``positive``: the
-    positive class and how it was chosen, for two classes)."""
-    keys = [(k, h) for k, h in columns if k != "positive_class" and (k != "error" or any(r.get("error") for r in rows))]
-    if positive is not None:  # the table names the class the sensitivity is about in its header
-        keys = [(k, f"{h} ({positive[0]})" if k == "sensitivity" else h) for k, h in keys]
-    table = markdown_table(
-        [h for _, h in keys],
-        [[_cell(k, r.get(k)) for k, _ in keys] for r in rows],
-        "".join("l" if k in ("model", "status", "error") else "r" for k, _ in keys),
-    )
-    lines = ["# Model comparison", "", table]
-    warnings = [f"{r['model']}: {w}" for r in rows for w in r.get("warnings") or []] + config_warnings(recipe)
-    lines += [f"\n**Warning:** {markdown_cell(w)}." for w in warnings]
-    best = _best(rows)
-    lines.append("")
-    if best is None:
-        lines.append("No model finished training.")
-    else:
-        tied = sum(r.get("status") == "ok" and r.get("accuracy") == best["accuracy"] for r in rows) > 1
-        lines.append(
-            f"Best by accuracy: **{best['model']}** (accuracy {best['accuracy']:.4f}, {best['macs']:,} MACs"
-            f"{', the fewest among the models tied on accuracy' if tied else ''})."
-        )
-        if any(r.get("accuracy_diff_se") is not None for r in rows):
-            lines.append(
-                "A paired difference smaller than about twice its SE is within what the splits' luck alone "
-                "produces: read such models as tied."
-            )
-    sizes = sorted({r["image_size"] for r in rows})
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    memory = (
-        "CUDA max_memory_allocated (tensors, training and inference)"
-        if torch.cuda.is_available()
-        else "peak resident set size of each model's own training process (includes the Python/PyTorch runtime)"
-        if isolate
-        else "not measured (all models trained in one process)"
-    )
-    cpu = not torch.cuda.is_available()
-    baselines = [r["baseline_memory_mib"] for r in rows if cpu and r.get("baseline_memory_mib")]
-    if baselines:
-        memory += f"; before training, the runtime alone held about {statistics.median(baselines):,.0f} MiB"
-    augment = ", ".join(f"{k}={v}" for k, v in asdict(recipe.augment).items())
-    lines += [
-        "",
-        f"![accuracy vs MACs]({plot_name})",
-        "",
-        "## Recipe (identical for every model)",
-        "",
-        f"- data: `{recipe.data}`",
-        f"- {protocol}",
-        f"- classes ({len(class_names)}): {', '.join(class_names)}"
-        + (f"; sensitivity, specificity: positive class {positive[0]} ({positive[1]})" if positive else ""),
-        f"- epochs: {recipe.epochs}, batch size: {recipe.batch_size}, optimizer: {recipe.optimizer}, "
-        f"lr: {recipe.lr}, weight decay: {recipe.weight_decay}, warm-up epochs: {recipe.warmup_epochs:g}"
-        + (" (longer than the run: the peak lr is never reached)" if config_warnings(recipe) else "")
-        + f", label smoothing: {recipe.label_smoothing}",
-        f"- image size: {sizes[0]}" if len(sizes) == 1 else "- image size: each model's default (see the table)",
-        f"- augmentation: {augment}; mixup {recipe.mixup}, cutmix {recipe.cutmix}",
-        f"- EMA: {recipe.ema_decay}, gradient clipping: {recipe.clip_grad_norm}, early stopping: "
-        f"{recipe.early_stopping}, balance: {recipe.balance}",
-        f"- precision: {_precision_used(recipe.precision)}"
-        + ("; Keras models: fp32" if any(str(r["model"]).startswith(KERAS_PREFIX) for r in rows) else "")
-        + f", seed: {recipe.seed}, device: {device}",
-        "",
-        "Notes: parameters and MACs (multiply-accumulates of one image, convolutions and linears) are for the "
-        "model as trained: its overrides, image size and class count. Train time is the whole run (epochs, "
-        "final evaluation, report; with folds, the median fold run); train img/s is the median over epochs; inference img/s times one fixed "
-        f"batch of {recipe.batch_size} in eval mode at the training precision, without data loading. "
-        f"Peak memory: {memory}."
-        + (
-            f" Runs were trained {jobs} side by side, each with 1/{jobs} of the threads: times and speeds are "
-            "each run's under that sharing, not alone."
-            if jobs > 1
-            else ""
-        ),
-        "",
-        "Model overrides: " + ("; ".join(f"{n} {c}" for n, c in overrides.items() if c) or "none") + ".",
-        "",
-    ]
-    if any(_spec(r["model"])[1] == "keras" for r in rows):
-        lines[-1:-1] = [
-            f"`{KERAS_PREFIX}` models were trained with Keras' model.fit (fp32; Keras' augmentation layers, see "
-            "engine/keras_fit.py) on the same split, epoch order and recipe; their metrics come from the same "
-            "evaluation code (best.keras converted to PyTorch), their inference img/s from the Keras model.",
-            "",
-        ]
-    return "\n".join(lines)

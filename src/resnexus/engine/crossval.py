@@ -27,6 +27,8 @@ models can then be used as an ensemble (``--ensemble``). Outputs under ``config.
 cross-validation: the finished runs are kept, the interrupted ones continue from their last.pt and
 the rest train, so the result is the uninterrupted run's. A stop signal (SIGINT / SIGTERM) saves
 every run being trained, one or ``jobs`` side by side, and names that command.
+
+cv_report.md is written by reports/crossval.py from the record cv_metrics.json holds.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import logging
 import math
 import shlex
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +48,9 @@ import numpy as np
 
 from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
 from ..files import write_text_atomic
-from ..reports import fixed_decimals, markdown_cell, markdown_table, resolve_positive_class
+from ..reports import resolve_positive_class
+from ..reports.crossval import CV_METRICS, RunLinks, cv_report_markdown, format_mean_std
 from . import distributed
-from .checkpoint import BEST_FILES, CV_METRICS_FILE, REFIT_DIR, fold_run_dir
 from .config import (
     MIN_VAL_FOR_SELECTION,
     TrainConfig,
@@ -65,23 +67,20 @@ from .config import (
 from .finished import finished_outcome, record_finished
 from .frameworks import train
 from .interrupt import TrainingInterrupted
+from .rundir import RunDir
 from .workers import RunsStopped, run_side_by_side
 
 logger = logging.getLogger(__name__)
 
-CV_RUN_FILE = "cv_run.json"  # the folds and whether to refit, written at the start: what resuming continues
-_FINISHED = "cv_run_finished.json"  # in each fold / refit run directory once that run has finished
-
-# Headline metrics averaged over folds; sensitivity / specificity exist for two classes only.
-CV_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
-_LABELS = {
-    "accuracy": "accuracy",
-    "balanced_accuracy": "balanced accuracy",
-    "macro_f1": "macro F1",
-    "roc_auc": "ROC-AUC",
-    "sensitivity": "sensitivity",
-    "specificity": "specificity",
-}
+CV_RUN_FILE = RunDir.CV_RUN  # the folds and whether to refit, written at the start: what resuming continues
+_FINISHED = RunDir.CV_FINISHED  # in each fold / refit run directory once that run has finished
+# where cv_report.md links into the run directory
+REPORT_LINKS = RunLinks(
+    refit=RunDir.REFIT,
+    refit_checkpoint=RunDir(RunDir.REFIT).best().as_posix(),
+    refit_report=RunDir(RunDir.REFIT).report.as_posix(),
+    fold_report=lambda k: RunDir("").fold(k).report.as_posix(),
+)
 
 
 @dataclass
@@ -104,7 +103,7 @@ class CrossValResult:
 
     @property
     def report(self) -> Path:
-        return self.run_dir / "cv_report.md"
+        return RunDir(self.run_dir).cv_report
 
 
 def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: int = 1) -> CrossValResult:
@@ -130,22 +129,12 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
     _check_run_dir(run_dir, folds, config, refit)
     ctx.barrier()
 
-    samples = scan_checked(config)
-    resolve_positive_class(samples.class_names, config.positive_class)  # a wrong name: one line, before any fold
-    warn_about_config(config, config.verbose and main)  # once here, not once per fold run
-    fold_indices = kfold_splits(samples, folds, seed=config.seed)
-    plans = [fold_splits(samples, train_idx, test_idx, config) for train_idx, test_idx in fold_indices]
-    _check_partition(samples, plans)
+    samples, plans = _cut_folds(config, folds, log)
     validated = any("val" in plan for plan in plans)
-    if config.val_fraction > 0 and not validated:
-        log(
-            f"no validation part: {100 * config.val_fraction:g}% of a fold's training images would be too few to "
-            f"choose an epoch on (< {MIN_VAL_FOR_SELECTION}, --select auto), so they train; the final weights are tested"
-        )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "cv_splits.json", splits_record(samples.root, plans))
-        _write_json(run_dir / CV_RUN_FILE, {"folds": folds, "refit": refit})  # what `train --resume` continues
+        _write_json(RunDir(run_dir).cv_splits, splits_record(samples.root, plans))
+        _write_json(RunDir(run_dir).cv_run, {"folds": folds, "refit": refit})  # what `train --resume` continues
     n_groups = len(set(samples.groups))
     log(
         f"cross-validation: {folds} folds of {len(samples)} images / {n_groups} groups "
@@ -153,18 +142,8 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
     )
 
     # the K fold runs, then the refit: one after another, or `jobs` side by side (the refit needs no fold)
-    refit_dir = run_dir / REFIT_DIR if refit else None
-    tasks = [
-        (
-            dataclasses.replace(config, out=str(fold_run_dir(run_dir, k))),
-            splits,
-            f"-- fold {k}/{folds}: {' / '.join(f'{len(s)} {name}' for name, s in splits.items())}",
-        )
-        for k, splits in enumerate(plans, start=1)
-    ]
-    if refit_dir is not None:
-        heading = f"-- refit: the same recipe on all {len(samples)} images (no validation / test; final weights)"
-        tasks.append((_refit_config(config, refit_dir), {"train": samples}, heading))
+    refit_dir = RunDir(run_dir).refit.path if refit else None
+    tasks = _tasks(config, run_dir, samples, plans, refit_dir)
     outcomes = _finished_runs(tasks) if config.resume else {}
     if outcomes:
         log(f"resuming: {len(outcomes)} of {len(tasks)} training runs finished before, kept")
@@ -177,30 +156,23 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
             fold_metrics = [_fold_row(k + 1, plans[k], outcomes[k]) for k in range(folds)]
             record = _estimate_record(config, samples, fold_metrics, validated, refit, started)
             if main:  # the estimate is on disk before the refit ends (an interrupted refit loses nothing)
-                _write_record(run_dir, record)
+                write_record(run_dir, record)
             positive = record["protocol"].get("positive_class")
             log(
                 f"cross-validation ({folds} folds): {format_mean_std(record['mean'], record['std'], positive=positive)}"
             )
     assert record is not None  # every fold run finished (a failure raised above)
     if refit_dir is not None:
-        record["refit"] = {
-            "status": "done",
-            "images": len(samples),
-            "run_dir": REFIT_DIR,
-            "checkpoint": f"{REFIT_DIR}/checkpoints/{BEST_FILES[config.framework]}",
-            "seconds": outcomes[folds]["seconds"],
-        }
-        record["seconds"] = time.perf_counter() - started
+        _record_refit(record, config, refit_dir, len(samples), outcomes[folds]["seconds"], started)
         if main:
-            _write_record(run_dir, record)
+            write_record(run_dir, record)
         log(
-            f"deployable model: {refit_dir / 'checkpoints' / BEST_FILES[config.framework]} (all {len(samples)} images); "
+            f"deployable model: {RunDir(refit_dir).best(config.framework)} (all {len(samples)} images); "
             "its expected accuracy is the cross-validated estimate above"
         )
     else:
         log("no refit (--no-refit): use the fold models with --ensemble (predict / evaluate / explain)")
-    log(f"report: {run_dir / 'cv_report.md'}")
+    log(f"report: {RunDir(run_dir).cv_report}")
     return CrossValResult(
         folds=record["folds"],
         mean=record["mean"],
@@ -210,6 +182,54 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
         seconds=record["seconds"],
         refit_dir=refit_dir,
     )
+
+
+def _cut_folds(config: TrainConfig, folds: int, log: Callable[[str], None]) -> tuple[Samples, list[dict[str, Samples]]]:
+    """The checked images and each fold's train / (val) / test parts, checked to partition them."""
+    samples = scan_checked(config)
+    resolve_positive_class(samples.class_names, config.positive_class)  # a wrong name: one line, before any fold
+    warn_about_config(config, config.verbose and distributed.setup().is_main)  # once here, not once per fold run
+    fold_indices = kfold_splits(samples, folds, seed=config.seed)
+    plans = [fold_splits(samples, train_idx, test_idx, config) for train_idx, test_idx in fold_indices]
+    _check_partition(samples, plans)
+    if config.val_fraction > 0 and not any("val" in plan for plan in plans):
+        log(
+            f"no validation part: {100 * config.val_fraction:g}% of a fold's training images would be too few to "
+            f"choose an epoch on (< {MIN_VAL_FOR_SELECTION}, --select auto), so they train; the final weights are tested"
+        )
+    return samples, plans
+
+
+def _tasks(
+    config: TrainConfig, run_dir: Path, samples: Samples, plans: list[dict[str, Samples]], refit_dir: Path | None
+) -> list[tuple[TrainConfig, dict[str, Samples], str]]:
+    """``(config, splits, heading)`` of each fold run, then of the refit (with ``refit_dir``)."""
+    tasks = [
+        (
+            dataclasses.replace(config, out=str(RunDir(run_dir).fold(k).path)),
+            splits,
+            f"-- fold {k}/{len(plans)}: {' / '.join(f'{len(s)} {name}' for name, s in splits.items())}",
+        )
+        for k, splits in enumerate(plans, start=1)
+    ]
+    if refit_dir is not None:
+        heading = f"-- refit: the same recipe on all {len(samples)} images (no validation / test; final weights)"
+        tasks.append((_refit_config(config, refit_dir), {"train": samples}, heading))
+    return tasks
+
+
+def _record_refit(
+    record: dict[str, Any], config: TrainConfig, refit_dir: Path, images: int, seconds: float, started: float
+) -> None:
+    """The finished refit into ``record``: where its model is, and the total time."""
+    record["refit"] = {
+        "status": "done",
+        "images": images,
+        "run_dir": refit_dir.name,
+        "checkpoint": RunDir(refit_dir.name).best(config.framework).as_posix(),
+        "seconds": seconds,
+    }
+    record["seconds"] = time.perf_counter() - started
 
 
 def _finished_runs(tasks: list[tuple[TrainConfig, dict[str, Samples], str]]) -> dict[int, dict[str, Any]]:
@@ -249,13 +269,13 @@ def resume_settings(run_dir: str | Path) -> tuple[TrainConfig, int, bool] | None
     RUN_DIR``), or None when ``run_dir`` is no cross-validation run. The recipe is the one its fold
     runs saved in their last.pt; the folds and whether to refit, what the run recorded when it started."""
     run_dir = Path(run_dir)
-    if not (run_dir / CV_RUN_FILE).is_file():
+    if not RunDir(run_dir).cv_run.is_file():
         return None
-    settings = json.loads((run_dir / CV_RUN_FILE).read_text(encoding="utf-8"))
+    settings = json.loads(RunDir(run_dir).cv_run.read_text(encoding="utf-8"))
     folds, refit = int(settings["folds"]), bool(settings["refit"])
     for k in range(1, folds + 1):
-        if (fold_run_dir(run_dir, k) / "checkpoints" / "last.pt").is_file():
-            config = resume_config(fold_run_dir(run_dir, k))
+        if RunDir(run_dir).fold(k).last("torch").is_file():
+            config = resume_config(RunDir(run_dir).fold(k).path)
             return dataclasses.replace(config, out=str(run_dir.expanduser().resolve())), folds, refit
     raise FileNotFoundError(
         f"nothing to resume: no fold run of the cross-validation {run_dir} saved a resumable checkpoint; "
@@ -267,7 +287,7 @@ def study_of(run_dir: str | Path) -> Path | None:
     """The cross-validation run that ``run_dir`` (a foldK/ or refit/ directory) belongs to, if any."""
     run_dir = Path(run_dir)
     parent = run_dir.parent
-    if (parent / CV_RUN_FILE).is_file() and (run_dir.name == REFIT_DIR or run_dir.name.startswith("fold")):
+    if RunDir(parent).cv_run.is_file() and (run_dir.name == RunDir.REFIT or run_dir.name.startswith("fold")):
         return parent
     return None
 
@@ -370,24 +390,6 @@ def corrected_standard_error(values: Sequence[float], n_test: float, n_train: fl
     return math.sqrt((1 / len(values) + n_test / n_train) * float(np.var(values, ddof=1)))
 
 
-def format_mean_std(
-    mean: dict[str, float], std: dict[str, float | None], digits: int = 4, positive: str | None = None
-) -> str:
-    """``accuracy 0.8296 ± 0.0457 | macro F1 ...``: one line for logs and the report; the
-    sensitivity names its class (``positive``), so that nobody reads the other class's rate."""
-    parts = []
-    for key in CV_METRICS:
-        if key in mean:
-            spread = fixed_decimals(std.get(key), digits)
-            parts.append(f"{_label(key, positive)} {fixed_decimals(mean[key], digits)} ± {spread}")
-    return " | ".join(parts)
-
-
-def _label(key: str, positive: str | None) -> str:
-    """A metric's name; the sensitivity's with its positive class: ``sensitivity (Monkeypox)``."""
-    return f"{_LABELS[key]} ({positive})" if key == "sensitivity" and positive else _LABELS[key]
-
-
 # -- pieces ---------------------------------------------------------------------------------------
 def _refit_config(config: TrainConfig, out: Path) -> TrainConfig:
     """The folds' recipe for every image: nothing to validate on, so the final weights and no
@@ -399,9 +401,15 @@ def _refit_config(config: TrainConfig, out: Path) -> TrainConfig:
     )
 
 
-def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    _write_json(run_dir / CV_METRICS_FILE, record)
-    write_text_atomic(run_dir / "cv_report.md", _report_markdown(record))
+def report_markdown(record: dict[str, Any]) -> str:
+    """cv_report.md for ``record`` (what cv_metrics.json holds), linking into this layout."""
+    return cv_report_markdown(record, REPORT_LINKS)
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """cv_metrics.json and cv_report.md of a cross-validation run from its record."""
+    _write_json(RunDir(run_dir).cv_metrics, record)
+    write_text_atomic(RunDir(run_dir).cv_report, report_markdown(record))
 
 
 def scan_checked(config: TrainConfig) -> Samples:
@@ -454,29 +462,29 @@ def _check_partition(samples: Samples, plans: list[dict[str, Samples]]) -> None:
             raise AssertionError(f"fold {k}: train / val / test do not cover the data")
 
 
-CV_FILES = (CV_METRICS_FILE, "cv_splits.json", "cv_report.md", "fold[0-9]*", REFIT_DIR)  # a CV run's own
+CV_FILES = RunDir.CV_FILES  # a CV run's own
 
 
 def _check_run_dir(run_dir: Path, folds: int, config: TrainConfig, refit: bool) -> None:
     """Refuse up front, not after hours of training, when an earlier run would be overwritten (or the
     folder is the data's or holds other files: :func:`check_run_output`)."""
     check_run_output(config, run_dir, ours=CV_FILES, kind="a cross-validation run")
-    stale_refit = run_dir / REFIT_DIR / "checkpoints"
+    stale_refit = RunDir(run_dir).refit.checkpoints
     if not refit and not config.resume and stale_refit.exists():
         raise FileExistsError(
             f"{stale_refit.parent} holds the refit model of an earlier run, which --no-refit would leave "
             "looking like this run's deployable model; remove it or choose another --out"
         )
-    if config.resume and (run_dir / CV_RUN_FILE).is_file():
-        started = json.loads((run_dir / CV_RUN_FILE).read_text(encoding="utf-8"))["folds"]
+    if config.resume and RunDir(run_dir).cv_run.is_file():
+        started = json.loads(RunDir(run_dir).cv_run.read_text(encoding="utf-8"))["folds"]
         if started != folds:
             raise ValueError(
                 f"{run_dir} is a {started}-fold cross-validation; resuming it cannot make it {folds} folds"
             )
     if config.overwrite or config.resume:
         return
-    folds_taken = [fold_run_dir(run_dir, k) / "checkpoints" for k in range(1, folds + 1)]
-    taken = [run_dir / CV_METRICS_FILE, *folds_taken, stale_refit]
+    folds_taken = [RunDir(run_dir).fold(k).checkpoints for k in range(1, folds + 1)]
+    taken = [RunDir(run_dir).cv_metrics, *folds_taken, stale_refit]
     found = [p for p in taken if p.exists()]
     if found:
         raise FileExistsError(
@@ -502,143 +510,3 @@ def splits_record(root: Path, plans: list[dict[str, Samples]]) -> dict[str, Any]
 
 def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _deployable_model_lines(record: dict[str, Any]) -> list[str]:
-    """What to deploy: the refit model (done / still training) or, without one, the fold ensemble."""
-    refit, folds = record["refit"], record["protocol"]["folds"]
-    ensemble = (
-        f"`--ensemble` (predict / evaluate / explain, given this directory) uses the {folds} fold models "
-        "instead: the mean of their probabilities."
-    )
-    if refit["status"] == "skipped":
-        return [
-            "**No refit model** was trained (`--no-refit`): pass this directory with `--ensemble` to predict / "
-            f"evaluate / explain to use the {folds} fold models (the mean of their probabilities), or run "
-            "again without `--no-refit` to train one model on every image."
-        ]
-    lines = [
-        f"**The deployable model is the refit model, `{refit.get('checkpoint', REFIT_DIR + '/checkpoints/best.pt')}`**: "
-        "the same recipe "
-        f"trained on all {refit['images']} images, none held back, its final weights. `evaluate`, `predict`, "
-        "`explain` and `export` use it when given this directory. Its own report "
-        f"([{REFIT_DIR}/report.md]({REFIT_DIR}/report.md)) is measured on its training images: "
-        "not an estimate; the estimate is the cross-validated one above.",
-        "",
-        ensemble,
-    ]
-    if refit["status"] == "training":
-        lines += ["", f"The refit model is being trained into `{REFIT_DIR}/`; if this line remains, it did not finish."]
-    else:
-        lines += ["", f"Refit time: {refit['seconds']:.0f} s."]
-    return lines
-
-
-def _validation_line(protocol: dict[str, Any], fold_metrics: list[dict[str, Any]]) -> str:
-    """What the fold runs validated on: read from the folds (their ``n_val``), not from the options."""
-    validated = sum(m.get("n_val", 0) > 0 for m in fold_metrics)
-    share = f"{100 * protocol['val_fraction']:g}%"
-    if validated == len(fold_metrics) and validated:
-        return f"- Validation (best-epoch choice): {share} of each fold's training part, grouped and stratified, same seed."
-    if validated:
-        return (
-            f"- Validation (best-epoch choice) in {validated} of {len(fold_metrics)} folds: {share} of their training "
-            "part; the other folds had too few images to choose an epoch on, trained on them and tested the final weights."
-        )
-    return (
-        "- No validation set (too few images to choose an epoch on, or none asked for): the final weights are tested."
-    )
-
-
-def _epochs_text(protocol: dict[str, Any]) -> str:
-    """``20 epochs (warm-up 5)``, with early stopping and a warm-up the run never finishes said."""
-    text = f"{protocol['epochs']} epochs"
-    if protocol.get("warmup_epochs") is not None:
-        text += f" (warm-up {protocol['warmup_epochs']:g})"
-    if protocol.get("early_stopping"):
-        text += (
-            f", at most: early stopping after {protocol['early_stopping']} epochs without a better validation accuracy"
-        )
-    return text
-
-
-def _warning_lines(record: dict[str, Any]) -> list[str]:
-    """The recipe's warnings and each fold's (e.g. a fold model that predicted one class for every image)."""
-    found = list(record["protocol"].get("warnings") or [])
-    found += [f"fold {m['fold']}: {w}" for m in record["folds"] for w in m.get("warnings") or []]
-    return [line for w in found for line in (f"**Warning:** {markdown_cell(w)}.", "")]
-
-
-def _report_markdown(record: dict[str, Any]) -> str:
-    protocol, fold_metrics, mean, std = record["protocol"], record["folds"], record["mean"], record["std"]
-    keys = [k for k in CV_METRICS if k in mean]
-    folds = protocol["folds"]
-    positive = protocol.get("positive_class")
-    grouping = f"by `{protocol['group_by']}`" if protocol["group_by"] else "none (every file its own group)"
-    estimate = format_mean_std(mean, std, positive=positive)
-    md = [
-        f"# {folds}-fold cross-validation: {protocol['model']} on {Path(protocol['data']).name}",
-        "",
-        f"**Cross-validated estimate of this recipe (mean ± std over {folds} folds):** {estimate}",
-        "",
-        *_warning_lines(record),
-        "## Which model to use",
-        "",
-        "The figures above are the **cross-validated estimate of this recipe**: each fold model was tested "
-        "on images it never saw, and the estimate is what to expect of a model trained this way on new images.",
-        "",
-        *_deployable_model_lines(record),
-        "",
-        "## Protocol",
-        "",
-        f"- {folds} stratified, grouped folds (scikit-learn `StratifiedGroupKFold`, shuffled, "
-        f"seed {protocol['seed']}); each fold is the test set once, so every image is tested exactly once.",
-        f"- Grouping: {grouping}; {protocol['images']} images in {protocol['groups']} groups, "
-        "no group on two sides (train / val / test) of any fold.",
-        _validation_line(protocol, fold_metrics),
-        f"- Model {protocol['model']}"
-        + (f" from `{protocol['weights']}`" if protocol["weights"] else " trained from scratch")
-        + f", {_epochs_text(protocol)}, image size {protocol['image_size']}, batch size {protocol['batch_size']}.",
-        "- Std is the sample standard deviation over folds (ddof=1).",
-        f"- Classes: {', '.join(f'{markdown_cell(n)} ({c})' for n, c in protocol['class_counts'].items())}.",
-    ]
-    if "sensitivity" in mean and positive:
-        why = protocol.get("positive_class_reason")
-        md.append(
-            f"- Sensitivity / specificity / ROC: positive class {markdown_cell(positive)}"
-            + (f" ({markdown_cell(why)})." if why else ".")
-        )
-    md += [
-        "",
-        "## Per fold (test metrics of each fold's best checkpoint)",
-        "",
-    ]
-    header = ["fold", "train / val / test images", "test groups", *(_label(k, positive) for k in keys), "best epoch"]
-    header.append("report")
-    rows = [
-        [
-            str(m["fold"]),
-            f"{m['n_train']} / {m['n_val']} / {m['n_test']}",
-            str(m["test_groups"]),
-            *(fixed_decimals(m.get(k)) for k in keys),
-            markdown_cell(m.get("best_epoch")),
-            f"[report](fold{m['fold']}/report.md)",
-        ]
-        for m in fold_metrics
-    ]
-    mean_std = [f"{fixed_decimals(mean[k])} ± {fixed_decimals(std[k])}" for k in keys]
-    rows.append(["**mean ± std**", "", "", *mean_std, "", ""])
-    md.append(markdown_table(header, rows, "lll" + "r" * (len(keys) + 1) + "l"))
-
-    names = [markdown_cell(n) for n in protocol["class_names"]]
-    cm_rows = [[f"**{name}**", *(str(v) for v in row)] for name, row in zip(names, record["pooled_confusion_matrix"])]
-    md += [
-        "",
-        "## Pooled confusion matrix (all folds' test predictions)",
-        "",
-        "Rows are the true class, columns the predicted class.",
-        "",
-        markdown_table(["true \\ predicted", *names], cm_rows, "l" + "r" * len(names)),
-    ]
-    md += ["", f"Total time: {record['seconds']:.0f} s.", ""]
-    return "\n".join(md)

@@ -140,3 +140,7 @@ class RunDir:
         """The run directory a checkpoint file was saved in (``RUN/checkpoints/best.pt``), else None."""
         parent = Path(checkpoint).parent
         return cls(parent.parent) if parent.name == cls.CHECKPOINTS else None
+
+    # -- what a finished run of a study records for resuming the study (engine/finished.py) ----
+    CV_FINISHED = "cv_run_finished.json"  # in each fold / refit run directory of a cross-validation
+    COMPARE_FINISHED = "compare_run.json"  # in each run directory of a comparison

@@ -24,6 +24,8 @@ from .tables import fixed_decimals
 
 __all__ = [
     "NEGATIVE_CLASS_WORDS",
+    "binary_auc",
+    "checked_inputs",
     "classification_metrics",
     "describe_positive_class",
     "format_metrics",
@@ -90,7 +92,7 @@ def _degenerate_warnings(names: list[str], pred: np.ndarray) -> list[str]:
     return [f"the model predicted {names[int(predicted[0])]!r} for every image: {rates} degenerate"]
 
 
-def _check_inputs(
+def checked_inputs(
     y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Validate shapes and label range up front, so a mistake fails with a clear message
@@ -117,7 +119,7 @@ def _check_inputs(
     return y, p, names
 
 
-def _auc_or_none(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
+def binary_auc(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
     """One binary ROC-AUC, or None where it is undefined (one class only, non-finite scores)."""
     if y_binary.min() == y_binary.max() or not np.all(np.isfinite(scores)):
         return None
@@ -139,8 +141,8 @@ def _roc_auc(y: np.ndarray, p: np.ndarray, positive: int = 1) -> float | None:
     if k < 2:
         return None
     if k == 2:
-        return _auc_or_none((y == positive).astype(np.int64), p[:, positive])
-    aucs = [_auc_or_none((y == c).astype(np.int64), p[:, c]) for c in range(k)]
+        return binary_auc((y == positive).astype(np.int64), p[:, positive])
+    aucs = [binary_auc((y == c).astype(np.int64), p[:, c]) for c in range(k)]
     if any(a is None for a in aucs):
         return None
     return float(np.mean(aucs))
@@ -168,7 +170,7 @@ def classification_metrics(
     how it was chosen). ``warnings`` lists what makes the numbers misleading, e.g. a model that
     predicted one class for every image.
     """
-    y, p, names = _check_inputs(y_true, probs, class_names)
+    y, p, names = checked_inputs(y_true, probs, class_names)
     positive, reason = resolve_positive_class(names, positive_class)
     k = len(names)
     labels = list(range(k))
@@ -176,7 +178,7 @@ def classification_metrics(
 
     prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, average=None, zero_division=0)
     cm = confusion_matrix(y, pred, labels=labels)
-    present = support > 0  # at least one class: _check_inputs refuses an empty y_true
+    present = support > 0  # at least one class: checked_inputs refuses an empty y_true
     predicted = cm.sum(axis=0) > 0
     with warnings.catch_warnings():
         # "y_pred contains classes not in y_true": expected when a class is absent; the

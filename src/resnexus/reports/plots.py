@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from ..files import atomic_write
-from .metrics import _auc_or_none, _check_inputs, resolve_positive_class
+from .metrics import binary_auc, checked_inputs, resolve_positive_class
 
 __all__ = ["plot_accuracy_vs_macs", "plot_confusion_matrix", "plot_history", "plot_roc", "save_figure"]
 
@@ -125,7 +125,7 @@ def plot_roc(
     In the multi-class case a class absent from ``y_true`` has no curve and is left out
     while the others are still drawn.
     """
-    y, p, names = _check_inputs(y_true, probs, class_names)
+    y, p, names = checked_inputs(y_true, probs, class_names)
     k = len(names)
     if k < 2:
         return None
@@ -134,7 +134,7 @@ def plot_roc(
     curves = []
     for c in targets:
         yb = (y == c).astype(np.int64)
-        auc = _auc_or_none(yb, p[:, c])
+        auc = binary_auc(yb, p[:, c])
         if auc is None:
             continue
         fpr, tpr, _ = roc_curve(yb, p[:, c])

@@ -58,12 +58,31 @@ def write_report(
     md += [f"**Warning:** {markdown_cell(w)}." for w in notes]
     if notes:
         md.append("")
-
     if details:
         md += ["## Run details", ""]
         md += [markdown_table(["key", "value"], [[markdown_cell(k), markdown_cell(v)] for k, v in details.items()]), ""]
+    md += _summary_lines(metrics, names)
+    md += _per_class_lines(metrics, names)
+    md += _confusion_matrix_lines(metrics, names, cm_png.name)
+    md += ["## ROC", ""]
+    if roc_path is not None:
+        md += [f"![ROC curve](plots/{roc_png.name})", ""]
+    else:
+        md += ["ROC curve undefined: the evaluation set needs samples of more than one class.", ""]
+    if skipped:
+        md += ["## Skipped images", "", f"{len(skipped)} unreadable image(s) were left out (`--skip-bad-images`):", ""]
+        md += [f"- `{path}`" for path in skipped] + [""]
+    md += ["## Training history", ""]
+    if has_history:
+        md += [f"![Training history](plots/{history_png.name})", ""]
+    else:
+        md += ["No training history recorded.", ""]
+    return write_text_atomic(run_dir / "report.md", "\n".join(md))
 
-    md += ["## Summary", ""]
+
+def _summary_lines(metrics: dict, names: list[str]) -> list[str]:
+    """The headline metrics, the positive class, the metrics' warnings and the classes absent from the data."""
+    md = ["## Summary", ""]
     if metrics.get("split") == "train":  # e.g. a cross-validation refit: nothing was held back
         md += [
             "Measured on the images the model was trained on (no validation or test images were held back): "
@@ -100,8 +119,10 @@ def write_report(
             f"{n_present} class(es) present.",
             "",
         ]
+    return md
 
-    md += ["## Per-class metrics", ""]
+
+def _per_class_lines(metrics: dict, names: list[str]) -> list[str]:
     per_class = metrics.get("per_class", {})
     rows = []
     for name in metrics.get("class_names", names):
@@ -115,28 +136,17 @@ def write_report(
                 markdown_cell(pc.get("support")),
             ]
         )
-    md += [markdown_table(["class", "precision", "recall", "F1", "support"], rows, "lrrrr"), ""]
+    return [
+        "## Per-class metrics",
+        "",
+        markdown_table(["class", "precision", "recall", "F1", "support"], rows, "lrrrr"),
+        "",
+    ]
 
-    md += ["## Confusion matrix", "", "Rows are the true class, columns the predicted class.", ""]
+
+def _confusion_matrix_lines(metrics: dict, names: list[str], png_name: str) -> list[str]:
+    md = ["## Confusion matrix", "", "Rows are the true class, columns the predicted class.", ""]
     cm_names = [markdown_cell(c) for c in metrics.get("class_names", names)]
     cm_rows = [[f"**{cm_names[i]}**", *(str(v) for v in row)] for i, row in enumerate(metrics["confusion_matrix"])]
     md += [markdown_table(["true \\ predicted", *cm_names], cm_rows, "l" + "r" * len(cm_names))]
-    md += ["", f"![Confusion matrix](plots/{cm_png.name})", ""]
-
-    md += ["## ROC", ""]
-    if roc_path is not None:
-        md += [f"![ROC curve](plots/{roc_png.name})", ""]
-    else:
-        md += ["ROC curve undefined: the evaluation set needs samples of more than one class.", ""]
-
-    if skipped:
-        md += ["## Skipped images", "", f"{len(skipped)} unreadable image(s) were left out (`--skip-bad-images`):", ""]
-        md += [f"- `{path}`" for path in skipped] + [""]
-
-    md += ["## Training history", ""]
-    if has_history:
-        md += [f"![Training history](plots/{history_png.name})", ""]
-    else:
-        md += ["No training history recorded.", ""]
-
-    return write_text_atomic(run_dir / "report.md", "\n".join(md))
+    return [*md, "", f"![Confusion matrix](plots/{png_name})", ""]

@@ -6,11 +6,16 @@ way and no value (a class name with a "|", an error message with a newline) can 
 
 from __future__ import annotations
 
+import csv
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["MISSING", "fixed_decimals", "markdown_cell", "markdown_table"]
+from ..files import atomic_write
+
+__all__ = ["MISSING", "csv_value", "fixed_decimals", "markdown_cell", "markdown_table", "write_csv"]
 
 MISSING = "n/a"  # the mark for a value that does not exist (an undefined ROC-AUC, a model that failed)
 
@@ -61,3 +66,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: 
             raise ValueError(f"a table row has {len(row)} cells for {len(header)} columns: {list(row)}")
     rule = ["---:" if a == "r" else "---" for a in align]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *rows])
+
+
+def csv_value(value: Any) -> str:
+    """A CSV cell: plain numbers (floats as ``repr``, every digit kept), an empty cell for a missing value."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> Path:
+    """``rows`` as a CSV file with ``columns`` in this order (a key a row lacks: an empty cell), written atomically."""
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([csv_value(row.get(key)) for key in columns])
+    return path
