@@ -25,7 +25,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -52,7 +52,6 @@ from .config import (
     MIN_VAL_FOR_SELECTION,
     SMALL_DATA_HINT_IMAGES,
     TrainConfig,
-    autocast_dtype,
     check_run_dir,
     check_same_data,
     checked_splits,
@@ -61,13 +60,13 @@ from .config import (
     config_warnings,
     data_fingerprint,
     describe_splits,
-    precision_name,
     split_subfolders,
     warn_about_config,
 )
 from .inference import predict_loader
 from .interrupt import StopOnSignal, TrainingInterrupted
 from .progress import ProgressLog, progress_modes
+from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -191,26 +190,6 @@ class HeldOut(NamedTuple):
     preprocess: EvalPreprocess  # `.batch` finishes a batch on the device
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """Where and in which number format the model runs, and the tensor layout it gets."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None  # None: fp32
-    channels_last: bool
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
-
-    def autocast(self) -> AbstractContextManager[Any]:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-
-    @property
-    def precision(self) -> str:
-        return precision_name(self.amp_dtype)
-
-
 def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> TrainResult:
     """Train and evaluate one model; see the module docstring for what it writes.
 
@@ -245,7 +224,7 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
         warn_about_config(config, split_here and ctx.is_main and config.verbose)
 
         # -- model, precision, optimiser: the state that resuming restores
-        runtime = _runtime(config, ctx.device)
+        runtime = Runtime.choose(ctx.device, config.precision, config.channels_last)
         model = _build_model(config, len(class_names), runtime)
         forward = _training_forward(model, config, ctx)
         state = _new_run_state(model, config, runtime, steps_per_epoch=len(train_loader))
@@ -591,15 +570,6 @@ def _held_out(samples: Samples, config: TrainConfig, entry: ModelEntry, ctx: dis
     shard = ctx.shard(len(samples))
     loader = _loader(ImageDataset(samples.subset(shard), preprocess.sample, **_cache(config)), config)
     return HeldOut(loader, shard, preprocess)
-
-
-def _runtime(config: TrainConfig, device: torch.device) -> Runtime:
-    amp_dtype = autocast_dtype(config.precision, device)
-    # channels_last: oneDNN's preferred layout on CPUs (fp32 too: 1.2x above), tensor cores' with AMP on GPUs
-    channels_last = config.channels_last
-    if channels_last is None:
-        channels_last = amp_dtype is not None or device.type == "cpu"
-    return Runtime(device, amp_dtype, channels_last)
 
 
 def _build_model(config: TrainConfig, num_classes: int, runtime: Runtime) -> nn.Module:
