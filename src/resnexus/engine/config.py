@@ -1,7 +1,9 @@
-"""What a run is: the :class:`TrainConfig`, the recipes that fill it, and the checks made before training.
+"""What a run is asked to do: the :class:`TrainConfig`, the recipes that fill it, and its validation.
 
-Everything here runs before the first step, so a bad value or an unusable image folder fails in
-seconds, not hours into a run. The CLI builds its ``train`` help from :func:`field_help`, so the
+Everything here runs before the first step, so a bad value fails in a line, not hours into a run.
+What reads the disk lives with the run (engine/run_checks.py: the run directory, the images, data
+fingerprints; engine/model_checks.py: whether the model takes the image size); the device and
+precision with the runtime (engine/runtime.py). The CLI builds its ``train`` help from :func:`field_help`, so the
 defaults it states are the ones :func:`complete_config` applies.
 """
 
