@@ -23,6 +23,7 @@ from resnexus.engine import TrainConfig, compare, evaluate, load_checkpoint, mod
 from resnexus.engine.config import validate_config
 from resnexus.engine.explain import explain
 from resnexus.engine.export import export_keras
+from resnexus.engine.run import Run
 from tests.helpers import TINY_RUN, bright_and_dark_folder, tiny_config
 
 keras = pytest.importorskip("keras")
@@ -152,13 +153,13 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(run, data, tmp_path, mon
     _, uninterrupted_config, uninterrupted = run
     out = tmp_path / "stopped"
     config = replace(uninterrupted_config, out=str(out))
-    original = keras_fit._KerasSaver.end_of_epoch
+    original = Run.save
 
-    def end_of_epoch_then_die(self, state, best, end_of_run):
-        original(self, state, best, end_of_run)
+    def save_then_die(self, best, end_of_run):
+        original(self, best, end_of_run)
         raise SystemExit("killed")
 
-    monkeypatch.setattr(keras_fit._KerasSaver, "end_of_epoch", end_of_epoch_then_die)
+    monkeypatch.setattr(Run, "save", save_then_die)
     with pytest.raises(SystemExit):
         train(config)
     monkeypatch.undo()

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from resnexus.data import Samples
-from resnexus.engine import TrainConfig, load_checkpoint, train
-from resnexus.engine import fit as fit_module
+from resnexus.engine import TrainConfig, load_checkpoint, run_output, train
 from resnexus.engine.config import SMALL_DATA_HINT_IMAGES
-from resnexus.engine.fit import small_data_hint
+from resnexus.engine.run_output import small_data_hint
 from tests.helpers import bright_and_dark_folder, tiny_config
 
 PER_CLASS = 15  # 30 images: far below the threshold
@@ -53,7 +52,7 @@ def test_no_hint_when_the_folder_has_its_own_test_part(tmp_path, caplog):
 
 def test_no_hint_for_a_large_folder(tmp_path, caplog, monkeypatch):
     data = bright_and_dark_folder(tmp_path / "photos", PER_CLASS, size=20)
-    monkeypatch.setattr(fit_module, "SMALL_DATA_HINT_IMAGES", 2 * PER_CLASS)  # 30 images now count as large
+    monkeypatch.setattr(run_output, "SMALL_DATA_HINT_IMAGES", 2 * PER_CLASS)  # 30 images now count as large
     assert _train(data, tmp_path / "run", caplog) == []
 
 

@@ -10,6 +10,7 @@ import torch
 from resnexus.data import scan_folder
 from resnexus.engine import TrainConfig, load_checkpoint, train
 from resnexus.engine import fit as fit_module
+from resnexus.engine import run as run_module
 from resnexus.engine.config import resume_config
 from resnexus.engine.fit import _class_weights
 
@@ -44,7 +45,7 @@ def _config(data, out, **kw) -> TrainConfig:
 def test_resume_after_interruption_ends_with_the_same_weights(data, tmp_path, monkeypatch):
     full = train(_config(data, tmp_path / "full"))
     calls = {"n": 0}
-    real_write = fit_module._write_history
+    real_write = run_module.write_history
 
     def crash_after_second_epoch(history, path):
         real_write(history, path)
@@ -52,10 +53,10 @@ def test_resume_after_interruption_ends_with_the_same_weights(data, tmp_path, mo
         if calls["n"] == 2:
             raise KeyboardInterrupt  # as if the process were stopped after epoch 2's checkpoints
 
-    monkeypatch.setattr(fit_module, "_write_history", crash_after_second_epoch)
+    monkeypatch.setattr(run_module, "write_history", crash_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(_config(data, tmp_path / "cut"))
-    monkeypatch.setattr(fit_module, "_write_history", real_write)
+    monkeypatch.setattr(run_module, "write_history", real_write)
     assert load_checkpoint(tmp_path / "cut/checkpoints/last.pt")["epoch"] == 2
 
     config = resume_config(tmp_path / "cut")

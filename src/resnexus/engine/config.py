@@ -1,15 +1,14 @@
-"""What a run is: the :class:`TrainConfig`, the recipes that fill it, and the checks made before training.
+"""What a run is asked to do: the :class:`TrainConfig`, the recipes that fill it, and its validation.
 
-Everything here runs before the first step, so a bad value or an unusable image folder fails in
-seconds, not hours into a run. The CLI builds its ``train`` help from :func:`field_help`, so the
+Everything here runs before the first step, so a bad value fails in a line, not hours into a run.
+What reads the disk lives with the run (engine/run_checks.py: the run directory, the images, data
+fingerprints; engine/model_checks.py: whether the model takes the image size); the device and
+precision with the runtime (engine/runtime.py). The CLI builds its ``train`` help from :func:`field_help`, so the
 defaults it states are the ones :func:`complete_config` applies.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
 import math
 import types
@@ -22,13 +21,26 @@ from typing import Any
 import torch
 import yaml
 
-from ..data import AugmentConfig, Samples, digits_folder, resolve_splits
-from ..data.check import DataCheck, check_data
-from ..data.scan import DataError
+from ..data import AugmentConfig, digits_folder
 from ..data.split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
-from ..files import check_output_folder
-from ..models.registry import check_overrides, create_model, find_pretrained, get_entry, is_weights_tag
+from ..models.registry import find_pretrained, get_entry, is_weights_tag
 from .checkpoint import load_checkpoint
+from .model_checks import MAX_IMAGE_SIZE, check_freeze, check_model_input
+
+# Moved to the run's checks (engine/run_checks.py) and the runtime (engine/runtime.py); still importable
+# from here, where cross-validation, compare, the benchmarks and older scripts import them.
+from .run_checks import (  # noqa: F401
+    check_before_training,
+    check_run_dir,
+    check_run_output,
+    check_same_data,
+    checked_splits,
+    data_fingerprint,
+    describe_splits,
+    split_subfolders,
+)
+from .rundir import RunDir
+from .runtime import autocast_dtype, precision_name  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +79,6 @@ FINETUNE_LR_FACTOR = 0.1
 FINETUNE_RECIPE: dict[str, Any] = dict(epochs=30, warmup_epochs=1.0)
 ADAMW_WEIGHT_DECAY = 0.05
 SGD_WEIGHT_DECAY = 5e-4
-# The largest --image-size: the ResNet family is trained at 32-600 px, and memory grows with the
-# square of the side: at 2048 px one training image of a ResNet-50 holds ~84x the activations of one
-# at 224 px (several GB) and its decoded copy alone 16 MB. Larger is a typo (100000 px: 30 GB per image).
-MAX_IMAGE_SIZE = 2048
 
 
 def _option(default: Any, help: str) -> Any:
@@ -466,7 +474,7 @@ def complete_config(config: TrainConfig) -> TrainConfig:
     else:
         size = SMALL_DATA_IMAGE_SIZE if native == 224 and not finetune else native
     size = values["model_config"].get("img_size", size)  # a model built for one size (LeNet) trains at it
-    _check_freeze(values["freeze"], values["model"], finetune)
+    check_freeze(values["freeze"], values["model"], finetune)
     recipe = DEFAULT_RECIPE | (FINETUNE_RECIPE if finetune else {}) | {"image_size": size}
     for key, default in recipe.items():
         if values[key] is None:  # only unset values: a typed 0 was refused by validate_config
@@ -500,89 +508,10 @@ def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     return {key: str(Path(value).expanduser().resolve()) for key, value in paths.items() if value is not None}
 
 
-# set by the data and the images, never by model_config
-_NOT_MODEL_CONFIG = {
-    "num_classes": "it is the number of classes in the data",
-    "in_chans": "images are read as 3-channel RGB",
-}
-
-
-def check_model_input(model: str, model_config: dict[str, Any], image_size: int) -> None:
-    """Refuse, in one line and before any work, a model_config the model cannot be built with or an
-    image size it cannot take: the model is built on the meta device (shapes only, no memory) and
-    runs a batch of one image of ``image_size``, so a mismatch found minutes into training (a
-    matrix-shape error, a pooled map of size 0) is found here, with the sizes that work."""
-    for key, why in _NOT_MODEL_CONFIG.items():
-        if key in model_config:
-            raise ValueError(f"model_config cannot set {key} ({why}); remove it")
-    try:
-        check_overrides(model, model_config)
-    except ValueError as error:
-        raise ValueError(f"model_config: {error}") from None
-    _check_builds(model, json.dumps(model_config, sort_keys=True, default=list), image_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _check_builds(model: str, model_config_json: str, image_size: int) -> None:
-    """:func:`check_model_input` once per (model, overrides, size): train calls it for every fold run."""
-    overrides = json.loads(model_config_json)
-    try:
-        with torch.device("meta"):
-            network = create_model(model, num_classes=2, **overrides).eval()
-    except Exception as error:  # a value of the wrong kind: whatever the constructor raised, in one line
-        raise ValueError(f"model_config {overrides} cannot build {model}: {type(error).__name__}: {error}") from None
-    reason = _forward_fails(network, image_size)
-    if reason is None:
-        return
-    fixed = getattr(network, "img_size", None)  # built for one input size (LeNet: its fc layer)
-    if fixed is not None:
-        raise ValueError(
-            f"{model} is built for {fixed}x{fixed} images only, not --image-size {image_size}: use "
-            f"--image-size {fixed}, or model_config {{img_size: {image_size}}} to build it for {image_size} px"
-        )
-    smallest = _smallest_size(network, image_size)
-    works = f"it needs at least {smallest} px" if smallest else "no size up to the maximum works"
-    raise ValueError(f"{model} cannot take {image_size}x{image_size} images ({reason}); {works}")
-
-
-def _forward_fails(network: torch.nn.Module, size: int) -> str | None:
-    """Why a meta-device forward of one ``size`` x ``size`` image fails (the error's first line), or None."""
-    try:
-        with torch.no_grad():
-            network(torch.empty(1, 3, size, size, device="meta"))
-    except (RuntimeError, ValueError, IndexError) as error:
-        return str(error).splitlines()[0] if str(error) else type(error).__name__
-    return None
-
-
-def _smallest_size(network: torch.nn.Module, failed: int) -> int | None:
-    """The smallest image size above ``failed`` that ``network`` takes (bisection: a feature map that
-    vanishes below some size is the only way a size-independent network fails), or None."""
-    low, high = failed, MAX_IMAGE_SIZE
-    if _forward_fails(network, high) is not None:
-        return None
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if _forward_fails(network, middle) else (low, middle)
-    return high
-
-
-def _check_freeze(stages: int, model: str, finetune: bool) -> None:
-    if not stages:
-        return
-    if not finetune:
-        raise ValueError(f"--freeze {stages} needs --weights: frozen stages would keep their random initial values")
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        available = len(create_model(model).feature_info)
-    if stages > available:
-        raise ValueError(f"--freeze {stages}: {model} has {available} stages")
-
-
 def resume_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run was started with, set up to continue it (a PyTorch run's last.pt,
     or a Keras run's last.keras)."""
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    last_keras = last.with_suffix(".keras")
+    last, last_keras = RunDir(run_dir).last("torch"), RunDir(run_dir).last("keras")
     if not last.is_file() and not last_keras.is_file():
         raise FileNotFoundError(
             f"nothing to resume: {last} does not exist (the run never saved a resumable checkpoint); "
@@ -632,157 +561,6 @@ def resume_with(config: TrainConfig, given: dict[str, Any], refused: Sequence[st
     return replace(config, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE or k == "epochs"})
 
 
-def data_fingerprint(splits: dict[str, Samples], data: str | Path) -> dict[str, Any]:
-    """What a run trains on, saved in last.pt so that ``--resume`` can refuse other data: each split's
-    images (path relative to ``data``, size in bytes, class) and a SHA-256 over all of them."""
-    root = Path(data)
-    root = root if root.is_dir() else root.parent  # a CSV: its paths are relative to its folder
-    files = {
-        name: sorted(
-            [_relative(path, root), path.stat().st_size, samples.class_names[label]]
-            for path, label in zip(samples.paths, samples.labels)
-        )
-        for name, samples in splits.items()
-    }
-    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    return {"data": str(data), "images": sum(map(len, files.values())), "sha256": digest, "files": files}
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-def check_same_data(saved: dict[str, Any] | None, now: dict[str, Any], run_dir: Path, *, verbose: bool = True) -> None:
-    """Refuse to resume ``run_dir`` on other images than it was trained on, naming what differs.
-
-    A last.pt of an older version records no fingerprint: it resumes, with a warning.
-    """
-    data = now["data"]
-    if saved is None:
-        (logger.warning if verbose else logger.debug)(
-            f"warning: {run_dir} was saved by an older version that did not record its data: "
-            f"cannot check that {data} still holds the images it was trained on"
-        )
-        return
-    if saved["sha256"] == now["sha256"]:
-        return
-    before = {f[0]: (split, f) for split, files in saved["files"].items() for f in files}
-    after = {f[0]: (split, f) for split, files in now["files"].items() for f in files}
-    missing = sorted(set(before) - set(after))
-    new = sorted(set(after) - set(before))
-    changed = sorted(p for p in set(before) & set(after) if before[p][1] != after[p][1])
-    parts = [f"{len(names)} {what}: {_some(names)}" for what, names in (("missing", missing), ("new", new)) if names]
-    if changed:
-        parts.append(f"{len(changed)} changed (size or class): {_some(changed)}")
-    if parts:
-        raise DataError(
-            f"{run_dir} was trained on {saved['images']} images of {data}; {data} now has {now['images']} "
-            f"({'; '.join(parts)}): restore them, or train a new run with another --out"
-        )
-    moved = sorted(p for p in before if before[p][0] != after[p][0])
-    raise DataError(
-        f"{run_dir} was trained on other splits of {data}: {len(moved)} images moved "
-        f"({_some([f'{p}: {before[p][0]} -> {after[p][0]}' for p in moved])}); train a new run with another --out"
-    )
-
-
-def _some(names: list[str], shown: int = 5) -> str:
-    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
-
-
-def check_before_training(config: TrainConfig, *, verbose: bool = True) -> DataCheck:
-    """Read every image once; refuse unreadable ones (listing them) unless ``skip_bad_images``.
-
-    The findings that do not stop the run are logged as warnings, or at DEBUG when not ``verbose``
-    (the other ranks of a multi-process run, or a quiet caller).
-    """
-    check = check_data(config.data, split=False)  # split next, by checked_splits (or cross_validate)
-    if check.structural_errors:
-        raise DataError("the data cannot be trained on:\n" + "\n".join(map(str, check.structural_errors)))
-    bad = check.errors
-    if bad and not config.skip_bad_images:
-        raise DataError(
-            f"{len(bad)} image file(s) cannot be used; fix or remove them, or pass --skip-bad-images "
-            "to train on the rest:\n" + "\n".join(map(str, bad))
-        )
-    warn = logger.warning if verbose else logger.debug
-    for finding in check.of("warning"):
-        warn(f"warning: {finding.path}: {finding.detail}")
-    if bad:
-        warn(f"skipping {len(bad)} unreadable image(s), listed in the report: " + ", ".join(str(f.path) for f in bad))
-    return check
-
-
-def checked_splits(config: TrainConfig, *, verbose: bool = True) -> tuple[dict[str, Samples], list[Path]]:
-    """``config.data`` checked (:func:`check_before_training`) and split, the unreadable files left out.
-
-    ``train`` and ``compare`` both start here, so a comparison's models see exactly the split a
-    single run would; also returns the files skipped (``skip_bad_images``) for the report.
-    """
-    check = check_before_training(config, verbose=verbose)
-    splits = resolve_splits(
-        config.data,
-        group_by=config.group_by,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        exclude=check.unreadable,
-        same_group=check.duplicates,
-    )
-    return splits, list(check.unreadable)
-
-
-def split_subfolders(root: Path) -> list[str]:
-    """The ``train`` / ``test`` folders directly under ``root`` (any case): a data set split on disk."""
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.casefold() in {"train", "test"})
-
-
-RUN_FILES = ("checkpoints", "history.csv", "metrics.json")  # a folder holding one of these is a train run
-
-
-def check_run_output(
-    config: TrainConfig, out: str | Path | None = None, ours: Sequence[str] = RUN_FILES, kind: str = "a resnexus run"
-) -> Path:
-    """``out`` (default ``config.out``) checked against what the run reads, before any work
-    (:func:`resnexus.files.check_output_folder`): not the data folder or inside it (a CSV: not the
-    file), nor the weights folder; an existing folder is empty or ``kind`` (``ours``), else written
-    into only with ``overwrite``. ``train`` (folds too) and ``compare`` all check here."""
-    data = Path(config.data) if config.data is not None else None
-    is_file = data is not None and data.is_file()
-    return check_output_folder(
-        config.out if out is None else out,
-        inputs={"data file": data if is_file else None},
-        outside={"data folder": None if is_file else data, "weights folder": config.weights_dir},
-        ours=ours,
-        kind=kind,
-        overwrite=config.overwrite,
-    )
-
-
-def check_run_dir(config: TrainConfig) -> Path:
-    """Never overwrite a finished or interrupted run silently, and suggest only what will work; never
-    write a run into its data or a folder of other files (:func:`check_run_output`).
-
-    A folder holds a run when its ``checkpoints/`` holds a checkpoint (an empty one, left by a failed
-    start of an older version, does not count); ``--resume`` is suggested only when ``last.pt`` exists.
-    """
-    run_dir = check_run_output(config)
-    checkpoints = run_dir / "checkpoints"
-    held = sorted([*checkpoints.glob("*.pt"), *checkpoints.glob("*.keras")]) if checkpoints.is_dir() else []
-    if held and not (config.overwrite or config.resume):
-        if (checkpoints / "last.pt").is_file() or (checkpoints / "last.keras").is_file():
-            how = f"continue it with --resume {run_dir}, or choose another --out, or pass --overwrite"
-        else:
-            how = "it stopped before saving last.pt, so it cannot be resumed: choose another --out, or pass --overwrite"
-        raise FileExistsError(f"{run_dir} already holds a run; {how}")
-    return run_dir
-
-
 def unused_path(path: Path) -> Path:
     """``path``, or ``path-2``, ``path-3``... : the first that does not exist (runs are never overwritten)."""
     candidate, n = path, 1
@@ -800,31 +578,3 @@ def checkpoint_selection(config: TrainConfig, n_val: int) -> str:
     if config.select != "auto":
         return config.select
     return "val" if n_val >= MIN_VAL_FOR_SELECTION or config.early_stopping else "last"
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where it is faster: GPUs with bf16, CPUs with AMX; fp16 on older GPUs; else fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if precision != "auto":
-        raise ValueError(f"unknown precision {precision!r}: expected auto, bf16, fp16 or fp32")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # Measured on a 2-core Sapphire Rapids VM with AVX-512 bf16 but no AMX (resnext50_32x4d training
-    # step, batch 16, 224 px): fp32 + channels_last 5.3-6.1 images/s, bf16 + channels_last 4.7-4.9.
-    # bf16 only pays on CPUs with AMX tiles (the brief's machine: ~3x).
-    return torch.bfloat16 if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else None
-
-
-def precision_name(amp_dtype: torch.dtype | None) -> str:
-    """``"fp32"``, ``"bfloat16"`` or ``"float16"``: what :func:`autocast_dtype` chose, for logs and reports."""
-    return "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
-
-
-def describe_splits(splits: dict[str, Samples]) -> str:
-    """``"1257 train / 180 val / 360 test"``: the sizes of a run's splits, for logs and reports."""
-    return " / ".join(f"{len(s)} {name}" for name, s in splits.items())

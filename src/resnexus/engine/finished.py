@@ -15,7 +15,8 @@ from typing import Any
 
 from ..data import Samples
 from ..files import write_text_atomic
-from .config import TrainConfig, data_fingerprint
+from .config import TrainConfig
+from .run_checks import data_fingerprint
 
 # how a run ran, not what it computes
 NOT_THE_RECIPE = ("out", "resume", "overwrite", "verbose", "workers")

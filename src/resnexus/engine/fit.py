@@ -1,9 +1,11 @@
-"""Training, top to bottom: data -> model -> optimiser -> epochs -> best checkpoint -> test report.
+"""Training with PyTorch: the :class:`TorchBackend` of a run, and ``train()``.
 
 ``train(TrainConfig(...))`` is the whole job; the CLI's ``resnexus train`` only fills the config
-(engine/config.py). ``train`` reads as a list of phases; one epoch of steps is
-:func:`train_one_epoch`, one pass over a held-out split is :func:`validate`, and :class:`RunState`
-defines what a resumable checkpoint holds. Outputs in the run directory:
+(engine/config.py). The run's lifecycle (checks, split, run directory, resume, what happens after
+each epoch, the final evaluation and the report) is engine/run.py's, shared with Keras
+(engine/keras_fit.py); this module is what PyTorch does inside it: the model, precision, optimiser,
+one epoch of steps (:func:`train_one_epoch`) and what a resumable ``last.pt`` holds
+(:class:`RunState`). Outputs in the run directory (engine/rundir.py):
 
     checkpoints/best.pt, checkpoints/last.pt   (see engine/checkpoint.py)
     history.csv    one row per epoch
@@ -14,22 +16,15 @@ defines what a resumable checkpoint holds. Outputs in the run directory:
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import os
-import random
-import shlex
-import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,103 +35,61 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from ..data import EvalPreprocess, ImageDataset, Samples, TrainAugment, eval_transform, train_transform
+from ..data import ImageDataset, Samples, TrainAugment, train_transform
 from ..data.sampler import EpochBatches
-from ..files import atomic_write, default_cache_dir, write_text_atomic
 from ..models.layers import freeze_stages
-from ..models.registry import ModelEntry, create_model, get_entry
-from ..reports import classification_metrics, format_metrics, resolve_positive_class, write_report
+from ..models.registry import create_model
 from . import distributed
 from .checkpoint import make_checkpoint, save_atomic
-from .config import (
-    MIN_VAL_FOR_SELECTION,
-    SMALL_DATA_HINT_IMAGES,
-    TrainConfig,
-    autocast_dtype,
-    check_run_dir,
-    check_same_data,
-    checked_splits,
-    checkpoint_selection,
-    complete_config,
-    config_warnings,
-    data_fingerprint,
-    describe_splits,
-    precision_name,
-    split_subfolders,
-    warn_about_config,
-)
-from .inference import predict_loader
-from .interrupt import StopOnSignal, TrainingInterrupted
+from .config import TrainConfig
+from .interrupt import StopOnSignal
 from .progress import ProgressLog, progress_modes
+from .run import (
+    HeldOut,
+    Run,
+    RunRecord,
+    TrainResult,
+    cache_options,
+    execute,
+    make_loader,
+    seed_everything,
+    validate,
+)
+from .run_output import describe_weights, small_data_hint
+from .rundir import RunDir
+from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunRecord", "RunState", "TrainResult", "small_data_hint", "train", "train_one_epoch", "validate"]
-
-# what --resume continues from: a PyTorch run's last.pt, a Keras run's last.keras
-RESUMABLE_FILES = ("last.pt", "last.keras")
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]]
-    best_epoch: int
-    seconds: float
-
-    @property
-    def report(self) -> Path:
-        return self.run_dir / "report.md"
+__all__ = [
+    "HeldOut",
+    "RunRecord",
+    "RunState",
+    "TorchBackend",
+    "TrainResult",
+    "ema_with_warmup",
+    "seed_everything",
+    "small_data_hint",
+    "train",
+    "train_one_epoch",
+    "validate",
+    "warmup_cosine",
+]
 
 
-@dataclass(kw_only=True)
-class RunRecord:
-    """The framework-independent part of a run's state: the epochs done, their history rows, the
-    best epoch so far and the data fingerprint. :class:`RunState` (PyTorch) adds the model and
-    optimizer; the Keras path (engine/keras_fit.py) keeps this alongside its own model."""
+def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> TrainResult:
+    """Train and evaluate one model with PyTorch; see the module docstring for what it writes.
 
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
-    best_score: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # [accuracy, -loss]
-    best_epoch: int = 0
-    epoch: int = 0  # epochs finished
-    # the images trained on (config.data_fingerprint): saved, and on resume compared, never loaded
-    data: dict[str, Any] | None = None
-    # seconds the earlier sessions of a resumed run spent, and when this session started: the run's
-    # training time is all of them, not the last session's (a resumed finished run: its evaluation)
-    earlier_seconds: float = 0.0
-    session_started: float = field(default_factory=time.perf_counter)
-
-    def seconds(self) -> float:
-        """The run's time so far, over every session."""
-        return self.earlier_seconds + time.perf_counter() - self.session_started
-
-    def record_dict(self) -> dict[str, Any]:
-        return {
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "epoch": self.epoch,
-            "history": self.history,
-            "seconds": self.seconds(),
-        }
-
-    def load_record(self, state: dict[str, Any]) -> None:
-        self.history, self.best_score, self.best_epoch = state["history"], state["best_score"], state["best_epoch"]
-        self.epoch = state["epoch"]
-        # an older last.pt has no "seconds": its epochs' own times are the best record of them
-        self.earlier_seconds = float(state.get("seconds", sum(row.get("seconds") or 0.0 for row in self.history)))
-
-    def end_epoch(self, row: dict[str, Any], monitor: str, select: str) -> bool:
-        """Record a finished epoch; True when it is the new best (every epoch is with select="last")."""
-        self.history.append(row)
-        self.epoch = row["epoch"]
-        # accuracy first, then lower loss (a small validation set has many ties)
-        loss = row[f"{monitor}_loss"]
-        score = [row[f"{monitor}_accuracy"], -(loss if loss is not None else 0.0)]
-        improved = select == "last" or score > self.best_score
-        if improved:
-            self.best_score, self.best_epoch = score, self.epoch
-        return improved
+    ``splits`` ("train", optional "val" and "test") replaces the split made from ``config.data``:
+    cross-validation and ``compare`` use it to give several runs exactly the same images.
+    ``resnexus.train`` (engine/frameworks.py) runs this, or Keras' for ``config.framework == "keras"``.
+    """
+    if config.framework != "torch":
+        raise ValueError(
+            f"framework={config.framework!r}: fit.train is the PyTorch loop; resnexus.train (engine.train) "
+            "runs the Keras one"
+        )
+    return execute(TorchBackend(), config, splits)
 
 
 @dataclass
@@ -183,149 +136,85 @@ class RunState(RunRecord):
         return self.ema.module if self.ema is not None else self.model
 
 
-class HeldOut(NamedTuple):
-    """This rank's share of a split evaluated without augmentation (validation, test)."""
+class TorchBackend:
+    """The PyTorch side of a run (engine/run.py's :class:`~resnexus.engine.run.Backend`): DDP under
+    torchrun, AMP, EMA, a stop inside an epoch saved at the step."""
 
-    loader: DataLoader  # uint8 crops of the images in `indices`
-    indices: list[int]  # positions in the split: gathering puts every rank's predictions back in order
-    preprocess: EvalPreprocess  # `.batch` finishes a batch on the device
+    framework = "torch"
+    trained_with = None
 
+    def start(self, config: TrainConfig) -> tuple[TrainConfig, distributed.Context]:
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:  # torchrun --max-restarts restarted us
+            config = replace(config, resume=True)
+        ctx = distributed.setup()  # one process, or this one's rank under torchrun
+        self.runtime = Runtime.choose(ctx.device, config.precision, config.channels_last)
+        return config, ctx
 
-@dataclass(frozen=True)
-class Runtime:
-    """Where and in which number format the model runs, and the tensor layout it gets."""
+    def build(self, run: Run) -> RunState:
+        config, ctx, runtime = run.config, run.ctx, self.runtime
+        self.augment = train_transform(config.image_size, run.entry.mean, run.entry.std, config.augment)
+        self.train_loader = _train_loader(config, run.splits["train"], self.augment, ctx)
+        self.model = _build_model(config, len(run.class_names), runtime)
+        self.forward = _training_forward(self.model, config, ctx)
+        self.state = _new_run_state(self.model, config, runtime, steps_per_epoch=len(self.train_loader))
+        self.loss_fn = _loss_fn(config, run.splits["train"], runtime.device)
+        self.mixer = _make_mixer(config, len(run.class_names))
+        return self.state
 
-    device: torch.device
-    amp_dtype: torch.dtype | None  # None: fp32
-    channels_last: bool
+    def describe(self, run: Run) -> str:
+        return _describe_model(self.model, run.config, self.runtime, run.ctx, len(self.train_loader))
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
+    def load_for_resume(self, path: Path, check_data: Callable[[dict[str, Any] | None], None]) -> dict[str, Any]:
+        saved = torch.load(path, map_location=self.runtime.device, weights_only=True)
+        check_data(saved.get("data"))
+        self.state.load_state_dict(saved)
+        return saved
 
-    def autocast(self) -> AbstractContextManager[Any]:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+    def fit(self, run: Run) -> None:
+        state, config = self.state, run.config
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            sums = train_one_epoch(
+                state, epoch, self.forward, self.train_loader, self.augment, self.loss_fn, config,
+                self.runtime, run.ctx, run.stop, self.mixer,
+            )  # fmt: skip
+            if sums is None:  # stopped mid-epoch: last.pt records the position (state.partial)
+                run.save_last()
+                raise run.interrupted(f"step {state.partial['step']} of epoch {epoch}")
+            held_out, tta = run.held_out, config.tta
+            val = validate(state.eval_model, held_out["val"], self.runtime, run.ctx, tta) if "val" in held_out else None
+            lr = state.optimizer.param_groups[0]["lr"]
+            then = run.end_epoch(epoch, lr, sums, val, seconds=time.perf_counter() - epoch_start)
+            if then == "interrupt":
+                raise run.interrupted(f"epoch {epoch}")
+            if then == "stop":
+                break
 
-    @property
-    def precision(self) -> str:
-        return precision_name(self.amp_dtype)
+    def save(self, run_dir: RunDir, metadata: dict[str, Any], *, best: bool, last: bool) -> None:
+        """best.pt: the evaluated weights and everything inference needs; last.pt: that plus :class:`RunState`."""
+        weights = make_checkpoint(self.state.eval_model, **metadata)
+        if best:
+            save_atomic(weights, run_dir.best())  # before last.pt: never behind it
+        if last:
+            save_atomic(weights | self.state.state_dict(), run_dir.last())
 
-
-def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> TrainResult:
-    """Train and evaluate one model; see the module docstring for what it writes.
-
-    ``splits`` ("train", optional "val" and "test") replaces the split made from ``config.data``:
-    cross-validation and ``compare`` use it to give several runs exactly the same images.
-    This is the PyTorch loop; ``resnexus.train`` (engine/frameworks.py) runs it, or Keras' for
-    ``config.framework == "keras"`` (engine/keras_fit.py).
-    """
-    if config.framework != "torch":
-        raise ValueError(
-            f"framework={config.framework!r}: fit.train is the PyTorch loop; resnexus.train (engine.train) "
-            "runs the Keras one"
-        )
-    started = time.perf_counter()
-    config = complete_config(config)
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:  # torchrun --max-restarts restarted us
-        config = replace(config, resume=True)
-    ctx = distributed.setup()  # one process, or this one's rank under torchrun
-    info = logger.info if config.verbose and ctx.is_main else logger.debug  # rank 0 alone logs and writes files
-    seed_everything(config.seed)
-    run_dir = check_run_dir(config)
-    ctx.barrier()  # every rank has checked the run directory before rank 0 writes into it
-    with _no_trace_of_a_failed_start(run_dir, ctx.is_main):  # or something --resume can use
-        # -- data: every image checked once, split, and served by loaders that decode it once
-        split_here = splits is None  # not given by cross-validation / compare: made from config.data
-        splits, skipped = _check_and_split(config, splits, verbose=config.verbose and ctx.is_main)
-        class_names, entry = splits["train"].class_names, get_entry(config.model)
-        train_loader, augment, held_out = _make_loaders(config, splits, entry, ctx)
-        info(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
-        if split_here and (hint := small_data_hint(config, splits)):
-            info(hint)
-        warn_about_config(config, split_here and ctx.is_main and config.verbose)
-
-        # -- model, precision, optimiser: the state that resuming restores
-        runtime = _runtime(config, ctx.device)
-        model = _build_model(config, len(class_names), runtime)
-        forward = _training_forward(model, config, ctx)
-        state = _new_run_state(model, config, runtime, steps_per_epoch=len(train_loader))
-        state.data, state.session_started = data_fingerprint(splits, config.data), started
-        loss_fn = _loss_fn(config, splits["train"], runtime.device)
-        mixer = _make_mixer(config, len(class_names))
-        info(_describe_model(model, config, runtime, ctx, len(train_loader)))
-        last = run_dir / "checkpoints" / "last.pt"
-        if config.resume and last.is_file():
-            saved = torch.load(last, map_location=runtime.device, weights_only=True)
-            check_same_data(saved.get("data"), state.data, run_dir, verbose=config.verbose and ctx.is_main)
-            state.load_state_dict(saved)
-            if config.epochs < state.epoch:
-                raise ValueError(f"{run_dir} has trained {state.epoch} epochs: epochs={config.epochs} would shorten it")
-            where = (
-                f"step {state.partial['step']} of epoch {state.epoch + 1}" if state.partial else f"epoch {state.epoch}"
-            )
-            info(f"resuming {run_dir} after {where}")
-
-        # -- epochs: train, validate, keep the best weights, save what resuming needs
-        monitor = "val" if "val" in held_out else "train"
-        select = checkpoint_selection(config, len(splits["val"]) if "val" in splits else 0)
-        info(_describe_selection(select, monitor, config.select))
-        board = _tensorboard_writer(run_dir) if config.tensorboard and ctx.is_main else None
-        saves = _Saver(run_dir, config, class_names, entry, ctx.is_main, {name: len(s) for name, s in splits.items()})
-        with StopOnSignal() as stop:  # SIGINT / SIGTERM: finish the step, save, exit with a resume hint
-            for epoch in range(state.epoch + 1, config.epochs + 1):
-                epoch_start = time.perf_counter()
-                sums = train_one_epoch(
-                    state, epoch, forward, train_loader, augment, loss_fn, config, runtime, ctx, stop, mixer
-                )
-                if sums is None:  # stopped mid-epoch: last.pt records the position (state.partial)
-                    saves.last(state)
-                    raise _interrupted(ctx, run_dir, stop, f"step {state.partial['step']} of epoch {epoch}")
-                val = (
-                    validate(state.eval_model, held_out["val"], runtime, ctx, config.tta) if "val" in held_out else None
-                )
-                lr = state.optimizer.param_groups[0]["lr"]
-                row = _history_row(epoch, lr, sums, val, seconds=time.perf_counter() - epoch_start)
-                improved = state.end_epoch(row, monitor, select)
-                _add_scalars(board, row)
-                stopping_early = bool(config.early_stopping) and epoch - state.best_epoch >= config.early_stopping
-                final = epoch == config.epochs or stopping_early
-                stop_now = ctx.any(stop.signal is not None) and not final
-                saves.end_of_epoch(state, best=improved and (select == "val" or final), end_of_run=final or stop_now)
-                info(_describe_epoch(row, config.epochs, new_best=improved and select == "val"))
-                if stop_now:
-                    raise _interrupted(ctx, run_dir, stop, f"epoch {epoch}")
-                if stopping_early:
-                    info(f"early stopping: no better {monitor} accuracy for {config.early_stopping} epochs")
-                    break
-
-        # -- final evaluation of the best weights: on the test split, else validation, else (unaugmented) training
-        ctx.barrier()  # best.pt is on disk for every rank
-        best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=runtime.device, weights_only=True)
-        state.eval_model.load_state_dict(best["state_dict"])
-        final_split = "test" if "test" in held_out else monitor
-        split = held_out.get(final_split) or _held_out(splits["train"], config, entry, ctx)
-        y_true, probs, loss = validate(state.eval_model, split, runtime, ctx, config.tta)
-        metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
-        metrics.update(split=final_split, loss=loss, best_epoch=state.best_epoch, model=config.model)
-        metrics["skipped_images"] = skipped
-        result = TrainResult(run_dir, metrics, state.history, state.best_epoch, seconds=state.seconds())
-
-        # -- report (rank 0): metrics.json, TensorBoard's last scalars, report.md
-        if ctx.is_main:
-            write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-            _close_tensorboard(board, metrics, final_split, state.best_epoch)
-            _write_report(result, config, splits, y_true, probs, model, runtime)
-            seen = " (the images it was trained on: not an estimate for new images)" if final_split == "train" else ""
-            info(f"{final_split}{seen}: {format_metrics(metrics)}")
-            log_metric_warnings(metrics, run_dir, config.verbose)
-            info(f"report: {run_dir / 'report.md'}")
-    return result
+    def best_model(self, run: Run) -> nn.Module:
+        best = torch.load(run.dir.best(), map_location=self.runtime.device, weights_only=True)
+        self.state.eval_model.load_state_dict(best["state_dict"])
+        return self.state.eval_model
 
 
-def log_metric_warnings(metrics: dict[str, Any], where: Path | str, verbose: bool = True) -> None:
-    """What makes a run's metrics misleading (``metrics["warnings"]``, e.g. a constant predictor), as warnings."""
-    for warning in metrics.get("warnings") or []:
-        (logger.warning if verbose else logger.debug)(f"warning: {where}: {warning}")
+def _train_loader(config: TrainConfig, samples: Samples, augment: TrainAugment, ctx: distributed.Context) -> DataLoader:
+    """This rank's share of every global batch, each image cropped and flipped by ``augment.sample``."""
+    batches = EpochBatches(
+        samples.labels,
+        config.batch_size,
+        config.seed,
+        balance=config.balance == "sampler",
+        rank=ctx.rank,
+        world=ctx.world,
+    )
+    return make_loader(ImageDataset(samples, augment.sample, **cache_options(config)), config, batches)
 
 
 def train_one_epoch(
@@ -397,209 +286,23 @@ def train_one_epoch(
         seen += labels.numel()
         step += 1
         if ctx.any(stop.signal is not None):  # every rank stops after the same step
-            total = ctx.sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
-            state.partial = {
-                "step": step,
-                "seen": int(total[2].item()),
-                "loss_sum": total[0].item(),
-                "correct": total[1].item(),
-                "rng": torch.get_rng_state(),
-            }
+            state.partial = _position(step, loss_sum, correct, seen, ctx)
             return None
     loss_sum, correct, seen_all = ctx.sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
     seen = int(seen_all.item())
     return loss_sum.item() / seen, correct.item() / seen, seen
 
 
-def validate(
-    model: nn.Module, split: HeldOut, runtime: Runtime, ctx: distributed.Context, tta: bool = False
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Labels, probabilities and mean loss of ``model`` on a whole held-out split.
-
-    Each rank predicts its share of the split; the results of all ranks are gathered back into
-    the split's order, so every rank returns the same arrays. ``tta``: flip averaging.
-    """
-    y, p, loss = predict_loader(
-        model, split.loader, runtime.device, runtime.autocast, runtime.memory_format, tta, split.preprocess.batch
-    )
-    return ctx.gather(split.indices, y, p, loss * len(y))
-
-
-# -- pieces train uses ---------------------------------------------------------------------------
-@contextmanager
-def _no_trace_of_a_failed_start(run_dir: Path, main: bool) -> Iterator[None]:
-    """A run that fails before it has saved a resumable ``last.pt`` removes what it created.
-
-    Otherwise an empty ``checkpoints/`` (or a best.pt that ``--resume`` cannot continue) would make
-    the corrected command refuse the folder as "already holding a run". Only what did not exist
-    before this run is removed (rank 0, the only writer): a folder given with ``--overwrite`` or
-    ``--resume`` keeps everything it held.
-    """
-    top = run_dir.absolute()
-    while not top.parent.exists():  # --out a/b/run with no a/: a/ is this run's too
-        top = top.parent
-    before = _paths_under(top)
-    try:
-        yield
-    except BaseException:
-        if main and not any((run_dir / "checkpoints" / name).is_file() for name in RESUMABLE_FILES):
-            new = [p for p in _paths_under(top) if p not in before]
-            for path in sorted(new, key=lambda p: len(p.parts), reverse=True):  # files before their folders
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-        raise
-
-
-def _paths_under(folder: Path) -> set[Path]:
-    """``folder`` and everything below it (links not followed); empty when it does not exist."""
-    if not folder.exists():
-        return set()
-    found = {folder}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        found.update(Path(dirpath, name) for name in dirnames + filenames)
-    return found
-
-
-class _Saver:
-    """Writes best.pt and last.pt (rank 0 only): last.pt is best.pt's content plus :class:`RunState`."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        config: TrainConfig,
-        class_names: list[str],
-        entry: ModelEntry,
-        main: bool,
-        split_sizes: dict[str, int],
-    ) -> None:
-        self.dir, self.config, self.class_names, self.entry = run_dir / "checkpoints", config, class_names, entry
-        self.split_sizes = split_sizes
-        self.main = main  # rank 0: the only process that writes
-        self.last_saved = time.monotonic()
-
-    def weights(self, state: RunState) -> dict[str, Any]:
-        """What best.pt holds: the evaluated weights, everything inference needs, and the run so far."""
-        return make_checkpoint(state.eval_model, **self.metadata(state))
-
-    def metadata(self, state: RunRecord) -> dict[str, Any]:
-        """The keyword arguments of :func:`make_checkpoint` besides the model: inference metadata and the run."""
-        config = self.config
-        return dict(
-            model_name=config.model,
-            model_config=config.model_config,
-            class_names=self.class_names,
-            image_size=config.image_size,
-            mean=self.entry.mean,
-            std=self.entry.std,
-            crop_fraction=config.crop_fraction,
-            extra={
-                "epoch": state.epoch,
-                "config": asdict(config),
-                "history": state.history,
-                "positive_class": config.positive_class,
-                # "all": no image was held back (a cross-validation refit), so no metric of this
-                # model's own is an estimate; "train split": val / test images were held back
-                "trained_on": "all" if set(self.split_sizes) == {"train"} else "train split",
-                "split_sizes": self.split_sizes,
-            },
-        )
-
-    def best(self, weights: dict[str, Any]) -> None:
-        save_atomic(weights, self.dir / "best.pt")
-
-    def last(self, state: RunState, weights: dict[str, Any] | None = None) -> None:
-        if self.main:
-            save_atomic((weights or self.weights(state)) | state.state_dict(), self.dir / "last.pt")
-        self.last_saved = time.monotonic()
-
-    def end_of_epoch(self, state: RunState, best: bool, end_of_run: bool) -> None:
-        """best.pt when ``best``; last.pt when the run ends here (last epoch, early stop, stop signal)
-        or ``checkpoint_every`` has passed: it includes the optimizer state, hundreds of MB for a
-        ResNeXt-50, so not every epoch. Then history.csv."""
-        best = best and self.main
-        resumable = end_of_run or time.monotonic() - self.last_saved >= self.config.checkpoint_every
-        weights = self.weights(state) if best or resumable else None  # a copy of the weights: only when saved
-        if best:
-            self.best(weights)  # before last.pt: never behind it
-        if resumable:
-            self.last(state, weights)
-        if self.main:
-            _write_history(state.history, self.dir.parent / "history.csv")
-
-
-def small_data_hint(config: TrainConfig, splits: dict[str, Samples]) -> str | None:
-    """One line for a small folder split here: how many images this run never trains on, and the
-    command that both measures the recipe and trains on every image; None when it does not apply
-    (a large folder, a folder with its own train/ / test/ parts, nothing held back)."""
-    total = sum(len(s) for s in splits.values())
-    held_back = {name: len(s) for name, s in splits.items() if name != "train" and len(s)}
-    if total >= SMALL_DATA_HINT_IMAGES or not held_back or split_subfolders(Path(config.data)):
-        return None
-    parts = " and ".join(f"{n} for {'validation' if name == 'val' else name}" for name, n in held_back.items())
-    group = f" --group-by {shlex.quote(config.group_by)}" if config.group_by else ""
-    return (
-        f"hint: {sum(held_back.values())} of these {total} images are held back ({parts}) and never trained on; "
-        f"on a data set this small `resnexus train --data {shlex.quote(str(config.data))} --folds 5{group}` "
-        f"measures the recipe by cross-validation and then trains the model on all {total}"
-    )
-
-
-def _check_and_split(
-    config: TrainConfig, splits: dict[str, Samples] | None, verbose: bool
-) -> tuple[dict[str, Samples], list[str]]:
-    """The given splits, or ``config.data`` checked (every file read once: no crash hours into the
-    run) and split; also the unreadable files skipped. Checks the positive class."""
-    skipped: list[str] = []
-    if splits is None:
-        splits, unreadable = checked_splits(config, verbose=verbose)
-        skipped = [str(p) for p in unreadable]
-    resolve_positive_class(splits["train"].class_names, config.positive_class)  # one of them, or one line naming them
-    return splits, skipped
-
-
-def _cache(config: TrainConfig) -> dict[str, Any]:
-    """Each image is decoded once, kept as uint8 at the size the crops need (in memory, and on disk
-    for the next run); the loaders crop and flip it (``.sample``), the device does the rest (``.batch``)."""
-    cache_dir = None if config.cache_dir == "off" else config.cache_dir or default_cache_dir("decoded")
-    return dict(cache_size=math.ceil(config.image_size / config.crop_fraction), cache_dir=cache_dir)
-
-
-def _make_loaders(
-    config: TrainConfig, splits: dict[str, Samples], entry: ModelEntry, ctx: distributed.Context
-) -> tuple[DataLoader, TrainAugment, dict[str, HeldOut]]:
-    """The training loader (this rank's share of every global batch) with its augmentation, and the
-    held-out splits, each rank evaluating a shard of them."""
-    augment = train_transform(config.image_size, entry.mean, entry.std, config.augment)
-    batches = EpochBatches(
-        splits["train"].labels,
-        config.batch_size,
-        config.seed,
-        balance=config.balance == "sampler",
-        rank=ctx.rank,
-        world=ctx.world,
-    )
-    train_loader = _loader(ImageDataset(splits["train"], augment.sample, **_cache(config)), config, batches)
-    held_out = {name: _held_out(samples, config, entry, ctx) for name, samples in splits.items() if name != "train"}
-    return train_loader, augment, held_out
-
-
-def _held_out(samples: Samples, config: TrainConfig, entry: ModelEntry, ctx: distributed.Context) -> HeldOut:
-    """This rank's share of a split, resized and centre-cropped as inference will see it."""
-    preprocess = eval_transform(config.image_size, entry.mean, entry.std, config.crop_fraction)
-    shard = ctx.shard(len(samples))
-    loader = _loader(ImageDataset(samples.subset(shard), preprocess.sample, **_cache(config)), config)
-    return HeldOut(loader, shard, preprocess)
-
-
-def _runtime(config: TrainConfig, device: torch.device) -> Runtime:
-    amp_dtype = autocast_dtype(config.precision, device)
-    # channels_last: oneDNN's preferred layout on CPUs (fp32 too: 1.2x above), tensor cores' with AMP on GPUs
-    channels_last = config.channels_last
-    if channels_last is None:
-        channels_last = amp_dtype is not None or device.type == "cpu"
-    return Runtime(device, amp_dtype, channels_last)
+def _position(step: int, loss_sum: Tensor, correct: Tensor, seen: int, ctx: distributed.Context) -> dict[str, Any]:
+    """Where a stopped epoch is (``RunState.partial``): its step, sums over all ranks and RNG state."""
+    total = ctx.sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=loss_sum.device)]))
+    return {
+        "step": step,
+        "seen": int(total[2].item()),
+        "loss_sum": total[0].item(),
+        "correct": total[1].item(),
+        "rng": torch.get_rng_state(),
+    }
 
 
 def _build_model(config: TrainConfig, num_classes: int, runtime: Runtime) -> nn.Module:
@@ -644,126 +347,16 @@ def _training_forward(model: nn.Module, config: TrainConfig, ctx: distributed.Co
     return forward
 
 
-def _history_row(
-    epoch: int,
-    lr: float,
-    train: tuple[float, float, int],
-    val: tuple[np.ndarray, np.ndarray, float] | None,
-    seconds: float,
-) -> dict[str, Any]:
-    """One row of history.csv (these columns, in this order) from the epoch's training sums and
-    validation predictions; ``lr``: the learning rate the next step would use."""
-    train_loss, train_accuracy, images = train
-    val_loss = val_accuracy = None
-    if val is not None:
-        y_val, p_val, val_loss = val
-        val_accuracy = float((p_val.argmax(1) == y_val).mean())
-    return {
-        "epoch": epoch,
-        "lr": lr,
-        "train_loss": train_loss,
-        "train_accuracy": train_accuracy,
-        "val_loss": val_loss,
-        "val_accuracy": val_accuracy,
-        "seconds": seconds,
-        "images_per_second": images / seconds,
-    }
-
-
-def _interrupted(ctx: distributed.Context, run_dir: Path, stop: StopOnSignal, where: str) -> TrainingInterrupted:
-    """The exception that ends a stopped run, once every rank got here (rank 0 has saved by then:
-    torchrun would kill it if another rank exited first)."""
-    ctx.barrier()
-    return TrainingInterrupted(run_dir, stop.signal or signal.SIGTERM, where)
-
-
 def _describe_model(
     model: nn.Module, config: TrainConfig, runtime: Runtime, ctx: distributed.Context, steps: int
 ) -> str:
     n_params = sum(p.numel() for p in model.parameters())
-    start = "" if config.weights is None else f", from {_describe_weights(config, model)}"
+    start = "" if config.weights is None else f", from {describe_weights(config, model)}"
     return (
         f"model: {config.model} ({n_params:,} params{start}) on {runtime.device}"
         f"{f' x {ctx.world} processes' if ctx.enabled else ''}, {runtime.precision}"
         f"{', channels_last' if runtime.channels_last else ''}; {config.epochs} epochs x {steps} steps"
     )
-
-
-def _describe_weights(config: TrainConfig, model: nn.Module) -> str:
-    """Where training started: published weights by tag, a file, or random initialisation."""
-    if config.weights is None:
-        return "none: trained from scratch"
-    tag = getattr(model, "pretrained_cfg", {}).get("weights")
-    source = f"{tag} ({config.weights})" if tag and tag != config.weights else str(config.weights)
-    frozen = f"; stem and first {config.freeze} stages frozen" if config.freeze else ""
-    return f"{source}; fine-tuned{frozen}"
-
-
-def _describe_selection(select: str, monitor: str, asked: str, best: str = "best.pt") -> str:
-    """Which weights best.pt (``best``) will hold, and why when "auto" chose the final ones."""
-    few = f" (fewer than {MIN_VAL_FOR_SELECTION} validation images)" if asked == "auto" and select == "last" else ""
-    return f"{best}: {'the final weights' if select == 'last' else f'the epoch with the best {monitor} accuracy'}{few}"
-
-
-def _describe_epoch(row: dict[str, Any], epochs: int, new_best: bool) -> str:
-    val = "" if row["val_loss"] is None else f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
-    return (
-        f"epoch {row['epoch']:3d}/{epochs} | train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-        f"{val} | {row['images_per_second']:.0f} img/s | {row['seconds']:.1f}s{' *' if new_best else ''}"
-    )
-
-
-def _write_report(
-    result: TrainResult,
-    config: TrainConfig,
-    splits: dict[str, Samples],
-    y_true: np.ndarray,
-    probs: np.ndarray,
-    model: nn.Module,
-    runtime: Runtime,
-    trained_with: str | None = None,
-) -> None:
-    """report.md; ``trained_with`` names the framework when it is not PyTorch (the Keras path)."""
-    metrics, n_params = result.metrics, sum(p.numel() for p in model.parameters())
-    framework = {"trained with": trained_with} if trained_with else {}
-    trained = len(result.history)
-    stopped = f" of {config.epochs} (early stopping)" if trained < config.epochs and config.early_stopping else ""
-    write_report(
-        result.run_dir,
-        title=f"{config.model} on {Path(config.data).name}",
-        metrics=metrics,
-        history=result.history,
-        y_true=y_true,
-        probs=probs,
-        class_names=splits["train"].class_names,
-        details={
-            "model": config.model,
-            **framework,
-            "parameters": f"{n_params:,}",
-            "initial weights": _describe_weights(config, model),
-            "data": config.data,
-            "images (train/val/test)": describe_splits(splits),
-            "evaluated on": metrics["split"],
-            "epochs": f"{trained}{stopped}",
-            "best epoch": result.best_epoch,
-            "image size": config.image_size,
-            "batch size": config.batch_size,
-            "optimizer": f"{config.optimizer}, lr {config.lr}, weight decay {config.weight_decay}",
-            "warm-up epochs": f"{config.warmup_epochs:g}",
-            "precision": runtime.precision,
-            "training time": f"{result.seconds:.0f} s",
-            "seed": config.seed,
-        },
-        skipped=metrics["skipped_images"],
-        notes=config_warnings(config),
-    )
-
-
-def _write_history(history: list[dict[str, Any]], path: Path) -> None:
-    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def warmup_cosine(
@@ -806,35 +399,6 @@ def _progress(
     finally:
         if bar is not None:
             bar.close()
-
-
-def _tensorboard_writer(run_dir: Path) -> Any:
-    """A SummaryWriter into RUN_DIR/tensorboard; TensorBoard is an optional dependency."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as error:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def _add_scalars(board: Any, row: dict[str, Any]) -> None:
-    """An epoch's history row as TensorBoard scalars (train/loss, val/accuracy, lr, ...)."""
-    if board is None:
-        return
-    for key, value in row.items():
-        if key != "epoch" and value is not None:
-            tag = key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key  # train/loss, val/accuracy
-            board.add_scalar(tag, value, row["epoch"])
-    board.flush()
-
-
-def _close_tensorboard(board: Any, metrics: dict[str, Any], split: str, best_epoch: int) -> None:
-    if board is None:
-        return
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss"):
-        if isinstance(metrics.get(key), float):
-            board.add_scalar(f"{split}/{key}", metrics[key], best_epoch)
-    board.close()
 
 
 def _make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
@@ -905,29 +469,3 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 _FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # fused SGD and AdamW: PyTorch >= 2.4
-
-
-def _loader(dataset: ImageDataset, config: TrainConfig, batches: EpochBatches | None = None) -> DataLoader:
-    """Training batches (from an :class:`EpochBatches`), or evaluation batches in order."""
-    batching = {"batch_sampler": batches} if batches is not None else {"batch_size": config.batch_size}
-    return DataLoader(
-        dataset,
-        **batching,
-        num_workers=config.workers,
-        generator=torch.Generator().manual_seed(config.seed),
-        worker_init_fn=_seed_worker,
-        persistent_workers=config.workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

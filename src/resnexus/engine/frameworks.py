@@ -2,8 +2,8 @@
 
 ``config.framework`` picks the loop: ``"torch"`` (:func:`resnexus.engine.fit.train`) or ``"keras"``
 (:func:`resnexus.engine.keras_fit.train_keras`, imported only then, so the PyTorch path never loads
-Keras or TensorFlow). It is a module of its own because keras_fit builds on fit's helpers: fit
-cannot import keras_fit back (the package has no import cycles, tests/test_imports.py).
+Keras or TensorFlow). Both run engine/run.py's lifecycle with their own backend; this module
+only picks one, so that importing the PyTorch path never imports Keras.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .rundir import RunDir
+
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised by ``train`` after saving, when a stop signal arrived; ``str()`` is the resume hint.
@@ -27,7 +29,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     ) -> None:
         self.run_dir, self.signum, self.where = Path(run_dir), signum, where
         self.resume_command = resume_command or f"resnexus train --resume {shlex.quote(str(self.run_dir))}"
-        self.saved = saved or str(self.run_dir / "checkpoints" / "last.pt")
+        self.saved = saved or str(RunDir(self.run_dir).last())
         name = signal.Signals(signum).name
         super().__init__(
             f"{name}: stopped after {where}; progress saved in {self.saved}. Continue with: {self.resume_command}"

@@ -1,12 +1,11 @@
 """Training with Keras: ``train --framework keras``, the same run as the PyTorch path, with ``model.fit``.
 
-:func:`train_keras` shares everything around the training loop with engine/fit.py: the data check
-and split (``_check_and_split``), the decoded-image cache, the epoch order (``EpochBatches``: the same
-images in the same batches for a seed), the held-out loaders and their preprocessing, the history
-rows, best-epoch selection (:class:`~resnexus.engine.fit.RunRecord`), when checkpoints are saved
-(``_Saver``), and the final test: ``best.keras`` is converted with :func:`resnexus.keras.to_torch` and
-evaluated by the PyTorch evaluation code, so metrics.json and report.md are computed as a PyTorch
-run's are. The run directory holds ``checkpoints/best.keras`` (the model alone, with the inference
+:func:`train_keras` runs engine/run.py's lifecycle with a :class:`KerasBackend`, so everything around
+the training loop is the PyTorch run's: the data check and split, the decoded-image cache, the epoch
+order (``EpochBatches``: the same images in the same batches for a seed), the held-out loaders and
+their preprocessing, the history rows, best-epoch selection, when checkpoints are saved, and the
+final test: ``best.keras`` is converted with :func:`resnexus.keras.to_torch` and evaluated by the
+PyTorch evaluation code, so metrics.json and report.md are computed as a PyTorch run's are. The run directory holds ``checkpoints/best.keras`` (the model alone, with the inference
 metadata inside; ``evaluate``, ``predict``, ``explain``, ``export`` and ``serve`` take it),
 ``checkpoints/last.keras`` (model and optimizer state, plus the run record: what ``--resume`` needs),
 ``history.csv``, ``metrics.json`` and ``report.md``.
@@ -39,66 +38,37 @@ pipeline, seeded by (seed, epoch, step), so a resumed run repeats an uninterrupt
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+from torch import nn
 
 from ..data import Samples, eval_transform
 from ..data.dataset import ImageDataset
 from ..data.sampler import EpochBatches, sample_seed
-from ..files import write_text_atomic
 from ..keras import create_model, to_torch
 from ..keras.files import load_keras, read_keras_metadata, save_keras
 from ..models.registry import get_entry
-from ..reports import classification_metrics, format_metrics
 from . import distributed
 from .checkpoint import checkpoint_metadata
-from .config import (
-    TrainConfig,
-    check_run_dir,
-    check_same_data,
-    checkpoint_selection,
-    complete_config,
-    data_fingerprint,
-    describe_splits,
-    warn_about_config,
-)
-from .fit import (
-    HeldOut,
-    RunRecord,
-    Runtime,
-    TrainResult,
-    _cache,
-    _check_and_split,
-    _describe_epoch,
-    _describe_selection,
-    _describe_weights,
-    _held_out,
-    _history_row,
-    _no_trace_of_a_failed_start,
-    _Saver,
-    _write_report,
-    log_metric_warnings,
-    seed_everything,
-    small_data_hint,
-    validate,
-)
-from .interrupt import StopOnSignal, TrainingInterrupted
+from .config import TrainConfig
 from .progress import ProgressLog, progress_modes
+from .run import HeldOut, Run, RunRecord, TrainResult, cache_options, execute
+from .run_output import describe_weights
+from .rundir import RunDir
+from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CoupledSGD", "KerasAugment", "WarmupCosine", "train_keras"]
-
-BEST, LAST = "best.keras", "last.keras"
+__all__ = ["CoupledSGD", "KerasAugment", "KerasBackend", "WarmupCosine", "train_keras"]
 
 
 def train_keras(config: TrainConfig, splits: dict[str, Samples] | None = None) -> TrainResult:
@@ -106,93 +76,89 @@ def train_keras(config: TrainConfig, splits: dict[str, Samples] | None = None) -
 
     ``splits`` as for :func:`resnexus.engine.fit.train` (cross-validation and ``compare``).
     """
-    started = time.perf_counter()
-    config = complete_config(config)  # validates, and refuses what the Keras path cannot do
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("--framework keras trains in one process: --nproc / torchrun are PyTorch only")
-    ctx = distributed.Context()  # one process: the held-out helpers shard nothing
-    info = logger.info if config.verbose else logger.debug
-    seed_everything(config.seed)
-    keras.utils.set_random_seed(config.seed)
-    run_dir = check_run_dir(config)
-    with _no_trace_of_a_failed_start(run_dir, main=True):
-        # -- data: the same check, split and decoded-image cache as the PyTorch path
-        split_here = splits is None
-        splits, skipped = _check_and_split(config, splits, verbose=config.verbose)
-        class_names, entry = splits["train"].class_names, get_entry(config.model)
-        held_out = {name: _held_out(s, config, entry, ctx) for name, s in splits.items() if name != "train"}
-        info(f"data: {describe_splits(splits)}; classes: {', '.join(class_names)}")
-        if split_here and (hint := small_data_hint(config, splits)):
-            info(hint)
-        warn_about_config(config, split_here and config.verbose)
+    return execute(KerasBackend(), config, splits)
 
-        # -- model and optimiser; a resumed run loads both from last.keras
-        model = create_model(
+
+class KerasBackend:
+    """The Keras side of a run (engine/run.py's :class:`~resnexus.engine.run.Backend`): one process,
+    fp32, ``model.fit`` over :class:`TrainBatches` with :class:`_Epochs` doing the run's end of epoch;
+    a stop signal ends the run after the current epoch."""
+
+    framework = "keras"
+
+    def __init__(self) -> None:
+        self.trained_with = keras_description()
+
+    def start(self, config: TrainConfig) -> tuple[TrainConfig, distributed.Context]:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--framework keras trains in one process: --nproc / torchrun are PyTorch only")
+        ctx = distributed.Context()  # one process: the held-out helpers shard nothing
+        keras.utils.set_random_seed(config.seed)
+        self.runtime = Runtime(ctx.device, None, False)
+        return config, ctx
+
+    def build(self, run: Run) -> RunRecord:
+        config = run.config
+        self.model = create_model(
             config.model,
-            num_classes=len(class_names),
+            num_classes=len(run.class_names),
             input_shape=(config.image_size, config.image_size, 3),
             weights=config.weights,
             weights_dir=config.weights_dir,
             **{**training_block_form(config), **config.model_config},
         )
-        steps = len(EpochBatches(splits["train"].labels, config.batch_size, config.seed))
-        compile_for_training(model, config, steps_per_epoch=steps)
-        record = RunRecord(data=data_fingerprint(splits, config.data), session_started=started)
-        info(_describe_model(model, config, steps))
-        last = run_dir / "checkpoints" / LAST
-        if config.resume and last.is_file():
-            saved = read_keras_metadata(last)
-            check_same_data(saved.get("data"), record.data, run_dir, verbose=config.verbose)
-            model.optimizer.build(model.trainable_variables)
-            model.load_weights(last)  # weights and optimizer state (its step count: the schedule's position)
-            record.load_record(saved["run_state"])
-            if config.epochs < record.epoch:
-                raise ValueError(
-                    f"{run_dir} has trained {record.epoch} epochs: epochs={config.epochs} would shorten it"
-                )
-            info(f"resuming {run_dir} after epoch {record.epoch}")
+        self.steps = len(EpochBatches(run.splits["train"].labels, config.batch_size, config.seed))
+        compile_for_training(self.model, config, steps_per_epoch=self.steps)
+        self.record = RunRecord()
+        return self.record
 
-        # -- epochs: model.fit, with a callback doing what fit.train does after each epoch
-        monitor = "val" if "val" in held_out else "train"
-        select = checkpoint_selection(config, len(splits["val"]) if "val" in splits else 0)
-        info(_describe_selection(select, monitor, config.select, best=BEST))
-        sizes = {name: len(s) for name, s in splits.items()}
-        saves = _KerasSaver(run_dir, config, class_names, entry, True, sizes, model=model)
-        train_data = TrainBatches(splits["train"], config, entry.mean, entry.std, first_epoch=record.epoch + 1)
-        with StopOnSignal() as stop:
-            epochs = _Epochs(train_data, record, saves, held_out, config, monitor, select, stop)
-            if record.epoch < config.epochs:
-                model.fit(
-                    train_data,
-                    epochs=config.epochs,
-                    initial_epoch=record.epoch,
-                    steps_per_epoch=steps,  # one pass over train_data for all epochs: see TrainBatches
-                    shuffle=False,  # the order is EpochBatches' (Keras would shuffle the batches with `random`)
-                    callbacks=[epochs],
-                    verbose=1 if epochs.progress_modes.bar else 0,  # Keras' bar on a terminal
-                )
+    def describe(self, run: Run) -> str:
+        return _describe_model(self.model, run.config, self.steps)
+
+    def load_for_resume(self, path: Path, check_data: Callable[[dict[str, Any] | None], None]) -> dict[str, Any]:
+        saved = read_keras_metadata(path)
+        check_data(saved.get("data"))
+        self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(path)  # weights and optimizer state (its step count: the schedule's position)
+        self.record.load_record(saved["run_state"])
+        return saved["run_state"]
+
+    def fit(self, run: Run) -> None:
+        config, record = run.config, self.record
+        train_data = TrainBatches(
+            run.splits["train"], config, run.entry.mean, run.entry.std, first_epoch=record.epoch + 1
+        )
+        epochs = _Epochs(run, train_data)
+        if record.epoch < config.epochs:
+            self.model.fit(
+                train_data,
+                epochs=config.epochs,
+                initial_epoch=record.epoch,
+                steps_per_epoch=self.steps,  # one pass over train_data for all epochs: see TrainBatches
+                shuffle=False,  # the order is EpochBatches' (Keras would shuffle the batches with `random`)
+                callbacks=[epochs],
+                verbose=1 if epochs.progress_modes.bar else 0,  # Keras' bar on a terminal
+            )
         if epochs.interrupted:
-            raise _interrupted(run_dir, stop, f"epoch {record.epoch}")
+            raise run.interrupted(f"epoch {record.epoch}")
 
-        # -- final evaluation of best.keras, converted to PyTorch: the same code as a PyTorch run's
-        best_keras, _ = load_keras(run_dir / "checkpoints" / BEST)
-        runtime = Runtime(ctx.device, None, False)
-        torch_model = to_torch(best_keras, **config.model_config).to(runtime.device)
-        final_split = "test" if "test" in held_out else monitor
-        split = held_out.get(final_split) or _held_out(splits["train"], config, entry, ctx)
-        y_true, probs, loss = validate(torch_model, split, runtime, ctx, config.tta)
-        metrics = classification_metrics(y_true, probs, class_names, config.positive_class)
-        metrics.update(split=final_split, loss=loss, best_epoch=record.best_epoch, model=config.model)
-        metrics.update(framework="keras", skipped_images=skipped)
-        result = TrainResult(run_dir, metrics, record.history, record.best_epoch, seconds=record.seconds())
+    def save(self, run_dir: RunDir, metadata: dict[str, Any], *, best: bool, last: bool) -> None:
+        """best.keras the model alone, last.keras with the optimizer state and the run record; both
+        carry the metadata a PyTorch checkpoint does and ``framework: "keras"``."""
+        weights = checkpoint_metadata(in_chans=3, **metadata) | {"framework": "keras"}
+        if best:
+            # a copy without the optimizer: what inference loads (a third of last.keras for AdamW)
+            clean = keras.Model.from_config(self.model.get_config())
+            clean.set_weights(self.model.get_weights())
+            save_keras(clean, run_dir.best("keras"), weights)
+        if last:
+            meta = weights | {"run_state": self.record.record_dict(), "data": self.record.data}
+            save_keras(self.model, run_dir.last("keras"), meta)
 
-        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        _write_report(result, config, splits, y_true, probs, torch_model, runtime, trained_with=keras_description())
-        seen = " (the images it was trained on: not an estimate for new images)" if final_split == "train" else ""
-        info(f"{final_split}{seen}: {format_metrics(metrics)}")
-        log_metric_warnings(metrics, run_dir, config.verbose)
-        info(f"report: {run_dir / 'report.md'}")
-    return result
+    def best_model(self, run: Run) -> nn.Module:
+        """best.keras converted to PyTorch: evaluated by the same code as a PyTorch run's."""
+        best_keras, _ = load_keras(run.dir.best("keras"))
+        return to_torch(best_keras, **run.config.model_config).to(self.runtime.device)
 
 
 def training_block_form(config: TrainConfig) -> dict[str, str]:
@@ -217,18 +183,12 @@ def keras_description() -> str:
 
 
 def _describe_model(model: keras.Model, config: TrainConfig, steps: int) -> str:
-    start = "" if config.weights is None else f", from {_describe_weights(config, model)}"
+    start = "" if config.weights is None else f", from {describe_weights(config, model)}"
     params = sum(math.prod(v.shape) for v in model.trainable_weights)  # PyTorch's parameters (no BN statistics)
     return (
         f"model: {config.model} ({params:,} params{start}) in {keras_description()}, fp32; "
         f"{config.epochs} epochs x {steps} steps"
     )
-
-
-def _interrupted(run_dir: Path, stop: StopOnSignal, where: str) -> TrainingInterrupted:
-    error = TrainingInterrupted(run_dir, stop.signal or 15, where)
-    error.args = (str(error).replace("last.pt", LAST),)  # the resume hint names the Keras file
-    return error
 
 
 # -- the model, its loss and optimiser -----------------------------------------------------------
@@ -376,7 +336,7 @@ class TrainBatches(keras.utils.PyDataset):
         super().__init__(workers=max(1, config.workers or 0), use_multiprocessing=False)
         square = math.ceil(config.image_size / config.crop_fraction)  # the cached size: shorter side
         self.square = eval_transform(square, mean, std, crop_fraction=1.0)  # resize + centre square, uint8
-        self.images = ImageDataset(samples, self.square.sample, **_cache(config))
+        self.images = ImageDataset(samples, self.square.sample, **cache_options(config))
         self.labels = np.asarray(samples.labels, dtype=np.int64)
         self.order = EpochBatches(samples.labels, config.batch_size, config.seed, balance=config.balance == "sampler")
         self.augment = KerasAugment(config, mean, std, len(samples.class_names))
@@ -421,32 +381,20 @@ def keras_predict(model: keras.Model, split: HeldOut, tta: bool = False) -> tupl
     return y_all, p_all, loss
 
 
-# -- after each epoch: the bookkeeping fit.train does -------------------------------------------
+# -- after each epoch: the run's bookkeeping ---------------------------------------------------
 class _Epochs(keras.callbacks.Callback):
-    """Validation, the history row, best / last checkpoints (the PyTorch path's rules: ``RunRecord``
-    and ``_Saver``), early stopping and the stop signal, after every epoch of ``model.fit``; a
-    progress line every ``progress_every`` seconds within an epoch where no bar is shown."""
+    """Validation and :meth:`Run.end_epoch` (history row, best / last checkpoints, early stopping,
+    the stop signal) after every epoch of ``model.fit``; a progress line every ``progress_every``
+    seconds within an epoch where no bar is shown."""
 
     async_safe = True  # the batch hook only counts and logs: Keras may keep dispatching steps ahead
 
-    def __init__(
-        self,
-        data: TrainBatches,
-        record: RunRecord,
-        saves: _KerasSaver,
-        held_out: dict[str, HeldOut],
-        config: TrainConfig,
-        monitor: str,
-        select: str,
-        stop: StopOnSignal,
-    ) -> None:
+    def __init__(self, run: Run, data: TrainBatches) -> None:
         super().__init__()
-        self.data, self.record, self.saves, self.held_out = data, record, saves, held_out
-        self.config, self.monitor, self.select, self.stop = config, monitor, select, stop
+        self.run, self.data, self.config = run, data, run.config
         self.interrupted = False
         self.started = time.perf_counter()
-        self.info = logger.info if config.verbose else logger.debug
-        self.progress_modes = progress_modes(config.verbose)
+        self.progress_modes = progress_modes(run.config.verbose)
         self.progress: ProgressLog | None = None  # this epoch's, where there is no bar to watch
         self.epoch = 1
 
@@ -455,60 +403,27 @@ class _Epochs(keras.callbacks.Callback):
         self.epoch = epoch + 1  # Keras counts epochs from 0
         if self.progress_modes.lines:
             where = f"epoch {self.epoch}/{self.config.epochs}"
-            self.progress = ProgressLog(where, self.data.steps, self.config.progress_every, self.info)
+            self.progress = ProgressLog(where, self.data.steps, self.config.progress_every, self.run.info)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.progress is not None:
             self.progress.update(len(self.data.batch_indices(self.epoch, batch)))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs, config, number = logs or {}, self.config, epoch + 1  # Keras counts epochs from 0
-        val = keras_predict(self.model, self.held_out["val"], config.tta) if "val" in self.held_out else None
+        logs, held_out = logs or {}, self.run.held_out
+        val = keras_predict(self.model, held_out["val"], self.config.tta) if "val" in held_out else None
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         train = (float(logs["loss"]), float(logs["accuracy"]), self.data.images_per_epoch)
-        row = _history_row(number, lr, train, val, seconds=time.perf_counter() - self.started)
-        improved = self.record.end_epoch(row, self.monitor, self.select)
-        stopping_early = bool(config.early_stopping) and number - self.record.best_epoch >= config.early_stopping
-        final = number == config.epochs or stopping_early
-        stop_now = self.stop.signal is not None and not final
-        best = improved and (self.select == "val" or final)
-        self.saves.end_of_epoch(self.record, best=best, end_of_run=final or stop_now)  # type: ignore[arg-type]
-        self.info(_describe_epoch(row, config.epochs, new_best=improved and self.select == "val"))
-        if stop_now:
-            self.interrupted = self.model.stop_training = True
-        elif stopping_early:
-            self.info(f"early stopping: no better {self.monitor} accuracy for {config.early_stopping} epochs")
+        # Keras counts epochs from 0
+        then = self.run.end_epoch(epoch + 1, lr, train, val, seconds=time.perf_counter() - self.started)
+        if then != "continue":
+            self.interrupted = then == "interrupt"
             self.model.stop_training = True
-
-
-class _KerasSaver(_Saver):
-    """``_Saver``'s rules (best when improved, last at the end of the run or every
-    ``checkpoint_every`` seconds, then history.csv) writing ``.keras`` files: best.keras the model
-    alone, last.keras with the optimizer state and the run record; both carry the metadata a
-    PyTorch checkpoint does (:func:`checkpoint_metadata`) and ``framework: "keras"``."""
-
-    def __init__(self, *args: Any, model: keras.Model) -> None:
-        super().__init__(*args)
-        self.model = model
-
-    def weights(self, state: RunRecord) -> dict[str, Any]:  # type: ignore[override]
-        return checkpoint_metadata(in_chans=3, **self.metadata(state)) | {"framework": "keras"}
-
-    def best(self, weights: dict[str, Any]) -> None:
-        # a copy without the optimizer: what inference loads (a third of last.keras for AdamW)
-        clean = keras.Model.from_config(self.model.get_config())
-        clean.set_weights(self.model.get_weights())
-        save_keras(clean, self.dir / BEST, weights)
-
-    def last(self, state: RunRecord, weights: dict[str, Any] | None = None) -> None:  # type: ignore[override]
-        meta = (weights or self.weights(state)) | {"run_state": state.record_dict(), "data": state.data}
-        save_keras(self.model, self.dir / LAST, meta)
-        self.last_saved = time.monotonic()
 
 
 def keras_inference_speed(run_dir: Path, batch_size: int, image_size: int, min_seconds: float = 0.5) -> float:
     """Images/s of a Keras run's best.keras on one fixed batch (``predict_on_batch``), for ``compare``."""
-    model, _ = load_keras(Path(run_dir) / "checkpoints" / BEST)
+    model, _ = load_keras(RunDir(run_dir).best("keras"))
     x = np.random.default_rng(0).standard_normal((batch_size, image_size, image_size, 3)).astype(np.float32)
     model.predict_on_batch(x)  # warm-up: tracing
     batches, start = 0, time.perf_counter()
