@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from resnexus.data.dataset import load_image
     from resnexus.engine.checkpoint import load_for_inference
-    from resnexus.engine.explain import _transform, _unnormalize, default_cam_layer, grad_cam
+    from resnexus.engine.checkpoint import eval_preprocess as _transform
+    from resnexus.engine.explain import _unnormalize, default_cam_layer, grad_cam
     from resnexus.reports import save_figure
 
     recipes = args.recipes.split(",")

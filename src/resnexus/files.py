@@ -7,6 +7,7 @@ can all use it without an import cycle.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,27 +38,56 @@ def _umask() -> int:
 
 
 @contextmanager
+def atomic_path(path: str | os.PathLike[str], *, folder: bool = False, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file (or, with ``folder``, an empty folder) beside ``path`` for a writer that wants
+    a name rather than an open file (Keras, TensorFlow); put in ``path``'s place if the ``with`` body
+    succeeds, else removed.
+
+    A crash or an exception leaves the previous ``path`` or the new one, never half of one, and no
+    temporary behind. ``suffix`` ends the temporary name (``.tmp.keras`` for a writer that checks
+    it). A folder cannot be renamed over a non-empty one, so an existing ``path`` is first moved
+    aside and deleted only once the new folder is in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        tmp = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    try:
+        yield Path(tmp)
+        # mkstemp / mkdtemp make them private (0600 / 0700); ours are normal files and folders
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~_umask())
+        if folder and (path.exists() or path.is_symlink()):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if Path(tmp).is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_args: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success flush it to disk and rename it over ``path``.
 
     A crash, a full disk or an exception in the ``with`` body leaves either the previous file or
-    the new one, never half of one, and no temporary file behind. ``mode`` is "w" or "wb".
+    the new one, never half of one, and no temporary file behind (:func:`atomic_path`). ``mode`` is
+    "w" or "wb".
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes whole files: mode must be 'w' or 'wb', not {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **open_args) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); ours are normal files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode, **open_args) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -334,7 +334,7 @@ def test_ensemble_grad_cam_is_the_mean_of_the_fold_models_maps(cv, tmp_path, mon
 
     from resnexus.data import UnlabeledDataset
     from resnexus.engine import explain as explain_module
-    from resnexus.engine.inference import _transform
+    from resnexus.engine.checkpoint import eval_preprocess as _transform
 
     data, out, _, _ = cv
     image = sorted((data / CLASSES[1]).glob("*.png"))[0]
