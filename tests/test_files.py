@@ -11,7 +11,7 @@ import pytest
 
 from resnexus.data import digits_folder
 from resnexus.engine import TrainConfig, train
-from resnexus.files import atomic_write, check_output_folder, default_cache_dir, write_text_atomic
+from resnexus.files import atomic_path, atomic_write, check_output_folder, default_cache_dir, write_text_atomic
 from tests.helpers import bright_and_dark_folder
 
 
@@ -134,6 +134,37 @@ def test_concurrent_writers_leave_one_whole_file(tmp_path):
         np.save(first, np.full(1000, 1))
     assert np.load(path).tolist() == [1] * 1000
     assert _names_in(tmp_path) == ["entry.npy"]
+
+
+def test_atomic_path_puts_a_written_file_or_folder_in_place_or_nothing(tmp_path):
+    """For writers that want a name (Keras, TensorFlow): a whole file or folder at the path, or the old one."""
+    target = tmp_path / "model.keras"
+    with atomic_path(target, suffix=".tmp.keras") as staged:
+        assert staged.name.endswith(".tmp.keras") and staged.parent == tmp_path
+        staged.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and _names_in(tmp_path) == ["model.keras"]
+    with pytest.raises(RuntimeError), atomic_path(target) as staged:
+        staged.write_bytes(b"half")
+        raise RuntimeError
+    assert target.read_bytes() == b"new" and _names_in(tmp_path) == ["model.keras"]
+
+    folder = tmp_path / "serving" / "1"
+    for version in ("old", "new"):  # an existing folder is replaced whole
+        with atomic_path(folder, folder=True) as staged:
+            (staged / "assets").mkdir()
+            (staged / "assets" / f"{version}.json").write_text(version)
+    assert [p.name for p in (folder / "assets").iterdir()] == ["new.json"] and _names_in(folder.parent) == ["1"]
+    with pytest.raises(KeyboardInterrupt), atomic_path(folder, folder=True) as staged:
+        (staged / "saved_model.pb").write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert (folder / "assets" / "new.json").is_file() and _names_in(folder.parent) == ["1"]
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "made", folder=True):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755  # mkdtemp's 0700 is not kept
 
 
 def test_check_output_folder_follows_links_and_accepts_the_data_inside_the_output(tmp_path):
