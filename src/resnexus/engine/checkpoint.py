@@ -29,7 +29,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -160,6 +160,9 @@ def eval_preprocess(source: Preprocessing | Mapping[str, Any] | Checkpoint) -> E
     return eval_transform(source.image_size, source.mean, source.std, source.crop_fraction)
 
 
+# what a Checkpoint was read from: a .pt file, a Keras run's .keras file, an exported .onnx file, a
+# cross-validation run's fold models, or published weights
+CheckpointKind = Literal["torch", "keras", "onnx", "ensemble", "published"]
 # the spellings older files use for what is now model_config (the spec overrides the model was built with)
 _MODEL_CONFIG_KEYS = ("model_config", "resnexus_config", "keras_model_config")
 
@@ -190,13 +193,13 @@ class Checkpoint:
         metadata: Mapping[str, Any],
         build: Callable[[], nn.Module | OnnxClassifier] | None = None,
         *,
-        kind: str,
+        kind: CheckpointKind,
         state_dict: dict[str, torch.Tensor] | None = None,
         members: list[Checkpoint] | None = None,
     ) -> None:
         self.path = Path(path)  # the file (an ensemble: the cross-validation run directory)
         self.metadata: dict[str, Any] = _normalized({k: v for k, v in metadata.items() if k != "state_dict"})
-        self.kind = kind  # "torch", "keras", "onnx", "ensemble" or "published"
+        self.kind = kind
         self.members = members or []  # an ensemble's fold checkpoints
         self._build = build
         self._state_dict = state_dict
