@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from matplotlib.figure import Figure
 
     from resnexus.data.dataset import load_image
-    from resnexus.engine.checkpoint import load_for_inference
-    from resnexus.engine.explain import _transform, _unnormalize, default_cam_layer, grad_cam
+    from resnexus.engine.checkpoint import eval_preprocess, load_for_inference
+    from resnexus.engine.explain import _unnormalize, default_cam_layer, grad_cam
     from resnexus.reports import save_figure
 
     recipes = args.recipes.split(",")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         axes[row, 0].set_title(f"{Path(paths[i]).name}\ntrue: {class_names[truth]}", fontsize=8)
         for col, (name, (model, ckpt)) in enumerate(zip(recipes, models), start=1):
             model.eval()
-            batch = _transform(ckpt)(image)[None]
+            batch = eval_preprocess(ckpt)(image)[None]
             with torch.no_grad():
                 prob = float(model(batch).float().softmax(1)[0, truth])
             cam = grad_cam(model, batch, torch.tensor([truth]), default_cam_layer(model))[0].numpy()

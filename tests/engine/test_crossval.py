@@ -334,7 +334,7 @@ def test_ensemble_grad_cam_is_the_mean_of_the_fold_models_maps(cv, tmp_path, mon
 
     from resnexus.data import UnlabeledDataset
     from resnexus.engine import explain as explain_module
-    from resnexus.engine.inference import _transform
+    from resnexus.engine.checkpoint import eval_preprocess
 
     data, out, _, _ = cv
     image = sorted((data / CLASSES[1]).glob("*.png"))[0]
@@ -343,7 +343,7 @@ def test_ensemble_grad_cam_is_the_mean_of_the_fold_models_maps(cv, tmp_path, mon
     rows = _explain_rows(out, image, tmp_path / "cam", ensemble=True)
     folds = [load_checkpoint(out / f"fold{k}" / "checkpoints" / "best.pt") for k in range(1, FOLDS + 1)]
     models = [model_from_checkpoint(c) for c in folds]
-    batch = UnlabeledDataset([image], _transform(folds[0]))[0][0][None]
+    batch = UnlabeledDataset([image], eval_preprocess(folds[0]))[0][0][None]
     with torch.no_grad():
         probs = torch.stack([m(batch).softmax(1) for m in models]).mean(0)[0]
     target = int(probs.argmax())

@@ -49,7 +49,9 @@ def _catalog_entry(server: WeightsServer, path: str, data: bytes, input_size: in
         hash=hashlib.sha256(data).hexdigest()[:8],
         hash_kind="sha256-prefix",
         layout="torchvision",
-        preprocessing=replace(TIMM_EVAL, input_size=input_size, resize_size=input_size + input_size // 8),
+        preprocessing=replace(
+            TIMM_EVAL, image_size=input_size, crop_fraction=input_size / (input_size + input_size // 8)
+        ),
         top1=None,
         license="test",
         source="made by the test",

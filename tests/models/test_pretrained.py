@@ -31,6 +31,7 @@ from resnexus.models.pretrained import (
     ChecksumError,
     DownloadError,
     PretrainedWeights,
+    download,
 )
 from resnexus.models.registry import find_pretrained, list_pretrained
 from resnexus.models.weights import KERAS_APPLICATIONS_BN_EPS
@@ -170,6 +171,41 @@ def test_truncated_download_is_refused(server, hub_dir, weights_bytes):
         resnexus.create_model("resnet18", num_classes=7, weights=cut, **SMALL)
     assert cut.url in str(error.value)
     assert _files(hub_dir) == []
+
+
+# -- one checked download, for catalog entries and plain URLs alike ------------------------------
+def test_download_checks_the_hash_it_is_given(server, tmp_path, weights_bytes):
+    server.files["/plain.pth"] = weights_bytes
+    digest = hashlib.sha256(weights_bytes).hexdigest()
+    target = tmp_path / "got" / "plain.pth"
+    assert download(server.url("/plain.pth"), target, expected=digest) == digest
+    assert target.read_bytes() == weights_bytes
+    with pytest.raises(ChecksumError, match=r"sha256 mismatch for other.pth: expected 0{64}, got [0-9a-f]{64}"):
+        download(server.url("/plain.pth"), tmp_path / "other.pth", expected="0" * 64)
+    assert not [name for name in _files(tmp_path) if "other" in name]  # nothing left of the refused file
+
+
+def test_weights_urls_go_through_the_checked_download(server, hub_dir, source_model, weights_bytes, caplog):
+    server.files["/remote.pth"] = weights_bytes
+    digest = hashlib.sha256(weights_bytes).hexdigest()
+    with pytest.raises(ChecksumError, match="sha256 mismatch"):
+        resnexus.create_model("resnet18", num_classes=7, weights=server.url("/remote.pth#sha256=" + "0" * 64), **SMALL)
+    assert _files(hub_dir) == []
+    pinned = resnexus.create_model(
+        "resnet18", num_classes=7, weights=server.url(f"/remote.pth#sha256={digest}"), **SMALL
+    )
+    assert max_abs_diff(_logits(pinned), _logits(source_model)) == 0.0
+    (hub_dir / "remote.pth").write_bytes(b"damaged")  # a pinned URL's cached copy is verified too
+    with caplog.at_level(logging.WARNING):
+        again = resnexus.create_model(
+            "resnet18", num_classes=7, weights=server.url(f"/remote.pth#sha256={digest}"), **SMALL
+        )
+    assert "damaged cached file" in caplog.text and server.requests["/remote.pth"] == 3
+    assert max_abs_diff(_logits(again), _logits(source_model)) == 0.0
+    server.files["/unpinned.pth"] = weights_bytes
+    with caplog.at_level(logging.WARNING):
+        resnexus.create_model("resnet18", num_classes=7, weights=server.url("/unpinned.pth"), **SMALL)
+    assert f"its sha256 is {digest}" in caplog.text  # not verified, but its digest is on record
 
 
 # -- offline folder -------------------------------------------------------------------------------

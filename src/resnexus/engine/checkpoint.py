@@ -1,38 +1,45 @@
-"""Checkpoints that carry everything ``evaluate`` and ``predict`` need, written atomically.
+"""Checkpoints: :class:`Checkpoint` loads any kind, and checkpoint files are written atomically.
 
-A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads with
+A checkpoint file is a plain dict of tensors, numbers, strings and lists, so it loads with
 ``torch.load(weights_only=True)``: model name and config, class names, preprocessing (image size,
 mean, std, crop fraction), the weights, and for resuming the optimizer / scheduler state (what
 last.pt adds is defined by :class:`resnexus.engine.fit.RunState`).
 
-An ONNX file written by ``resnexus export`` stands in for a checkpoint at inference time: it
-carries the same metadata, and :func:`load_for_inference` opens either kind. So does the
-``best.keras`` of a Keras-trained run (its ``resnexus.json`` holds the same metadata): it is
-converted to its PyTorch twin (:func:`load_keras_checkpoint`), and :func:`load_checkpoint` reads it
-as a checkpoint dict.
+:meth:`Checkpoint.load` reads every kind that stands for one, so that evaluate, predict, explain,
+export and serve accept the same paths: a ``.pt`` file; an ONNX file written by ``resnexus
+export`` (its metadata holds the same keys; it runs on onnxruntime); the ``best.keras`` of a
+Keras-trained run (its ``resnexus.json`` holds the same keys; the model is converted to its
+PyTorch twin); a training run directory (its best checkpoint) and a cross-validation run
+directory (its refit model, trained on every image), located by :class:`RunDir`; and with
+``ensemble=True`` a cross-validation run's K fold models, as one model that averages their
+probabilities. :meth:`Checkpoint.published` gives published ImageNet weights the same face.
+Whatever the kind, ``.preprocessing`` speaks the vocabulary of published weights
+(:class:`~resnexus.models.pretrained.Preprocessing`), whichever spelling the file used.
 
-A run directory stands in for a checkpoint too (:func:`resolve_checkpoint`, used by evaluate,
-predict, explain and export): a cross-validation run's refit model (``RUN_DIR/refit``, trained on
-every image), else a training run's ``checkpoints/best.pt``. :func:`load_fold_ensemble` opens a
-cross-validation run's K fold models as one model that averages their probabilities.
+The functions below the class (``load_checkpoint``, ``load_for_inference``, ...) are the older
+API, kept as thin wrappers over it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from ..data import EvalPreprocess, eval_transform
 from ..files import atomic_write
-from ..models.pretrained import imagenet_class_names
+from ..models.pretrained import Preprocessing, cache_dir, imagenet_class_names, offline_dir
 from ..models.registry import create_model, find_pretrained, is_weights_tag
 from ..models.weights import WeightsError, load_torch_file
+from .rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +59,15 @@ INFERENCE_KEYS = (
     "crop_fraction",
     "positive_class",
 )
-# The layout of a cross-validation run directory (engine/crossval.py writes it; inference reads it).
-REFIT_DIR = "refit"  # the deployable model: the same recipe trained on every image
-BEST_FILES = {"torch": "best.pt", "keras": "best.keras"}  # a run's selected model, by the framework that trained it
-CV_METRICS_FILE = "cv_metrics.json"  # written once every fold has been trained and tested
+# The older names of parts of a run directory's layout, which RunDir owns (kept for code that imports them).
+REFIT_DIR = RunDir.REFIT
+BEST_FILES = {framework: RunDir(".").best(framework).name for framework in ("torch", "keras")}
+CV_METRICS_FILE = RunDir.CV_METRICS
 
 
 def fold_run_dir(run_dir: str | Path, fold: int) -> Path:
-    """Where fold ``fold`` (1-based) of a cross-validation run trains: an ordinary run directory."""
-    return Path(run_dir) / f"fold{fold}"
+    """Where fold ``fold`` (1-based) of a cross-validation run trains (``RunDir(run_dir).fold(fold)``)."""
+    return RunDir(run_dir).fold(fold).path
 
 
 def plain(value: Any) -> Any:
@@ -140,33 +147,213 @@ def checkpoint_metadata(
     )
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a resnexus checkpoint (``weights_only=True``); a foreign file gets a clear error.
+def eval_preprocess(source: Preprocessing | Mapping[str, Any] | Checkpoint) -> EvalPreprocess:
+    """The evaluation transform of a checkpoint, its metadata or a :class:`Preprocessing`: resize,
+    centre crop (per uint8 image, ``.sample``), then to float and normalise (per batch, ``.batch``).
 
-    A ``.keras`` file of a Keras-trained run (``train --framework keras``) reads as the same dict:
-    its metadata, and the weights of its PyTorch twin (:func:`load_keras_checkpoint`).
+    The one transform evaluate, predict, explain and serve apply, so their inputs are the same.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix.lower() == ".keras":
-        model, ckpt = load_keras_checkpoint(path)
-        return ckpt | {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    ckpt = load_torch_file(path)  # refused pickles and foreign files: a message naming the file
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise WeightsError(
-            f"{path}: not a resnexus checkpoint (no '{FORMAT}' marker); to start from plain weights "
-            f"use `train --weights {path}`"
+    if isinstance(source, Checkpoint):
+        source = source.preprocessing
+    elif not isinstance(source, Preprocessing):
+        source = Preprocessing.from_metadata(source)
+    return eval_transform(source.image_size, source.mean, source.std, source.crop_fraction)
+
+
+# what a Checkpoint was read from: a .pt file, a Keras run's .keras file, an exported .onnx file, a
+# cross-validation run's fold models, or published weights
+CheckpointKind = Literal["torch", "keras", "onnx", "ensemble", "published"]
+# the spellings older files use for what is now model_config (the spec overrides the model was built with)
+_MODEL_CONFIG_KEYS = ("model_config", "resnexus_config", "keras_model_config")
+
+
+def _normalized(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with the current key names filled in from older spellings (``input_size``,
+    ``img_size``, ``crop_pct``, ``keras_model_config``, ...), so every reader sees one vocabulary."""
+    meta = dict(meta)
+    if "model_config" not in meta:
+        meta["model_config"] = next((meta[k] for k in _MODEL_CONFIG_KEYS if isinstance(meta.get(k), dict)), {})
+    if "mean" in meta and "std" in meta and ("image_size" not in meta or "crop_fraction" not in meta):
+        meta.update(Preprocessing.from_metadata(meta).metadata())
+    return meta
+
+
+class Checkpoint:
+    """A trained model with everything needed to use it: weights, class names, preprocessing.
+
+    Open one with :meth:`load` (any path ``evaluate`` accepts) or :meth:`published`; then
+    ``.model()`` gives the network in eval mode, ``.preprocessing`` / :meth:`transforms` how to
+    feed it, ``.class_names`` what its outputs mean, ``.config`` the training run's configuration
+    (None where no run made it), ``.sha256`` the file's digest.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        metadata: Mapping[str, Any],
+        build: Callable[[], nn.Module | OnnxClassifier] | None = None,
+        *,
+        kind: CheckpointKind,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        members: list[Checkpoint] | None = None,
+    ) -> None:
+        self.path = Path(path)  # the file (an ensemble: the cross-validation run directory)
+        self.metadata: dict[str, Any] = _normalized({k: v for k, v in metadata.items() if k != "state_dict"})
+        self.kind = kind
+        self.members = members or []  # an ensemble's fold checkpoints
+        self._build = build
+        self._state_dict = state_dict
+        self._sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.kind}: {self.model_name}, {len(self.class_names)} classes, {self.path})"
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, *, ensemble: bool = False) -> Checkpoint:
+        """A checkpoint (.pt), an exported .onnx file, a Keras run's .keras file, or a run directory
+        (:func:`resolve_checkpoint`); ``ensemble``: a cross-validation run directory's fold models."""
+        if ensemble:
+            return cls._fold_ensemble(Path(path))
+        file = resolve_checkpoint(path)
+        suffix = file.suffix.lower()
+        if suffix == ".onnx":
+            runtime = OnnxClassifier(file)
+            return cls(file, runtime.meta, lambda: runtime, kind="onnx")
+        if suffix == ".keras":
+            model, meta = _read_keras(file)
+            return cls(file, meta, lambda: model, kind="keras")
+        contents = load_torch_file(file)  # refused pickles and foreign files: a message naming the file
+        if not isinstance(contents, dict) or contents.get("format") != FORMAT:
+            raise WeightsError(
+                f"{file}: not a resnexus checkpoint (no '{FORMAT}' marker); to start from plain weights "
+                f"use `train --weights {file}`"
+            )
+        return cls(file, contents, kind="torch", state_dict=contents["state_dict"])
+
+    @classmethod
+    def published(cls, model_name: str, weights: str, weights_dir: str | Path | None = None) -> Checkpoint:
+        """Published ImageNet weights used as they are: the 1,000 ImageNet classes and the source's own
+        evaluation transform; nothing to train first."""
+        if not is_weights_tag(weights):
+            raise ValueError(
+                f"--weights {weights!r}: without --checkpoint, predict takes published weights by name "
+                f"('imagenet' or a tag from `resnexus models --weights {model_name}`); a model you trained "
+                "is given with --checkpoint"
+            )
+        entry = find_pretrained(model_name, weights)
+        model = create_model(model_name, weights=entry, weights_dir=weights_dir).eval()
+        meta = {"model_name": model_name, "model_config": {}, "num_classes": 1000, "in_chans": 3}
+        meta |= {"class_names": imagenet_class_names(), **entry.preprocessing.metadata(), "weights": entry.tag}
+        folder = offline_dir(weights_dir)  # where create_model found the file (verified there)
+        dropped = folder / entry.file_name if folder is not None else None
+        path = dropped if dropped is not None and dropped.is_file() else cache_dir() / entry.file_name
+        return cls(path, meta, lambda: model, kind="published")
+
+    @classmethod
+    def _fold_ensemble(cls, run_dir: Path) -> Checkpoint:
+        members = [cls.load(p) for p in fold_checkpoints(run_dir)]
+        first = members[0]
+        for member in members[1:]:
+            differing = [k for k in _ENSEMBLE_MUST_AGREE if member.metadata.get(k) != first.metadata.get(k)]
+            if differing:
+                raise ValueError(
+                    f"{member.path} differs from {first.path} in {differing}: its probabilities cannot be averaged"
+                )
+        meta = first.inference_metadata() | {
+            "model_name": f"{len(members)}-fold ensemble of {first.model_name}",
+            "ensemble_members": [str(m.path) for m in members],
+        }
+        logger.info(f"{run_dir}: ensemble of {len(members)} fold models")
+        return cls(
+            run_dir, meta, lambda: FoldEnsemble([m.model() for m in members]).eval(), kind="ensemble", members=members
         )
-    return ckpt
+
+    # -- what it holds ---------------------------------------------------------------------------
+    def model(self) -> nn.Module | OnnxClassifier:
+        """The network in eval mode (a .pt checkpoint builds a fresh one on each call)."""
+        return self._build() if self._build is not None else self._torch_model()
+
+    def _torch_model(self) -> nn.Module:
+        return model_from_checkpoint(self.metadata | {"state_dict": self.state_dict})
+
+    @property
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights as a PyTorch state dict (a Keras model's: those of its PyTorch twin)."""
+        if self._state_dict is None:
+            model = self.model()
+            if not isinstance(model, nn.Module):
+                raise WeightsError(f"{self.path}: an ONNX model holds no PyTorch weights; use its .pt checkpoint")
+            self._state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return self._state_dict
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_metadata(self.metadata)
+
+    def transforms(self) -> EvalPreprocess:
+        """The evaluation transform (:func:`eval_preprocess`)."""
+        return eval_preprocess(self.preprocessing)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["class_names"])
+
+    @property
+    def model_name(self) -> str:
+        return str(self.metadata["model_name"])
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        """The spec overrides the model was built with (``create_model(name, **model_config)``)."""
+        return dict(self.metadata.get("model_config") or {})
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.metadata.get("in_chans", 3))
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The training run's configuration (``TrainConfig`` fields), or None (published weights, exports)."""
+        return self.metadata.get("config")
+
+    @property
+    def positive_class(self) -> str | None:
+        return self.metadata.get("positive_class")
+
+    @property
+    def run_dir(self) -> RunDir | None:
+        """The run directory the file was saved in, or None for a file elsewhere."""
+        return RunDir(self.path) if self.kind == "ensemble" else RunDir.holding(self.path)
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the file (an ensemble: of its members' digests, in fold order)."""
+        if self._sha256 is None:
+            hasher = hashlib.sha256()
+            if self.members:
+                for member in self.members:
+                    hasher.update(member.sha256.encode())
+            else:
+                with self.path.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        hasher.update(chunk)
+            self._sha256 = hasher.hexdigest()
+        return self._sha256
+
+    def inference_metadata(self) -> dict[str, Any]:
+        """The keys inference reads (:data:`INFERENCE_KEYS`), as an exported model carries them."""
+        return {k: self.metadata.get(k) for k in INFERENCE_KEYS}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The checkpoint dict the older API returns: the metadata and ``state_dict``."""
+        return self.metadata | {"state_dict": self.state_dict}
 
 
-def load_keras_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(the PyTorch model, inference metadata) of a ``.keras`` file that resnexus wrote with its
-    metadata inside (a Keras-trained run's best.keras): converted with
-    :func:`resnexus.keras.to_torch`, so evaluate, predict, explain, export and serve run it as they
-    run a PyTorch checkpoint. Needs the ``keras`` extra."""
-    path = Path(path)
+def _read_keras(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(the PyTorch model, metadata) of a ``.keras`` file that resnexus wrote with its metadata inside
+    (a Keras-trained run's best.keras), converted with :func:`resnexus.keras.to_torch`. Needs the
+    ``keras`` extra."""
     try:
         from ..keras import to_torch
         from ..keras.files import load_keras
@@ -178,46 +365,8 @@ def load_keras_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             f"{path}: a .keras file without resnexus metadata (class names, preprocessing); "
             "a Keras-trained run's checkpoints/best.keras has it"
         )
-    torch_model = to_torch(keras_model, **meta.get("model_config", {}))
-    return torch_model.eval(), meta
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
-    model = create_model(
-        ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt.get("in_chans", 3), **ckpt["model_config"]
-    )
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
-def load_published(
-    model_name: str, weights: str, weights_dir: str | Path | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """(model, inference metadata) for published ImageNet weights used as they are: the 1,000
-    ImageNet classes and the source's own evaluation transform; nothing to train first."""
-    if not is_weights_tag(weights):
-        raise ValueError(
-            f"--weights {weights!r}: without --checkpoint, predict takes published weights by name "
-            f"('imagenet' or a tag from `resnexus models --weights {model_name}`); a model you trained "
-            "is given with --checkpoint"
-        )
-    entry = find_pretrained(model_name, weights)
-    model = create_model(model_name, weights=entry, weights_dir=weights_dir).eval()
-    prep = entry.preprocessing
-    meta = {
-        "model_name": model_name,
-        "model_config": {},
-        "num_classes": 1000,
-        "in_chans": 3,
-        "class_names": imagenet_class_names(),
-        "image_size": prep.input_size,
-        "mean": list(prep.mean),
-        "std": list(prep.std),
-        "crop_fraction": prep.crop_fraction,
-        "weights": entry.tag,
-    }
-    return model, meta
+    meta = _normalized(meta)
+    return to_torch(keras_model, **meta["model_config"]).eval(), meta
 
 
 def require_onnx_package(module: str) -> Any:
@@ -245,7 +394,7 @@ class OnnxClassifier:
         props = self.session.get_modelmeta().custom_metadata_map
         if ONNX_META_KEY not in props:
             raise ValueError(f"{self.path}: no resnexus metadata; export it with `resnexus export`")
-        self.meta: dict[str, Any] = json.loads(props[ONNX_META_KEY])
+        self.meta: dict[str, Any] = _normalized(json.loads(props[ONNX_META_KEY]))
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -257,63 +406,6 @@ class OnnxClassifier:
 
     def to(self, *args: Any, **kwargs: Any) -> OnnxClassifier:
         return self
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file a path stands for, so every command accepts a run directory.
-
-    A file is returned as given (a checkpoint or an .onnx file). A cross-validation run directory
-    gives its refit model, ``refit/checkpoints/best.pt``; a training run directory its
-    ``checkpoints/best.pt``, or ``checkpoints/best.keras`` for a Keras-trained run. Anything else
-    is refused with the reason and what to pass instead.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    refit = path / REFIT_DIR / "checkpoints" / "best.pt"
-    best = path / "checkpoints" / "best.pt"
-    for candidate in (best_checkpoint(path / REFIT_DIR), best_checkpoint(path)):
-        if candidate is not None:
-            logger.info(f"{path}: using {candidate}")
-            return candidate
-    if (path / CV_METRICS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{path} is a cross-validation run without a refit model ({refit} does not exist: it was run "
-            "with --no-refit, or the refit did not finish); pass --ensemble to use its fold models, "
-            "or train the refit model with `train --folds K` without --no-refit"
-        )
-    raise FileNotFoundError(
-        f"{path} is neither a cross-validation run with a refit model ({refit}) nor a training run "
-        f"({best}, or best.keras for a Keras-trained run); pass a checkpoint file, an .onnx file or a run directory"
-    )
-
-
-def best_checkpoint(run_dir: Path) -> Path | None:
-    """A training run's selected model: ``checkpoints/best.pt``, or ``best.keras`` for a Keras run; None if neither."""
-    for name in BEST_FILES.values():
-        if (run_dir / "checkpoints" / name).is_file():
-            return run_dir / "checkpoints" / name
-    return None
-
-
-def fold_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The best.pt (or a Keras run's best.keras) of every fold of a finished cross-validation run, in fold order."""
-    run_dir = Path(run_dir)
-    record = run_dir / CV_METRICS_FILE
-    if not record.is_file():
-        raise FileNotFoundError(
-            f"--ensemble needs a finished cross-validation run directory (`train --folds K`); "
-            f"{run_dir} has no {CV_METRICS_FILE}"
-        )
-    folds = int(json.loads(record.read_text(encoding="utf-8"))["protocol"]["folds"])
-    found = [best_checkpoint(fold_run_dir(run_dir, k)) for k in range(1, folds + 1)]
-    paths = [p or fold_run_dir(run_dir, k) / "checkpoints" / "best.pt" for k, p in enumerate(found, start=1)]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{run_dir}: fold checkpoint(s) missing: {', '.join(missing)}")
-    return paths
 
 
 class FoldEnsemble(nn.Module):
@@ -336,33 +428,101 @@ class FoldEnsemble(nn.Module):
 _ENSEMBLE_MUST_AGREE = ("class_names", "image_size", "mean", "std", "crop_fraction", "in_chans")
 
 
+# -- finding the checkpoint a path stands for --------------------------------------------------------
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file a path stands for, so every command accepts a run directory.
+
+    A file is returned as given (a checkpoint or an .onnx file). A cross-validation run directory
+    gives its refit model, ``refit/checkpoints/best.pt``; a training run directory its
+    ``checkpoints/best.pt``, or ``checkpoints/best.keras`` for a Keras-trained run. Anything else
+    is refused with the reason and what to pass instead.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    run = RunDir(path)
+    for candidate in (run.refit.saved_best(), run.saved_best()):
+        if candidate is not None:
+            logger.info(f"{path}: using {candidate}")
+            return candidate
+    refit = run.refit.best()
+    if run.cv_metrics.is_file():
+        raise FileNotFoundError(
+            f"{path} is a cross-validation run without a refit model ({refit} does not exist: it was run "
+            "with --no-refit, or the refit did not finish); pass --ensemble to use its fold models, "
+            "or train the refit model with `train --folds K` without --no-refit"
+        )
+    raise FileNotFoundError(
+        f"{path} is neither a cross-validation run with a refit model ({refit}) nor a training run "
+        f"({run.best()}, or {run.best('keras').name} for a Keras-trained run); pass a checkpoint file, "
+        "an .onnx file or a run directory"
+    )
+
+
+def fold_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The best.pt (or a Keras run's best.keras) of every fold of a finished cross-validation run, in fold order."""
+    run = RunDir(run_dir)
+    if not run.cv_metrics.is_file():
+        raise FileNotFoundError(
+            f"--ensemble needs a finished cross-validation run directory (`train --folds K`); "
+            f"{run.path} has no {run.cv_metrics.name}"
+        )
+    folds = int(json.loads(run.cv_metrics.read_text(encoding="utf-8"))["protocol"]["folds"])
+    paths = [run.fold(k).saved_best() or run.fold(k).best() for k in range(1, folds + 1)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run.path}: fold checkpoint(s) missing: {', '.join(missing)}")
+    return paths
+
+
+# -- the older API: thin wrappers over Checkpoint ----------------------------------------------------
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """A training run's selected model (``RunDir(run_dir).saved_best()``): best.pt, else best.keras, else None."""
+    return RunDir(run_dir).saved_best()
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file as a dict (``Checkpoint.load(path).as_dict()``); a ``.keras`` file of a
+    Keras-trained run reads as the same dict, with the weights of its PyTorch twin."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return Checkpoint.load(path).as_dict()
+
+
+def load_keras_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(the PyTorch model, metadata) of a Keras-trained run's ``.keras`` file (see :meth:`Checkpoint.load`)."""
+    return _read_keras(Path(path))
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | Checkpoint) -> nn.Module:
+    """Rebuild the model a checkpoint dict describes and load its weights (eval mode)."""
+    if isinstance(ckpt, Checkpoint):
+        return ckpt.model()
+    meta = _normalized(ckpt)
+    model = create_model(
+        meta["model_name"], num_classes=meta["num_classes"], in_chans=meta.get("in_chans", 3), **meta["model_config"]
+    )
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def load_published(
+    model_name: str, weights: str, weights_dir: str | Path | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, metadata) of published ImageNet weights (:meth:`Checkpoint.published`)."""
+    checkpoint = Checkpoint.published(model_name, weights, weights_dir)
+    return checkpoint.model(), checkpoint.metadata
+
+
 def load_fold_ensemble(run_dir: str | Path) -> tuple[FoldEnsemble, dict[str, Any]]:
-    """(the K fold models of a cross-validation run as a :class:`FoldEnsemble`, inference metadata)."""
-    paths = fold_checkpoints(run_dir)
-    checkpoints = [load_checkpoint(p) for p in paths]
-    first = checkpoints[0]
-    for path, ckpt in zip(paths[1:], checkpoints[1:]):
-        differing = [k for k in _ENSEMBLE_MUST_AGREE if ckpt.get(k) != first.get(k)]
-        if differing:
-            raise ValueError(f"{path} differs from {paths[0]} in {differing}: its probabilities cannot be averaged")
-    meta = {k: first.get(k) for k in INFERENCE_KEYS} | {
-        "model_name": f"{len(paths)}-fold ensemble of {first['model_name']}"
-    }
-    meta["ensemble_members"] = [str(p) for p in paths]
-    logger.info(f"{run_dir}: ensemble of {len(paths)} fold models")
-    return FoldEnsemble([model_from_checkpoint(c) for c in checkpoints]).eval(), meta
+    """(a cross-validation run's fold models as one :class:`FoldEnsemble`, metadata)."""
+    checkpoint = Checkpoint.load(run_dir, ensemble=True)
+    return checkpoint.model(), checkpoint.metadata
 
 
 def load_for_inference(path: str | Path, ensemble: bool = False) -> tuple[nn.Module | OnnxClassifier, dict[str, Any]]:
-    """(model, inference metadata) from a checkpoint, an exported .onnx file or a run directory
-    (:func:`resolve_checkpoint`); ``ensemble``: a cross-validation run's fold models."""
-    if ensemble:
-        return load_fold_ensemble(path)
-    path = resolve_checkpoint(path)
-    if Path(path).suffix.lower() == ".onnx":
-        runtime = OnnxClassifier(path)
-        return runtime, runtime.meta
-    if Path(path).suffix.lower() == ".keras":
-        return load_keras_checkpoint(path)
-    ckpt = load_checkpoint(path)
-    return model_from_checkpoint(ckpt), ckpt
+    """(model, metadata) of any path :meth:`Checkpoint.load` accepts."""
+    checkpoint = Checkpoint.load(path, ensemble=ensemble)
+    return checkpoint.model(), checkpoint.metadata

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from ..data import BadImage, DataError, UnlabeledDataset, collate_readable, scan_unlabeled
 from ..files import atomic_write, check_output_folder
 from ..reports import save_figure
-from .checkpoint import load_checkpoint, load_fold_ensemble, model_from_checkpoint, resolve_checkpoint
-from .inference import _transform, log_skipped, readable_batches, suggest_skipping
+from .checkpoint import Checkpoint, eval_preprocess
+from .inference import log_skipped, readable_batches, suggest_skipping
 
 CSV_NAME = "explain.csv"  # the index explain writes beside the overlays
 
@@ -83,18 +83,16 @@ def explain(
     out = Path(out).expanduser()
     png_names = _png_names(paths)
     _check_out(out, Path(inputs), checkpoint, [*png_names, CSV_NAME], overwrite)
-    if ensemble:
-        model, ckpt = load_fold_ensemble(checkpoint)
-        members = list(model.members)
-    else:
-        ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-        model = model_from_checkpoint(ckpt)
-        members = [model]
-    names: list[str] = ckpt["class_names"]
+    loaded = Checkpoint.load(checkpoint, ensemble=ensemble)
+    if loaded.kind == "onnx":
+        raise ValueError(f"{loaded.path}: Grad-CAM needs the model's gradients; explain a .pt checkpoint, not .onnx")
+    model, ckpt = loaded.model(), loaded.metadata
+    members = list(model.members) if ensemble else [model]
+    names = loaded.class_names
     if target is not None and target not in names:
         raise ValueError(f"--target {target!r} is not one of the checkpoint's classes {names}")
     layer = layer or default_cam_layer(members[0])
-    dataset = UnlabeledDataset(paths, _transform(ckpt), skip_bad_images=skip_bad_images)
+    dataset = UnlabeledDataset(paths, eval_preprocess(loaded), skip_bad_images=skip_bad_images)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_readable)
     skipped: list[BadImage] = []
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +144,7 @@ def explain_image(
     if target is not None and target not in names:
         raise ValueError(f"target {target!r} is not one of the checkpoint's classes {names}")
     model.eval()
-    batch = _transform(ckpt)(image)[None]
+    batch = eval_preprocess(ckpt)(image)[None]
     with torch.no_grad():
         probs = model(batch).float().softmax(1)[0]
     index = int(probs.argmax()) if target is None else names.index(target)

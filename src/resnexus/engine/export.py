@@ -18,11 +18,6 @@ TensorFlow are an optional extra, imported only here, when asked for.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,16 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.transforms import EvalPreprocess
-from ..files import atomic_write, check_output_folder
+from ..files import atomic_folder, atomic_path, atomic_write, check_output_folder
 from .checkpoint import (
     FORMAT,
-    INFERENCE_KEYS,
     ONNX_META_KEY,
     VERSION,
+    Checkpoint,
     OnnxClassifier,
-    load_checkpoint,
-    model_from_checkpoint,
     require_onnx_package,
     resolve_checkpoint,
 )
@@ -71,10 +63,10 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 18, bat
     require_onnx_package("onnx")
     require_onnx_package("onnxscript")  # torch's exporter translates with it
     output = check_output_file(output, checkpoint_files(checkpoint), overwrite=True)  # before any work
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-    model = model_from_checkpoint(ckpt)
-    size = ckpt["image_size"]
-    example = torch.randn(batch, ckpt.get("in_chans", 3), size, size, generator=torch.Generator().manual_seed(0))
+    loaded = Checkpoint.load(_exportable_file(checkpoint))
+    model = loaded.model()
+    size = loaded.preprocessing.image_size
+    example = torch.randn(batch, loaded.in_chans, size, size, generator=torch.Generator().manual_seed(0))
     program = torch.onnx.export(  # in memory (no file name): no weights file beside the output
         model,
         (example,),
@@ -86,8 +78,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 18, bat
         verbose=False,
     )
     proto = program.model_proto
-    meta = {k: ckpt.get(k) for k in INFERENCE_KEYS}
-    proto.metadata_props.add(key=ONNX_META_KEY, value=json.dumps(meta))
+    proto.metadata_props.add(key=ONNX_META_KEY, value=json.dumps(loaded.inference_metadata()))
     with atomic_write(output, "wb") as f:  # the whole file or none, and no temporary file left
         f.write(proto.SerializeToString())
 
@@ -95,6 +86,16 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 18, bat
     with torch.no_grad():
         diff = (runtime(example) - model(example)).abs().max().item()
     return ExportResult(path=output, max_abs_diff=diff, opset=opset)
+
+
+def _exportable_file(checkpoint: str | Path) -> Path:
+    """The checkpoint file to export (a run directory's best model), refusing an .onnx file."""
+    source = resolve_checkpoint(checkpoint)
+    if source.suffix.lower() == ".onnx":
+        raise ValueError(
+            f"{source}: export starts from a resnexus checkpoint (.pt, a Keras run's .keras) or a run directory, not .onnx"
+        )
+    return source
 
 
 # -- Keras and TensorFlow ------------------------------------------------------------------------
@@ -113,26 +114,28 @@ class KerasExportResult:
     metadata: dict[str, Any]
 
 
-def keras_metadata(ckpt: dict[str, Any], source: str | Path) -> dict[str, Any]:
+def keras_metadata(ckpt: dict[str, Any] | Checkpoint, source: str | Path) -> dict[str, Any]:
     """What a Keras or TF Serving user needs besides the weights, as JSON: the checkpoint's inference
     keys (the same as an ONNX export carries) plus the preprocessing spelled out for channels-last input.
     The checkpoint marker makes an exported ``.keras`` file usable as ``--checkpoint`` as well."""
-    size, channels = int(ckpt["image_size"]), int(ckpt.get("in_chans", 3))
-    geometry = EvalPreprocess(size, ckpt["mean"], ckpt["std"], ckpt["crop_fraction"]).geometry.transforms
+    if not isinstance(ckpt, Checkpoint):
+        ckpt = Checkpoint(source, ckpt, kind="torch")
+    prep, channels = ckpt.preprocessing, ckpt.in_chans
+    size = prep.image_size
     return (
         {"format": FORMAT, "version": VERSION}
-        | {k: ckpt.get(k) for k in INFERENCE_KEYS}
+        | ckpt.inference_metadata()
         | {
             "source_checkpoint": str(source),
             "preprocessing": {
                 "input_shape": [size, size, channels],
                 "layout": "NHWC (channels last)" + (", RGB" if channels == 3 else ""),
-                "resize_shorter_side": int(geometry[0].size[0]),
+                "resize_shorter_side": prep.resize_size,
                 "interpolation": "bilinear, antialiased",
                 "center_crop": size,
                 "scale": "pixel / 255",
-                "mean": list(ckpt["mean"]),
-                "std": list(ckpt["std"]),
+                "mean": list(prep.mean),
+                "std": list(prep.std),
                 "normalize": "(x - mean) / std",
             },
             "output": "logits (apply softmax for class probabilities)",
@@ -197,25 +200,22 @@ def export_keras(
     """
     if format not in KERAS_FORMATS:
         raise ValueError(f"format must be one of {KERAS_FORMATS}, got {format!r}")
-    source = resolve_checkpoint(checkpoint)
-    if source.suffix.lower() == ".onnx":
-        raise ValueError(
-            f"{source}: export starts from a resnexus checkpoint (.pt, a Keras run's .keras) or a run directory, not .onnx"
-        )
+    source = _exportable_file(checkpoint)
     output = _check_keras_output(Path(output), format, checkpoint, overwrite)
     rk = _import_keras(format)
-    ckpt = load_checkpoint(source)
-    model = model_from_checkpoint(ckpt)
-    metadata = keras_metadata(ckpt, source)
-    size, channels = int(ckpt["image_size"]), int(ckpt.get("in_chans", 3))
+    loaded = Checkpoint.load(source)
+    model = loaded.model()
+    metadata = keras_metadata(loaded, source)
+    prep, channels = loaded.preprocessing, loaded.in_chans
+    size = prep.image_size
     keras_model = rk.from_torch(model, input_shape=(size, size, channels))
     example = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0))  # in [0, 1]
-    mean = torch.tensor(ckpt["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(ckpt["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    mean = torch.tensor(prep.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32).view(1, -1, 1, 1)
     with torch.no_grad():
         logits = model((example - mean) / std)
     if format == "keras":
-        with _staged_file(output) as staged:
+        with atomic_path(output, suffix=".tmp.keras") as staged:  # Keras writes only names ending in .keras
             rk.save_keras(keras_model, staged, metadata)
             reloaded, _ = rk.load_keras(staged)
             got = _keras_logits(reloaded, ((example - mean) / std).permute(0, 2, 3, 1).numpy())
@@ -227,8 +227,8 @@ def export_keras(
         "outputs": {"probabilities": "float32 [batch, classes], softmax", "logits": "float32 [batch, classes]"},
         "normalization": "applied inside: (images - mean) / std",
     }
-    with _staged_folder(output) as staged:
-        _write_savedmodel(keras_model, staged, ckpt["mean"], ckpt["std"], (size, size, channels))
+    with atomic_folder(output) as staged:
+        _write_savedmodel(keras_model, staged, list(prep.mean), list(prep.std), (size, size, channels))
         (staged / "assets").mkdir(exist_ok=True)
         (staged / "assets" / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
         probs = _savedmodel_probabilities(staged, example.permute(0, 2, 3, 1).numpy())
@@ -269,46 +269,3 @@ def _savedmodel_probabilities(path: Path, images_nhwc: np.ndarray) -> np.ndarray
 
     signature = tf.saved_model.load(str(path)).signatures[SERVING_SIGNATURE]
     return signature(images=tf.constant(images_nhwc, dtype=tf.float32))["probabilities"].numpy()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def _staged_file(output: Path) -> Iterator[Path]:
-    """A temporary ``.keras`` name beside ``output``, renamed onto it if the body succeeds, else removed."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, staged = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".tmp.keras", dir=output.parent)
-    os.close(handle)
-    try:
-        yield Path(staged)
-        os.chmod(staged, 0o666 & ~_umask())  # mkstemp makes files private (0600)
-        os.replace(staged, output)
-    finally:
-        Path(staged).unlink(missing_ok=True)
-
-
-@contextmanager
-def _staged_folder(output: Path) -> Iterator[Path]:
-    """A temporary folder beside ``output``, put in its place if the body succeeds, else removed.
-
-    A folder cannot be renamed over a non-empty one, so an existing ``output`` is first moved aside
-    and deleted only once the new folder is in place.
-    """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
-        yield staged
-        os.chmod(staged, 0o777 & ~_umask())  # mkdtemp makes folders private (0700)
-        old = None
-        if output.exists() or output.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-            os.replace(output, old / output.name)
-        os.replace(staged, output)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 Both start from a checkpoint alone: it carries the model, the class names and the preprocessing.
 An exported ``.onnx`` file (``resnexus export``) works in its place and runs on onnxruntime, and so
-does a run directory (a cross-validation run's refit model; see ``checkpoint.resolve_checkpoint``).
+does a run directory (a cross-validation run's refit model): :meth:`Checkpoint.load` opens them all.
 ``ensemble=True`` uses a cross-validation run's K fold models: the mean of their probabilities.
 :func:`predict_loader` is also how training validates and tests, so both measure the same way.
 """
@@ -13,7 +13,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -27,18 +27,16 @@ from torch.utils.data import DataLoader
 from ..data import (
     BadImage,
     DataError,
-    EvalPreprocess,
     ImageDataset,
     ImageFileError,
     UnlabeledDataset,
     collate_readable,
-    eval_transform,
     scan_dataset,
     scan_unlabeled,
 )
 from ..files import atomic_write, check_writable_folder, write_text_atomic
 from ..reports import classification_metrics, resolve_positive_class
-from .checkpoint import FoldEnsemble, load_for_inference, load_published, resolve_checkpoint
+from .checkpoint import Checkpoint, FoldEnsemble, eval_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +176,6 @@ def submission_ids(paths: Sequence[Path], root: str | Path) -> list[str]:
     return ids
 
 
-def _transform(ckpt: dict[str, Any]) -> EvalPreprocess:
-    return eval_transform(ckpt["image_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["crop_fraction"])
-
-
 @contextmanager
 def suggest_skipping(command: str) -> Iterator[None]:
     """An image that cannot be decoded stops ``command`` with one line naming it and the way on."""
@@ -237,8 +231,9 @@ def evaluate(
         raise ValueError("--overwrite replaces an existing --out file: it goes with --out")
     if out is not None:  # before any work: a bad --out costs no model loading (see predict)
         check_output_file(out, [*checkpoint_files(checkpoint), data], overwrite=True, flag="--out")
-    source = checkpoint if ensemble else resolve_checkpoint(checkpoint)
-    model, ckpt = load_for_inference(source, ensemble=ensemble)
+    loaded = Checkpoint.load(checkpoint, ensemble=ensemble)
+    source = checkpoint if ensemble else loaded.path
+    model, ckpt = loaded.model(), loaded.metadata
     resolve_positive_class(ckpt["class_names"], positive_class)  # a wrong name: one line, before any image is read
     root = Path(data)
     if (root / "test").is_dir():
@@ -248,7 +243,7 @@ def evaluate(
         check_output_file(out, samples.paths, overwrite, flag="--out")
     device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
     model, memory_format = optimize_for_inference(model, device)
-    preprocess = _transform(ckpt)  # uint8 crops from the loader, float conversion on the device
+    preprocess = eval_preprocess(loaded)  # uint8 crops from the loader, float conversion on the device
     dataset = ImageDataset(samples, preprocess.sample, skip_bad_images=skip_bad_images)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_readable)
     skipped: list[BadImage] = []
@@ -291,10 +286,10 @@ def predict_probabilities(
     ``checkpoint``: a checkpoint, an .onnx file or a run directory; ``ensemble``: a cross-validation
     run directory's fold models, whose probabilities are averaged image by image.
     """
-    model, ckpt = load_for_inference(checkpoint, ensemble=ensemble)
+    loaded = Checkpoint.load(checkpoint, ensemble=ensemble)
     paths = scan_unlabeled(inputs)
-    kept, probs, _ = _probabilities(model, ckpt, paths, batch_size, flip_tta)
-    return kept, probs, list(ckpt["class_names"])
+    kept, probs, _ = _probabilities(loaded.model(), loaded.metadata, paths, batch_size, flip_tta)
+    return kept, probs, loaded.class_names
 
 
 class Predictor:
@@ -306,10 +301,10 @@ class Predictor:
     runs a uint8 batch of crops (B, 3, S, S) and returns (B, classes) float32 probabilities.
     """
 
-    def __init__(self, model: Any, ckpt: dict[str, Any], flip_tta: bool = False) -> None:
+    def __init__(self, model: Any, ckpt: Mapping[str, Any] | Checkpoint, flip_tta: bool = False) -> None:
         self.device = _device() if isinstance(model, torch.nn.Module) else torch.device("cpu")
         self.model, self.memory_format = optimize_for_inference(model, self.device)
-        self.preprocess = _transform(ckpt)
+        self.preprocess = eval_preprocess(ckpt)
         self.flip_tta = flip_tta
 
     def crop(self, image: torch.Tensor) -> torch.Tensor:
@@ -393,7 +388,7 @@ def predict(
     models (:func:`predict_probabilities`). ``output`` is never an input image or the checkpoint,
     and an existing file is replaced only with ``overwrite`` (:func:`check_output_file`).
     Without a checkpoint, ``model`` and ``weights`` name published ImageNet weights, used as they
-    are (:func:`load_published`): the labels are ImageNet class names.
+    are (:meth:`Checkpoint.published`): the labels are ImageNet class names.
     ``skip_bad_images``: an image that cannot be decoded gets no row (as timm's inference script
     leaves out the samples it skips) and is listed in the log, instead of stopping the run.
     """
@@ -403,9 +398,10 @@ def predict(
     sources = checkpoint_files(checkpoint) if checkpoint is not None else []
     output = check_output_file(output, sources, overwrite=True)
     if checkpoint is None:
-        network, ckpt = load_published(str(model), str(weights), weights_dir)
+        loaded = Checkpoint.published(str(model), str(weights), weights_dir)
     else:
-        network, ckpt = load_for_inference(checkpoint, ensemble=ensemble)
+        loaded = Checkpoint.load(checkpoint, ensemble=ensemble)
+    network, ckpt = loaded.model(), loaded.metadata
     paths = scan_unlabeled(inputs)
     check_output_file(output, paths, overwrite)
     ids = dict(zip(paths, submission_ids(paths, inputs))) if id_label else {}  # ids of all: stable if one is skipped

@@ -20,13 +20,16 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import math
 import os
 import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -65,23 +68,94 @@ class ChecksumError(ValueError):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How the source evaluated the weights: resize the shorter side, centre-crop, normalise.
+    """How images are made model input for evaluation: resize the shorter side, centre-crop, normalise.
 
-    ``keras_mode`` names the ``preprocess_input`` mode of Keras files ("tf": x / 127.5 - 1,
+    One vocabulary for published weights (how the source evaluated them) and for checkpoints (how
+    the run was trained): ``image_size`` is the side of the square crop the network sees,
+    ``crop_fraction`` that crop's share of the resized shorter side (torchvision's 224 of 256 is
+    0.875; timm calls it ``crop_pct``). :meth:`from_metadata` also reads the other spellings older
+    files use. ``keras_mode`` names the ``preprocess_input`` mode of Keras files ("tf": x / 127.5 - 1,
     "torch": ImageNet mean / std); ``mean`` / ``std`` are then the same normalisation written on
     [0, 1] pixels, which is what our data pipeline applies.
     """
 
-    input_size: int  # side of the square crop the network sees
-    resize_size: int  # shorter side before the centre crop
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    image_size: int
+    crop_fraction: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     interpolation: str = "bilinear"
     keras_mode: str | None = None
 
+    @classmethod
+    def resized(
+        cls, image_size: int, resize_size: int, mean: tuple[float, ...], std: tuple[float, ...], **kw: Any
+    ) -> Preprocessing:
+        """The form the sources publish: resize the shorter side to ``resize_size``, crop ``image_size``."""
+        return cls(image_size, image_size / resize_size, tuple(mean), tuple(std), **kw)
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> Preprocessing:
+        """The preprocessing a checkpoint's (or an exported file's) metadata describes, in any spelling
+        resnexus, timm or Keras used: ``image_size`` / ``img_size`` / ``input_size`` (an int or timm's
+        (C, H, W)) / ``input_shape`` (Keras' (H, W, C)); ``crop_fraction`` / ``crop_pct``."""
+        size = _first(meta, ("image_size", "img_size", "input_size"))
+        if isinstance(size, (list, tuple)):  # timm's (C, H, W)
+            size = size[-1]
+        if size is None and meta.get("input_shape"):  # Keras' (H, W, C)
+            size = meta["input_shape"][0]
+        if size is None or meta.get("mean") is None or meta.get("std") is None:
+            raise ValueError(f"no preprocessing in this metadata (image size, mean, std); keys: {sorted(meta)}")
+        crop = _first(meta, ("crop_fraction", "crop_pct"))
+        return cls(
+            image_size=int(size),
+            crop_fraction=float(crop) if crop is not None else DEFAULT_CROP_FRACTION,
+            mean=tuple(float(v) for v in meta["mean"]),
+            std=tuple(float(v) for v in meta["std"]),
+            interpolation=str(meta.get("interpolation") or "bilinear"),
+            keras_mode=meta.get("keras_mode"),
+        )
+
     @property
-    def crop_fraction(self) -> float:
-        return self.input_size / self.resize_size
+    def resize_size(self) -> int:
+        """The shorter side before the centre crop (as the evaluation transform computes it)."""
+        return max(self.image_size, math.floor(self.image_size / self.crop_fraction + 1e-6))
+
+    @property
+    def input_size(self) -> int:
+        """The old name of :attr:`image_size` (kept for code written against it)."""
+        return self.image_size
+
+    def metadata(self) -> dict[str, Any]:
+        """The checkpoint keys this preprocessing is stored under (plain types)."""
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_fraction": self.crop_fraction,
+        }
+
+    def transforms(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A uint8 image (C, H, W) -> the normalised float crop the model takes, as torchvision's
+        ``Weights.transforms()`` does; the engine applies the same steps in two halves
+        (``resnexus.engine.checkpoint.eval_preprocess``: geometry per image, the rest per batch)."""
+        from torchvision.transforms import v2
+
+        mean, std = list(self.mean), list(self.std)
+        return v2.Compose(
+            [
+                v2.Resize(self.resize_size, antialias=True),
+                v2.CenterCrop(self.image_size),
+                v2.Lambda(lambda x: v2.functional.normalize(x.float().div(255), mean, std)),
+            ]
+        )
+
+
+DEFAULT_CROP_FRACTION = 0.875  # the classic ImageNet protocol (resize 256, crop 224)
+
+
+def _first(meta: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    """The value of the first of ``keys`` that ``meta`` holds (not None), else None."""
+    return next((meta[k] for k in keys if meta.get(k) is not None), None)
 
 
 @dataclass(frozen=True)
@@ -120,9 +194,9 @@ def hash_prefix_from_url(url: str) -> str:
 
 # The evaluation transforms the sources publish (torchvision's ImageClassification presets, timm's
 # crop_pct 0.875, Keras' preprocess_input modes).
-TIMM_EVAL = Preprocessing(224, 256, IMAGENET_MEAN, IMAGENET_STD)  # crop_pct 0.875, bilinear
-KERAS_TF_EVAL = Preprocessing(224, 224, KERAS_TF_MEAN, KERAS_TF_STD, keras_mode="tf")
-KERAS_TORCH_EVAL = Preprocessing(224, 224, IMAGENET_MEAN, IMAGENET_STD, keras_mode="torch")
+TIMM_EVAL = Preprocessing.resized(224, 256, IMAGENET_MEAN, IMAGENET_STD)  # crop_pct 0.875, bilinear
+KERAS_TF_EVAL = Preprocessing.resized(224, 224, KERAS_TF_MEAN, KERAS_TF_STD, keras_mode="tf")
+KERAS_TORCH_EVAL = Preprocessing.resized(224, 224, IMAGENET_MEAN, IMAGENET_STD, keras_mode="torch")
 
 TORCHVISION_LICENSE = "BSD-3-Clause (torchvision)"
 KERAS_LICENSE = "MIT (keras-applications)"
@@ -149,7 +223,7 @@ def torchvision_weights(
         hash=hash_prefix_from_url(url),
         hash_kind="sha256-prefix",
         layout="torchvision",
-        preprocessing=Preprocessing(224, resize_size, IMAGENET_MEAN, IMAGENET_STD),
+        preprocessing=Preprocessing.resized(224, resize_size, IMAGENET_MEAN, IMAGENET_STD),
         top1=top1,
         license=TORCHVISION_LICENSE,
         source=f"https://github.com/pytorch/vision/blob/v0.29.1/torchvision/models/{module}.py "
@@ -159,12 +233,20 @@ def torchvision_weights(
 
 
 # -- verifying ------------------------------------------------------------------------------------
-def _new_hasher(entry: PretrainedWeights) -> hashlib._Hash:
-    return hashlib.md5(usedforsecurity=False) if entry.hash_kind == "md5" else hashlib.sha256()
+def new_hasher(hash_kind: str) -> Any:
+    """A hashlib object of ``hash_kind`` (one of :data:`HASH_KINDS`)."""
+    if hash_kind not in HASH_KINDS:
+        raise ValueError(f"hash kind must be one of {sorted(HASH_KINDS)}, got {hash_kind!r}")
+    return hashlib.md5(usedforsecurity=False) if hash_kind == "md5" else hashlib.sha256()
+
+
+def hash_matches(expected: str, hash_kind: str, digest: str) -> bool:
+    """Whether ``digest`` is the ``expected`` hash (for "sha256-prefix": begins with it)."""
+    return digest.startswith(expected) if hash_kind == "sha256-prefix" else digest == expected
 
 
 def _matches(entry: PretrainedWeights, digest: str) -> bool:
-    return digest.startswith(entry.hash) if entry.hash_kind == "sha256-prefix" else digest == entry.hash
+    return hash_matches(entry.hash, entry.hash_kind, digest)
 
 
 def _mismatch(entry: PretrainedWeights, where: str, digest: str) -> ChecksumError:
@@ -173,9 +255,9 @@ def _mismatch(entry: PretrainedWeights, where: str, digest: str) -> ChecksumErro
     )
 
 
-def file_digest(path: Path, entry: PretrainedWeights) -> str:
-    """The hex digest of ``path`` in the kind of hash ``entry`` publishes."""
-    hasher = _new_hasher(entry)
+def file_digest(path: Path, entry: PretrainedWeights | str) -> str:
+    """The hex digest of ``path`` in the kind of hash ``entry`` publishes (or the kind named)."""
+    hasher = new_hasher(entry if isinstance(entry, str) else entry.hash_kind)
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             hasher.update(chunk)
@@ -222,43 +304,80 @@ def fetch_weights(
             return target
         logger.warning("damaged cached file, downloading it again: %s", _mismatch(entry, str(target), digest))
         target.unlink()
-    _download(entry, target, folder, progress=sys.stderr.isatty() if progress is None else progress)
-    return target
-
-
-def _download(entry: PretrainedWeights, target: Path, folder: Path | None, *, progress: bool) -> None:
-    """Stream ``entry.url`` into a temporary file beside ``target``; rename it only once verified."""
     drop_in = folder if folder is not None else target.parent
     hint = (
         f"To use these weights without network, download {entry.url} on a machine with network and "
         f"put the file, named {entry.file_name}, in {drop_in}"
         + ("" if folder is not None else f" (or in the folder ${WEIGHTS_DIR_ENV} names)")
     )
-    logger.info("downloading %s to %s", entry.url, target)
+    download(
+        entry.url,
+        target,
+        expected=entry.hash,
+        hash_kind=entry.hash_kind,
+        hint=hint,
+        progress=progress,
+        describe=f"{entry.file_name} ({entry.tag})",
+    )
+    return target
+
+
+def download(
+    url: str,
+    target: str | os.PathLike[str],
+    *,
+    expected: str | None,
+    hash_kind: str = "sha256",
+    hint: str = "",
+    progress: bool | None = None,
+    describe: str | None = None,
+) -> str:
+    """Download ``url`` to ``target``, checked: the one way resnexus fetches a file.
+
+    The file is streamed into a temporary file beside ``target`` and hashed while it arrives; it
+    is renamed into place only when its length is the announced one and its digest is
+    ``expected`` (:class:`ChecksumError` otherwise), so ``target`` never holds half a file or a
+    wrong one. ``expected=None`` (a URL nobody published a hash for) keeps the file and logs its
+    digest. Returns the hex digest; network failures are a :class:`DownloadError` ending in ``hint``.
+    """
+    target = Path(target)
+    show = sys.stderr.isatty() if progress is None else progress
+    describe = describe or target.name
+    logger.info("downloading %s to %s", url, target)
     try:
-        with urllib.request.urlopen(entry.url, timeout=_TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
             expected_size = int(response.headers.get("Content-Length") or 0) or None
-            hasher = _new_hasher(entry)
+            hasher = new_hasher(hash_kind)
             received = 0
-            with atomic_write(target, "wb") as out, _progress_bar(expected_size, entry.file_name, progress) as bar:
+            with atomic_write(target, "wb") as out, _progress_bar(expected_size, target.name, show) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     hasher.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
                 if expected_size is not None and received != expected_size:
-                    raise DownloadError(
-                        f"download of {entry.url} was cut off: {received} of {expected_size} bytes. {hint}"
-                    )
+                    raise DownloadError(f"download of {url} was cut off: {received} of {expected_size} bytes. {hint}")
                 digest = hasher.hexdigest()
-                if not _matches(entry, digest):  # raised inside atomic_write: the temporary file is deleted
-                    raise _mismatch(entry, entry.url, digest)
+                if expected is not None and not hash_matches(expected, hash_kind, digest):
+                    # raised inside atomic_write: the temporary file is deleted
+                    raise ChecksumError(
+                        f"{url}: {hash_kind} mismatch for {describe}: expected {expected}, got {digest}"
+                    )
     except urllib.error.HTTPError as error:
-        raise DownloadError(f"could not download {entry.url}: HTTP {error.code} {error.reason}. {hint}") from error
+        raise DownloadError(f"could not download {url}: HTTP {error.code} {error.reason}. {hint}") from error
     except urllib.error.URLError as error:
-        raise DownloadError(f"could not download {entry.url}: {error.reason}. {hint}") from error
+        raise DownloadError(f"could not download {url}: {error.reason}. {hint}") from error
     except (http.client.IncompleteRead, ConnectionError, TimeoutError) as error:
-        raise DownloadError(f"download of {entry.url} was cut off ({error!r}). {hint}") from error
+        raise DownloadError(f"download of {url} was cut off ({error!r}). {hint}") from error
+    if expected is None:
+        logger.warning(
+            "%s has no published hash, so it was not verified; its %s is %s (append #sha256=<digest> to the URL "
+            "to have it checked)",
+            url,
+            hash_kind,
+            digest,
+        )
+    return digest
 
 
 class _NoBar:

@@ -274,8 +274,8 @@ def create_model(
     if isinstance(weights, PretrainedWeights):
         prep = weights.preprocessing
         load_weights(model, fetch_weights(weights, weights_dir=weights_dir))
-        model.pretrained_cfg = {
-            "input_size": (in_chans, prep.input_size, prep.input_size),
+        model.pretrained_cfg = {  # timm's keys, for code written against timm; ours: PretrainedWeights.preprocessing
+            "input_size": (in_chans, prep.image_size, prep.image_size),
             "mean": prep.mean,
             "std": prep.std,
             "crop_pct": prep.crop_fraction,

@@ -17,8 +17,8 @@ and the keys, never a silent partial load. Pickled files are read with ``weights
 file cannot run code (:func:`load_torch_file`, which every checkpoint and weights file goes through).
 
 This module sits below the registry (``create_model(..., weights=...)`` calls :func:`load_weights`)
-and knows models only through :class:`~resnexus.models.base.ImageClassifier`, so it imports
-nothing else from the package.
+and knows models only through :class:`~resnexus.models.base.ImageClassifier`; it imports nothing
+else from the package but the one hash-checked download (:mod:`resnexus.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .base import ImageClassifier, KerasLayer
+from .pretrained import cache_dir, download, file_digest, hash_matches
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +64,31 @@ class LoadReport:
 
 # -- reading files -----------------------------------------------------------------------------
 def resolve_source(source: str | os.PathLike[str]) -> Path:
-    """A local path for ``source``; URLs are downloaded once into torch's hub cache."""
+    """A local path for ``source``; URLs are downloaded once into torch's hub cache.
+
+    Downloads go through :func:`resnexus.models.pretrained.download`, the hash-checked one: a URL
+    ending in ``#sha256=<hex digest>`` (pip's convention) is verified against it, in the cache too;
+    one without gets its digest logged.
+    """
     text = os.fspath(source)
-    if urlparse(text).scheme in ("http", "https"):
-        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(text).path).name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(text, str(target), progress=True)
-        return target
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    return path
+    url = urlparse(text)
+    if url.scheme not in ("http", "https"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        return path
+    expected = url.fragment.removeprefix("sha256=") if url.fragment.startswith("sha256=") else None
+    target = cache_dir() / Path(url.path).name
+    if target.is_file():
+        digest = file_digest(target, "sha256") if expected else None
+        if digest is None or hash_matches(expected or "", "sha256", digest):
+            return target
+        logger.warning(
+            "damaged cached file %s (sha256 %s, expected %s): downloading it again", target, digest, expected
+        )
+        target.unlink()
+    download(url._replace(fragment="").geturl(), target, expected=expected, hash_kind="sha256")
+    return target
 
 
 def is_keras_file(path: Path) -> bool:
