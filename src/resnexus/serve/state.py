@@ -8,7 +8,6 @@ batcher and the Prometheus metrics, made once by ``create_app`` and reached by t
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.requests import Request
 
-from ..engine.checkpoint import load_for_inference, resolve_checkpoint
+from ..engine.checkpoint import Checkpoint
 from ..engine.inference import Predictor
 from ..engine.rundir import RunDir
 from .batching import Batcher
@@ -30,22 +29,10 @@ NOT_A_DIAGNOSIS = "not a diagnosis; for research use"
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-@dataclass
-class LoadedModel:
-    """A checkpoint loaded for inference: the model (PyTorch or onnxruntime), its metadata and the
-    file it came from."""
-
-    model: Any
-    meta: dict[str, Any]
-    path: Path
-
-
-def load_model(checkpoint: str | Path) -> LoadedModel:
+def load_model(checkpoint: str | Path) -> Checkpoint:
     """Load ``checkpoint`` (a checkpoint file, a run / CV directory or an .onnx file): the one place
     the server reads a checkpoint, so a change of loader is a change here only."""
-    resolved = resolve_checkpoint(checkpoint)
-    model, meta = load_for_inference(resolved)
-    return LoadedModel(model, meta, resolved)
+    return Checkpoint.load(checkpoint)
 
 
 class ServerMetrics:
@@ -89,13 +76,14 @@ class ServerState:
     def load(cls, checkpoint: str | Path, options: ServeOptions) -> ServerState:
         """The state of a server for ``checkpoint``: the model is loaded here."""
         loaded = load_model(checkpoint)
+        model = loaded.model()
         return cls(
             options=options,
             checkpoint=loaded.path,
-            meta=loaded.meta,
-            predictor=Predictor(loaded.model, loaded.meta),
-            cam_model=copy.deepcopy(loaded.model) if isinstance(loaded.model, torch.nn.Module) else None,
-            card=model_card(checkpoint, loaded.path, loaded.meta),
+            meta=loaded.metadata,
+            predictor=Predictor(model, loaded.metadata),
+            cam_model=copy.deepcopy(model) if isinstance(model, torch.nn.Module) else None,
+            card=model_card(checkpoint, loaded),
         )
 
     @property
@@ -137,14 +125,6 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -172,12 +152,13 @@ def _cv_accuracy(source: str | Path, run: RunDir | None) -> dict[str, Any] | Non
     return {"mean": mean["accuracy"], "std": std.get("accuracy"), "folds": record.get("protocol", {}).get("folds")}
 
 
-def model_card(source: str | Path, resolved: Path, meta: dict[str, Any]) -> ModelCard:
+def model_card(source: str | Path, checkpoint: Checkpoint) -> ModelCard:
     """What ``GET /v1/model`` says: the model, its classes and preprocessing, the run's metrics and
     cross-validated accuracy when the checkpoint came from a run / CV directory, the file's hash.
 
     No server path: the checkpoint and the training data are named by their file / folder name only
     (the API has no authentication, and where the server keeps its files is nobody's business)."""
+    resolved, meta = checkpoint.path, checkpoint.metadata
     run = RunDir.holding(resolved)
     config = meta.get("config") or {}
     return ModelCard(
@@ -190,7 +171,7 @@ def model_card(source: str | Path, resolved: Path, meta: dict[str, Any]) -> Mode
             "crop_fraction": meta["crop_fraction"],
         },
         checkpoint=resolved.name,
-        sha256=_sha256(resolved),
+        sha256=checkpoint.sha256,
         runtime="onnxruntime" if resolved.suffix.lower() == ".onnx" else "pytorch",
         trained_on={
             "data": _base_name(config.get("data")),
