@@ -39,6 +39,7 @@ from ..files import atomic_write
 from ..models.pretrained import Preprocessing, cache_dir, imagenet_class_names, offline_dir
 from ..models.registry import create_model, find_pretrained, is_weights_tag
 from ..models.weights import WeightsError, load_torch_file
+from ..reports.uncertainty import Calibration
 from .rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -325,6 +326,18 @@ class Checkpoint:
     def run_dir(self) -> RunDir | None:
         """The run directory the file was saved in, or None for a file elsewhere."""
         return RunDir(self.path) if self.kind == "ensemble" else RunDir.holding(self.path)
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """What cross-validation learned about trusting this model (reports/uncertainty.py): for the
+        refit model or the fold ensemble of a ``train --folds K`` run, its calibration.json; else None."""
+        run = self.run_dir
+        if run is None:
+            return None
+        study = run if self.kind == "ensemble" else RunDir(run.path.parent) if run.path.name == RunDir.REFIT else None
+        if study is None or not study.calibration.is_file():
+            return None
+        return Calibration.load(study.calibration)
 
     @property
     def sha256(self) -> str:

@@ -17,6 +17,8 @@ A cross-validation run holds one training run per fold and the refit model::
       cv_splits.json         every fold's train / val / test files
       cv_metrics.json        per-fold metrics, their mean and standard error (once every fold is done)
       cv_report.md
+      oof_predictions.csv    every image's out-of-fold class probabilities (the fold model that never saw it)
+      calibration.json       temperature, conformal scores and operating threshold fitted on them
       fold1/ ... foldK/      training runs
       refit/                 the deployable model: the same recipe trained on every image
 
@@ -52,6 +54,8 @@ class RunDir:
     CV_METRICS = "cv_metrics.json"
     CV_REPORT = "cv_report.md"
     REFIT = "refit"
+    OOF_PREDICTIONS = "oof_predictions.csv"
+    CALIBRATION = "calibration.json"
     # what makes an existing folder "a resnexus run" (so --overwrite may replace it) rather than other files
     TRAIN_FILES = (CHECKPOINTS, HISTORY, METRICS)
     CV_FILES = (CV_METRICS, CV_SPLITS, CV_REPORT, "fold[0-9]*", REFIT)
@@ -129,6 +133,14 @@ class RunDir:
     @property
     def cv_report(self) -> Path:
         return self.path / self.CV_REPORT
+
+    @property
+    def oof_predictions(self) -> Path:
+        return self.path / self.OOF_PREDICTIONS
+
+    @property
+    def calibration(self) -> Path:
+        return self.path / self.CALIBRATION
 
     def is_cross_validation(self) -> bool:
         """A cross-validation run, started (cv_run.json) or finished (cv_metrics.json)."""
