@@ -41,6 +41,7 @@ from ..files import write_text_atomic
 
 __all__ = [
     "Calibration",
+    "Judged",
     "apply_temperature",
     "brier_score",
     "calibration_summary",
@@ -48,6 +49,7 @@ __all__ = [
     "expected_calibration_error",
     "fit_calibration",
     "fit_temperature",
+    "judge",
     "negative_log_likelihood",
     "prediction_sets",
     "reliability_curve",
@@ -235,7 +237,7 @@ class Calibration:
     # -- using it ------------------------------------------------------------------------------
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         """The probabilities after temperature scaling."""
-        return apply_temperature(self._matching(probs), self.temperature)
+        return apply_temperature(self.matching(probs), self.temperature)
 
     def set_thresholds(self, coverage: float, per_class: bool = False) -> np.ndarray:
         """The conformal threshold for ``coverage``, one per class (the same for all unless ``per_class``)."""
@@ -247,11 +249,11 @@ class Calibration:
 
     def sets(self, calibrated: np.ndarray, coverage: float, per_class: bool = False) -> np.ndarray:
         """The prediction-set mask (:func:`prediction_sets`) of already calibrated probabilities."""
-        return prediction_sets(self._matching(calibrated), self.set_thresholds(coverage, per_class))
+        return prediction_sets(self.matching(calibrated), self.set_thresholds(coverage, per_class))
 
     def decide(self, calibrated: np.ndarray) -> np.ndarray:
         """The predicted class per image: the positive class from the threshold on, else the top class."""
-        calibrated = self._matching(calibrated)
+        calibrated = self.matching(calibrated)
         top = calibrated.argmax(axis=1)
         if self.threshold is None or self.positive_class is None:
             return top
@@ -259,7 +261,7 @@ class Calibration:
         negative = 1 - positive
         return np.where(calibrated[:, positive] >= self.threshold, positive, negative)
 
-    def _matching(self, probs: np.ndarray) -> np.ndarray:
+    def matching(self, probs: np.ndarray) -> np.ndarray:
         probs, _ = _checked(probs)
         if probs.shape[1] != len(self.class_names):
             raise ValueError(
@@ -333,3 +335,58 @@ def fit_calibration(
             else {"specificity": target_specificity}
         )
     return record
+
+
+# -- one way from a model's probabilities to what a user sees -----------------------------------
+@dataclass(frozen=True)
+class Judged:
+    """Predictions as predict, evaluate, explain and the server show them.
+
+    ``probs``: calibrated (raw without a calibration or with ``calibrated=False``); ``labels``: the
+    predicted class indices (the operating threshold applied); ``sets``: the prediction-set mask, or
+    None when no coverage was asked for; ``coverage``: the coverage asked for.
+    """
+
+    probs: np.ndarray
+    labels: np.ndarray
+    sets: np.ndarray | None = None
+    coverage: float | None = None
+    calibrated: bool = False
+    threshold: float | None = None
+
+    def set_names(self, class_names: Sequence[str]) -> list[str]:
+        """Each image's set as one CSV cell: the classes in it, joined by ``|`` in class order."""
+        if self.sets is None:
+            return []
+        return [SET_SEPARATOR.join(n for n, inside in zip(class_names, row) if inside) for row in self.sets]
+
+
+def judge(
+    probs: np.ndarray,
+    calibration: Calibration | None,
+    coverage: float | None = None,
+    per_class: bool = False,
+    calibrated: bool = True,
+    source: str = "the model",
+) -> Judged:
+    """Apply what the calibration holds to raw probabilities: the temperature (unless
+    ``calibrated=False``), the operating threshold, and with ``coverage`` the prediction sets.
+    Asking for a coverage without a calibration is one line naming ``source`` and the remedy."""
+    probs, _ = _checked(probs)
+    if calibration is None:
+        if coverage is not None:
+            raise ValueError(
+                f"--coverage needs a calibrated model: {source} has no calibration.json; train it with "
+                "`resnexus train --folds K` (its out-of-fold predictions calibrate the sets) and use that run"
+            )
+        return Judged(probs, probs.argmax(axis=1))
+    shown = calibration.calibrate(probs) if calibrated else calibration.matching(probs)
+    sets = calibration.sets(shown, coverage, per_class) if coverage is not None else None
+    return Judged(
+        shown,
+        calibration.decide(shown),
+        sets,
+        coverage,
+        calibrated=calibrated and calibration.temperature != 1.0,
+        threshold=calibration.threshold,
+    )
