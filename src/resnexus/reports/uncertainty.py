@@ -342,17 +342,16 @@ def fit_calibration(
 class Judged:
     """Predictions as predict, evaluate, explain and the server show them.
 
-    ``probs``: calibrated (raw without a calibration or with ``calibrated=False``); ``labels``: the
-    predicted class indices (the operating threshold applied); ``sets``: the prediction-set mask, or
-    None when no coverage was asked for; ``coverage``: the coverage asked for.
+    ``probs``: calibrated (raw without a calibration); ``labels``: the predicted class indices (the
+    operating threshold applied); ``sets``: the prediction-set mask, or None when no coverage was
+    asked for.
     """
 
     probs: np.ndarray
     labels: np.ndarray
     sets: np.ndarray | None = None
     coverage: float | None = None
-    calibrated: bool = False
-    threshold: float | None = None
+    calibration: Calibration | None = None
 
     def set_names(self, class_names: Sequence[str]) -> list[str]:
         """Each image's set as one CSV cell: the classes in it, joined by ``|`` in class order."""
@@ -366,27 +365,20 @@ def judge(
     calibration: Calibration | None,
     coverage: float | None = None,
     per_class: bool = False,
-    calibrated: bool = True,
     source: str = "the model",
 ) -> Judged:
-    """Apply what the calibration holds to raw probabilities: the temperature (unless
-    ``calibrated=False``), the operating threshold, and with ``coverage`` the prediction sets.
-    Asking for a coverage without a calibration is one line naming ``source`` and the remedy."""
+    """Apply a calibration to raw probabilities: the temperature, the operating threshold, and with
+    ``coverage`` the prediction sets. None (no calibration, or ``--no-calibration``) leaves the
+    probabilities as they are and the top class wins; asking for a coverage then is one line naming
+    ``source`` and the remedy."""
     probs, _ = _checked(probs)
     if calibration is None:
         if coverage is not None:
             raise ValueError(
-                f"--coverage needs a calibrated model: {source} has no calibration.json; train it with "
-                "`resnexus train --folds K` (its out-of-fold predictions calibrate the sets) and use that run"
+                f"--coverage needs a calibrated model: {source} has no calibration (train it with "
+                "`resnexus train --folds K`, whose out-of-fold predictions calibrate the sets, and use that run)"
             )
         return Judged(probs, probs.argmax(axis=1))
-    shown = calibration.calibrate(probs) if calibrated else calibration.matching(probs)
+    shown = calibration.calibrate(probs)
     sets = calibration.sets(shown, coverage, per_class) if coverage is not None else None
-    return Judged(
-        shown,
-        calibration.decide(shown),
-        sets,
-        coverage,
-        calibrated=calibrated and calibration.temperature != 1.0,
-        threshold=calibration.threshold,
-    )
+    return Judged(shown, calibration.decide(shown), sets, coverage, calibration)
