@@ -86,15 +86,15 @@ def _calibrated_cv(run_dir: Path, out: Path, oof_images: int, ci: list[float] | 
 
 @pytest.fixture(scope="session")
 def calibrated_cv_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CV directory calibrated on 12 photos, with a 95 % CI in cv_metrics.json."""
-    return _calibrated_cv(run_dir, tmp_path_factory.mktemp("serve") / "calibrated", 12, [0.52, 0.71])
+    """A CV directory calibrated on 12 photos; no CI in cv_metrics.json."""
+    return _calibrated_cv(run_dir, tmp_path_factory.mktemp("serve") / "calibrated", 12, None)
 
 
 @pytest.fixture(scope="session")
 def unsure_cv_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CV directory calibrated on 6 photos only: too few for a finite 90 % conformal threshold
-    (that needs 9), so every set at 90 % holds both classes; no CI in cv_metrics.json."""
-    return _calibrated_cv(run_dir, tmp_path_factory.mktemp("serve") / "unsure", 6, None)
+    (that needs 9), so every set at 90 % holds both classes; a 95 % CI in cv_metrics.json."""
+    return _calibrated_cv(run_dir, tmp_path_factory.mktemp("serve") / "unsure", 6, [0.52, 0.71])
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ function setInWords(set, coverage) {
 
 function cvAccuracy(cv) {
   let text = wholePercent(cv.mean);
-  if (cv.ci) text += " (95 % CI " + wholePercent(cv.ci[0]) + " to " + wholePercent(cv.ci[1]) + ")";
+  if (cv.ci) text += " (95 % CI " + Math.round(100 * cv.ci[0]) + "–" + wholePercent(cv.ci[1]) + ")";
   else if (cv.se != null) text += " ± " + percent(cv.se) + " (standard error)";
   return text + (cv.folds ? ", " + cv.folds + " folds" : "");
 }
