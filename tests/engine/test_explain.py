@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from resnexus.cli import main
 from resnexus.engine import predict
 from resnexus.engine.checkpoint import make_checkpoint, save_atomic
 from resnexus.engine.explain import default_cam_layer, explain, grad_cam
+from resnexus.engine.rundir import RunDir
 from resnexus.models import create_model
+from resnexus.reports.uncertainty import Calibration, fit_calibration, judge
 from tests.helpers import randomize_
 
 TINY = dict(layers=(1, 1, 1))
@@ -183,3 +186,75 @@ def test_explain_bad_class_or_layer_is_one_clear_error(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "no module 'layer9' in ResNet" in err and "e.g. 'layer3'" in err
+
+
+def _calibrated_cv(tmp_path: Path) -> tuple[Path, Path, Calibration]:
+    """(a plain checkpoint, a cross-validation directory whose refit model is the same file and
+    whose calibration.json was fitted on made-up over-confident out-of-fold probabilities)."""
+    plain = _checkpoint(tmp_path)
+    cv = tmp_path / "cv"
+    (cv / "refit" / "checkpoints").mkdir(parents=True)
+    shutil.copy(plain, cv / "refit" / "checkpoints" / "best.pt")
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 40)
+    sure = np.where(rng.random(40) < 0.7, labels, 1 - labels)  # 70 % right, always 95 % sure
+    oof = np.where(np.eye(2)[sure] == 1, 0.95, 0.05)
+    calibration = fit_calibration(oof, labels, ["cat", "dog"], positive_class="dog", target_sensitivity=0.9)
+    calibration.save(RunDir(cv).calibration)
+    return plain, cv, calibration
+
+
+def _raw_probabilities(checkpoint: Path, images: Path, out: Path) -> np.ndarray:
+    """``predict``'s probabilities for a checkpoint outside any cross-validation run: uncalibrated."""
+    rows = csv.DictReader(predict(checkpoint, images, out).open())
+    return np.array([[float(p["prob_cat"]), float(p["prob_dog"])] for p in rows])
+
+
+def test_explain_csv_has_calibrated_probabilities_and_the_set(tmp_path):
+    plain, cv, calibration = _calibrated_cv(tmp_path)
+    images = _images(tmp_path / "imgs")
+    raw = _raw_probabilities(plain, images, tmp_path / "p.csv")
+    expected = judge(raw, calibration, 0.9)
+    assert calibration.temperature > 1.5 and not np.allclose(expected.probs, raw, atol=1e-3)  # softened
+    rows = list(csv.DictReader(explain(cv, images, tmp_path / "cam", coverage=0.9).open()))
+    assert list(rows[0]) == [
+        "path",
+        "predicted",
+        "probability",
+        "prob_cat",
+        "prob_dog",
+        "set",
+        "target",
+        "gradcam",
+        "layer",
+    ]
+    shown = np.array([[float(r["prob_cat"]), float(r["prob_dog"])] for r in rows])
+    np.testing.assert_allclose(shown, expected.probs, rtol=0, atol=1e-5)
+    assert [r["predicted"] for r in rows] == [r["target"] for r in rows] == [["cat", "dog"][i] for i in expected.labels]
+    assert [r["set"] for r in rows] == expected.set_names(["cat", "dog"])
+    for r in rows:
+        assert r["probability"] == r[f"prob_{r['predicted']}"]
+    raw_rows = list(csv.DictReader(explain(cv, images, tmp_path / "raw", calibration=False).open()))
+    assert "set" not in raw_rows[0]
+    np.testing.assert_allclose([[float(r["prob_cat"]), float(r["prob_dog"])] for r in raw_rows], raw, atol=1e-5)
+    assert [r["predicted"] for r in raw_rows] == [["cat", "dog"][i] for i in raw.argmax(1)]
+
+
+def test_explain_cli_coverage_and_its_refusals(tmp_path, capsys):
+    plain, cv, calibration = _calibrated_cv(tmp_path)
+    images = _images(tmp_path / "imgs")
+    explain_cli = ["explain", "--input", str(images), "--out"]
+    assert main([*explain_cli, str(tmp_path / "cam"), "--checkpoint", str(cv), "--coverage", "0.6"]) == 0
+    rows = list(csv.DictReader((tmp_path / "cam" / "explain.csv").open()))
+    expected = judge(_raw_probabilities(plain, images, tmp_path / "p.csv"), calibration, 0.6)
+    assert [r["set"] for r in rows] == expected.set_names(["cat", "dog"])
+    refusals = {
+        (str(cv), "--coverage", "1.5"): "--coverage must be a number above 0 and below 1 (e.g. 0.9), got 1.5",
+        (str(cv), "--coverage", "0.9", "--no-calibration"): "--coverage and --no-calibration ask for opposite things",
+        (str(plain), "--coverage", "0.9"): f"--coverage needs a calibrated model: {plain} has no calibration",
+    }
+    for (checkpoint, *flags), message in refusals.items():
+        capsys.readouterr()
+        assert main([*explain_cli, str(tmp_path / "refused"), "--checkpoint", checkpoint, *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "explain.csv").exists()

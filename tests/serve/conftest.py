@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from resnexus.engine import train
@@ -41,6 +42,59 @@ def cv_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     record = {"protocol": {"folds": 3}, "mean": {"accuracy": 0.75}, "std": {"accuracy": 0.05}}
     (out / "cv_metrics.json").write_text(json.dumps(record), encoding="utf-8")
     return out
+
+
+def raw_probabilities(checkpoint: str | Path, paths: list[Path]) -> np.ndarray:
+    """The model's own (uncalibrated) probabilities of ``paths``, computed as ``predict`` does:
+    Checkpoint.load, then the engine's Predictor; nothing of the server's code."""
+    import torch
+
+    from resnexus.data import UnlabeledDataset
+    from resnexus.engine.checkpoint import Checkpoint
+    from resnexus.engine.inference import Predictor
+
+    loaded = Checkpoint.load(checkpoint)
+    predictor = Predictor(loaded.model(), loaded.metadata)
+    crops = UnlabeledDataset(paths, predictor.crop)
+    return predictor.probabilities(torch.stack([crops[i][0] for i in range(len(paths))]))
+
+
+def _calibrated_cv(run_dir: Path, out: Path, oof_images: int, ci: list[float] | None) -> Path:
+    """A cross-validation directory around the run's model with a calibration.json fitted on the
+    model's probabilities of ``oof_images`` other photos (half of each class, standing in for the
+    out-of-fold ones), with "dark" as the positive class and the threshold for sensitivity 1 on them.
+
+    Other photos than the served ones: a served image whose score were the conformal threshold
+    itself would sit on the set's edge, where float rounding decides."""
+    from resnexus.data import scan_unlabeled
+    from resnexus.engine.rundir import RunDir
+    from resnexus.reports.uncertainty import fit_calibration
+
+    shutil.copytree(run_dir, out / "refit")
+    record = {"protocol": {"folds": 4}, "mean": {"accuracy": 0.62}, "std": {"accuracy": 0.08}}
+    if ci is not None:
+        record["ci"] = {"accuracy": ci}
+    (out / "cv_metrics.json").write_text(json.dumps(record), encoding="utf-8")
+    paths = scan_unlabeled(bright_and_dark_folder(out.parent / f"{out.name}-oof", oof_images // 2, size=20, seed=7))
+    labels = np.array([["bright", "dark"].index(p.parent.name) for p in paths])
+    calibration = fit_calibration(
+        raw_probabilities(run_dir, paths), labels, ["bright", "dark"], positive_class="dark", target_sensitivity=1.0
+    )
+    calibration.save(RunDir(out).calibration)
+    return out
+
+
+@pytest.fixture(scope="session")
+def calibrated_cv_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CV directory calibrated on 12 photos; no CI in cv_metrics.json."""
+    return _calibrated_cv(run_dir, tmp_path_factory.mktemp("serve") / "calibrated", 12, None)
+
+
+@pytest.fixture(scope="session")
+def unsure_cv_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CV directory calibrated on 6 photos only: too few for a finite 90 % conformal threshold
+    (that needs 9), so every set at 90 % holds both classes; a 95 % CI in cv_metrics.json."""
+    return _calibrated_cv(run_dir, tmp_path_factory.mktemp("serve") / "unsure", 6, [0.52, 0.71])
 
 
 @pytest.fixture
@@ -77,7 +131,7 @@ def image_files(folder: Path) -> list[tuple[str, bytes]]:
 
 @pytest.fixture
 def live_server(run_dir: Path) -> Iterator:
-    """``live_server(create_app_kwargs)`` -> (url, uvicorn.Server, app): the real server on a free
+    """``live_server(create_app_kwargs, checkpoint=run_dir)`` -> (url, uvicorn.Server, app): the real server on a free
     127.0.0.1 port, in a thread; stopped at the end of the test."""
     import socket
     import threading
@@ -89,11 +143,11 @@ def live_server(run_dir: Path) -> Iterator:
 
     running: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(create_app_kwargs: dict) -> tuple[str, uvicorn.Server, object]:
+    def start(create_app_kwargs: dict, checkpoint: Path = run_dir) -> tuple[str, uvicorn.Server, object]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        app = create_app(run_dir, **create_app_kwargs)
+        app = create_app(checkpoint, **create_app_kwargs)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

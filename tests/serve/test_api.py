@@ -85,7 +85,9 @@ def test_model_endpoint_describes_the_run(make_client, run_dir):
 def test_cross_validation_directory_reports_its_estimate(make_client, cv_dir):
     card = make_client(cv_dir).get("/v1/model").json()
     assert card["checkpoint"] == "best.pt"
-    assert card["cv_accuracy"] == {"mean": 0.75, "std": 0.05, "folds": 3}
+    se = pytest.approx(0.05 / 3**0.5)  # no interval in this cv_metrics.json: the standard error alone
+    assert card["cv_accuracy"] == {"mean": 0.75, "std": 0.05, "folds": 3, "se": se, "ci": None}
+    assert card["calibration"] is None  # no calibration.json beside it
 
 
 def test_explain_returns_the_overlay_png(make_client, photos):

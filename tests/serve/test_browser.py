@@ -1,5 +1,6 @@
 """The web page in a real browser: headless Chromium (Debian's chromium + chromium-driver) uploads a
-photo through the file input, and the label and a non-blank Grad-CAM overlay appear.
+photo through the file input, and the label and a non-blank Grad-CAM overlay appear; with a
+calibration whose sets hold both classes, the page says the model cannot tell them apart.
 
 Without Chromium the test is skipped, except under CI (``$CI`` set), where it fails: CI installs it.
 ``$RESNEXUS_SCREENSHOT=PATH`` also copies the screenshot there (how docs/serve.png was made).
@@ -107,8 +108,31 @@ def test_page_uploads_a_photo_and_shows_label_bars_and_overlay(server_url, brows
     card = browser.find_element(By.ID, "card").text
     assert "resnet20_cifar" in card and "bright, dark" in card
     assert "trained on\n7 images from photos (5 more held back for validation and test)" in card
+    assert browser.find_element(By.ID, "set").get_attribute("hidden") is not None  # no calibration, no set
+    assert browser.find_element(By.ID, "bars-caption").text == "probabilities (not calibrated)"
 
     shot = tmp_path / "serve.png"
     assert browser.save_screenshot(str(shot))
     if target := os.environ.get("RESNEXUS_SCREENSHOT"):  # a 256-colour copy: small enough to commit
         Image.open(shot).convert("RGB").quantize(256).save(target, optimize=True)
+
+
+def test_page_says_when_the_model_cannot_tell_the_classes_apart(live_server, unsure_cv_dir, browser, tmp_path):
+    """A calibration from 6 out-of-fold images has no finite 90 % threshold: the set holds both classes."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = live_server(create_app_kwargs={}, checkpoint=unsure_cv_dir)[0]
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda d: "not a diagnosis; for research use" in d.find_element(By.ID, "card").text)
+    card = browser.find_element(By.ID, "card").text
+    assert "cross-validated accuracy\n62 % (95 % CI 52–71 %), 4 folds" in card
+    assert "prediction sets\nhold the true class for 90 % of images like the training ones" in card
+    assert "operating point\ndark from a calibrated probability of 0." in card
+    browser.find_element(By.ID, "file").send_keys(str(_photo(tmp_path / "lesion.png")))
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done")
+    assert browser.find_element(By.ID, "set").text == (
+        "could be either: bright or dark (the model cannot tell these apart at 90 % coverage)"
+    )
+    assert browser.find_element(By.ID, "bars-caption").text.startswith("calibrated probabilities")

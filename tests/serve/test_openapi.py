@@ -44,12 +44,41 @@ def test_every_endpoint_declares_its_200_response(document):
 def test_predict_declares_its_response_fields(document):
     responses = document["paths"]["/v1/predict"]["post"]["responses"]
     body = _component(document, responses["200"]["content"]["application/json"]["schema"])
-    assert list(body["properties"]) == ["model", "predictions", "time_ms"]
-    assert set(body["required"]) == {"model", "predictions", "time_ms"}
+    fields = ["model", "calibrated", "coverage", "threshold", "predictions", "time_ms"]
+    assert list(body["properties"]) == fields
+    assert set(body["required"]) == set(fields)  # null, not absent, when the model has no calibration
     assert body["properties"]["time_ms"]["type"] == "number"
+    assert body["properties"]["calibrated"]["type"] == "boolean"
+    for nullable in ("coverage", "threshold"):
+        assert body["properties"][nullable]["anyOf"] == [{"type": "number"}, {"type": "null"}], nullable
     prediction = _component(document, body["properties"]["predictions"]["items"])
-    assert list(prediction["properties"]) == ["file", "label", "probabilities"]
+    assert list(prediction["properties"]) == ["file", "label", "probabilities", "set"]
     assert prediction["properties"]["probabilities"]["additionalProperties"] == {"type": "number"}
+    assert prediction["properties"]["set"]["anyOf"] == [
+        {"type": "array", "items": {"type": "string"}},
+        {"type": "null"},
+    ]
+    assert "cannot tell them apart" in prediction["properties"]["set"]["description"]
+    (coverage,) = document["paths"]["/v1/predict"]["post"]["parameters"]
+    assert (coverage["name"], coverage["in"], coverage["required"]) == ("coverage", "query", False)
+    assert "a number above 0 and below 1" in coverage["description"]
+
+
+def test_model_card_declares_the_estimate_and_the_calibration(document):
+    info = _component(document, {"$ref": "#/components/schemas/ModelInfo"})
+    cv = _component(document, info["properties"]["cv_accuracy"]["anyOf"][0])
+    assert list(cv["properties"]) == ["mean", "std", "folds", "se", "ci"]
+    calibration = _component(document, info["properties"]["calibration"]["anyOf"][0])
+    assert list(calibration["properties"]) == [
+        "temperature",
+        "coverage",
+        "images",
+        "operating_point",
+        "before",
+        "after",
+    ]
+    point = _component(document, calibration["properties"]["operating_point"]["anyOf"][0])
+    assert list(point["properties"]) == ["positive_class", "threshold", "target"]
 
 
 def test_refusals_are_declared_as_json_errors(document):
@@ -65,9 +94,10 @@ def test_refusals_are_declared_as_json_errors(document):
     assert "503" in document["paths"]["/readyz"]["get"]["responses"]
 
 
-def test_declared_fields_are_the_fields_sent(make_client, document, photos):
+@pytest.mark.parametrize("source", ["run_dir", "calibrated_cv_dir"])
+def test_declared_fields_are_the_fields_sent(make_client, document, photos, source, request):
     """Each JSON response has exactly the declared fields, in the declared order."""
-    client = make_client()
+    client = make_client(request.getfixturevalue(source))
     sent = {
         "/v1/predict": client.post("/v1/predict", files=upload(*image_files(photos)[:2])),
         "/v1/model": client.get("/v1/model"),
@@ -85,3 +115,9 @@ def test_declared_fields_are_the_fields_sent(make_client, document, photos):
     for field in ("preprocessing", "trained_on", "serving"):
         nested = _component(document, model_info["properties"][field])
         assert list(card[field]) == list(nested["properties"]), field
+    prediction = _component(document, {"$ref": "#/components/schemas/Prediction"})
+    assert list(sent["/v1/predict"].json()["predictions"][0]) == list(prediction["properties"])
+    if source == "calibrated_cv_dir":
+        for field in ("cv_accuracy", "calibration"):
+            nested = _component(document, model_info["properties"][field]["anyOf"][0])
+            assert list(card[field]) == list(nested["properties"]), field

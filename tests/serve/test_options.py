@@ -30,6 +30,7 @@ FLAGS = {
     "--max-wait-ms": ("a number from 0 to 10000 ms", {"0"}),
     "--max-file-mb": ("a number above 0 and up to 1024 MB", set()),
     "--max-files": ("an integer from 1 to 1024", set()),
+    "--coverage": ("a number above 0 and below 1", set()),
 }
 
 
@@ -66,6 +67,11 @@ def test_help_documents_every_range(capsys):
         ("max_wait_ms", 1e15),
         ("max_wait_ms", float("nan")),
         ("max_wait_ms", float("inf")),
+        ("coverage", 0.0),
+        ("coverage", 1.0),
+        ("coverage", 1.5),
+        ("coverage", float("nan")),
+        ("coverage", "0.9"),
     ],
 )
 def test_serve_options_refuse_values_out_of_range(field, value):
@@ -145,11 +151,23 @@ def test_from_flags_gives_the_options_the_flags_say():
         batching=False,
         limits=Limits(max_file_bytes=MIB // 2, max_files=4),
     )
+    assert from_flags(_serve_flags().parse_args(["--coverage", "0.8"])) == ServeOptions(coverage=0.8)
+    assert from_flags(_serve_flags().parse_args(["--no-calibration"])) == ServeOptions(calibration=False)
     tiny = _serve_flags().parse_args(["--max-file-mb", "1e-9"])  # above 0, but under one byte: one byte
     assert from_flags(tiny).limits.max_file_bytes == 1
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--max-batch", "0"), ("--max-wait-ms", "nan"), ("--port", "65536")])
+def test_coverage_and_no_calibration_are_refused_together(capsys, run_dir):
+    message = "coverage needs the calibration: --coverage and --no-calibration ask for opposite things"
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        ServeOptions(coverage=0.9, calibration=False)
+    assert main(["serve", "--checkpoint", str(run_dir), "--coverage", "0.9", "--no-calibration"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"resnexus serve: error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--max-batch", "0"), ("--max-wait-ms", "nan"), ("--port", "65536"), ("--coverage", "1")]
+)
 def test_add_flags_refuses_values_out_of_range(flag, value, capsys):
     with pytest.raises(SystemExit):
         _serve_flags().parse_args([flag, value])

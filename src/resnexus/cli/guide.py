@@ -71,6 +71,7 @@ GUIDE: dict[str, tuple[str, tuple[str, ...]]] = {
             "resnexus explain --checkpoint runs/lesions --input new-photos/ --out cams/",
             "resnexus explain --checkpoint runs/lesions --input photo.jpg --out cams/ --target melanoma",
             "resnexus explain --checkpoint runs/cv --ensemble --input photos/test --out cams/ --overwrite",
+            "resnexus explain --checkpoint runs/cv --input new-photos/ --out cams/ --coverage 0.9",
         ),
     ),
     "export": (
@@ -105,13 +106,15 @@ GUIDE: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "serve": (
-        "Serve a trained model over HTTP: POST /v1/predict returns class probabilities, / is a web page\n"
-        "to try images by hand, /metrics is for Prometheus; requests arriving together are batched.\n"
+        "Serve a trained model over HTTP: POST /v1/predict returns class probabilities (calibrated, with\n"
+        "a prediction set, for a `train --folds K` run), / is a web page to try images by hand, /metrics\n"
+        "is for Prometheus; requests arriving together are batched.\n"
         "Needs the serve extra: pip install 'resnexus[serve]'.",
         (
             "resnexus serve --checkpoint runs/lesions",
             "resnexus serve --checkpoint model.onnx --port 9000 --max-batch 16",
             "resnexus serve --checkpoint runs/cv --max-file-mb 32 --no-batching",
+            "resnexus serve --checkpoint runs/cv --coverage 0.95",
         ),
     ),
 }

@@ -113,6 +113,18 @@ def add_explain_arguments(ex: argparse.ArgumentParser) -> None:
         help="explain the images that can be decoded instead of stopping at the first that cannot; the rest "
         "get no overlay and no row in explain.csv, and are listed in the log",
     )
+    ex.add_argument(
+        "--coverage",
+        type=float,
+        help="add a 'set' column: the classes the model cannot rule out, holding the true class for this share "
+        "of images like the training ones (above 0 and below 1, e.g. 0.9; a `train --folds K` run's model)",
+    )
+    ex.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="the model's raw probabilities and top class (default for a `train --folds K` run's model: "
+        "calibrated probabilities, and its operating threshold decides the class)",
+    )
 
 
 def run_explain(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -125,6 +137,8 @@ def run_explain(args: argparse.Namespace, argv: Sequence[str]) -> int:
         ensemble=args.ensemble,
         overwrite=args.overwrite,
         skip_bad_images=args.skip_bad_images,
+        calibration=not args.no_calibration,
+        coverage=args.coverage,
     )
     print(f"Grad-CAM overlays: {csv_path.parent} (index: {csv_path})")
     return 0

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from ..data import BadImage, DataError, UnlabeledDataset, collate_readable, scan_unlabeled
 from ..files import atomic_write, check_output_folder
 from ..reports import save_figure
+from ..reports.uncertainty import Calibration, judge
 from .checkpoint import Checkpoint, eval_preprocess
 from .inference import log_skipped, readable_batches, suggest_skipping
 
@@ -68,11 +69,17 @@ def explain(
     ensemble: bool = False,
     overwrite: bool = False,
     skip_bad_images: bool = False,
+    calibration: bool = True,
+    coverage: float | None = None,
 ) -> Path:
     """Write a Grad-CAM overlay PNG per image into ``out`` and ``out/explain.csv``; returns the CSV.
 
     ``target`` is a class name (default: each image's predicted class). The CSV lists path,
-    predicted class and probability, the class the map explains and the PNG's file name.
+    predicted class and its probability, every class's probability (``prob_<class>``), with
+    ``coverage`` the prediction set (``set``: its classes joined by ``|``), the class the map
+    explains and the PNG's file name. For a ``train --folds K`` run's model the probabilities are
+    calibrated and the operating threshold decides the predicted class, as ``predict`` does
+    (:func:`~resnexus.reports.uncertainty.judge`); ``calibration=False`` keeps the raw ones.
     ``checkpoint`` may be a run directory; ``ensemble``: a cross-validation run directory's fold
     models (mean probabilities, mean map). The files of an earlier run in ``out`` are replaced
     only with ``overwrite``; ``out`` may not lie inside the input folder (see :func:`_check_out`).
@@ -91,6 +98,7 @@ def explain(
     names = loaded.class_names
     if target is not None and target not in names:
         raise ValueError(f"--target {target!r} is not one of the checkpoint's classes {names}")
+    trust = _calibration(loaded, calibration, coverage, str(checkpoint))
     layer = layer or default_cam_layer(members[0])
     dataset = UnlabeledDataset(paths, eval_preprocess(loaded), skip_bad_images=skip_bad_images)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_readable)
@@ -101,25 +109,17 @@ def explain(
         for images, batch_indices in readable_batches(loader, skipped):
             indices = [int(i) for i in batch_indices]
             with torch.no_grad():
-                probs = model(images).float().softmax(1)
-            predicted = probs.argmax(1)
+                judged = judge(model(images).float().softmax(1).numpy(), trust, coverage, source=str(checkpoint))
+            predicted = torch.from_numpy(judged.labels)
             targets = predicted if target is None else torch.full_like(predicted, names.index(target))
             maps = torch.stack([grad_cam(member, images, targets, layer) for member in members]).mean(0)
+            sets = judged.set_names(names)
             for i, index in enumerate(indices):
-                path, png = paths[index], png_names[index]
-                pred, tgt = names[int(predicted[i])], names[int(targets[i])]
-                title = f"predicted {pred} ({probs[i, predicted[i]]:.2f}); map for {tgt}"
-                _save_overlay(_unnormalize(images[i], ckpt), maps[i].numpy(), out / png, title)
-                rows.append(
-                    {
-                        "path": str(path),
-                        "predicted": pred,
-                        "probability": f"{probs[i, predicted[i]]:.6f}",
-                        "target": tgt,
-                        "gradcam": png,
-                        "layer": layer,
-                    }
-                )
+                row = _row(paths[index], names, judged.probs[i], int(predicted[i]), sets[i] if sets else None)
+                row.update(target=names[int(targets[i])], gradcam=png_names[index], layer=layer)
+                title = f"predicted {row['predicted']} ({float(row['probability']):.2f}); map for {row['target']}"
+                _save_overlay(_unnormalize(images[i], ckpt), maps[i].numpy(), out / row["gradcam"], title)
+                rows.append(row)
     log_skipped(skipped, "no overlays or rows for them")
     if not rows:
         raise DataError(f"none of the {len(skipped)} image(s) in {inputs} can be decoded (all skipped)")
@@ -129,6 +129,29 @@ def explain(
         writer.writeheader()
         writer.writerows(rows)
     return csv_path
+
+
+def _calibration(loaded: Checkpoint, wanted: bool, coverage: float | None, source: str) -> Calibration | None:
+    """The calibration explain applies (the run's, unless ``wanted`` is False); a ``coverage`` it
+    cannot give is refused before any image is read."""
+    if coverage is not None and not 0.0 < coverage < 1.0:
+        raise ValueError(f"--coverage must be a number above 0 and below 1 (e.g. 0.9), got {coverage}")
+    if coverage is not None and not wanted:
+        raise ValueError("--coverage needs the calibration: --coverage and --no-calibration ask for opposite things")
+    found = loaded.calibration if wanted else None
+    if found is None and coverage is not None:  # judge's own refusal, naming the model and the remedy
+        judge(np.empty((0, len(loaded.class_names))), None, coverage, source=source)
+    return found
+
+
+def _row(path: Path, names: list[str], probs: np.ndarray, predicted: int, members: str | None) -> dict[str, Any]:
+    """An explain.csv row's prediction: path, predicted class and its probability, every class's
+    probability, and the prediction set when one was asked for."""
+    row: dict[str, Any] = {"path": str(path), "predicted": names[predicted], "probability": f"{probs[predicted]:.6f}"}
+    row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(names, probs)})
+    if members is not None:
+        row["set"] = members
+    return row
 
 
 def explain_image(

@@ -380,5 +380,8 @@ def judge(
             )
         return Judged(probs, probs.argmax(axis=1))
     shown = calibration.calibrate(probs)
+    labels = calibration.decide(shown)
     sets = calibration.sets(shown, coverage, per_class) if coverage is not None else None
-    return Judged(shown, calibration.decide(shown), sets, coverage, calibration)
+    if sets is not None:  # the operating threshold may predict a class other than the top one: never outside its set
+        sets[np.arange(len(labels)), labels] = True
+    return Judged(shown, labels, sets, coverage, calibration)

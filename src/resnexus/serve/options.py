@@ -25,20 +25,22 @@ MAX_FILE_MB = 1024  # one upload is held in memory: a gigabyte is already genero
 @dataclass(frozen=True)
 class Bound:
     """An option's allowed values: an ``int`` or a finite ``float`` from ``low`` to ``high``
-    (``low`` itself excluded when ``low_open``)."""
+    (``low`` itself excluded when ``low_open``, ``high`` when ``high_open``)."""
 
     kind: type
     low: float
     high: float
     low_open: bool = False
     unit: str = ""
+    high_open: bool = False
 
     def describe(self) -> str:
         """The range in words, as --help and the error messages say it."""
         what = "an integer" if self.kind is int else "a number"
-        low = f"above {_figure(self.low)} and up to" if self.low_open else f"from {_figure(self.low)} to"
+        low = f"above {_figure(self.low)} and" if self.low_open else f"from {_figure(self.low)}"
+        high = "below" if self.high_open else "up to" if self.low_open else "to"
         unit = f" {self.unit}" if self.unit else ""
-        return f"{what} {low} {_figure(self.high)}{unit}"
+        return f"{what} {low} {high} {_figure(self.high)}{unit}"
 
     def contains(self, value: object) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -47,7 +49,8 @@ class Bound:
             return False
         if not math.isfinite(value):
             return False
-        return (value > self.low if self.low_open else value >= self.low) and value <= self.high
+        above = value > self.low if self.low_open else value >= self.low
+        return above and (value < self.high if self.high_open else value <= self.high)
 
     def check(self, name: str, value: object) -> None:
         """Raise ``ValueError`` naming ``name`` and the range unless ``value`` lies in it."""
@@ -78,7 +81,10 @@ BOUNDS: dict[str, Bound] = {
     "max_file_bytes": Bound(int, 1, MAX_FILE_MB * MIB, unit="bytes"),
     "max_files": Bound(int, 1, 1024),
     "max_pixels": Bound(int, 1, 1_000_000_000),
+    # the share of prediction sets that hold the true class: 0 and 1 themselves mean no set at all
+    "coverage": Bound(float, 0, 1, low_open=True, high_open=True),
 }
+DEFAULT_COVERAGE = 0.9  # the coverage of a calibrated model's sets when --coverage is not given
 
 
 def argument_type(name: str) -> Callable[[str], int | float]:
@@ -102,7 +108,12 @@ class Limits:
 @dataclass(frozen=True)
 class ServeOptions:
     """How ``resnexus serve`` runs; every field is checked against :data:`BOUNDS` when made
-    (``dataclasses.replace`` checks again). ``batching=False`` runs every image as a batch of one."""
+    (``dataclasses.replace`` checks again). ``batching=False`` runs every image as a batch of one.
+
+    ``calibration=False`` serves the model's raw probabilities even when its run has a calibration;
+    ``coverage`` is the prediction sets' coverage (None: :data:`DEFAULT_COVERAGE` for a calibrated
+    model, no sets for another; a coverage given for a model without calibration is refused when
+    the model loads)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -110,10 +121,18 @@ class ServeOptions:
     max_wait_ms: float = 5.0
     batching: bool = True
     limits: Limits = dataclasses.field(default_factory=Limits)
+    coverage: float | None = None
+    calibration: bool = True
 
     def __post_init__(self) -> None:
         for name in ("port", "max_batch", "max_wait_ms"):
             BOUNDS[name].check(name, getattr(self, name))
+        if self.coverage is not None:
+            BOUNDS["coverage"].check("coverage", self.coverage)
+            if not self.calibration:
+                raise ValueError(
+                    "coverage needs the calibration: --coverage and --no-calibration ask for opposite things"
+                )
         if not isinstance(self.limits, Limits):
             raise ValueError(f"limits must be a Limits, got {self.limits!r}")
         if not isinstance(self.host, str) or not self.host.strip():
@@ -146,7 +165,7 @@ def exposure_warning(host: str) -> str | None:
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Register ``resnexus serve``'s option flags (``--host`` to ``--max-files``) on ``parser``, with
+    """Register ``resnexus serve``'s option flags (``--host`` to ``--no-calibration``) on ``parser``, with
     the defaults of :class:`ServeOptions` and the ranges of :data:`BOUNDS` in their help."""
     default = ServeOptions()
 
@@ -163,6 +182,20 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-batching", action="store_true", help="run every image as a batch of one")
     bounded("--max-file-mb", "max_file_mb", default.limits.max_file_bytes / MIB, "largest upload per image")
     bounded("--max-files", "max_files", default.limits.max_files, "most images per request")
+    parser.add_argument(
+        "--coverage",
+        type=argument_type("coverage"),
+        default=None,
+        help="the prediction sets' coverage: the share of sets that hold the true class, for images like "
+        f"the training ones; {BOUNDS['coverage'].describe()} (default {DEFAULT_COVERAGE:g} when the model "
+        "has a calibration, i.e. it is a `train --folds K` run's refit model or fold ensemble; a request "
+        "may ask for another with ?coverage=)",
+    )
+    parser.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="serve the model's raw probabilities and top class: no temperature, operating threshold or sets",
+    )
 
 
 def from_flags(args: argparse.Namespace) -> ServeOptions:
@@ -174,4 +207,6 @@ def from_flags(args: argparse.Namespace) -> ServeOptions:
         max_wait_ms=args.max_wait_ms,
         batching=not args.no_batching,
         limits=Limits(max_file_bytes=max(1, round(args.max_file_mb * MIB)), max_files=args.max_files),
+        coverage=args.coverage,
+        calibration=not args.no_calibration,
     )

@@ -13,12 +13,13 @@ from urllib.parse import quote
 import anyio
 import numpy as np
 import torch
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..engine.explain import explain_image
 from .batching import Unavailable
+from .options import BOUNDS
 from .schemas import (
     PNG_RESPONSE,
     PROMETHEUS_RESPONSE,
@@ -37,6 +38,10 @@ STATIC = Path(__file__).parent / "static"
 
 router = APIRouter()
 Server = Annotated[ServerState, Depends(server_state)]
+Coverage = Annotated[
+    float | None,
+    Query(description=f"the prediction sets' coverage, {BOUNDS['coverage'].describe()} (a calibrated model only)"),
+]
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -64,8 +69,12 @@ async def index() -> FileResponse:
     summary="class probabilities of one or more images (multipart field 'files')",
     responses=error_responses(500, 503),
 )
-async def predict(request: Request, server: Server) -> PredictResponse:
+async def predict(request: Request, server: Server, coverage: Coverage = None) -> PredictResponse:
+    """With a calibration (a `train --folds K` run's model), the probabilities are calibrated, the
+    operating threshold decides the label, and `set` holds the classes that cannot be ruled out at
+    `?coverage=` (default: the server's `--coverage`)."""
     started = time.perf_counter()
+    _check_coverage(server, coverage)
     crops = await _decoded_crops(request, server)
     batcher = server.batcher
     if batcher is None:  # the app's lifespan has not started it
@@ -73,13 +82,42 @@ async def predict(request: Request, server: Server) -> PredictResponse:
     rows = await asyncio.gather(*(batcher.submit(crop) for _, crop in crops))
     server.metrics.images.inc(len(rows))
     names = server.class_names
+    judged = server.judge(np.stack(rows), coverage)  # per row: the same whichever batches the rows came in
+    sets = [None] * len(rows) if judged.sets is None else [[c for c, i in zip(names, row) if i] for row in judged.sets]
     predictions = [
-        Prediction(file=name, label=names[int(np.argmax(row))], probabilities={c: float(p) for c, p in zip(names, row)})
-        for (name, _), row in zip(crops, rows)
+        Prediction(
+            file=name,
+            label=names[int(label)],
+            probabilities={c: float(p) for c, p in zip(names, probs)},
+            set=members,
+        )
+        for (name, _), probs, label, members in zip(crops, judged.probs, judged.labels, sets)
     ]
+    calibration = judged.calibration
     return PredictResponse(
-        model=server.card.model, predictions=predictions, time_ms=round((time.perf_counter() - started) * 1000, 3)
+        model=server.card.model,
+        calibrated=calibration is not None,
+        coverage=judged.coverage,
+        threshold=calibration.threshold if calibration is not None else None,
+        predictions=predictions,
+        time_ms=round((time.perf_counter() - started) * 1000, 3),
     )
+
+
+def _check_coverage(server: ServerState, coverage: float | None) -> None:
+    """Refuse a ``?coverage=`` out of range, or asked of a server without calibration (400)."""
+    if coverage is None:
+        return
+    try:
+        BOUNDS["coverage"].check("coverage", coverage)
+    except ValueError as bad:
+        raise UploadError(400, "bad-coverage", str(bad)) from None
+    if server.calibration is None:
+        raise UploadError(
+            400,
+            "no-calibration",
+            "coverage needs a calibrated model: this server's model has no calibration (or runs with --no-calibration)",
+        )
 
 
 @router.post(
@@ -98,14 +136,17 @@ async def explain(request: Request, server: Server, target: str | None = None) -
     if len(uploads) != 1:
         raise UploadError(400, "one-image", f"explain takes one image, got {len(uploads)}")
 
-    def run() -> tuple[np.ndarray, int, bytes]:
+    def run() -> tuple[np.ndarray, int, int, bytes]:
         image = decode_upload(uploads[0], server.options.limits.max_pixels)
         with server.cam_lock:
-            probs, index, overlay = explain_image(cam_model, server.meta, image, target)
-        return probs, index, _png(overlay)
+            raw, index, overlay = explain_image(cam_model, server.meta, image, target)
+            judged = server.judge(raw[None])
+            predicted = int(judged.labels[0])
+            if target is None and predicted != index:  # the operating threshold chose another class: map that one
+                raw, index, overlay = explain_image(cam_model, server.meta, image, names[predicted])
+        return judged.probs[0], predicted, index, _png(overlay)
 
-    probs, index, png = await anyio.to_thread.run_sync(run)
-    predicted = int(np.argmax(probs))
+    probs, predicted, index, png = await anyio.to_thread.run_sync(run)
     return Response(
         png,
         media_type="image/png",

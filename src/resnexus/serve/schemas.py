@@ -23,12 +23,33 @@ class ErrorResponse(BaseModel):
 
 class Prediction(BaseModel):
     file: str = Field(description="the uploaded file's name")
-    label: str = Field(description="the most probable class")
-    probabilities: dict[str, float] = Field(description="every class's probability, in the model's class order")
+    label: str = Field(
+        description="the predicted class: the most probable, or with an operating threshold the positive "
+        "class once its probability reaches the threshold"
+    )
+    probabilities: dict[str, float] = Field(
+        description="every class's probability, in the model's class order (calibrated when `calibrated`)"
+    )
+    set: list[str] | None = Field(
+        description="the prediction set, in class order: the classes the model cannot rule out at `coverage`; "
+        "two or more mean it cannot tell them apart. null when the model has no calibration"
+    )
 
 
 class PredictResponse(BaseModel):
     model: str
+    calibrated: bool = Field(
+        description="whether the probabilities are calibrated (temperature scaling fitted on the cross-validation's "
+        "out-of-fold predictions); false: the model's raw probabilities"
+    )
+    coverage: float | None = Field(
+        description="the share of prediction sets that hold the true class, for images like the training ones; "
+        "null without a calibration"
+    )
+    threshold: float | None = Field(
+        description="the operating threshold on the positive class's calibrated probability (the model card's "
+        "`calibration.operating_point` names the class), or null: the most probable class wins"
+    )
     predictions: list[Prediction] = Field(description="one per uploaded file, in upload order")
     time_ms: float = Field(description="time to read, decode and classify the images")
 
@@ -48,8 +69,27 @@ class TrainedOn(BaseModel):
 
 class CvAccuracy(BaseModel):
     mean: Number
-    std: Number | None
+    std: Number | None = Field(description="the sample standard deviation over the folds")
     folds: int | None
+    se: float | None = Field(description="the standard error of the mean: std / sqrt(folds)")
+    ci: list[Number] | None = Field(description="its 95 % interval [low, high], when cv_metrics.json has one")
+
+
+class OperatingPoint(BaseModel):
+    positive_class: str
+    threshold: float = Field(description="the positive class is predicted from this calibrated probability on")
+    target: dict[str, float] = Field(description='what it was chosen for, e.g. {"sensitivity": 0.95}')
+
+
+class CalibrationCard(BaseModel):
+    """What cross-validation learned about trusting the model, fitted on its out-of-fold predictions."""
+
+    temperature: float = Field(description="the log-probabilities are divided by it (above 1: softened)")
+    coverage: float = Field(description="the prediction sets' coverage when a request asks for none")
+    images: int = Field(description="out-of-fold predictions the calibration was fitted on")
+    operating_point: OperatingPoint | None
+    before: dict[str, float] = Field(description="ECE, Brier score and NLL of the raw out-of-fold probabilities")
+    after: dict[str, float] = Field(description="... and after temperature scaling")
 
 
 class ModelCard(BaseModel):
@@ -64,6 +104,9 @@ class ModelCard(BaseModel):
     trained_on: TrainedOn
     metrics: dict[str, Any] | None = Field(description="the run's test metrics (metrics.json), if known")
     cv_accuracy: CvAccuracy | None = Field(description="cross-validated accuracy, for a cross-validation run")
+    calibration: CalibrationCard | None = Field(
+        description="the calibration the server applies; null: raw probabilities (none in the run, or --no-calibration)"
+    )
     notice: str
 
 

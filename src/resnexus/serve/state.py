@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
+import numpy as np
 import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.requests import Request
@@ -21,9 +23,10 @@ from starlette.requests import Request
 from ..engine.checkpoint import Checkpoint
 from ..engine.inference import Predictor
 from ..engine.rundir import RunDir
+from ..reports.uncertainty import Calibration, Judged, judge
 from .batching import Batcher
-from .options import ServeOptions
-from .schemas import ModelCard, ModelInfo, Serving
+from .options import DEFAULT_COVERAGE, ServeOptions
+from .schemas import CalibrationCard, ModelCard, ModelInfo, Serving
 
 NOT_A_DIAGNOSIS = "not a diagnosis; for research use"
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -67,6 +70,8 @@ class ServerState:
     predictor: Predictor
     cam_model: torch.nn.Module | None  # Grad-CAM's own copy of a PyTorch model; None for ONNX
     card: ModelCard
+    calibration: Calibration | None = None  # applied to every prediction (None: raw probabilities)
+    coverage: float | None = None  # the sets' coverage when a request asks for none (None: no sets)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     cam_lock: threading.Lock = field(default_factory=threading.Lock)  # captum hooks the model: one at a time
     batcher: Batcher | None = None
@@ -77,18 +82,26 @@ class ServerState:
         """The state of a server for ``checkpoint``: the model is loaded here."""
         loaded = load_model(checkpoint)
         model = loaded.model()
+        calibration, coverage = served_calibration(loaded, options)
         return cls(
             options=options,
             checkpoint=loaded.path,
             meta=loaded.metadata,
             predictor=Predictor(model, loaded.metadata),
             cam_model=copy.deepcopy(model) if isinstance(model, torch.nn.Module) else None,
-            card=model_card(checkpoint, loaded),
+            card=model_card(checkpoint, loaded, calibration, coverage),
+            calibration=calibration,
+            coverage=coverage,
         )
 
     @property
     def class_names(self) -> list[str]:
         return self.card.classes
+
+    def judge(self, probs: np.ndarray, coverage: float | None = None) -> Judged:
+        """What the server answers for raw probability rows: :func:`judge` with the server's
+        calibration, and sets at ``coverage`` (None: the server's; without a calibration, none)."""
+        return judge(probs, self.calibration, self.coverage if coverage is None else coverage)
 
     def start(self) -> None:
         """Start the batcher and report ready."""
@@ -137,24 +150,84 @@ def _base_name(path: str | None) -> str | None:
     return (PureWindowsPath(path).name or None) if path else None
 
 
+def served_calibration(checkpoint: Checkpoint, options: ServeOptions) -> tuple[Calibration | None, float | None]:
+    """(the calibration the server applies, its sets' coverage): the run's calibration.json unless
+    ``--no-calibration``, at ``--coverage`` or :data:`DEFAULT_COVERAGE`. A coverage asked of a model
+    without one, or a calibration of other classes, is refused before the server starts."""
+    calibration = checkpoint.calibration if options.calibration else None
+    if calibration is None:
+        if options.coverage is not None:  # judge's own refusal, naming the model and the remedy
+            judge(np.empty((0, len(checkpoint.class_names))), None, options.coverage, source=str(checkpoint.path))
+        return None, None
+    if calibration.class_names != checkpoint.class_names:
+        raise ValueError(
+            f"{checkpoint.path}: its calibration is for the classes {calibration.class_names}, the model has "
+            f"{checkpoint.class_names}; serve it with --no-calibration or calibrate it again"
+        )
+    return calibration, DEFAULT_COVERAGE if options.coverage is None else options.coverage
+
+
+def _interval(value: Any) -> list[float] | None:
+    """``[low, high]`` when ``value`` is two finite numbers, else None (an absent or malformed interval)."""
+    numbers = isinstance(value, (list, tuple)) and len(value) == 2
+    if numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        return [value[0], value[1]]
+    return None
+
+
 def _cv_accuracy(source: str | Path, run: RunDir | None) -> dict[str, Any] | None:
     """The cross-validated accuracy when the model is a CV run's refit model (or ``source`` is a CV
-    directory), from its cv_metrics.json; else None."""
+    directory), from its cv_metrics.json, with its standard error and, where the file has one
+    (``ci: {accuracy: [low, high]}`` or ``mean: {accuracy_ci: ...}``), its 95 % interval; else None."""
     cv = RunDir(run.path.parent) if run is not None and run.path.name == RunDir.REFIT else None
     if cv is None and Path(source).is_dir() and RunDir(source).cv_metrics.is_file():
         cv = RunDir(source)
     record = _read_json(cv.cv_metrics) if cv is not None else None
-    if not record:
+    if not isinstance(record, dict):
         return None
-    mean, std = record.get("mean", {}), record.get("std", {})
+    mean, std = record.get("mean") or {}, record.get("std") or {}
     if "accuracy" not in mean:
         return None
-    return {"mean": mean["accuracy"], "std": std.get("accuracy"), "folds": record.get("protocol", {}).get("folds")}
+    folds, spread = (record.get("protocol") or {}).get("folds"), std.get("accuracy")
+    se = (
+        spread / math.sqrt(folds) if isinstance(spread, (int, float)) and isinstance(folds, int) and folds > 0 else None
+    )
+    ci = record.get("ci") if isinstance(record.get("ci"), dict) else {}
+    return {
+        "mean": mean["accuracy"],
+        "std": spread,
+        "folds": folds,
+        "se": se,
+        "ci": _interval(ci.get("accuracy", mean.get("accuracy_ci"))),
+    }
 
 
-def model_card(source: str | Path, checkpoint: Checkpoint) -> ModelCard:
+def _calibration_card(calibration: Calibration | None, coverage: float | None) -> CalibrationCard | None:
+    if calibration is None or coverage is None:
+        return None
+    point = None
+    if calibration.threshold is not None and calibration.positive_class is not None:
+        point = {
+            "positive_class": calibration.positive_class,
+            "threshold": calibration.threshold,
+            "target": calibration.target,
+        }
+    return CalibrationCard(
+        temperature=calibration.temperature,
+        coverage=coverage,
+        images=len(calibration.scores),
+        operating_point=point,
+        before=calibration.before,
+        after=calibration.after,
+    )
+
+
+def model_card(
+    source: str | Path, checkpoint: Checkpoint, calibration: Calibration | None = None, coverage: float | None = None
+) -> ModelCard:
     """What ``GET /v1/model`` says: the model, its classes and preprocessing, the run's metrics and
-    cross-validated accuracy when the checkpoint came from a run / CV directory, the file's hash.
+    cross-validated accuracy when the checkpoint came from a run / CV directory, the calibration
+    served (``calibration`` at ``coverage``), the file's hash.
 
     No server path: the checkpoint and the training data are named by their file / folder name only
     (the API has no authentication, and where the server keeps its files is nobody's business)."""
@@ -180,5 +253,6 @@ def model_card(source: str | Path, checkpoint: Checkpoint) -> ModelCard:
         },
         metrics=_read_json(run.metrics) if run is not None else None,
         cv_accuracy=_cv_accuracy(source, run),
+        calibration=_calibration_card(calibration, coverage),
         notice=NOT_A_DIAGNOSIS,
     )

@@ -20,6 +20,41 @@ function percent(p) {
   return (100 * p).toFixed(1) + " %";
 }
 
+function wholePercent(p) {
+  return Math.round(100 * p) + " %";
+}
+
+// "A", "A or B", "A, B or C"
+function either(names) {
+  return names.length < 2 ? names.join("") : names.slice(0, -1).join(", ") + " or " + names[names.length - 1];
+}
+
+// the prediction set in words: one class is a confident answer, more are the classes it cannot tell apart
+function setInWords(set, coverage) {
+  if (set.length === 1) return set[0] + " (the only class at " + wholePercent(coverage) + " coverage)";
+  const which = set.length === 2 ? "could be either: " : "could be any of: ";
+  return which + either(set) + " (the model cannot tell these apart at " + wholePercent(coverage) + " coverage)";
+}
+
+function cvAccuracy(cv) {
+  let text = wholePercent(cv.mean);
+  if (cv.ci) text += " (95 % CI " + Math.round(100 * cv.ci[0]) + "–" + wholePercent(cv.ci[1]) + ")";
+  else if (cv.se != null) text += " ± " + percent(cv.se) + " (standard error)";
+  return text + (cv.folds ? ", " + cv.folds + " folds" : "");
+}
+
+function addCalibration(card, c) {
+  const ece = c.before.ece != null && c.after.ece != null;
+  const fit = ece ? ", calibration error (ECE) " + c.before.ece.toFixed(3) + " → " + c.after.ece.toFixed(3) : "";
+  addRow(card, "calibration", "temperature " + c.temperature.toFixed(2) + " from " + c.images + " out-of-fold predictions" + fit);
+  addRow(card, "prediction sets", "hold the true class for " + wholePercent(c.coverage) + " of images like the training ones");
+  const point = c.operating_point;
+  if (point) {
+    const target = Object.entries(point.target).map(([k, v]) => k + " " + wholePercent(v)).join(", ");
+    addRow(card, "operating point", point.positive_class + " from a calibrated probability of " + point.threshold.toFixed(3) + (target ? " (chosen for " + target + ")" : ""));
+  }
+}
+
 function addRow(list, term, value) {
   const dt = document.createElement("dt");
   dt.textContent = term;
@@ -47,11 +82,12 @@ async function loadCard() {
     addRow(card, "trained on", text.trim());
   }
   if (m.cv_accuracy) {
-    const sd = m.cv_accuracy.std == null ? "" : " ± " + percent(m.cv_accuracy.std);
-    addRow(card, "cross-validated accuracy", percent(m.cv_accuracy.mean) + sd + " (" + m.cv_accuracy.folds + " folds)");
+    addRow(card, "cross-validated accuracy", cvAccuracy(m.cv_accuracy));
   } else if (m.metrics && m.metrics.accuracy != null) {
     addRow(card, "accuracy on its run's evaluation images", percent(m.metrics.accuracy));
   }
+  if (m.calibration) addCalibration(card, m.calibration);
+  else addRow(card, "probabilities", "the model's own (no calibration: no prediction sets)");
   addRow(card, "input", m.preprocessing.image_size + " px centre crop");
   addRow(card, "checkpoint SHA-256", m.sha256.slice(0, 16) + "…");
   addRow(card, "use", m.notice);
@@ -97,6 +133,12 @@ async function classify(file) {
   const prediction = result.predictions[0];
   $("label").textContent = prediction.label;
   $("timing").textContent = result.model + ", " + result.time_ms.toFixed(0) + " ms";
+  $("set").textContent = prediction.set ? setInWords(prediction.set, result.coverage) : "";
+  $("set").hidden = !prediction.set;
+  $("set").className = prediction.set && prediction.set.length > 1 ? "set unsure" : "set";
+  $("bars-caption").textContent = result.calibrated
+    ? "calibrated probabilities" + (result.threshold == null ? "" : " (the operating threshold decides the prediction)")
+    : "probabilities (not calibrated)";
   showBars(prediction.probabilities, prediction.label);
   $("result").hidden = false;
   const cam = await fetch("/v1/explain", { method: "POST", body: form() });
