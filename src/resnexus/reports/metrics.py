@@ -20,9 +20,18 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from .intervals import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_interval,
+    bootstrap_intervals,
+    format_interval,
+    wilson_interval,
+)
 from .tables import fixed_decimals
 
 __all__ = [
+    "CI_METHOD",
     "NEGATIVE_CLASS_WORDS",
     "binary_auc",
     "checked_inputs",
@@ -39,6 +48,13 @@ NEGATIVE_CLASS_WORDS = frozenset(
     | {"none", "no", "absent", "background", "clean", "ok", "good"}
 )
 _WORD = re.compile(r"[a-z0-9]+")
+# How the ``<metric>_ci`` intervals are computed, said once in every report that shows them.
+CI_METHOD = (
+    "95 % confidence intervals in brackets: Wilson score intervals for proportions (accuracy, sensitivity, "
+    "specificity, a class's precision and recall); a percentile bootstrap of the evaluated images "
+    f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) for balanced accuracy, the macro averages, "
+    "ROC-AUC and a class's F1"
+)
 
 
 def _reads_negative(name: str) -> bool:
@@ -153,6 +169,8 @@ def classification_metrics(
     probs: np.ndarray,
     class_names: Sequence[str],
     positive_class: str | None = None,
+    *,
+    intervals: bool = True,
 ) -> dict:
     """Headline, per-class and confusion-matrix metrics of argmax predictions.
 
@@ -169,6 +187,10 @@ def classification_metrics(
     disease-vs-others task (default: :func:`resolve_positive_class`; ``positive_class_reason`` says
     how it was chosen). ``warnings`` lists what makes the numbers misleading, e.g. a model that
     predicted one class for every image.
+
+    With ``intervals`` (the default), every metric has its 95 % confidence interval beside it,
+    ``<metric>_ci: [low, high]`` (None where the metric is None or the interval undefined): see
+    :data:`CI_METHOD` and reports/intervals.py.
     """
     y, p, names = checked_inputs(y_true, probs, class_names)
     positive, reason = resolve_positive_class(names, positive_class)
@@ -216,22 +238,116 @@ def classification_metrics(
         out["positive_class"] = names[positive]
         out["positive_class_reason"] = reason
     out["warnings"] = _degenerate_warnings(names, pred)
-    return out
+    return _with_intervals(out, y, p, pred, positive) if intervals else out
+
+
+def _as_list(ci: tuple[float, float] | None) -> list[float] | None:
+    return None if ci is None else [ci[0], ci[1]]
+
+
+def _with_intervals(out: dict, y: np.ndarray, p: np.ndarray, pred: np.ndarray, positive: int) -> dict:
+    """``out`` with ``<metric>_ci`` after each metric, in it and in each class's entry (see :data:`CI_METHOD`)."""
+    k = len(out["class_names"])
+    cm = np.asarray(out["confusion_matrix"])
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    boot = bootstrap_intervals(lambda w, y_, pred_: _confusion_statistics(w, y_, pred_, k), (y, pred))
+    ci = {
+        "accuracy": wilson_interval(int(tp.sum()), out["n"]),
+        "balanced_accuracy": boot[0],
+        "macro_f1": boot[1],
+        "macro_precision": boot[2],
+        "macro_recall": boot[0],  # the mean recall over the classes present: the balanced accuracy
+        "roc_auc": None if out["roc_auc"] is None else _auc_interval(y, p, positive),
+    }
+    if k == 2:  # a rate over the images of one class: None (like the rate) when the class is absent
+        ci["sensitivity"] = wilson_interval(int(tp[positive]), int(support[positive]))
+        ci["specificity"] = wilson_interval(int(tp[1 - positive]), int(support[1 - positive]))
+    per_class = {}
+    for i, (name, pc) in enumerate(out["per_class"].items()):
+        defined = {key: pc[key] is not None for key in ("precision", "recall", "f1")}
+        per_class[name] = {
+            "precision": pc["precision"],
+            "precision_ci": _as_list(wilson_interval(int(tp[i]), int(predicted[i]))) if defined["precision"] else None,
+            "recall": pc["recall"],
+            "recall_ci": _as_list(wilson_interval(int(tp[i]), int(support[i]))) if defined["recall"] else None,
+            "f1": pc["f1"],
+            "f1_ci": _as_list(boot[3 + i]) if defined["f1"] else None,
+            "support": pc["support"],
+        }
+    result: dict = {}
+    for key, value in out.items():
+        result[key] = per_class if key == "per_class" else value
+        if key in ci:
+            result[f"{key}_ci"] = _as_list(ci[key])
+    result["ci_method"] = CI_METHOD
+    return result
+
+
+def _confusion_statistics(weights: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Per resample (``weights`` row): balanced accuracy, macro F1, macro precision, then each class's F1, by
+    the conventions of :func:`classification_metrics` (averages over the classes present, NaN for an absent one)."""
+    cells = np.zeros((y.shape[0], k * k))
+    cells[np.arange(y.shape[0]), y * k + pred] = 1.0
+    cm = (weights @ cells).reshape(-1, k, k)  # each resample's confusion matrix
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    present = support > 0  # every resample has a class present: its rows are images
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(present, tp / support, np.nan)
+        f1 = np.where(present, 2 * tp / (support + predicted), np.nan)
+        precision = np.where(present, np.where(predicted > 0, tp / predicted, 0.0), np.nan)
+    return np.column_stack([np.nanmean(recall, axis=1), np.nanmean(f1, axis=1), np.nanmean(precision, axis=1), f1])
+
+
+def _auc_interval(y: np.ndarray, p: np.ndarray, positive: int) -> tuple[float, float] | None:
+    """Bootstrap interval of :func:`_roc_auc`: resamples without every class (its AUC undefined) are skipped."""
+    k = p.shape[1]
+    columns = [positive] if k == 2 else list(range(k))
+    # per class: the images in score order and where each run of tied scores starts, computed once
+    orders = [np.argsort(p[:, c], kind="stable") for c in columns]
+    starts = [np.flatnonzero(np.r_[True, np.diff(p[order, c]) != 0]) for order, c in zip(orders, columns)]
+
+    def statistic(weights: np.ndarray, y: np.ndarray) -> np.ndarray:
+        aucs = [
+            _weighted_auc(weights[:, order], y[order] == c, first) for order, first, c in zip(orders, starts, columns)
+        ]
+        return np.mean(aucs, axis=0)  # NaN (skipped) where a class is missing from the resample
+
+    return bootstrap_interval(statistic, (y,))
+
+
+def _weighted_auc(weights: np.ndarray, is_positive: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each resample's Mann-Whitney AUC, P(a positive scores above a negative) + half the ties, from the
+    images' weights in score order (``starts``: where each run of tied scores begins)."""
+    positives, negatives = weights * is_positive, weights * ~is_positive
+    if starts.size < weights.shape[1]:  # tied scores: one column per distinct score
+        positives, negatives = np.add.reduceat(positives, starts, axis=1), np.add.reduceat(negatives, starts, axis=1)
+    below = np.cumsum(negatives, axis=1) - negatives  # negatives scored lower than each distinct score
+    wins = (positives * (below + 0.5 * negatives)).sum(axis=1)
+    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pairs > 0, wins / pairs, np.nan)
 
 
 def format_metrics(metrics: dict) -> str:
-    """One line for logs and the CLI: the headline numbers, three decimals each."""
+    """One line for logs and the CLI: the headline numbers, three decimals each, with their 95 % intervals
+    (two decimals) where the metrics have them."""
+
+    def part(label: str, key: str, after: str = "") -> str:
+        ci = metrics.get(f"{key}_ci")
+        return f"{label} {fixed_decimals(metrics.get(key), 3)}{after}" + (f" {format_interval(ci, 2)}" if ci else "")
+
     parts = [
-        f"accuracy {fixed_decimals(metrics.get('accuracy'), 3)}",
-        f"balanced {fixed_decimals(metrics.get('balanced_accuracy'), 3)}",
-        f"macro-F1 {fixed_decimals(metrics.get('macro_f1'), 3)}",
-        f"ROC-AUC {fixed_decimals(metrics.get('roc_auc'), 3)}",
+        part("accuracy", "accuracy"),
+        part("balanced", "balanced_accuracy"),
+        part("macro-F1", "macro_f1"),
+        part("ROC-AUC", "roc_auc"),
     ]
     pos = metrics.get("positive_class")
     if "sensitivity" in metrics:
-        parts.append(f"sensitivity {fixed_decimals(metrics['sensitivity'], 3)}" + (f" ({pos})" if pos else ""))
+        parts.append(part("sensitivity", "sensitivity", f" ({pos})" if pos else ""))
     if "specificity" in metrics:
-        parts.append(f"specificity {fixed_decimals(metrics['specificity'], 3)}")
+        parts.append(part("specificity", "specificity"))
     if metrics.get("absent_classes"):  # macro averages are over the other classes: say why
         parts.append("absent: " + ", ".join(metrics["absent_classes"]))
     return " | ".join(parts)
