@@ -50,7 +50,7 @@ NEGATIVE_CLASS_WORDS = frozenset(
 _WORD = re.compile(r"[a-z0-9]+")
 # How the ``<metric>_ci`` intervals are computed, said once in every report that shows them.
 CI_METHOD = (
-    "95 % confidence intervals in brackets: Wilson score intervals for proportions (accuracy, sensitivity, "
+    "95 % confidence intervals: Wilson score intervals for proportions (accuracy, sensitivity, "
     "specificity, a class's precision and recall); a percentile bootstrap of the evaluated images "
     f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) for balanced accuracy, the macro averages, "
     "ROC-AUC and a class's F1"
