@@ -175,7 +175,9 @@ def comparison_markdown(
     rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], facts: ComparisonFacts
 ) -> str:
     """comparison.md: every sentence from the runs' recipe, splits and rows."""
-    lines = ["# Model comparison", "", _table(rows, columns, facts.positive), "", _interval_line(columns)]
+    lines = ["# Model comparison", "", _table(rows, columns, facts.positive)]
+    if any(r.get(f"{key}_ci") is not None for r in rows for key in _WITH_INTERVAL):
+        lines += ["", _interval_line(columns)]
     warnings = [f"{r['model']}: {w}" for r in rows for w in r.get("warnings") or []] + list(facts.recipe_warnings)
     lines += [f"\n**Warning:** {markdown_cell(w)}." for w in warnings]
     lines += ["", *_verdict_lines(rows)]
