@@ -12,7 +12,6 @@ from resnexus.engine.crossval import aggregate, format_mean_std
 from resnexus.reports import classification_metrics, format_metrics, write_report
 from resnexus.reports.tables import MISSING
 
-
 # the metric keys classification_metrics had before the intervals were added beside them
 PLAIN_CLASS_KEYS = ("precision", "recall", "f1", "support")
 
