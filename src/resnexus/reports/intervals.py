@@ -93,7 +93,7 @@ def bootstrap_intervals(
     values = []
     for start in range(0, n_resamples, batch):
         size = min(batch, n_resamples - start)
-        rows = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
+        rows = rng.integers(0, n, size=(size, n), dtype=np.int32) + n * np.arange(size)[:, None]
         weights = np.bincount(rows.ravel(), minlength=size * n).reshape(size, n)
         values.append(np.asarray(statistic(weights, *arrays), dtype=np.float64).reshape(size, -1))
     table = np.concatenate(values)

@@ -23,7 +23,6 @@ from sklearn.metrics import (
 from .intervals import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
-    bootstrap_interval,
     bootstrap_intervals,
     format_interval,
     wilson_interval,
@@ -250,14 +249,24 @@ def _with_intervals(out: dict, y: np.ndarray, p: np.ndarray, pred: np.ndarray, p
     k = len(out["class_names"])
     cm = np.asarray(out["confusion_matrix"])
     tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
-    boot = bootstrap_intervals(lambda w, y_, pred_: _confusion_statistics(w, y_, pred_, k), (y, pred))
+    # one set of resamples for all of them: the confusion-matrix metrics, then (where defined) the ROC-AUC
+    plans = None if out["roc_auc"] is None else _auc_plans(y, p, positive)
+
+    def statistic(weights: np.ndarray, y_: np.ndarray, pred_: np.ndarray) -> np.ndarray:
+        columns = _confusion_statistics(weights, y_, pred_, k)
+        if plans is None:
+            return columns
+        aucs = np.mean([_weighted_auc(weights, *plan) for plan in plans], axis=0)  # NaN where a class is missing
+        return np.column_stack([columns, aucs])
+
+    boot = bootstrap_intervals(statistic, (y, pred))
     ci = {
         "accuracy": wilson_interval(int(tp.sum()), out["n"]),
         "balanced_accuracy": boot[0],
         "macro_f1": boot[1],
         "macro_precision": boot[2],
         "macro_recall": boot[0],  # the mean recall over the classes present: the balanced accuracy
-        "roc_auc": None if out["roc_auc"] is None else _auc_interval(y, p, positive),
+        "roc_auc": None if plans is None else boot[-1],
     }
     if k == 2:  # a rate over the images of one class: None (like the rate) when the class is absent
         ci["sensitivity"] = wilson_interval(int(tp[positive]), int(support[positive]))
@@ -286,9 +295,10 @@ def _with_intervals(out: dict, y: np.ndarray, p: np.ndarray, pred: np.ndarray, p
 def _confusion_statistics(weights: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     """Per resample (``weights`` row): balanced accuracy, macro F1, macro precision, then each class's F1, by
     the conventions of :func:`classification_metrics` (averages over the classes present, NaN for an absent one)."""
-    cells = np.zeros((y.shape[0], k * k))
-    cells[np.arange(y.shape[0]), y * k + pred] = 1.0
-    cm = (weights @ cells).reshape(-1, k, k)  # each resample's confusion matrix
+    codes = y * k + pred
+    # each resample's confusion matrix: the weights of the images in each cell, summed
+    cm = np.stack([weights[:, codes == c].sum(axis=1) for c in range(k * k)], axis=1).reshape(-1, k, k)
+    cm = cm.astype(np.float64)
     tp = np.diagonal(cm, axis1=1, axis2=2)
     support, predicted = cm.sum(axis=2), cm.sum(axis=1)
     present = support > 0  # every resample has a class present: its rows are images
@@ -299,34 +309,36 @@ def _confusion_statistics(weights: np.ndarray, y: np.ndarray, pred: np.ndarray, 
     return np.column_stack([np.nanmean(recall, axis=1), np.nanmean(f1, axis=1), np.nanmean(precision, axis=1), f1])
 
 
-def _auc_interval(y: np.ndarray, p: np.ndarray, positive: int) -> tuple[float, float] | None:
-    """Bootstrap interval of :func:`_roc_auc`: resamples without every class (its AUC undefined) are skipped."""
-    k = p.shape[1]
-    columns = [positive] if k == 2 else list(range(k))
-    # per class: the images in score order and where each run of tied scores starts, computed once
-    orders = [np.argsort(p[:, c], kind="stable") for c in columns]
-    starts = [np.flatnonzero(np.r_[True, np.diff(p[order, c]) != 0]) for order, c in zip(orders, columns)]
-
-    def statistic(weights: np.ndarray, y: np.ndarray) -> np.ndarray:
-        aucs = [
-            _weighted_auc(weights[:, order], y[order] == c, first) for order, first, c in zip(orders, starts, columns)
-        ]
-        return np.mean(aucs, axis=0)  # NaN (skipped) where a class is missing from the resample
-
-    return bootstrap_interval(statistic, (y,))
+def _auc_plans(y: np.ndarray, p: np.ndarray, positive: int) -> list[tuple[np.ndarray, ...]]:
+    """:func:`_auc_plan` of each AUC that :func:`_roc_auc` averages: the positive class's, or every class's."""
+    columns = [positive] if p.shape[1] == 2 else list(range(p.shape[1]))
+    return [_auc_plan(y == c, p[:, c]) for c in columns]
 
 
-def _weighted_auc(weights: np.ndarray, is_positive: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Each resample's Mann-Whitney AUC, P(a positive scores above a negative) + half the ties, from the
-    images' weights in score order (``starts``: where each run of tied scores begins)."""
-    positives, negatives = weights * is_positive, weights * ~is_positive
-    if starts.size < weights.shape[1]:  # tied scores: one column per distinct score
-        positives, negatives = np.add.reduceat(positives, starts, axis=1), np.add.reduceat(negatives, starts, axis=1)
-    below = np.cumsum(negatives, axis=1) - negatives  # negatives scored lower than each distinct score
-    wins = (positives * (below + 0.5 * negatives)).sum(axis=1)
-    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+def _auc_plan(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What every resample's AUC of one class needs, computed once: the positives, the negatives in score
+    order, and for each positive how many negatives score below it (``below``) and at most as high (``upto``)."""
+    positives = np.flatnonzero(is_positive)
+    negatives = np.flatnonzero(~is_positive)
+    negatives = negatives[np.argsort(scores[negatives], kind="stable")]
+    sorted_scores = scores[negatives]
+    below = np.searchsorted(sorted_scores, scores[positives], side="left")
+    upto = np.searchsorted(sorted_scores, scores[positives], side="right")
+    return positives, negatives, below, upto
+
+
+def _weighted_auc(
+    weights: np.ndarray, positives: np.ndarray, negatives: np.ndarray, below: np.ndarray, upto: np.ndarray
+) -> np.ndarray:
+    """Each resample's Mann-Whitney AUC, P(a positive scores above a negative) + half the ties, in whole numbers:
+    a positive drawn w times wins w x (the drawn negatives below it + those at most as high) / 2."""
+    on_positives = weights[:, positives]
+    drawn_negatives = np.zeros((weights.shape[0], negatives.size + 1), dtype=np.int64)
+    np.cumsum(weights[:, negatives], axis=1, out=drawn_negatives[:, 1:])  # drawn negatives among the j lowest
+    twice_wins = (on_positives * (drawn_negatives[:, below] + drawn_negatives[:, upto])).sum(axis=1)
+    pairs = on_positives.sum(axis=1) * drawn_negatives[:, -1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(pairs > 0, wins / pairs, np.nan)
+        return np.where(pairs > 0, twice_wins / (2.0 * pairs), np.nan)
 
 
 def format_metrics(metrics: dict) -> str:
