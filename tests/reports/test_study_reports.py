@@ -289,7 +289,7 @@ def test_cross_validation_report(tmp_path, name, refit, protocol):
     )
     ci = {"accuracy": [0.7, 0.9], "sensitivity": None}
     assert crossval.format_mean_std({"accuracy": 0.8, "sensitivity": 0.5}, {"accuracy": 0.1}, ci=ci) == (
-        "accuracy 0.8000 ± 0.1000 [0.700, 0.900] | sensitivity 0.5000 ± n/a n/a"
+        "accuracy 0.8000 ± 0.1000 [0.700, 0.900] | sensitivity 0.5000 ± n/a"  # one fold: no spread, no interval
     )
 
 

@@ -84,13 +84,13 @@ def format_mean_std(
     ci: dict[str, Any] | None = None,
 ) -> str:
     """``accuracy 0.8296 ± 0.0457 [0.773, 0.886] | macro F1 ...``: one line for logs and the report, with each
-    mean's 95 % interval where ``ci`` (:func:`cv_intervals`) is given; the sensitivity names its class
+    mean's 95 % interval where ``ci`` (:func:`cv_intervals`) has one; the sensitivity names its class
     (``positive``), so that nobody reads the other class's rate."""
     parts = []
     for key in CV_METRICS:
         if key in mean:
             spread = fixed_decimals(std.get(key), digits)
-            interval = f" {format_interval(ci.get(key))}" if ci is not None else ""
+            interval = f" {format_interval(ci[key])}" if ci is not None and ci.get(key) is not None else ""
             parts.append(f"{metric_label(key, positive)} {fixed_decimals(mean[key], digits)} ± {spread}{interval}")
     return " | ".join(parts)
 
