@@ -364,7 +364,7 @@ def fold_accuracies(records: list[dict], tta: bool) -> dict[tuple[int, int], flo
 
 def corrected_se(values: np.ndarray, n_test: float, n_train: float) -> float:
     """Nadeau & Bengio's corrected standard error (the package's), NaN below 2 values for the table."""
-    from resnexus.engine.crossval import corrected_standard_error
+    from resnexus.reports.intervals import corrected_standard_error
 
     se = corrected_standard_error(list(values), n_test, n_train)
     return float("nan") if se is None else se

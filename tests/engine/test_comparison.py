@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.stats import t as t_dist
 
 from resnexus.engine import TrainConfig, load_checkpoint, model_from_checkpoint
 from resnexus.engine.comparison import COLUMNS, FOLD_COLUMNS, compare
@@ -51,10 +52,18 @@ def result(data, tmp_path_factory):
 
 
 def _binary(columns) -> list[str]:
-    """The CSV's columns for two classes: the positive class, its sensitivity and specificity after the ROC-AUC."""
+    """The CSV's columns for two classes: the positive class, its sensitivity and specificity after the ROC-AUC;
+    each metric (and the paired difference) followed by its 95 % interval's two ends."""
     keys = [key for key, _ in columns]
     at = keys.index("roc_auc") + 1
-    return [*keys[:at], "positive_class", "sensitivity", "specificity", *keys[at:]]
+    keys = [*keys[:at], "positive_class", "sensitivity", "specificity", *keys[at:]]
+    with_ci = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity", "accuracy_diff")
+    return [name for key in keys for name in ([key, f"{key}_ci_low", f"{key}_ci_high"] if key in with_ci else [key])]
+
+
+def _value(cell: str) -> float:
+    """The number of a Markdown cell, without its interval: ``0.7500 [0.409, 0.928]`` -> 0.75."""
+    return float(cell.split(" [")[0])
 
 
 def _markdown_table(text: str) -> list[dict[str, str]]:
@@ -119,7 +128,10 @@ def test_csv_and_markdown_hold_the_same_numbers(result):
         assert c["positive_class"] == "dark"
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity"):
             assert float(c[key]) == row[key]  # CSV: full precision
-            assert float(m[headers[key]]) == pytest.approx(float(c[key]), abs=5e-5)
+            assert _value(m[headers[key]]) == pytest.approx(float(c[key]), abs=5e-5)
+            low, high = row[f"{key}_ci"]  # the run's metrics.json interval, in both files
+            assert [float(c[f"{key}_ci_low"]), float(c[f"{key}_ci_high"])] == [low, high]
+            assert m[headers[key]].endswith(f" [{low:.3f}, {high:.3f}]")
         for key in ("params", "macs", "image_size", "best_epoch"):
             assert int(c[key]) == row[key] == int(m[headers[key]].replace(",", ""))
         for key in ("train_seconds", "train_images_per_second", "inference_images_per_second"):
@@ -356,7 +368,15 @@ def test_cv_row_is_the_mean_with_corrected_se_and_the_paired_difference(cv_resul
     md_rows = _markdown_table(res.markdown.read_text())
     headers = dict(FOLD_COLUMNS)
     assert md_rows[1][headers["fold_runs"]] == "4"
-    assert float(md_rows[1][headers["accuracy_diff"]]) == pytest.approx(second["accuracy_diff"], abs=5e-5)
+    assert _value(md_rows[1][headers["accuracy_diff"]]) == pytest.approx(second["accuracy_diff"], abs=5e-5)
+    # 95 % intervals over the fold runs: corrected resampled t, mean ± t_(n-1) * the corrected SE, within [0, 1]
+    half = t_dist.ppf(0.975, 3) * se(acc[MODELS[0]])
+    expected = [max(first["accuracy"] - half, 0.0), min(first["accuracy"] + half, 1.0)]
+    assert list(first["accuracy_ci"]) == pytest.approx(expected, abs=1e-12)
+    assert [float(summary[0]["accuracy_ci_low"]), float(summary[0]["accuracy_ci_high"])] == list(first["accuracy_ci"])
+    diff_half = t_dist.ppf(0.975, 3) * se(diffs)
+    expected = np.clip([diffs.mean() - diff_half, diffs.mean() + diff_half], -1.0, 1.0)
+    assert list(second["accuracy_diff_ci"]) == pytest.approx(expected.tolist())
     assert float(md_rows[0][headers["accuracy_se"]]) == pytest.approx(first["accuracy_se"], abs=5e-5)
     text = res.markdown.read_text()
     assert "2 x 2 stratified folds grouped by `patient` (fold seeds 0-1) of 24 images in 12 groups" in text

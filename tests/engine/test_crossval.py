@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.stats import t as t_dist
 
 from resnexus.cli import main
 from resnexus.engine import TrainConfig, evaluate, load_checkpoint, model_from_checkpoint, predict
@@ -124,6 +125,16 @@ def test_mean_and_std_are_numpys_over_the_folds(cv):
         assert record["mean"]["roc_auc"] == pytest.approx(np.mean(aucs))
     pooled = np.sum([f["confusion_matrix"] for f in record["folds"]], axis=0)
     assert pooled.tolist() == record["pooled_confusion_matrix"] and pooled.sum() == 2 * sum(PHOTOS)
+    # the mean's 95 % interval, corrected resampled t: mean ± t_(k-1) sqrt((1/k + n_test/n_train) s²), within [0, 1]
+    acc = np.array([f["accuracy"] for f in record["folds"]])
+    n_test = np.mean([f["n_test"] for f in record["folds"]])
+    n_train = np.mean([f["n_train"] + f["n_val"] for f in record["folds"]])
+    half = t_dist.ppf(0.975, FOLDS - 1) * np.sqrt((1 / FOLDS + n_test / n_train) * acc.var(ddof=1))
+    assert record["ci"]["accuracy"] == [
+        pytest.approx(max(acc.mean() - half, 0.0)),
+        pytest.approx(min(acc.mean() + half, 1.0)),
+    ]
+    assert record["folds"][0]["accuracy_ci"] is not None  # each fold's own (Wilson) interval, from its metrics.json
 
 
 def test_report_shows_folds_and_mean_std(cv):
@@ -260,7 +271,8 @@ def test_refit_model_is_trained_on_every_image(cv):
 def test_cv_report_says_what_the_estimate_is_and_which_model_to_deploy(cv):
     result = cv[3]
     report = result.report.read_text(encoding="utf-8")
-    assert f"**Cross-validated estimate of this recipe (mean ± std over {FOLDS} folds):**" in report
+    estimate = f"**Cross-validated estimate of this recipe (mean ± std over {FOLDS} folds, [95 % confidence interval"
+    assert estimate in report and "**95 % CI of the mean**" in report and "Nadeau and Bengio" in report
     assert "**The deployable model is the refit model, `refit/checkpoints/best.pt`**" in report
     assert f"trained on all {2 * sum(PHOTOS)} images, none held back" in report
     assert "[refit/report.md](refit/report.md)" in report and "did not finish" not in report

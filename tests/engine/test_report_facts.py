@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnexus.engine import TrainConfig, train
+from resnexus.engine import TrainConfig, evaluate, train
 from resnexus.engine.comparison import compare
 from resnexus.engine.crossval import cross_validate, report_markdown
 from tests.engine.test_comparison import _patients_folder
@@ -136,6 +136,11 @@ def test_evaluate_uses_the_runs_positive_class_unless_told_and_names_it(tmp_path
     out = capsys.readouterr().out
     assert "positive class: bright (the run's choice: set with --positive-class when it was trained)" in out
     assert "(bright)" in out.splitlines()[-1]
+    # each figure with its 95 % interval, the method said once on the line before
+    metrics = evaluate(run, data)
+    low, high = metrics["accuracy_ci"]
+    assert f"accuracy {metrics['accuracy']:.3f} [{low:.2f}, {high:.2f}] | " in out.splitlines()[-1]
+    assert out.splitlines()[-2] == f"{metrics['ci_method']} (in brackets below)"
     assert main(["evaluate", "--checkpoint", str(run), "--data", str(data), "--positive-class", "dark"]) == 0
     assert "positive class: dark (set with --positive-class)" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(run), "--data", str(data), "--positive-class", "Dark"]) == 2

@@ -12,6 +12,14 @@ from resnexus.engine.crossval import aggregate, format_mean_std
 from resnexus.reports import classification_metrics, format_metrics, write_report
 from resnexus.reports.tables import MISSING
 
+# the metric keys classification_metrics had before the intervals were added beside them
+PLAIN_CLASS_KEYS = ("precision", "recall", "f1", "support")
+
+
+def plain(per_class: dict) -> dict:
+    """A class's entry without its ``*_ci`` intervals (tested in test_metric_intervals)."""
+    return {key: per_class[key] for key in PLAIN_CLASS_KEYS}
+
 
 def one_hot_probs(pred: list[int], k: int, hi: float = 0.8) -> np.ndarray:
     """Probabilities whose argmax is ``pred``: ``hi`` on the predicted class, the rest shared."""
@@ -54,8 +62,8 @@ def test_binary_hand_computed():
     f1_0 = 2 * prec0 * rec0 / (prec0 + rec0)  # 8/11
     assert f1_1 == pytest.approx(2 / 3) and f1_0 == pytest.approx(8 / 11)  # the hand numbers
     pc = m["per_class"]
-    assert pc["malignant"] == pytest.approx({"precision": prec1, "recall": rec1, "f1": f1_1, "support": 4})
-    assert pc["benign"] == pytest.approx({"precision": prec0, "recall": rec0, "f1": f1_0, "support": 6})
+    assert plain(pc["malignant"]) == pytest.approx({"precision": prec1, "recall": rec1, "f1": f1_1, "support": 4})
+    assert plain(pc["benign"]) == pytest.approx({"precision": prec0, "recall": rec0, "f1": f1_0, "support": 6})
     assert m["macro_f1"] == pytest.approx(23 / 33)
     assert m["macro_precision"] == pytest.approx((prec0 + prec1) / 2)
     assert m["macro_recall"] == pytest.approx((rec0 + rec1) / 2)
@@ -85,8 +93,17 @@ def test_binary_single_class_gives_none_auc_without_warnings():
     assert m["accuracy"] == pytest.approx(0.75)
     assert m["specificity"] == pytest.approx(0.75)
     assert m["sensitivity"] is None  # no positives: the recall of "pos" is 0/0, undefined
-    assert m["per_class"]["pos"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert m["per_class"]["pos"] == {
+        "precision": 0.0,
+        "precision_ci": [0.0, pytest.approx(0.7935, abs=1e-4)],  # Wilson, 0 of the 1 image predicted "pos"
+        "recall": None,
+        "recall_ci": None,
+        "f1": None,
+        "f1_ci": None,
+        "support": 0,
+    }
     assert m["absent_classes"] == ["pos"]
+    assert m["sensitivity_ci"] is None and m["roc_auc_ci"] is None  # None where the metric is None
 
 
 # ------------------------------------------------------------------------------- three classes
@@ -108,7 +125,7 @@ def test_three_class_hand_computed():
     f1 = {"cat": 2 / 3, "dog": 4 / 5, "fox": 6 / 7}
     support = {"cat": 3, "dog": 2, "fox": 4}
     for c in TRI_NAMES:
-        assert m["per_class"][c] == pytest.approx(
+        assert plain(m["per_class"][c]) == pytest.approx(
             {"precision": precision[c], "recall": recall[c], "f1": f1[c], "support": support[c]}
         )
     assert m["macro_precision"] == pytest.approx(7 / 9)
@@ -145,7 +162,7 @@ def test_absent_class_no_crash_and_none_auc():
         m = classification_metrics(y, one_hot_probs(pred, 3), TRI_NAMES)
     assert m["roc_auc"] is None
     # predicted once, never true: precision 0/1 = 0 is defined, recall and F1 (0/0) are not
-    assert m["per_class"]["fox"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert plain(m["per_class"]["fox"]) == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
     assert m["absent_classes"] == ["fox"]
     assert m["confusion_matrix"] == [[1, 0, 1], [1, 2, 0], [0, 0, 0]]
     assert m["accuracy"] == pytest.approx(3 / 5)
@@ -164,8 +181,13 @@ ABSENT_PRED = [0, 0, 1, 1, 1, 0]
 def test_absent_class_is_undefined_and_left_out_of_the_macro_averages():
     m = classification_metrics(ABSENT_Y, one_hot_probs(ABSENT_PRED, 3), TRI_NAMES)
     assert m["absent_classes"] == ["fox"]
-    assert m["per_class"]["fox"] == {"precision": None, "recall": None, "f1": None, "support": 0}
-    assert m["per_class"]["cat"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+    assert m["per_class"]["fox"] == {
+        **dict.fromkeys(("precision", "precision_ci", "recall", "recall_ci", "f1", "f1_ci")),
+        "support": 0,
+    }
+    assert plain(m["per_class"]["cat"]) == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    )
     # over cat and dog only: averaging in a 0 for fox would give 4/9
     assert m["macro_f1"] == pytest.approx(2 / 3)
     assert m["macro_precision"] == pytest.approx(2 / 3)
@@ -182,14 +204,14 @@ def test_binary_with_one_class_absent_reports_its_rate_as_undefined():
     m = classification_metrics(y, one_hot_probs([1, 1, 1, 0], 2), ["neg", "pos"])
     assert m["specificity"] is None and m["sensitivity"] == pytest.approx(0.75)
     assert m["absent_classes"] == ["neg"]
-    assert m["per_class"]["neg"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert plain(m["per_class"]["neg"]) == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
     assert m["macro_f1"] == pytest.approx(6 / 7)  # F1 of "pos" alone: 2 * 1 * 0.75 / 1.75
     text = format_metrics(m)
     assert "specificity n/a" in text and "sensitivity 0.750 (pos)" in text and "absent: neg" in text
     # the other way round: the positive class absent
     m = classification_metrics([0, 0, 0], one_hot_probs([0, 0, 0], 2), ["neg", "pos"])
     assert m["sensitivity"] is None and m["specificity"] == 1.0 and m["absent_classes"] == ["pos"]
-    assert m["per_class"]["pos"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert plain(m["per_class"]["pos"]) == {"precision": None, "recall": None, "f1": None, "support": 0}
     assert "sensitivity n/a (pos)" in format_metrics(m)
 
 
@@ -205,7 +227,7 @@ def test_report_names_the_absent_class_and_shows_its_metrics_as_missing(tmp_path
     text = text.read_text(encoding="utf-8")
     lines = text.splitlines()
     assert "| fox | n/a | n/a | n/a | 0 |" in lines
-    assert "| macro F1 | 0.6667 |" in lines
+    assert any(line.startswith("| macro F1 | 0.6667 | [") for line in lines)
     note = next(line for line in lines if line.startswith("Absent from the evaluated data"))
     assert "fox" in note and "2 class(es) present" in note and MISSING in note
 
@@ -219,7 +241,7 @@ def test_report_names_the_absent_class_and_shows_its_metrics_as_missing(tmp_path
         probs=one_hot_probs([1, 1, 1, 0], 2),
         class_names=["neg", "pos"],
     ).read_text(encoding="utf-8")
-    assert "| specificity | n/a |" in text.splitlines()
+    assert "| specificity | n/a | n/a |" in text.splitlines()
 
 
 def test_cross_validation_mean_skips_a_fold_where_a_rate_is_undefined():

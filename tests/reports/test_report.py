@@ -50,16 +50,20 @@ def test_report_numbers_and_tables(binary_run):
     _, _, text = binary_run
     assert text.startswith("# Toy binary run\n")
     # headline metrics (hand-computed: see test_metrics)
-    assert table_row(text, "samples", "10")
-    assert table_row(text, "accuracy", "0.7000")
-    assert table_row(text, "balanced accuracy", "0.7083")  # 17/24
-    assert table_row(text, "macro F1", "0.6970")  # 23/33
-    assert table_row(text, "ROC-AUC", "0.8750")  # 21/24
-    assert table_row(text, "sensitivity (positive class: malignant)", "0.7500")
-    assert table_row(text, "specificity", "0.6667")
-    # per-class rows: class, precision, recall, F1, support
-    assert table_row(text, "benign", "0.8000", "0.6667", "0.7273", "6")
-    assert table_row(text, "malignant", "0.6000", "0.7500", "0.6667", "4")
+    # headline metrics with their 95 % intervals: Wilson by hand (7 of 10: 0.6445 ± 0.2477), the bootstrap's as
+    # the seeded resamples give them
+    assert table_row(text, "samples", "10", "")
+    assert table_row(text, "accuracy", "0.7000", "[0.397, 0.892]")
+    assert table_row(text, "balanced accuracy", "0.7083", "[0.375, 1.000]")  # 17/24
+    assert table_row(text, "macro F1", "0.6970", "[0.375, 1.000]")  # 23/33
+    assert table_row(text, "ROC-AUC", "0.8750", "[0.500, 1.000]")  # 21/24
+    assert table_row(text, "sensitivity (positive class: malignant)", "0.7500", "[0.301, 0.954]")  # 3 of 4
+    assert table_row(text, "specificity", "0.6667", "[0.300, 0.903]")  # 4 of 6
+    assert "95 % confidence intervals: Wilson score intervals for proportions" in text
+    assert "percentile bootstrap of the evaluated images (1000 resamples, seed 0)" in text
+    # per-class rows: class, precision, recall, F1 (each with its interval), support
+    assert table_row(text, "benign", "0.8000 [0.376, 0.964]", "0.6667 [0.300, 0.903]", "0.7273 [0.286, 1.000]", "6")
+    assert table_row(text, "malignant", "0.6000 [0.231, 0.882]", "0.7500 [0.301, 0.954]", "0.6667 [0.222, 1.000]", "4")
     # confusion matrix as Markdown
     assert table_row(text, "true \\ predicted", "benign", "malignant")
     assert table_row(text, "**benign**", "4", "2")
@@ -92,13 +96,15 @@ def test_report_multiclass_absent_class_no_history(tmp_path):
     assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text) == ["plots/confusion_matrix.png"]
     assert not (tmp_path / "plots" / "roc.png").exists()
     assert not (tmp_path / "plots" / "history.png").exists()
-    assert table_row(text, "ROC-AUC", "n/a")
-    assert table_row(text, "accuracy", "0.7500")
-    assert table_row(text, "cat", "1.0000", "0.7500", "0.8571", "4")
-    # absent: dog was predicted once (precision 0 is defined), fox never; recall and F1 are 0/0
-    assert table_row(text, "dog", "0.0000", "n/a", "n/a", "0")
+    assert table_row(text, "ROC-AUC", "n/a", "n/a")
+    assert table_row(text, "accuracy", "0.7500", "[0.301, 0.954]")
+    assert table_row(text, "cat", "1.0000 [0.439, 1.000]", "0.7500 [0.301, 0.954]", "0.8571 [0.400, 1.000]", "4")
+    # absent: dog was predicted once (precision 0 is defined, of 1 image), fox never; recall and F1 are 0/0
+    assert table_row(text, "dog", "0.0000 [0.000, 0.793]", "n/a", "n/a", "0")
     assert table_row(text, "fox", "n/a", "n/a", "n/a", "0")
     assert "Absent from the evaluated data (no images): dog, fox." in text
     assert table_row(text, "**cat**", "3", "1", "0")
     assert "Run details" not in text
-    assert "sensitivity" not in text
+    assert (
+        "sensitivity (positive class" not in text and "| specificity" not in text
+    )  # no row (the method note names them)

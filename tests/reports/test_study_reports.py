@@ -2,7 +2,8 @@
 
 Built from fixed rows and records (no training; the machine facts given as a CPU's) and compared with the files in
 ``data/study_reports/``, which were captured from the code before these reports moved to reports/.
-Regenerate them only for an intended change: ``RESNEXUS_WRITE_EXPECTED=1 pytest tests/reports/test_study_reports.py``.
+Regenerate them only for an intended change (last: the 95 % intervals beside the metrics):
+``RESNEXUS_WRITE_EXPECTED=1 pytest tests/reports/test_study_reports.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import resnexus.engine.comparison as comparison
 import resnexus.engine.crossval as crossval
 from resnexus.data import AugmentConfig
 from resnexus.engine.config import TrainConfig, config_warnings
-from resnexus.reports.comparison import ComparisonFacts, comparison_markdown, with_binary_columns
-from resnexus.reports.tables import write_csv
+from resnexus.reports.comparison import ComparisonFacts, comparison_markdown, with_binary_columns, write_comparison_csv
+from resnexus.reports.crossval import CV_CI_METHOD, cv_intervals
 
 EXPECTED = Path(__file__).parent / "data" / "study_reports"
 
@@ -91,7 +92,7 @@ def _comparison_files(tmp_path: Path, rows, columns, recipe, **facts) -> tuple[s
         **facts,
     )
     markdown = comparison_markdown(rows, columns, facts)
-    csv_path = write_csv(rows, tmp_path / "comparison.csv", tuple(k for k, _ in columns))
+    csv_path = write_comparison_csv(rows, tmp_path / "comparison.csv", columns)
     return markdown, csv_path.read_bytes().decode("utf-8")
 
 
@@ -102,7 +103,17 @@ def _binary_columns(columns):
 def test_comparison_of_one_split_with_a_keras_model_and_a_failure(tmp_path):
     columns = _binary_columns(comparison.COLUMNS)
     rows = [
-        _row("resnet20_cifar", positive_class="Monkeypox", sensitivity=0.75, specificity=0.875, warnings=["w|one"]),
+        _row(
+            "resnet20_cifar",
+            positive_class="Monkeypox",
+            sensitivity=0.75,
+            specificity=0.875,
+            warnings=["w|one"],
+            accuracy_ci=[0.5699, 0.9341],
+            roc_auc_ci=[0.71, 1.0],
+            sensitivity_ci=[0.4093, 0.9285],
+            specificity_ci=None,
+        ),
         _row(
             "keras:lenet",
             positive_class="Monkeypox",
@@ -134,8 +145,17 @@ def test_comparison_of_one_split_with_a_keras_model_and_a_failure(tmp_path):
 def test_comparison_on_fold_runs_side_by_side(tmp_path):
     fold = dict(accuracy_se=0.0123, fold_runs=4, best_epoch=None)
     rows = [
-        _row("resnet20_cifar", **fold, accuracy_diff=None, accuracy_diff_se=None),
-        _row("lenet", **fold, accuracy=0.75, accuracy_diff=-0.0625, accuracy_diff_se=0.031, image_size=28),
+        _row("resnet20_cifar", **fold, accuracy_diff=None, accuracy_diff_se=None, accuracy_ci=(0.7734, 0.8516)),
+        _row(
+            "lenet",
+            **fold,
+            accuracy=0.75,
+            accuracy_diff=-0.0625,
+            accuracy_diff_se=0.031,
+            accuracy_diff_ci=(-0.1612, 0.0362),
+            image_size=28,
+            macro_f1_ci=(0.6, 0.9),
+        ),
         _row("resnet56_cifar", **fold, accuracy=0.75, accuracy_diff=0.0, accuracy_diff_se=0.02, macs=400_000),
     ]
     markdown, csv_text = _comparison_files(
@@ -219,6 +239,7 @@ def _cv_record(refit: dict, **protocol) -> dict:
             "image_size": 32,
             "batch_size": 16,
             "std": "sample standard deviation over folds (ddof=1)",
+            "ci": CV_CI_METHOD,
             "positive_class": "Monkeypox",
             "positive_class_reason": "named like a finding",
             "warnings": ["warm-up epochs 12 >= epochs 10"],
@@ -227,6 +248,7 @@ def _cv_record(refit: dict, **protocol) -> dict:
         "folds": folds,
         "mean": mean,
         "std": std,
+        "ci": cv_intervals(folds),
         "n_folds_with_value": counts,
         "pooled_confusion_matrix": [[18, 6], [3, 21]],
         "refit": refit,
@@ -265,3 +287,15 @@ def test_cross_validation_report(tmp_path, name, refit, protocol):
     assert crossval.format_mean_std({"accuracy": 0.8, "sensitivity": 0.5}, {"accuracy": None}, positive="P") == (
         "accuracy 0.8000 ± n/a | sensitivity (P) 0.5000 ± n/a"
     )
+    ci = {"accuracy": [0.7, 0.9], "sensitivity": None}
+    assert crossval.format_mean_std({"accuracy": 0.8, "sensitivity": 0.5}, {"accuracy": 0.1}, ci=ci) == (
+        "accuracy 0.8000 ± 0.1000 [0.700, 0.900] | sensitivity 0.5000 ± n/a"  # one fold: no spread, no interval
+    )
+
+
+def test_a_record_without_intervals_still_reads(tmp_path):
+    """cv_metrics.json of a run made before the intervals: the report leaves them out instead of failing."""
+    record = _cv_record({"status": "skipped", "images": 48})
+    del record["ci"]
+    report, _ = _cv_files(tmp_path, record)
+    assert "95 %" not in report and "**mean ± std**" in report

@@ -52,6 +52,8 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"sensitivity / specificity: {positive}")
     for warning in metrics.get("warnings") or []:
         print(f"warning: {warning}")
+    if metrics.get("ci_method"):
+        print(f"{metrics['ci_method']} (in brackets below)")
     skipped = f" ({len(metrics['skipped'])} unreadable skipped)" if metrics.get("skipped") else ""
     print(f"{metrics['n']} images{skipped}: {format_metrics(metrics)}")  # last: the line a script reads
     return 0

@@ -48,7 +48,7 @@ def measure(config: TrainConfig, splits: dict[str, Samples], peak_rss: bool) -> 
         torch.cuda.reset_peak_memory_stats()
     result = train(config, splits=splits)
     speeds = [h["images_per_second"] for h in result.history if h.get("images_per_second")]
-    row: dict[str, Any] = {key: result.metrics.get(key) for key in METRICS}
+    row: dict[str, Any] = {k: result.metrics.get(k) for key in METRICS for k in (key, f"{key}_ci")}
     row.update(
         status="ok",
         error=None,

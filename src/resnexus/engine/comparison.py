@@ -85,7 +85,9 @@ from ..reports.comparison import (
     best_row,
     comparison_markdown,
     with_binary_columns,
+    write_comparison_csv,
 )
+from ..reports.intervals import corrected_standard_error, corrected_t_interval
 from ..reports.tables import write_csv
 from .compare_runs import failure_row, train_runs
 from .config import (
@@ -100,7 +102,7 @@ from .config import (
     precision_name,
     warn_about_config,
 )
-from .crossval import corrected_standard_error, fold_splits, scan_checked, splits_record
+from .crossval import fold_splits, scan_checked, splits_record
 from .finished import finished_outcome, record_finished
 from .interrupt import StopRequested, TrainingInterrupted, raise_on_stop_signal
 from .rundir import RunDir
@@ -193,7 +195,7 @@ def compare(
         protocol = f"split (same images for every model): {describe_splits(first)}; metrics on the {evaluated} split"
 
     out = plan.out
-    csv_path = write_csv(rows, out / "comparison.csv", tuple(k for k, _ in plan.columns))
+    csv_path = write_comparison_csv(rows, out / "comparison.csv", plan.columns)
     plot_path = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png")
     facts = _facts(plan, protocol, plot_path.name, isolate, jobs)
     md_path = write_text_atomic(out / "comparison.md", comparison_markdown(rows, plan.columns, facts))
@@ -453,10 +455,11 @@ def _summarise_fold_runs(measured: dict[str, dict[str, Any]], runs: dict[str, di
         return failure_row(f"fold run {tag}: {m['error']}") | {"fold_runs": len(measured) - len(failed)}
     rows = list(measured.values())
     row: dict[str, Any] = {"status": "ok", "error": None, "fold_runs": len(rows)}
+    n_test, n_train = _mean_sizes(runs)
     for key in METRICS:
         values = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
         row[key] = statistics.fmean(values) if values else None
-    n_test, n_train = _mean_sizes(runs)
+        row[f"{key}_ci"] = corrected_t_interval(values, n_test, n_train, bounds=(0.0, 1.0)) if values else None
     row["accuracy_se"] = corrected_standard_error([r["accuracy"] for r in rows], n_test, n_train)
     for key in ("train_seconds", "train_images_per_second", "inference_images_per_second"):
         values = [r[key] for r in rows if r.get(key) is not None]
@@ -491,6 +494,7 @@ def _add_paired_differences(
         diffs = [accuracy[(row["model"], r, f)] - accuracy[(m, r, f)] for (m, r, f) in keys]
         row["accuracy_diff"] = statistics.fmean(diffs)
         row["accuracy_diff_se"] = corrected_standard_error(diffs, n_test, n_train)
+        row["accuracy_diff_ci"] = corrected_t_interval(diffs, n_test, n_train, bounds=(-1.0, 1.0))
 
 
 def _fold_protocol(runs: dict[str, dict[str, Samples]], folds: int, repeats: int, recipe: TrainConfig) -> str:

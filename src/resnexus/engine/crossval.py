@@ -18,8 +18,9 @@ models can then be used as an ensemble (``--ensemble``). Outputs under ``config.
     refit/              the deployable model, an ordinary run on every image: refit/checkpoints/best.pt
                         is what evaluate / predict / explain / export use given this directory
     cv_splits.json      the files of train / val / test of every fold (relative to the data root)
-    cv_metrics.json     the protocol, per-fold test metrics, mean and std (sample std, ddof=1), the refit
-    cv_report.md        the estimate (mean +- std), which model to deploy, a per-fold table, the protocol
+    cv_metrics.json     the protocol, per-fold test metrics, mean, std (sample std, ddof=1) and the 95 %
+                        interval of each mean (corrected resampled t, reports/crossval.py), the refit
+    cv_report.md        the estimate (mean +- std [interval]), which model to deploy, a per-fold table, the protocol
     cv_run.json         the folds and whether to refit, for resuming; each finished run records itself in
                         its directory (cv_run_finished.json)
 
@@ -39,7 +40,7 @@ import logging
 import math
 import shlex
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ import numpy as np
 from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
 from ..files import write_text_atomic
 from ..reports import resolve_positive_class
-from ..reports.crossval import CV_METRICS, RunLinks, cv_report_markdown, format_mean_std
+from ..reports.crossval import CV_CI_METHOD, CV_METRICS, RunLinks, cv_intervals, cv_report_markdown, format_mean_std
 from . import distributed
 from .config import (
     MIN_VAL_FOR_SELECTION,
@@ -158,9 +159,8 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
             if main:  # the estimate is on disk before the refit ends (an interrupted refit loses nothing)
                 write_record(run_dir, record)
             positive = record["protocol"].get("positive_class")
-            log(
-                f"cross-validation ({folds} folds): {format_mean_std(record['mean'], record['std'], positive=positive)}"
-            )
+            estimate = format_mean_std(record["mean"], record["std"], positive=positive, ci=record["ci"])
+            log(f"cross-validation ({folds} folds): {estimate}")
     assert record is not None  # every fold run finished (a failure raised above)
     if refit_dir is not None:
         _record_refit(record, config, refit_dir, len(samples), outcomes[folds]["seconds"], started)
@@ -346,6 +346,7 @@ def _estimate_record(
         "image_size": config.image_size,
         "batch_size": config.batch_size,
         "std": "sample standard deviation over folds (ddof=1)",
+        "ci": CV_CI_METHOD,
         **positive,
         "warnings": config_warnings(config),
     }
@@ -354,6 +355,7 @@ def _estimate_record(
         "folds": fold_metrics,
         "mean": mean,
         "std": std,
+        "ci": cv_intervals(fold_metrics),
         "n_folds_with_value": counts,
         "pooled_confusion_matrix": np.sum([np.asarray(m["confusion_matrix"]) for m in fold_metrics], axis=0).tolist(),
         "refit": {"status": "training" if refit else "skipped", "images": len(samples)},
@@ -376,18 +378,6 @@ def aggregate(
         mean[key] = float(np.mean(values))
         std[key] = float(np.std(values, ddof=1)) if len(values) > 1 else None
     return mean, std, counts
-
-
-def corrected_standard_error(values: Sequence[float], n_test: float, n_train: float) -> float | None:
-    """Standard error of a mean over (repeated) K-fold runs, corrected as Nadeau & Bengio (2003) propose.
-
-    The fold runs share most of their training images, so their scores are correlated and the plain
-    s / sqrt(n) understates the uncertainty; the correction is sqrt((1/n + n_test/n_train) * s^2).
-    None with fewer than 2 values.
-    """
-    if len(values) < 2:
-        return None
-    return math.sqrt((1 / len(values) + n_test / n_train) * float(np.var(values, ddof=1)))
 
 
 # -- pieces ---------------------------------------------------------------------------------------

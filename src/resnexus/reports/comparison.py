@@ -1,8 +1,10 @@
 """The tables and the Markdown page of a model comparison (engine/comparison.py runs it).
 
-``comparison.csv`` and the table of ``comparison.md`` hold the same columns in the same order; the page
-adds the best model, the recipe every model shared and how each column was measured. Everything here is
-read from the rows and from :class:`ComparisonFacts`: nothing is trained or measured.
+``comparison.csv`` and the table of ``comparison.md`` hold the same columns in the same order, except that a
+metric's 95 % confidence interval (a row's ``<metric>_ci``) sits in the metric's cell of the table and in two
+columns of its own after it in the CSV (``<metric>_ci_low``, ``<metric>_ci_high``). The page adds the best
+model, the recipe every model shared and how each column was measured. Everything here is read from the rows
+and from :class:`ComparisonFacts`: nothing is trained or measured.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from .tables import fixed_decimals, markdown_cell, markdown_table
+from .intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, format_interval
+from .tables import fixed_decimals, markdown_cell, markdown_table, write_csv
 
 __all__ = [
     "BINARY_COLUMNS",
@@ -25,7 +29,9 @@ __all__ = [
     "ComparisonFacts",
     "best_row",
     "comparison_markdown",
+    "csv_columns",
     "with_binary_columns",
+    "write_comparison_csv",
 ]
 
 KERAS_PREFIX = "keras:"  # a model trained with Keras (engine/keras_fit.py), as the table names it
@@ -79,6 +85,8 @@ FOLD_RUN_COLUMNS = (
 )
 # the metrics of a row (sensitivity and specificity for two classes only)
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
+# estimates with a 95 % interval beside them (``<key>_ci`` in a row)
+_WITH_INTERVAL = (*METRICS, "accuracy_diff")
 # two classes: after the ROC-AUC, the rates of the positive class, which the CSV names in a column of its own
 BINARY_COLUMNS = (("positive_class", "Positive class"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"))
 
@@ -91,6 +99,29 @@ def with_binary_columns(
         return columns
     at = [key for key, _ in columns].index("roc_auc") + 1
     return (*columns[:at], *BINARY_COLUMNS, *columns[at:])
+
+
+def csv_columns(columns: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """The CSV's column names: the table's, each metric (and the paired difference) followed by its
+    interval's ``_ci_low`` and ``_ci_high``."""
+    names: list[str] = []
+    for key, _ in columns:
+        names.append(key)
+        if key in _WITH_INTERVAL:
+            names += [f"{key}_ci_low", f"{key}_ci_high"]
+    return tuple(names)
+
+
+def write_comparison_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[tuple[str, str]]) -> Path:
+    """comparison.csv: the rows in :func:`csv_columns`, each ``<metric>_ci`` split into its two ends."""
+    flat = []
+    for row in rows:
+        ends = {}
+        for key in _WITH_INTERVAL:
+            ci = row.get(f"{key}_ci")
+            ends[f"{key}_ci_low"], ends[f"{key}_ci_high"] = (None, None) if ci is None else ci
+        flat.append({**row, **ends})
+    return write_csv(flat, path, csv_columns(columns))
 
 
 def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -119,13 +150,16 @@ class ComparisonFacts:
     positive: tuple[str, str] | None = None  # two classes: the positive class and how it was chosen
 
 
-def _cell(key: str, value: Any) -> str:
-    """Markdown cell: metrics to 4 decimals, counts exact and times, speeds, memory to 0.1, with thousands
-    separators; a missing value gets the reports' one mark."""
+def _cell(key: str, row: dict[str, Any]) -> str:
+    """Markdown cell: metrics to 4 decimals with their 95 % interval (where the row has one), counts exact and
+    times, speeds, memory to 0.1, with thousands separators; a missing value gets the reports' one mark."""
+    value = row.get(key)
+    ci = row.get(f"{key}_ci")
+    interval = f" {format_interval(ci)}" if key in _WITH_INTERVAL and ci is not None and value is not None else ""
     if key in METRICS or key in ("accuracy_se", "accuracy_diff_se"):
-        return fixed_decimals(value)
+        return fixed_decimals(value) + interval
     if key == "accuracy_diff":
-        return markdown_cell(None) if value is None else f"{value:+.4f}"
+        return markdown_cell(None) if value is None else f"{value:+.4f}{interval}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     if isinstance(value, float) and math.isfinite(value):
@@ -142,6 +176,8 @@ def comparison_markdown(
 ) -> str:
     """comparison.md: every sentence from the runs' recipe, splits and rows."""
     lines = ["# Model comparison", "", _table(rows, columns, facts.positive)]
+    if any(r.get(f"{key}_ci") is not None for r in rows for key in _WITH_INTERVAL):
+        lines += ["", _interval_line(columns)]
     warnings = [f"{r['model']}: {w}" for r in rows for w in r.get("warnings") or []] + list(facts.recipe_warnings)
     lines += [f"\n**Warning:** {markdown_cell(w)}." for w in warnings]
     lines += ["", *_verdict_lines(rows)]
@@ -168,8 +204,22 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], p
         keys = [(k, f"{h} ({positive[0]})" if k == "sensitivity" else h) for k, h in keys]
     return markdown_table(
         [h for _, h in keys],
-        [[_cell(k, r.get(k)) for k, _ in keys] for r in rows],
+        [[_cell(k, r) for k, _ in keys] for r in rows],
         "".join("l" if k in ("model", "status", "error") else "r" for k, _ in keys),
+    )
+
+
+def _interval_line(columns: Sequence[tuple[str, str]]) -> str:
+    """How the intervals in brackets were computed: over the fold runs, or on each model's test images."""
+    if any(key == "fold_runs" for key, _ in columns):
+        return (
+            "95 % confidence intervals in brackets: Nadeau and Bengio's corrected resampled t over the fold runs, "
+            "mean ± t(n-1) · sqrt((1/n + n_test/n_train) · s²), for the means and the paired difference."
+        )
+    return (
+        "95 % confidence intervals in brackets, from each model's evaluated images: Wilson score intervals for "
+        f"the accuracy, sensitivity and specificity; a percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed "
+        f"{BOOTSTRAP_SEED}) for the balanced accuracy, macro F1 and ROC-AUC."
     )
 
 
@@ -185,8 +235,8 @@ def _verdict_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     ]
     if any(r.get("accuracy_diff_se") is not None for r in rows):
         lines.append(
-            "A paired difference smaller than about twice its SE is within what the splits' luck alone "
-            "produces: read such models as tied."
+            "A paired difference whose 95 % interval contains 0 (roughly: smaller than twice its SE) is within what "
+            "the splits' luck alone produces: read such models as tied."
         )
     return lines
 

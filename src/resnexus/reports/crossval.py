@@ -1,20 +1,33 @@
 """The report of a cross-validation run (``cv_report.md``; engine/crossval.py runs the folds).
 
-Read from the record that ``cv_metrics.json`` holds: the protocol, each fold's test metrics, their mean
-and standard deviation, the pooled confusion matrix and the refit model. Where the report links into
+Read from the record that ``cv_metrics.json`` holds: the protocol, each fold's test metrics, their mean,
+standard deviation and the 95 % interval of the mean (:func:`cv_intervals`), the pooled confusion matrix
+and the refit model. Where the report links into
 the run directory, :class:`RunLinks` says where (the engine's ``RunDir`` owns that layout).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .intervals import corrected_t_interval, format_interval
 from .tables import fixed_decimals, markdown_cell, markdown_table
 
-__all__ = ["CV_METRICS", "RunLinks", "cv_report_markdown", "format_mean_std", "metric_label"]
+__all__ = [
+    "CV_CI_METHOD",
+    "CV_METRICS",
+    "RunLinks",
+    "cv_intervals",
+    "cv_report_markdown",
+    "format_mean_std",
+    "metric_label",
+]
 
 # Headline metrics averaged over folds; sensitivity / specificity exist for two classes only.
 CV_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity")
@@ -26,6 +39,12 @@ _LABELS = {
     "sensitivity": "sensitivity",
     "specificity": "specificity",
 }
+CV_CI_METHOD = (
+    "95 % confidence interval of each mean: Nadeau and Bengio's corrected resampled t, "
+    "mean ± t(k-1) · sqrt((1/k + n_test/n_train) · s²) over the k folds with a value, n_test and n_train the folds' "
+    "mean test and training (train + validation) sizes; corrected because the folds share training images, "
+    "which makes their scores correlated and the plain t interval too narrow"
+)
 
 
 @dataclass(frozen=True)
@@ -43,16 +62,36 @@ def metric_label(key: str, positive: str | None) -> str:
     return f"{_LABELS[key]} ({positive})" if key == "sensitivity" and positive else _LABELS[key]
 
 
+def cv_intervals(fold_metrics: Sequence[dict[str, Any]], keys: Sequence[str] = CV_METRICS) -> dict[str, Any]:
+    """The 95 % interval of each metric's mean over the folds (:data:`CV_CI_METHOD`), as ``[low, high]``
+    within [0, 1], or None with fewer than 2 folds with a value; for the metrics some fold has."""
+    n_test = float(np.mean([m["n_test"] for m in fold_metrics]))
+    n_train = float(np.mean([m["n_train"] + m.get("n_val", 0) for m in fold_metrics]))
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [float(m[key]) for m in fold_metrics if m.get(key) is not None and math.isfinite(float(m[key]))]
+        if values:
+            ci = corrected_t_interval(values, n_test, n_train, bounds=(0.0, 1.0))
+            out[key] = None if ci is None else [ci[0], ci[1]]
+    return out
+
+
 def format_mean_std(
-    mean: dict[str, float], std: dict[str, float | None], digits: int = 4, positive: str | None = None
+    mean: dict[str, float],
+    std: dict[str, float | None],
+    digits: int = 4,
+    positive: str | None = None,
+    ci: dict[str, Any] | None = None,
 ) -> str:
-    """``accuracy 0.8296 ± 0.0457 | macro F1 ...``: one line for logs and the report; the
-    sensitivity names its class (``positive``), so that nobody reads the other class's rate."""
+    """``accuracy 0.8296 ± 0.0457 [0.773, 0.886] | macro F1 ...``: one line for logs and the report, with each
+    mean's 95 % interval where ``ci`` (:func:`cv_intervals`) has one; the sensitivity names its class
+    (``positive``), so that nobody reads the other class's rate."""
     parts = []
     for key in CV_METRICS:
         if key in mean:
             spread = fixed_decimals(std.get(key), digits)
-            parts.append(f"{metric_label(key, positive)} {fixed_decimals(mean[key], digits)} ± {spread}")
+            interval = f" {format_interval(ci[key])}" if ci is not None and ci.get(key) is not None else ""
+            parts.append(f"{metric_label(key, positive)} {fixed_decimals(mean[key], digits)} ± {spread}{interval}")
     return " | ".join(parts)
 
 
@@ -60,11 +99,13 @@ def cv_report_markdown(record: dict[str, Any], links: RunLinks) -> str:
     """cv_report.md: the estimate, which model to deploy, the protocol, the folds and the pooled confusion matrix."""
     protocol, mean, std = record["protocol"], record["mean"], record["std"]
     folds = protocol["folds"]
-    estimate = format_mean_std(mean, std, positive=protocol.get("positive_class"))
+    ci = record.get("ci")  # absent from the records of older versions
+    estimate = format_mean_std(mean, std, positive=protocol.get("positive_class"), ci=ci)
+    spread = f"mean ± std over {folds} folds" + (", [95 % confidence interval of the mean]" if ci is not None else "")
     md = [
         f"# {folds}-fold cross-validation: {protocol['model']} on {Path(protocol['data']).name}",
         "",
-        f"**Cross-validated estimate of this recipe (mean ± std over {folds} folds):** {estimate}",
+        f"**Cross-validated estimate of this recipe ({spread}):** {estimate}",
         "",
         *_warning_lines(record),
         "## Which model to use",
@@ -111,6 +152,7 @@ def _protocol_lines(record: dict[str, Any]) -> list[str]:
         + (f" from `{protocol['weights']}`" if protocol["weights"] else " trained from scratch")
         + f", {_epochs_text(protocol)}, image size {protocol['image_size']}, batch size {protocol['batch_size']}.",
         "- Std is the sample standard deviation over folds (ddof=1).",
+        *([f"- {CV_CI_METHOD}."] if record.get("ci") is not None else []),
         f"- Classes: {', '.join(f'{markdown_cell(n)} ({c})' for n, c in protocol['class_counts'].items())}.",
     ]
     if "sensitivity" in mean and positive:
@@ -142,6 +184,8 @@ def _fold_table(record: dict[str, Any], links: RunLinks) -> str:
     ]
     mean_std = [f"{fixed_decimals(mean[k])} ± {fixed_decimals(std[k])}" for k in keys]
     rows.append(["**mean ± std**", "", "", *mean_std, "", ""])
+    if record.get("ci") is not None:
+        rows.append(["**95 % CI of the mean**", "", "", *(format_interval(record["ci"].get(k)) for k in keys), "", ""])
     return markdown_table(header, rows, "lll" + "r" * (len(keys) + 1) + "l")
 
 

@@ -20,9 +20,17 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from .intervals import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_intervals,
+    format_interval,
+    wilson_interval,
+)
 from .tables import fixed_decimals
 
 __all__ = [
+    "CI_METHOD",
     "NEGATIVE_CLASS_WORDS",
     "binary_auc",
     "checked_inputs",
@@ -39,6 +47,13 @@ NEGATIVE_CLASS_WORDS = frozenset(
     | {"none", "no", "absent", "background", "clean", "ok", "good"}
 )
 _WORD = re.compile(r"[a-z0-9]+")
+# How the ``<metric>_ci`` intervals are computed, said once in every report that shows them.
+CI_METHOD = (
+    "95 % confidence intervals: Wilson score intervals for proportions (accuracy, sensitivity, "
+    "specificity, a class's precision and recall); a percentile bootstrap of the evaluated images "
+    f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) for balanced accuracy, the macro averages, "
+    "ROC-AUC and a class's F1"
+)
 
 
 def _reads_negative(name: str) -> bool:
@@ -153,6 +168,8 @@ def classification_metrics(
     probs: np.ndarray,
     class_names: Sequence[str],
     positive_class: str | None = None,
+    *,
+    intervals: bool = True,
 ) -> dict:
     """Headline, per-class and confusion-matrix metrics of argmax predictions.
 
@@ -169,6 +186,10 @@ def classification_metrics(
     disease-vs-others task (default: :func:`resolve_positive_class`; ``positive_class_reason`` says
     how it was chosen). ``warnings`` lists what makes the numbers misleading, e.g. a model that
     predicted one class for every image.
+
+    With ``intervals`` (the default), every metric has its 95 % confidence interval beside it,
+    ``<metric>_ci: [low, high]`` (None where the metric is None or the interval undefined): see
+    :data:`CI_METHOD` and reports/intervals.py.
     """
     y, p, names = checked_inputs(y_true, probs, class_names)
     positive, reason = resolve_positive_class(names, positive_class)
@@ -216,22 +237,129 @@ def classification_metrics(
         out["positive_class"] = names[positive]
         out["positive_class_reason"] = reason
     out["warnings"] = _degenerate_warnings(names, pred)
-    return out
+    return _with_intervals(out, y, p, pred, positive) if intervals else out
+
+
+def _as_list(ci: tuple[float, float] | None) -> list[float] | None:
+    return None if ci is None else [ci[0], ci[1]]
+
+
+def _with_intervals(out: dict, y: np.ndarray, p: np.ndarray, pred: np.ndarray, positive: int) -> dict:
+    """``out`` with ``<metric>_ci`` after each metric, in it and in each class's entry (see :data:`CI_METHOD`)."""
+    k = len(out["class_names"])
+    cm = np.asarray(out["confusion_matrix"])
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    # one set of resamples for all of them: the confusion-matrix metrics, then (where defined) the ROC-AUC
+    plans = None if out["roc_auc"] is None else _auc_plans(y, p, positive)
+
+    def statistic(weights: np.ndarray, y_: np.ndarray, pred_: np.ndarray) -> np.ndarray:
+        columns = _confusion_statistics(weights, y_, pred_, k)
+        if plans is None:
+            return columns
+        aucs = np.mean([_weighted_auc(weights, *plan) for plan in plans], axis=0)  # NaN where a class is missing
+        return np.column_stack([columns, aucs])
+
+    boot = bootstrap_intervals(statistic, (y, pred))
+    ci = {
+        "accuracy": wilson_interval(int(tp.sum()), out["n"]),
+        "balanced_accuracy": boot[0],
+        "macro_f1": boot[1],
+        "macro_precision": boot[2],
+        "macro_recall": boot[0],  # the mean recall over the classes present: the balanced accuracy
+        "roc_auc": None if plans is None else boot[-1],
+    }
+    if k == 2:  # a rate over the images of one class: None (like the rate) when the class is absent
+        ci["sensitivity"] = wilson_interval(int(tp[positive]), int(support[positive]))
+        ci["specificity"] = wilson_interval(int(tp[1 - positive]), int(support[1 - positive]))
+    per_class = {}
+    for i, (name, pc) in enumerate(out["per_class"].items()):
+        defined = {key: pc[key] is not None for key in ("precision", "recall", "f1")}
+        per_class[name] = {
+            "precision": pc["precision"],
+            "precision_ci": _as_list(wilson_interval(int(tp[i]), int(predicted[i]))) if defined["precision"] else None,
+            "recall": pc["recall"],
+            "recall_ci": _as_list(wilson_interval(int(tp[i]), int(support[i]))) if defined["recall"] else None,
+            "f1": pc["f1"],
+            "f1_ci": _as_list(boot[3 + i]) if defined["f1"] else None,
+            "support": pc["support"],
+        }
+    result: dict = {}
+    for key, value in out.items():
+        result[key] = per_class if key == "per_class" else value
+        if key in ci:
+            result[f"{key}_ci"] = _as_list(ci[key])
+    result["ci_method"] = CI_METHOD
+    return result
+
+
+def _confusion_statistics(weights: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Per resample (``weights`` row): balanced accuracy, macro F1, macro precision, then each class's F1, by
+    the conventions of :func:`classification_metrics` (averages over the classes present, NaN for an absent one)."""
+    codes = y * k + pred
+    # each resample's confusion matrix: the weights of the images in each cell, summed
+    cm = np.stack([weights[:, codes == c].sum(axis=1) for c in range(k * k)], axis=1).reshape(-1, k, k)
+    cm = cm.astype(np.float64)
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    present = support > 0  # every resample has a class present: its rows are images
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(present, tp / support, np.nan)
+        f1 = np.where(present, 2 * tp / (support + predicted), np.nan)
+        precision = np.where(present, np.where(predicted > 0, tp / predicted, 0.0), np.nan)
+    return np.column_stack([np.nanmean(recall, axis=1), np.nanmean(f1, axis=1), np.nanmean(precision, axis=1), f1])
+
+
+def _auc_plans(y: np.ndarray, p: np.ndarray, positive: int) -> list[tuple[np.ndarray, ...]]:
+    """:func:`_auc_plan` of each AUC that :func:`_roc_auc` averages: the positive class's, or every class's."""
+    columns = [positive] if p.shape[1] == 2 else list(range(p.shape[1]))
+    return [_auc_plan(y == c, p[:, c]) for c in columns]
+
+
+def _auc_plan(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What every resample's AUC of one class needs, computed once: the positives, the negatives in score
+    order, and for each positive how many negatives score below it (``below``) and at most as high (``upto``)."""
+    positives = np.flatnonzero(is_positive)
+    negatives = np.flatnonzero(~is_positive)
+    negatives = negatives[np.argsort(scores[negatives], kind="stable")]
+    sorted_scores = scores[negatives]
+    below = np.searchsorted(sorted_scores, scores[positives], side="left")
+    upto = np.searchsorted(sorted_scores, scores[positives], side="right")
+    return positives, negatives, below, upto
+
+
+def _weighted_auc(
+    weights: np.ndarray, positives: np.ndarray, negatives: np.ndarray, below: np.ndarray, upto: np.ndarray
+) -> np.ndarray:
+    """Each resample's Mann-Whitney AUC, P(a positive scores above a negative) + half the ties, in whole numbers:
+    a positive drawn w times wins w x (the drawn negatives below it + those at most as high) / 2."""
+    on_positives = weights[:, positives]
+    drawn_negatives = np.zeros((weights.shape[0], negatives.size + 1), dtype=np.int64)
+    np.cumsum(weights[:, negatives], axis=1, out=drawn_negatives[:, 1:])  # drawn negatives among the j lowest
+    twice_wins = (on_positives * (drawn_negatives[:, below] + drawn_negatives[:, upto])).sum(axis=1)
+    pairs = on_positives.sum(axis=1) * drawn_negatives[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pairs > 0, twice_wins / (2.0 * pairs), np.nan)
 
 
 def format_metrics(metrics: dict) -> str:
-    """One line for logs and the CLI: the headline numbers, three decimals each."""
+    """One line for logs and the CLI: the headline numbers, three decimals each, with their 95 % intervals
+    (two decimals) where the metrics have them."""
+
+    def part(label: str, key: str, after: str = "") -> str:
+        ci = metrics.get(f"{key}_ci")
+        return f"{label} {fixed_decimals(metrics.get(key), 3)}{after}" + (f" {format_interval(ci, 2)}" if ci else "")
+
     parts = [
-        f"accuracy {fixed_decimals(metrics.get('accuracy'), 3)}",
-        f"balanced {fixed_decimals(metrics.get('balanced_accuracy'), 3)}",
-        f"macro-F1 {fixed_decimals(metrics.get('macro_f1'), 3)}",
-        f"ROC-AUC {fixed_decimals(metrics.get('roc_auc'), 3)}",
+        part("accuracy", "accuracy"),
+        part("balanced", "balanced_accuracy"),
+        part("macro-F1", "macro_f1"),
+        part("ROC-AUC", "roc_auc"),
     ]
     pos = metrics.get("positive_class")
     if "sensitivity" in metrics:
-        parts.append(f"sensitivity {fixed_decimals(metrics['sensitivity'], 3)}" + (f" ({pos})" if pos else ""))
+        parts.append(part("sensitivity", "sensitivity", f" ({pos})" if pos else ""))
     if "specificity" in metrics:
-        parts.append(f"specificity {fixed_decimals(metrics['specificity'], 3)}")
+        parts.append(part("specificity", "specificity"))
     if metrics.get("absent_classes"):  # macro averages are over the other classes: say why
         parts.append("absent: " + ", ".join(metrics["absent_classes"]))
     return " | ".join(parts)

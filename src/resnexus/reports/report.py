@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import write_text_atomic
+from .intervals import format_interval
 from .metrics import classification_metrics, describe_positive_class
 from .plots import plot_confusion_matrix, plot_history, plot_roc
 from .tables import MISSING, fixed_decimals, markdown_cell, markdown_table
@@ -89,21 +90,27 @@ def _summary_lines(metrics: dict, names: list[str]) -> list[str]:
             "how well it fits them, **not an estimate** of its accuracy on new images.",
             "",
         ]
-    summary = [
-        ["samples", str(int(metrics.get("n", 0)))],
-        ["accuracy", fixed_decimals(metrics.get("accuracy"))],
-        ["balanced accuracy", fixed_decimals(metrics.get("balanced_accuracy"))],
-        ["macro F1", fixed_decimals(metrics.get("macro_f1"))],
-        ["macro precision", fixed_decimals(metrics.get("macro_precision"))],
-        ["macro recall", fixed_decimals(metrics.get("macro_recall"))],
-        ["ROC-AUC", fixed_decimals(metrics.get("roc_auc"))],
-    ]
-    if "sensitivity" in metrics:
-        pos = markdown_cell(metrics.get("positive_class", names[1] if len(names) > 1 else ""))
-        summary.append([f"sensitivity (positive class: {pos})", fixed_decimals(metrics["sensitivity"])])
-    if "specificity" in metrics:
-        summary.append(["specificity", fixed_decimals(metrics["specificity"])])
-    md += [markdown_table(["metric", "value"], summary, "lr"), ""]
+    pos = markdown_cell(metrics.get("positive_class", names[1] if len(names) > 1 else ""))
+    labels = {
+        "accuracy": "accuracy",
+        "balanced_accuracy": "balanced accuracy",
+        "macro_f1": "macro F1",
+        "macro_precision": "macro precision",
+        "macro_recall": "macro recall",
+        "roc_auc": "ROC-AUC",
+        "sensitivity": f"sensitivity (positive class: {pos})",
+        "specificity": "specificity",
+    }
+    intervals = "ci_method" in metrics  # metrics computed without intervals (or by an older version) have none
+    summary = [["samples", str(int(metrics.get("n", 0)))] + ([""] if intervals else [])]
+    for key, label in labels.items():
+        if key in metrics or key not in ("sensitivity", "specificity"):
+            ci = [format_interval(metrics.get(f"{key}_ci"))] if intervals else []
+            summary.append([label, fixed_decimals(metrics.get(key)), *ci])
+    header = ["metric", "value", "95 % CI"] if intervals else ["metric", "value"]
+    md += [markdown_table(header, summary, "lrr" if intervals else "lr"), ""]
+    if intervals:
+        md += [f"{markdown_cell(metrics['ci_method'])}.", ""]
     positive = describe_positive_class(metrics)
     if positive:
         md += [f"Sensitivity, specificity and the ROC curve: {markdown_cell(positive)}.", ""]
@@ -124,18 +131,16 @@ def _summary_lines(metrics: dict, names: list[str]) -> list[str]:
 
 def _per_class_lines(metrics: dict, names: list[str]) -> list[str]:
     per_class = metrics.get("per_class", {})
+
+    def cell(pc: dict, key: str) -> str:  # the value, and its interval where it has one
+        ci = pc.get(f"{key}_ci")
+        return fixed_decimals(pc.get(key)) + (f" {format_interval(ci)}" if ci is not None else "")
+
     rows = []
     for name in metrics.get("class_names", names):
         pc = per_class.get(name, {})
-        rows.append(
-            [
-                markdown_cell(name),
-                fixed_decimals(pc.get("precision")),
-                fixed_decimals(pc.get("recall")),
-                fixed_decimals(pc.get("f1")),
-                markdown_cell(pc.get("support")),
-            ]
-        )
+        rows.append([markdown_cell(name), *(cell(pc, k) for k in ("precision", "recall", "f1"))])
+        rows[-1].append(markdown_cell(pc.get("support")))
     return [
         "## Per-class metrics",
         "",
