@@ -139,7 +139,7 @@ DRY_SIZES = Sizes(
     model="resnet18", image_size=32, batch=8, images=64, epochs=3, workers=1, infer_batch=16,
     infer_steps=2, latency_rounds=2, paths_model="resnet18", paths_size=32, paths_batch=8,
     paths_images=48, ddp_steps=4, serve_seconds=2.0, serve_clients=4, serve_max_batch=8,
-    keras_model="lenet", keras_size=32, keras_batch=8, keras_steps=4, matmul_n=512,
+    keras_model="lenet", keras_size=32, keras_batch=8, keras_steps=4, matmul_n=256,
     train_cases=DRY_TRAIN_CASES,
 )  # fmt: skip
 
@@ -235,7 +235,8 @@ def device_name(device: torch.device) -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model}, {torch.get_num_threads()} threads, no GPU"
+    threads = torch.get_num_threads()
+    return f"{model}, {threads} thread{'' if threads == 1 else 's'}, no GPU"
 
 
 def synchronize(device: torch.device) -> None:
@@ -365,6 +366,9 @@ def section_train(ctx: Context) -> None:
         f"of the epochs after the first), {flops / 1e9:.1f} GFLOP per image per training step (3 x forward)"
     )
     for i, case in enumerate(s.train_cases):
+        if case.runner == "timm" and not _installed("timm"):
+            report.skip(case.label(), "timm is not installed")
+            continue
         ctx.run(case.label(), functools.partial(_train_case, ctx, case, i, flops, peaks[case.precision]))
 
 
@@ -573,8 +577,6 @@ def section_infer(ctx: Context) -> None:
 
 
 def _inference(ctx: Context) -> None:
-    import timm
-
     from resnexus import create_model
     from resnexus.engine.inference import Predictor
     from resnexus.engine.runtime import Runtime
@@ -582,7 +584,13 @@ def _inference(ctx: Context) -> None:
     s, device = ctx.sizes, ctx.device
     x = torch.randn(s.infer_batch, 3, s.image_size, s.image_size, device=device)
     ours = create_model(s.model, num_classes=2).eval()
-    models = {"resnexus": ours, "timm": timm.create_model(s.model, num_classes=2).eval()}
+    models = {"resnexus": ours}
+    if _installed("timm"):
+        import timm
+
+        models["timm"] = timm.create_model(s.model, num_classes=2).eval()
+    else:
+        ctx.report.skip("timm eval", "timm is not installed")
     for precision in ("bf16", "fp32"):
         runtime = Runtime.choose(device, precision, channels_last=True)
         for name, model in models.items():
