@@ -310,6 +310,7 @@ def plain_train(ctx: Context, case: TrainCase) -> tuple[list[float], list[float]
     from train_vs_tutorial import tutorial_loader
 
     s, device = ctx.sizes, ctx.device
+    torch.manual_seed(0)  # the weights and the order of the photos: the same in every run
     workers = s.workers if case.workers is None else case.workers
     dataset = tutorial_loader(ctx.photos, s.image_size, s.batch).dataset
     loader = torch.utils.data.DataLoader(
@@ -742,12 +743,16 @@ def _keras_backend(ctx: Context, backend: str) -> None:
 
 def keras_worker(backend: str, model_name: str, size: int, batch: int, steps: int) -> dict[str, Any]:
     """model.fit of resnexus.keras.create_model on red/blue arrays; KERAS_BACKEND is set by the parent."""
+    # isort: off
+    from resnexus import keras as rk  # before TensorFlow: it loads torchvision first (the order that works)
     import keras
 
-    from resnexus import keras as rk  # before TensorFlow: it loads torchvision first (the order that works)
+    # isort: on
+    from resnexus.models.registry import get_entry
 
     keras.utils.set_random_seed(0)
-    model = rk.create_model(model_name, num_classes=2, input_shape=(size, size, 3))
+    built_for = {"img_size": size} if "img_size" in get_entry(model_name).config else {}  # LeNet: one size
+    model = rk.create_model(model_name, num_classes=2, input_shape=(size, size, 3), **built_for)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
