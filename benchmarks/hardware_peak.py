@@ -13,6 +13,9 @@ ports: fp32 = 2 ports x 16 lanes x 2 (multiply + add) = 64 FLOPs/cycle; bf16 wit
 (AVX-512 VDPBF16PS: 32 products summed into 16 fp32 lanes) = 128; with AMX tiles 1024. The GHz
 figure is /proc/cpuinfo's (the base clock).
 
+On a GPU (benchmarks/gpu_suite.py) the nominal peak is the data sheet's (GPU_PEAK_TFLOPS), and
+:func:`matmul_flops` measures what a large matrix product actually reaches.
+
 Then torch.profiler splits the step of the precision `resnexus train` uses here into operator
 groups (convolutions forward and backward, batch norm, ReLU, optimizer, the rest): the evidence
 for what a faster data path or loop can and cannot change.
@@ -103,6 +106,65 @@ def time_by_group(step, steps: int = 2) -> tuple[dict[str, float], float]:
     return totals, sum(totals.values())
 
 
+# Dense (no sparsity) tensor-core peaks from NVIDIA's data sheets, TFLOP/s: (bf16/fp16, fp32 without
+# tensor cores). First matching name fragment wins, so the PCIe H100 is listed before the SXM one.
+GPU_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.5, 51.2),
+    ("H100", 989.4, 66.9),
+    ("H200", 989.4, 66.9),
+    ("GH200", 989.4, 66.9),
+    ("A100", 312.0, 19.5),
+    ("L40S", 362.1, 91.6),
+    ("L4", 121.0, 30.3),
+    ("A10", 125.0, 31.2),
+    ("V100", 125.0, 15.7),  # fp16 only: no bf16 tensor cores
+    ("T4", 65.0, 8.1),
+)
+
+
+def cpu_flops_per_cycle(dtype: torch.dtype | None) -> int:
+    """FLOPs per cycle per core of a Sapphire Rapids-class core (see the module docstring)."""
+    if dtype is None:
+        return 64
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return 1024 if amx else 128
+
+
+def gpu_peak_flops(name: str, dtype: torch.dtype | None) -> float | None:
+    """The data-sheet FLOP/s of the GPU called ``name`` in ``dtype`` (None: fp32); None if not listed."""
+    for fragment, half, single in GPU_PEAK_TFLOPS:
+        if fragment in name:
+            return (single if dtype is None else half) * 1e12
+    return None
+
+
+def nominal_peak_flops(device: torch.device, dtype: torch.dtype | None) -> tuple[float | None, str]:
+    """(FLOP/s, how it was found) of ``device`` in ``dtype`` (None: fp32); None where unknown."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = gpu_peak_flops(name, dtype)
+        if peak is None:
+            return None, f"no data-sheet peak known for {name}"
+        return peak, f"{name} data sheet, {'fp32' if dtype is None else 'dense tensor cores'}"
+    cores, ghz, per_cycle = torch.get_num_threads(), cpu_ghz(), cpu_flops_per_cycle(dtype)
+    return cores * ghz * 1e9 * per_cycle, f"{cores} x {ghz:.2f} GHz x {per_cycle} FLOPs/cycle"
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype | None, n: int = 8192, repeats: int = 5) -> float:
+    """FLOP/s of an n x n x n matrix product on random data: the peak this device actually reaches."""
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    a @ b  # warm-up: kernel choice
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnext50_32x4d")
@@ -112,7 +174,7 @@ def main() -> int:
     args = p.parse_args()
     flops = step_flops(args.model, args.batch, args.size)
     cores, ghz = torch.get_num_threads(), cpu_ghz()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    amx = cpu_flops_per_cycle(torch.bfloat16) == 1024
     print(
         f"{args.model} training step, batch {args.batch}, {args.size} px, channels_last, fused AdamW; "
         f"{cores} threads at {ghz:.2f} GHz, AMX {'yes' if amx else 'no'}"
@@ -121,9 +183,10 @@ def main() -> int:
         f"  FLOPs per step (3 x forward): {flops / 1e9:.1f} G ({flops / args.batch / 1e9:.1f} G per image); "
         f"median of {args.steps} steps"
     )
-    for label, dtype, per_cycle in (("fp32", None, 64), ("bf16", torch.bfloat16, 1024 if amx else 128)):
+    for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         seconds = median_step_seconds(make_step(args.model, args.batch, args.size, dtype), args.steps)
-        achieved, peak = flops / seconds / 1e9, cores * ghz * per_cycle
+        per_cycle = cpu_flops_per_cycle(dtype)
+        achieved, peak = flops / seconds / 1e9, nominal_peak_flops(torch.device("cpu"), dtype)[0] / 1e9
         print(
             f"  {label}: {seconds:.2f} s/step ({args.batch / seconds:.2f} images/s), {achieved:.0f} GFLOP/s of a "
             f"nominal {peak:.0f} ({cores} x {ghz:.2f} GHz x {per_cycle} FLOPs/cycle): {100 * achieved / peak:.1f} % of peak"

@@ -46,21 +46,23 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _photo() -> bytes:
+def photo() -> bytes:
+    """A 320x240 JPEG of random pixels: what every client posts."""
     rng = np.random.default_rng(0)
     out = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(out, "JPEG", quality=90)
     return out.getvalue()
 
 
-def _checkpoints(model: str, folder: Path, onnx: bool) -> dict[str, Path]:
+def checkpoints(model: str, folder: Path, onnx: bool, image_size: int = 224) -> dict[str, Path]:
+    """Random-init two-class checkpoints of ``model``: {runtime: path}, PyTorch and (``onnx``) ONNX."""
     network = create_model(model, num_classes=2).eval()
     ckpt = make_checkpoint(
         network,
         model_name=model,
         model_config={},
         class_names=["a", "b"],
-        image_size=224,
+        image_size=image_size,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
         crop_fraction=0.875,
@@ -79,10 +81,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(checkpoint: Path, batching: bool, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def _start(checkpoint: Path, batching: bool, max_batch: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     command = [sys.executable, "-m", "resnexus", "serve", "--checkpoint", str(checkpoint), "--port", str(port)]
-    command += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    command += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
     if not batching:
         command.append("--no-batching")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -137,14 +139,24 @@ def _mean_batch(url: str) -> float:
     return samples["resnexus_batch_size_sum"] / max(1.0, samples["resnexus_batch_size_count"])
 
 
-def run(checkpoint: Path, batching: bool, photo: bytes, args: argparse.Namespace) -> dict[str, float]:
-    process, url = _start(checkpoint, batching, args)
+def run(
+    checkpoint: Path,
+    batching: bool,
+    photo: bytes,
+    seconds: float,
+    clients: int,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+) -> dict[str, float]:
+    """`resnexus serve` of ``checkpoint`` under ``clients`` concurrent clients for ``seconds``:
+    throughput, latency quantiles (ms), errors, lost requests, mean batch, slowest /healthz (ms)."""
+    process, url = _start(checkpoint, batching, max_batch, max_wait_ms)
     try:
         for _ in range(3):  # warm-up, not counted (the first batches pay oneDNN's kernel choice)
             httpx.post(f"{url}/v1/predict", files=[("files", ("w.jpg", photo, "image/jpeg"))], timeout=120)
         load = Load()
-        stop = time.monotonic() + args.seconds
-        threads = [threading.Thread(target=_client, args=(url, photo, stop, load)) for _ in range(args.clients)]
+        stop = time.monotonic() + seconds
+        threads = [threading.Thread(target=_client, args=(url, photo, stop, load)) for _ in range(clients)]
         threads.append(threading.Thread(target=_probe_health, args=(url, stop, load)))
         started = time.perf_counter()
         for t in threads:
@@ -191,16 +203,16 @@ def main() -> int:
         f"{os.cpu_count()} cores, AMX {'yes' if amx else 'no'}, torch {torch.__version__}; {args.clients} clients, "
         f"{args.seconds:.0f} s per configuration, batching = --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms}"
     )
-    photo = _photo()
+    jpeg = photo()
     header = "| model | runtime | batching | requests | images/s | p50 ms | p95 ms | p99 ms | errors | lost | mean batch | slowest /healthz ms |"
     print(header)
     print("|" + "---|" * 3 + "---:|" * 9)
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            for runtime, checkpoint in _checkpoints(model, Path(tmp), onnx).items():
+            for runtime, checkpoint in checkpoints(model, Path(tmp), onnx).items():
                 for batching in (True, False):
-                    r = run(checkpoint, batching, photo, args)
+                    r = run(checkpoint, batching, jpeg, args.seconds, args.clients, args.max_batch, args.max_wait_ms)
                     failures += r["errors"] + r["lost"]
                     print(
                         f"| {model} | {runtime} | {'on' if batching else 'off'} | {r['requests']} | "

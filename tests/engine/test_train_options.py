@@ -284,3 +284,29 @@ def test_decoded_images_are_cached_on_disk_for_the_next_run(data, tmp_path, monk
     assert second.metrics["accuracy"] == first.metrics["accuracy"]
     with pytest.raises(AssertionError, match="decoded although cached"):  # "off": every run decodes
         train(_config(data, tmp_path / "third", epochs=1, batch_size=9, cache_dir="off"))
+
+
+def test_sgd_under_fp16_loss_scaling_survives_a_skipped_first_step():
+    """GradScaler skips a step whose scaled gradients overflow; fused SGD skipped its momentum's
+    initialisation with it and the next step made the weights NaN, so it is not fused then."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    reference_model = copy.deepcopy(model)
+    config = TrainConfig(optimizer="sgd", lr=0.1, weight_decay=0.0)
+    optimizer = fit_module._make_optimizer(model, config, loss_scaling=True)
+    assert not any(group["fused"] for group in optimizer.param_groups)
+    reference = torch.optim.SGD(reference_model.parameters(), lr=0.1, momentum=0.9, nesterov=True, foreach=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    for step, factor in enumerate((1e36, 1.0, 1.0)):  # the first step overflows and is skipped
+        x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        scaler.scale(model(x).square().sum() * factor).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if step > 0:  # the reference never saw the overflowing step
+            reference.zero_grad()
+            reference_model(x).square().sum().backward()
+            reference.step()
+    assert scaler.get_scale() == 2.0**15
+    for p, q in zip(model.parameters(), reference_model.parameters()):
+        assert torch.isfinite(p).all() and torch.allclose(p, q, atol=1e-5)
