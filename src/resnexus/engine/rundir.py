@@ -15,7 +15,7 @@ A cross-validation run holds one training run per fold and the refit model::
     RUN_DIR/
       cv_run.json            the folds and whether to refit: what ``--resume`` continues
       cv_splits.json         every fold's train / val / test files
-      cv_metrics.json        per-fold metrics, their mean and standard error (once every fold is done)
+      cv_metrics.json        per-fold metrics, their mean and standard deviation (once every fold is done)
       cv_report.md
       fold1/ ... foldK/      training runs
       refit/                 the deployable model: the same recipe trained on every image
@@ -144,3 +144,71 @@ class RunDir:
     # -- what a finished run of a study records for resuming the study (engine/finished.py) ----
     CV_FINISHED = "cv_run_finished.json"  # in each fold / refit run directory of a cross-validation
     COMPARE_FINISHED = "compare_run.json"  # in each run directory of a comparison
+
+    # -- what each file holds: docs/reference/run-directory.md is generated from this, and a test
+    # checks that every name above appears here (a new name gets its row too) ---------------------
+    @classmethod
+    def layout(cls) -> list[tuple[str, str, str]]:
+        """What a run writes, for the reference page: ``(run, path, what it holds)`` rows.
+
+        Returns:
+            One row per file or folder (a folder's path ends in ``/``), relative to the run
+            directory of ``run``: "training" (``train``; also each fold, the refit and each model of
+            a study), "cross-validation" (``train --folds K``) or "comparison" (``compare``).
+        """
+        run, fold = cls("."), cls(".").fold(1)
+
+        def row(run_kind: str, path: Path, what: str, folder: bool = False) -> tuple[str, str, str]:
+            return run_kind, path.as_posix() + ("/" if folder else ""), what
+
+        return [
+            row("training", run.best(), _BEST),
+            row("training", run.best("keras"), "the same, for a Keras run (`--framework keras`)"),
+            row("training", run.last(), _LAST),
+            row("training", run.last("keras"), "the same, for a Keras run"),
+            row("training", run.history, "one row per epoch: losses, accuracies, learning rate, seconds"),
+            row("training", run.metrics, _METRICS),
+            row("training", run.report, _REPORT),
+            row("training", run.tensorboard, "TensorBoard event files (`--tensorboard`)", folder=True),
+            row("cross-validation", run.cv_run, "the number of folds and whether to refit: what `--resume` continues"),
+            row("cross-validation", run.cv_splits, "every fold's train / validation / test files"),
+            row("cross-validation", run.cv_metrics, _CV_METRICS),
+            row("cross-validation", run.cv_report, _CV_REPORT),
+            row(
+                "cross-validation",
+                fold.path,
+                "fold 1's training run (to foldK/), tested on its held-out fold",
+                folder=True,
+            ),
+            row("cross-validation", run.refit.path, _REFIT, folder=True),
+            row("cross-validation", fold.path / cls.CV_FINISHED, _FINISHED.format(where="each fold's and the refit's")),
+            row("comparison", run.path / cls.COMPARE_FINISHED, _FINISHED.format(where="each model's")),
+        ]
+
+
+# what RunDir.layout says of its longer entries
+_BEST = (
+    "the model to use: weights, model name and config, class names, image size and normalisation, and what it "
+    "was trained on. With at least 100 validation images the epoch with the best validation accuracy (ties: the "
+    "lower loss), else the final weights (`--select` overrides)"
+)
+_LAST = (
+    "the resumable state: model, optimizer, scheduler, grad scaler, EMA, history, random state, position in the "
+    "epoch and a fingerprint of each split's files"
+)
+_METRICS = (
+    "the selected model on the test split (else validation, else the training images): accuracy, balanced "
+    "accuracy, per-class precision / recall / F1, macro F1, confusion matrix, ROC-AUC, for two classes "
+    "sensitivity and specificity; `absent_classes`, skipped files"
+)
+_REPORT = "the same in words, with loss / accuracy curves, the confusion matrix and the ROC curve as images beside it"
+_CV_METRICS = "the protocol, per-fold test metrics, their mean and standard deviation (written once every fold is done)"
+_CV_REPORT = "the cross-validated estimate (mean ± std), which model to deploy, a per-fold table"
+_REFIT = (
+    'the deployable model: the same recipe trained on every image (`trained_on: "all"`); its own report is on '
+    "training images"
+)
+_FINISHED = (
+    "written into {where} run directory once it has finished: its outcome, recipe and images, so `--resume` "
+    "keeps it instead of training it again"
+)
