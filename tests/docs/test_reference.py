@@ -51,3 +51,11 @@ def test_run_directory_descriptions_fit_in_a_table_cell():
 
     for _, path, what in RunDir.layout():
         assert "|" not in what and "\n" not in what, f"{path}: a | or a line break would split the table row"
+
+
+def test_sphinx_roles_of_the_docstrings_read_as_code_on_the_site():
+    hooks = runpy.run_path(str(GEN_PAGES.parent / "hooks.py"), run_name="hooks")
+    html = "<p>:func:<code>train</code>, :meth: <code>Checkpoint.load</code>, :class:<code>~a.b.RunDir</code>, 3:1</p>"
+    assert (
+        hooks["drop_roles"](html) == "<p><code>train</code>, <code>Checkpoint.load</code>, <code>RunDir</code>, 3:1</p>"
+    )

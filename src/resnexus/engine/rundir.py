@@ -38,7 +38,18 @@ _SUFFIX = {"torch": ".pt", "keras": ".keras"}
 
 @dataclass(frozen=True)
 class RunDir:
-    """A run directory (it need not exist yet): the paths of what a run writes there."""
+    """A run directory (it need not exist yet): the paths of what a run writes there.
+
+    Every file name of the layout is a constant of this class, and :meth:`layout` says what each
+    file holds; code asks a ``RunDir`` for a path instead of spelling it.
+
+    Args:
+        path: The run directory (``--out``).
+
+    Example:
+        ``RunDir("runs/cv").fold(2).best()`` is ``runs/cv/fold2/checkpoints/best.pt``;
+        ``RunDir("runs/cv").refit.saved_best()`` the refit model's file if it was saved, else None.
+    """
 
     path: Path
 
@@ -65,30 +76,42 @@ class RunDir:
     # -- a training run -------------------------------------------------------------------------
     @property
     def checkpoints(self) -> Path:
+        """The folder of the run's checkpoint files."""
         return self.path / self.CHECKPOINTS
 
     def best(self, framework: Framework = "torch") -> Path:
-        """The selected model's file (``checkpoints/best.pt`` or ``best.keras``)."""
+        """The selected model's file, whether or not it exists yet.
+
+        Args:
+            framework: ``"torch"`` (``checkpoints/best.pt``) or ``"keras"`` (``best.keras``).
+
+        Returns:
+            The path; :meth:`saved_best` finds the one a finished run saved.
+        """
         return self.checkpoints / f"best{_SUFFIX[framework]}"
 
     def last(self, framework: Framework = "torch") -> Path:
-        """The resumable state's file (``checkpoints/last.pt`` or ``last.keras``)."""
+        """The resumable state's file (``checkpoints/last.pt``, or ``last.keras`` for ``"keras"``)."""
         return self.checkpoints / f"last{_SUFFIX[framework]}"
 
     @property
     def history(self) -> Path:
+        """``history.csv``: one row per epoch."""
         return self.path / self.HISTORY
 
     @property
     def metrics(self) -> Path:
+        """``metrics.json``: the selected model's test metrics."""
         return self.path / self.METRICS
 
     @property
     def report(self) -> Path:
+        """``report.md``: the run described for a reader."""
         return self.path / self.REPORT
 
     @property
     def tensorboard(self) -> Path:
+        """The TensorBoard events folder (``--tensorboard``)."""
         return self.path / self.TENSORBOARD
 
     def saved_best(self) -> Path | None:
@@ -112,22 +135,27 @@ class RunDir:
 
     @property
     def refit(self) -> RunDir:
+        """A cross-validation run's refit model (trained on every image): an ordinary training run."""
         return RunDir(self.path / self.REFIT)
 
     @property
     def cv_run(self) -> Path:
+        """``cv_run.json``: the folds and whether to refit, written when a cross-validation starts."""
         return self.path / self.CV_RUN
 
     @property
     def cv_splits(self) -> Path:
+        """``cv_splits.json``: every fold's files."""
         return self.path / self.CV_SPLITS
 
     @property
     def cv_metrics(self) -> Path:
+        """``cv_metrics.json``: per-fold metrics, their mean and std (once every fold is done)."""
         return self.path / self.CV_METRICS
 
     @property
     def cv_report(self) -> Path:
+        """``cv_report.md``: the cross-validated estimate described for a reader."""
         return self.path / self.CV_REPORT
 
     def is_cross_validation(self) -> bool:
@@ -137,7 +165,14 @@ class RunDir:
     # -- from a path a user gave ----------------------------------------------------------------
     @classmethod
     def holding(cls, checkpoint: str | Path) -> RunDir | None:
-        """The run directory a checkpoint file was saved in (``RUN/checkpoints/best.pt``), else None."""
+        """The run directory a checkpoint file was saved in.
+
+        Args:
+            checkpoint: A checkpoint file's path.
+
+        Returns:
+            ``RUN`` for ``RUN/checkpoints/best.pt`` (any file in a ``checkpoints/`` folder), else None.
+        """
         parent = Path(checkpoint).parent
         return cls(parent.parent) if parent.name == cls.CHECKPOINTS else None
 
