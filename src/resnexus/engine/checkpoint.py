@@ -312,13 +312,8 @@ class Checkpoint:
 
     # -- what it holds ---------------------------------------------------------------------------
     def model(self) -> nn.Module | OnnxClassifier:
-        """The network in eval mode, on the CPU.
-
-        Returns:
-            A PyTorch module (a .pt or .keras checkpoint builds a fresh one on each call, so callers
-            may move or modify it), or for an ``.onnx`` file an :class:`OnnxClassifier` that takes
-            and returns tensors the same way.
-        """
+        """The network in eval mode, on the CPU (a .pt checkpoint builds a fresh one on each call; an
+        ``.onnx`` file gives an :class:`OnnxClassifier`, which takes and returns tensors the same way)."""
         return self._build() if self._build is not None else self._torch_model()
 
     def _torch_model(self) -> nn.Module:
@@ -340,12 +335,8 @@ class Checkpoint:
         return Preprocessing.from_metadata(self.metadata)
 
     def transforms(self) -> EvalPreprocess:
-        """The evaluation transform (:func:`eval_preprocess`).
-
-        Returns:
-            ``.sample(image)`` resizes and centre-crops one uint8 ``(C, H, W)`` tensor;
-            ``.batch(images)`` turns a uint8 batch into the normalised float input of :meth:`model`.
-        """
+        """The evaluation transform (:func:`eval_preprocess`): ``.sample(image)`` resizes and crops one
+        uint8 ``(C, H, W)`` tensor, ``.batch(images)`` makes a uint8 batch the model's float input."""
         return eval_preprocess(self.preprocessing)
 
     @property
@@ -532,6 +523,27 @@ def fold_checkpoints(run_dir: str | Path) -> list[Path]:
     if missing:
         raise FileNotFoundError(f"{run.path}: fold checkpoint(s) missing: {', '.join(missing)}")
     return paths
+
+
+# what RunState (engine/fit.py) saves into last.pt besides the weights, and resuming restores
+RESUME_KEYS = ("model_state", "optimizer", "scheduler", "scaler", "history", "best_score", "best_epoch", "epoch")
+
+
+def read_resume_state(path: str | Path) -> dict[str, Any]:
+    """A PyTorch run's ``last.pt`` for ``--resume``: tensors and plain containers only, on the CPU.
+
+    Raises:
+        WeightsError: ``path`` is not a resnexus ``last.pt`` (another file, a ``best.pt``, plain weights).
+    """
+    contents = load_torch_file(path)  # a foreign or unsafe file: refused with a message naming it
+    if not isinstance(contents, dict) or contents.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a resnexus last.pt (no '{FORMAT}' marker); --resume continues a run's own")
+    if missing := [key for key in RESUME_KEYS if key not in contents]:
+        raise WeightsError(
+            f"{path}: not a resumable last.pt, it lacks {', '.join(missing)} (a best.pt holds weights only); "
+            "--resume needs the last.pt that training saved"
+        )
+    return contents
 
 
 # -- the older API: thin wrappers over Checkpoint ----------------------------------------------------

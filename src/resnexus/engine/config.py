@@ -24,7 +24,7 @@ import yaml
 from ..data import AugmentConfig, digits_folder
 from ..data.split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from ..models.registry import find_pretrained, get_entry, is_weights_tag
-from .checkpoint import load_checkpoint
+from .checkpoint import read_resume_state
 from .model_checks import MAX_IMAGE_SIZE, check_freeze, check_model_input
 
 # Moved to the run's checks (engine/run_checks.py) and the runtime (engine/runtime.py); still importable
@@ -536,7 +536,7 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
             f"start it again with --out {run_dir} --overwrite, or with another --out"
         )
     if last.is_file():
-        saved = dict(load_checkpoint(last)["config"])
+        saved = dict(read_resume_state(last)["config"])  # a file that cannot be resumed: refused here
     else:
         from ..keras.files import read_keras_metadata  # a Keras run: Keras is installed
 
