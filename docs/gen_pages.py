@@ -2,7 +2,8 @@
 
 A page under docs/ holds its prose and a marker line such as ``<!-- generated: cli -->``; this
 script replaces the marker with what the code says today: the argparse parsers' help
-(``resnexus.cli.build_parser``), the model zoo and the published weights (the registry).
+(``resnexus.cli.build_parser``), the model zoo and the published weights (the registry), the run
+directory's files (``RunDir.layout``).
 """
 
 from __future__ import annotations
@@ -84,11 +85,31 @@ def train_config_reference() -> str:
     return "\n".join(rows)
 
 
+def run_directory_reference() -> str:
+    """The run directory's files, one table per kind of run, from ``RunDir.layout()`` (the class that
+    owns the names), so a renamed or new file shows up here by itself."""
+    from resnexus.engine.rundir import RunDir
+
+    titles = {
+        "training": "A training run (`resnexus train --out RUN_DIR`; also each fold, the refit and each model "
+        "of a comparison)",
+        "cross-validation": "A cross-validation run (`resnexus train --folds K --out RUN_DIR`)",
+        "comparison": "A comparison (`resnexus compare --out DIR`), in each model's run directory",
+    }
+    parts: list[str] = []
+    for kind, title in titles.items():
+        parts += [f"## {title}", "", "| file | what it holds |", "|---|---|"]
+        parts += [f"| `{path}` | {what} |" for run, path, what in RunDir.layout() if run == kind]
+        parts.append("")
+    return "\n".join(parts)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "cli": cli_reference,
     "train-config": train_config_reference,
     "models": models_reference,
     "weights": weights_reference,
+    "run-directory": run_directory_reference,
 }
 
 
@@ -105,7 +126,7 @@ def render(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-PAGES = ("reference/cli.md", "reference/models.md", "reference/python-api.md")
+PAGES = ("reference/cli.md", "reference/models.md", "reference/python-api.md", "reference/run-directory.md")
 
 if __name__ == "<run_path>":  # run by mkdocs-gen-files
     import mkdocs_gen_files

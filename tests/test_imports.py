@@ -407,3 +407,45 @@ def test_keras_and_tensorflow_load_only_when_a_keras_feature_is_used() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_quiet_env())
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+# the package's public names, pinned: adding or removing one is a decision, made here on purpose
+PUBLIC_API = [
+    "Checkpoint",
+    "CompareResult",
+    "CrossValResult",
+    "RunDir",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "compare",
+    "create_model",
+    "cross_validate",
+    "evaluate",
+    "list_models",
+    "model_info",
+    "predict",
+    "train",
+]
+
+
+def test_the_public_api_is_pinned_and_the_training_half_loads_on_first_use() -> None:
+    """``import resnexus`` loads no engine; each public name then resolves to the object its module defines."""
+    code = (
+        "import sys, resnexus\n"
+        "print(sorted(resnexus.__all__)); print('resnexus.engine' in sys.modules)\n"
+        "from resnexus.engine.checkpoint import Checkpoint\n"
+        "from resnexus.engine.run import TrainResult\n"
+        "from resnexus.engine.rundir import RunDir\n"
+        "assert all(getattr(resnexus, name) is not None for name in resnexus.__all__)\n"
+        "assert (resnexus.Checkpoint, resnexus.TrainResult, resnexus.RunDir) == (Checkpoint, TrainResult, RunDir)\n"
+        "import resnexus.engine as engine\n"
+        "print(sorted(set(resnexus.__all__) - {'__version__', 'create_model', 'list_models', 'model_info'} "
+        "- set(engine.__all__)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_quiet_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    names, engine_loaded, not_in_engine = result.stdout.strip().splitlines()
+    assert names == str(sorted(PUBLIC_API))
+    assert engine_loaded == "False"  # `import resnexus` for models only stays light
+    assert not_in_engine == "[]"  # every training name is resnexus.engine's too

@@ -3,6 +3,7 @@
 import resnexus
 model = resnexus.create_model("resnext50_32x4d", num_classes=2)
 result = resnexus.train(resnexus.TrainConfig(data="photos/", model="resnext50_32x4d"))
+checkpoint = resnexus.Checkpoint.load(result.run_dir)  # the trained model, its classes and preprocessing
 """
 
 from typing import Any
@@ -15,7 +16,12 @@ from .models import create_model, list_models, model_info  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
+    "Checkpoint",
+    "CompareResult",
+    "CrossValResult",
+    "RunDir",
     "TrainConfig",
+    "TrainResult",
     "__version__",
     "compare",
     "create_model",
@@ -27,7 +33,20 @@ __all__ = [
     "train",
 ]
 
-_ENGINE = {"TrainConfig", "train", "evaluate", "predict", "cross_validate", "compare"}
+# the training API and what it returns or reads: imported from resnexus.engine on first use
+_ENGINE = {
+    "Checkpoint",
+    "CompareResult",
+    "CrossValResult",
+    "RunDir",
+    "TrainConfig",
+    "TrainResult",
+    "compare",
+    "cross_validate",
+    "evaluate",
+    "predict",
+    "train",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from PIL import Image
 
 from resnexus.cli import main
 from resnexus.engine import TrainConfig, load_checkpoint, train
+from resnexus.engine.checkpoint import read_resume_state
 from resnexus.engine.config import complete_config, resume_config
+from resnexus.models.weights import WeightsError
 from tests.helpers import bright_and_dark_folder
 
 ARGS = [
@@ -193,3 +196,23 @@ def test_a_checkpoint_without_a_fingerprint_resumes_with_a_warning(tmp_path, cap
         f"cannot check that {data} still holds the images it was trained on"
     ) in caplog.messages
     assert load_checkpoint(last)["data"]["images"] == 24  # recorded from now on
+
+
+def test_resume_refuses_a_last_pt_that_is_not_a_resumable_checkpoint_naming_it(tmp_path, capsys):
+    data = bright_and_dark_folder(tmp_path / "data", per_class=6, size=20)
+    run = tmp_path / "run"
+    _train_cli(tmp_path, str(data), str(run), epochs=1)
+    last = run / "checkpoints" / "last.pt"
+    shutil.copyfile(run / "checkpoints" / "best.pt", last)  # weights and metadata, no training state
+    assert main(["train", "--resume", str(run)]) == 2
+    assert _error_line(capsys) == (
+        f"resnexus train: error: {last}: not a resumable last.pt, it lacks model_state, optimizer, scheduler, "
+        "scaler, best_score, best_epoch (a best.pt holds weights only); --resume needs the last.pt that training saved"
+    )
+    torch.save({"model": torch.zeros(2)}, last)  # some other PyTorch file
+    with pytest.raises(
+        WeightsError, match=re.escape(f"{last}: not a resnexus last.pt (no 'resnexus-checkpoint' marker)")
+    ):
+        read_resume_state(last)
+    with pytest.raises(WeightsError, match=re.escape(f"{last}: not a resnexus last.pt")):  # the Python API too
+        train(TrainConfig(data=str(data), out=str(run), model="resnet20_cifar", image_size=16, resume=True, epochs=2))

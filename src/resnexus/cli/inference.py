@@ -16,6 +16,16 @@ EXPORT_FORMATS = ("onnx", "keras", "savedmodel")
 DEFAULT_OPSET = 18
 
 
+def add_skip_bad_images(parser: argparse.ArgumentParser, verb: str, the_rest: str) -> None:
+    """``--skip-bad-images`` of the commands that read a model's input images: ``verb`` says what is done
+    with the readable ones, ``the_rest`` what becomes of the others."""
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help=f"{verb} the images that can be decoded instead of stopping at the first that cannot; {the_rest}",
+    )
+
+
 # -- evaluate -------------------------------------------------------------------------------------
 def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
@@ -29,12 +39,7 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
         help="two classes: the class sensitivity, specificity and ROC are about (default: the run's choice, "
         "else a class not named like others/normal/healthy/benign/control, else the second in sorted order)",
     )
-    ev.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="evaluate on the images that can be decoded instead of stopping at the first that cannot; "
-        "the rest are listed in the log and under 'skipped' in --out",
-    )
+    add_skip_bad_images(ev, "evaluate on", "the rest are listed in the log and under 'skipped' in --out")
 
 
 def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -74,11 +79,11 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never an input)")
     pr.add_argument("--tta", action="store_true", help="average each image's and its mirror's probabilities")
     pr.add_argument("--ensemble", action="store_true", help=ENSEMBLE_HELP)
-    pr.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="predict the images that can be decoded instead of stopping at the first that cannot; the rest "
-        "get no row in --output (as timm's inference script leaves out what it skips) and are listed in the log",
+    add_skip_bad_images(
+        pr,
+        "predict",
+        "the rest get no row in --output (as timm's inference script leaves out what it skips) and are listed "
+        "in the log",
     )
 
 
@@ -109,12 +114,7 @@ def add_explain_arguments(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--target", help="class to explain (default: each image's predicted class)")
     ex.add_argument("--layer", help="module to look at (default: the model's last stage, e.g. layer4)")
     ex.add_argument("--ensemble", action="store_true", help=ENSEMBLE_HELP + "; the map is the mean of their maps")
-    ex.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="explain the images that can be decoded instead of stopping at the first that cannot; the rest "
-        "get no overlay and no row in explain.csv, and are listed in the log",
-    )
+    add_skip_bad_images(ex, "explain", "the rest get no overlay and no row in explain.csv, and are listed in the log")
     ex.add_argument(
         "--coverage",
         type=float,

@@ -7,17 +7,20 @@ from .._compat import hide_triton_after_tensorflow
 
 hide_triton_after_tensorflow()  # TensorFlow imported after resnexus but before the engine (see _compat)
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
 from .comparison import CompareResult, compare
 from .config import TrainConfig
 from .crossval import CrossValResult, cross_validate
-from .fit import TrainResult
 from .frameworks import train
 from .inference import evaluate, predict
+from .run import TrainResult
+from .rundir import RunDir
 
 __all__ = [
+    "Checkpoint",
     "CompareResult",
     "CrossValResult",
+    "RunDir",
     "TrainConfig",
     "TrainResult",
     "compare",

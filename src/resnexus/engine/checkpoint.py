@@ -183,9 +183,20 @@ class Checkpoint:
     """A trained model with everything needed to use it: weights, class names, preprocessing.
 
     Open one with :meth:`load` (any path ``evaluate`` accepts) or :meth:`published`; then
-    ``.model()`` gives the network in eval mode, ``.preprocessing`` / :meth:`transforms` how to
-    feed it, ``.class_names`` what its outputs mean, ``.config`` the training run's configuration
-    (None where no run made it), ``.sha256`` the file's digest.
+    :meth:`model` gives the network in eval mode, :attr:`preprocessing` / :meth:`transforms` how to
+    feed it, :attr:`class_names` what its outputs mean, :attr:`config` the training run's
+    configuration (None where no run made it), :attr:`sha256` the file's digest.
+
+    Attributes:
+        path: The file read (for an ensemble: the cross-validation run directory).
+        metadata: Everything the file holds but the weights, with current key names
+            (``model_name``, ``class_names``, ``image_size``, ``mean``, ``std``, ...).
+        kind: What it was read from: ``"torch"`` (.pt), ``"keras"``, ``"onnx"``, ``"ensemble"``
+            or ``"published"``.
+        members: An ensemble's fold checkpoints (empty otherwise).
+
+    Example:
+        ``Checkpoint.load("runs/photos-resnet50").model()``: the trained network, ready to predict.
     """
 
     def __init__(
@@ -212,8 +223,25 @@ class Checkpoint:
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, *, ensemble: bool = False) -> Checkpoint:
-        """A checkpoint (.pt), an exported .onnx file, a Keras run's .keras file, or a run directory
-        (:func:`resolve_checkpoint`); ``ensemble``: a cross-validation run directory's fold models."""
+        """Open a trained model from any path the commands accept.
+
+        Args:
+            path: A checkpoint (``.pt``), an ``.onnx`` file from ``resnexus export``, a Keras run's
+                ``.keras`` file, a training run directory (its ``checkpoints/best.pt``) or a
+                cross-validation run directory (its refit model); see :func:`resolve_checkpoint`.
+            ensemble: ``path`` is a cross-validation run directory: load its K fold models as one
+                model that averages their probabilities.
+
+        Returns:
+            The checkpoint; its weights are read now, the network is built by :meth:`model`.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist, or a run directory holds no model (the
+                message says what to pass instead).
+            ValueError: The file is not a resnexus checkpoint (:class:`WeightsError`: e.g. plain
+                weights, which ``train --weights`` takes), not readable, or needs an optional extra
+                (``onnx``, ``keras``); fold models that disagree on classes or preprocessing.
+        """
         if ensemble:
             return cls._fold_ensemble(Path(path))
         file = resolve_checkpoint(path)
@@ -234,8 +262,21 @@ class Checkpoint:
 
     @classmethod
     def published(cls, model_name: str, weights: str, weights_dir: str | Path | None = None) -> Checkpoint:
-        """Published ImageNet weights used as they are: the 1,000 ImageNet classes and the source's own
-        evaluation transform; nothing to train first."""
+        """Published ImageNet weights used as they are, with nothing to train first.
+
+        Args:
+            model_name: A registered model name.
+            weights: ``"imagenet"`` or a tag from ``resnexus models --weights``.
+            weights_dir: A folder of downloaded weights files to use without network.
+
+        Returns:
+            A checkpoint with the 1,000 ImageNet classes and the source's own evaluation transform.
+
+        Raises:
+            ValueError: ``weights`` is not a published-weights name (a trained model is opened with
+                :meth:`load`), or the model has no such weights.
+            FileNotFoundError: The weights cannot be downloaded and are not in ``weights_dir``.
+        """
         if not is_weights_tag(weights):
             raise ValueError(
                 f"--weights {weights!r}: without --checkpoint, predict takes published weights by name "
@@ -272,7 +313,8 @@ class Checkpoint:
 
     # -- what it holds ---------------------------------------------------------------------------
     def model(self) -> nn.Module | OnnxClassifier:
-        """The network in eval mode (a .pt checkpoint builds a fresh one on each call)."""
+        """The network in eval mode, on the CPU (a .pt checkpoint builds a fresh one on each call; an
+        ``.onnx`` file gives an :class:`OnnxClassifier`, which takes and returns tensors the same way)."""
         return self._build() if self._build is not None else self._torch_model()
 
     def _torch_model(self) -> nn.Module:
@@ -290,18 +332,22 @@ class Checkpoint:
 
     @property
     def preprocessing(self) -> Preprocessing:
+        """Image size, mean, std and crop fraction the model expects."""
         return Preprocessing.from_metadata(self.metadata)
 
     def transforms(self) -> EvalPreprocess:
-        """The evaluation transform (:func:`eval_preprocess`)."""
+        """The evaluation transform (:func:`eval_preprocess`): ``.sample(image)`` resizes and crops one
+        uint8 ``(C, H, W)`` tensor, ``.batch(images)`` makes a uint8 batch the model's float input."""
         return eval_preprocess(self.preprocessing)
 
     @property
     def class_names(self) -> list[str]:
+        """What the model's outputs mean, in output order."""
         return list(self.metadata["class_names"])
 
     @property
     def model_name(self) -> str:
+        """The registry name of the architecture (``create_model(model_name, ...)``)."""
         return str(self.metadata["model_name"])
 
     @property
@@ -311,6 +357,7 @@ class Checkpoint:
 
     @property
     def in_chans(self) -> int:
+        """Input channels."""
         return int(self.metadata.get("in_chans", 3))
 
     @property
@@ -320,6 +367,7 @@ class Checkpoint:
 
     @property
     def positive_class(self) -> str | None:
+        """The class that sensitivity is about (two classes), as the run chose it; None: the default rule."""
         return self.metadata.get("positive_class")
 
     @property
@@ -488,6 +536,27 @@ def fold_checkpoints(run_dir: str | Path) -> list[Path]:
     if missing:
         raise FileNotFoundError(f"{run.path}: fold checkpoint(s) missing: {', '.join(missing)}")
     return paths
+
+
+# what RunState (engine/fit.py) saves into last.pt besides the weights, and resuming restores
+RESUME_KEYS = ("model_state", "optimizer", "scheduler", "scaler", "history", "best_score", "best_epoch", "epoch")
+
+
+def read_resume_state(path: str | Path) -> dict[str, Any]:
+    """A PyTorch run's ``last.pt`` for ``--resume``: tensors and plain containers only, on the CPU.
+
+    Raises:
+        WeightsError: ``path`` is not a resnexus ``last.pt`` (another file, a ``best.pt``, plain weights).
+    """
+    contents = load_torch_file(path)  # a foreign or unsafe file: refused with a message naming it
+    if not isinstance(contents, dict) or contents.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a resnexus last.pt (no '{FORMAT}' marker); --resume continues a run's own")
+    if missing := [key for key in RESUME_KEYS if key not in contents]:
+        raise WeightsError(
+            f"{path}: not a resumable last.pt, it lacks {', '.join(missing)} (a best.pt holds weights only); "
+            "--resume needs the last.pt that training saved"
+        )
+    return contents
 
 
 # -- the older API: thin wrappers over Checkpoint ----------------------------------------------------

@@ -24,7 +24,7 @@ import yaml
 from ..data import AugmentConfig, digits_folder
 from ..data.split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from ..models.registry import find_pretrained, get_entry, is_weights_tag
-from .checkpoint import load_checkpoint
+from .checkpoint import read_resume_state
 from .model_checks import MAX_IMAGE_SIZE, check_freeze, check_model_input
 
 # Moved to the run's checks (engine/run_checks.py) and the runtime (engine/runtime.py); still importable
@@ -95,10 +95,28 @@ def _python_only(doc: str, default: Any = None) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; saved into every checkpoint so a run can be reproduced.
+    """Everything a training run depends on; saved into every checkpoint, so a run can be reproduced.
 
-    ``None`` means "chosen by :func:`complete_config`": the built-in recipe without ``data``,
-    else :data:`DEFAULT_RECIPE` and the model's own input size.
+    Each field has a ``resnexus train`` flag of (nearly) the same name, or is set from Python or a
+    YAML file (:meth:`from_yaml`, ``train --config``); the reference page lists every field with its
+    type, default and flag. ``None`` means "chosen by the recipe" (:func:`complete_config`): the
+    built-in recipe without ``data``, else :data:`DEFAULT_RECIPE`, the fine-tuning recipe with
+    ``weights``, and the model's own input size.
+
+    Values are checked when the run starts (:func:`validate_config`), before any image is read.
+
+    Attributes:
+        data: The images: a folder with one sub-folder per class (or ``train/`` [``val/``]
+            [``test/``]), or a CSV file of ``path,label`` rows; ``None``: the built-in digits.
+        model: A registered model name (:func:`~resnexus.models.registry.list_models`).
+        weights: Initial weights (``"imagenet"``, a tag, a file or a URL); ``None``: from scratch.
+        group_by: Keeps each patient's (scene's, animal's) images on one side of every split and fold.
+        out: The run directory (default ``runs/<data>-<model>``).
+        resume: Continue the run in ``out`` from its ``checkpoints/last.pt``.
+
+    Example:
+        ``cross_validate(TrainConfig(data="photos", model="resnet50", weights="imagenet",
+        group_by="patient"), folds=5)``: the estimate, then the model trained on every image.
     """
 
     data: str | None = _option(
@@ -518,7 +536,7 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
             f"start it again with --out {run_dir} --overwrite, or with another --out"
         )
     if last.is_file():
-        saved = dict(load_checkpoint(last)["config"])
+        saved = dict(read_resume_state(last)["config"])  # a file that cannot be resumed: refused here
     else:
         from ..keras.files import read_keras_metadata  # a Keras run: Keras is installed
 

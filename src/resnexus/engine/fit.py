@@ -40,7 +40,7 @@ from ..data.sampler import EpochBatches
 from ..models.layers import freeze_stages
 from ..models.registry import create_model
 from . import distributed
-from .checkpoint import make_checkpoint, save_atomic
+from .checkpoint import Checkpoint, make_checkpoint, read_resume_state, save_atomic
 from .config import TrainConfig
 from .interrupt import StopOnSignal
 from .progress import ProgressLog, progress_modes
@@ -165,7 +165,7 @@ class TorchBackend:
         return _describe_model(self.model, run.config, self.runtime, run.ctx, len(self.train_loader))
 
     def load_for_resume(self, path: Path, check_data: Callable[[dict[str, Any] | None], None]) -> dict[str, Any]:
-        saved = torch.load(path, map_location=self.runtime.device, weights_only=True)
+        saved = read_resume_state(path)  # on the CPU: load_state_dict puts each tensor where its owner is
         check_data(saved.get("data"))
         self.state.load_state_dict(saved)
         return saved
@@ -199,8 +199,7 @@ class TorchBackend:
             save_atomic(weights | self.state.state_dict(), run_dir.last())
 
     def best_model(self, run: Run) -> nn.Module:
-        best = torch.load(run.dir.best(), map_location=self.runtime.device, weights_only=True)
-        self.state.eval_model.load_state_dict(best["state_dict"])
+        self.state.eval_model.load_state_dict(Checkpoint.load(run.dir.best()).state_dict)
         return self.state.eval_model
 
 

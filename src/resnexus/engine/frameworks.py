@@ -17,11 +17,32 @@ __all__ = ["train"]
 
 
 def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> TrainResult:
-    """Train and evaluate one model with the framework ``config.framework`` names.
+    """Train and evaluate one model: the Python side of ``resnexus train``.
 
-    Both write the same run directory (history.csv, metrics.json, report.md, checkpoints/best.pt or
-    best.keras); ``splits`` replaces the split made from ``config.data`` (cross-validation, compare).
-    See :func:`resnexus.engine.fit.train` and :func:`resnexus.engine.keras_fit.train_keras`.
+    The data is checked (every image read once) and split, the model trained with the framework
+    ``config.framework`` names, and the selected weights evaluated on the test split. Both
+    frameworks write the same run directory (:meth:`RunDir.layout`: checkpoints, history.csv,
+    metrics.json, report.md).
+
+    Args:
+        config: What to train on what and how; ``None`` fields are filled by the recipe
+            (see :class:`TrainConfig`). Without ``data``: the built-in digits.
+        splits: Ready-made ``"train"`` (and optional ``"val"`` / ``"test"``) samples that replace
+            the split made from ``config.data``; cross-validation and ``compare`` use it to give
+            several runs exactly the same images.
+
+    Returns:
+        The run directory, the test metrics, the epoch history, the selected epoch and the time.
+
+    Raises:
+        ValueError: A bad option or combination (one line naming it), or data that cannot be used
+            as asked (:class:`~resnexus.data.DataError`: a missing class, an unreadable file,
+            too few images or groups for the split).
+        FileNotFoundError: ``config.data`` or a weights file does not exist.
+        FileExistsError: ``config.out`` already holds a run and neither ``resume`` nor
+            ``overwrite`` is set.
+        TrainingInterrupted: A stop signal (SIGINT, SIGTERM) arrived; everything needed to resume
+            was saved first, and the message says how to resume.
     """
     if config.framework == "keras":
         from .keras_fit import train_keras  # Keras (and TensorFlow) only when asked for

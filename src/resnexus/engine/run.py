@@ -92,6 +92,19 @@ EpochEnd = Literal["continue", "stop", "interrupt"]  # what the loop does after 
 
 @dataclass
 class TrainResult:
+    """What :func:`resnexus.train` returns: where the run is and how well its selected model did.
+
+    Attributes:
+        run_dir: The run directory (:class:`~resnexus.engine.rundir.RunDir` names its files);
+            ``Checkpoint.load(run_dir)`` opens the trained model.
+        metrics: The selected model's metrics on the test split (else validation, else the
+            training images), as written to ``metrics.json``: accuracy, balanced accuracy,
+            per-class precision / recall / F1, confusion matrix, ROC-AUC, ``split`` and more.
+        history: One dict per epoch, the rows of ``history.csv``.
+        best_epoch: The epoch whose weights ``checkpoints/best.pt`` holds.
+        seconds: Training time over every session of the run (a resumed run included).
+    """
+
     run_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
@@ -100,6 +113,7 @@ class TrainResult:
 
     @property
     def report(self) -> Path:
+        """The run's ``report.md``."""
         return RunDir(self.run_dir).report
 
 

@@ -15,7 +15,7 @@ A cross-validation run holds one training run per fold and the refit model::
     RUN_DIR/
       cv_run.json            the folds and whether to refit: what ``--resume`` continues
       cv_splits.json         every fold's train / val / test files
-      cv_metrics.json        per-fold metrics, their mean and standard error (once every fold is done)
+      cv_metrics.json        per-fold metrics, their mean and standard deviation (once every fold is done)
       cv_report.md
       oof_predictions.csv    every image's out-of-fold class probabilities (the fold model that never saw it)
       calibration.json       temperature, conformal scores and operating threshold fitted on them
@@ -40,7 +40,18 @@ _SUFFIX = {"torch": ".pt", "keras": ".keras"}
 
 @dataclass(frozen=True)
 class RunDir:
-    """A run directory (it need not exist yet): the paths of what a run writes there."""
+    """A run directory (it need not exist yet): the paths of what a run writes there.
+
+    Every file name of the layout is a constant of this class, and :meth:`layout` says what each
+    file holds; code asks a ``RunDir`` for a path instead of spelling it.
+
+    Args:
+        path: The run directory (``--out``).
+
+    Example:
+        ``RunDir("runs/cv").fold(2).best()`` is ``runs/cv/fold2/checkpoints/best.pt``;
+        ``RunDir("runs/cv").refit.saved_best()`` the refit model's file if it was saved, else None.
+    """
 
     path: Path
 
@@ -69,30 +80,42 @@ class RunDir:
     # -- a training run -------------------------------------------------------------------------
     @property
     def checkpoints(self) -> Path:
+        """The folder of the run's checkpoint files."""
         return self.path / self.CHECKPOINTS
 
     def best(self, framework: Framework = "torch") -> Path:
-        """The selected model's file (``checkpoints/best.pt`` or ``best.keras``)."""
+        """The selected model's file, whether or not it exists yet.
+
+        Args:
+            framework: ``"torch"`` (``checkpoints/best.pt``) or ``"keras"`` (``best.keras``).
+
+        Returns:
+            The path; :meth:`saved_best` finds the one a finished run saved.
+        """
         return self.checkpoints / f"best{_SUFFIX[framework]}"
 
     def last(self, framework: Framework = "torch") -> Path:
-        """The resumable state's file (``checkpoints/last.pt`` or ``last.keras``)."""
+        """The resumable state's file (``checkpoints/last.pt``, or ``last.keras`` for ``"keras"``)."""
         return self.checkpoints / f"last{_SUFFIX[framework]}"
 
     @property
     def history(self) -> Path:
+        """``history.csv``: one row per epoch."""
         return self.path / self.HISTORY
 
     @property
     def metrics(self) -> Path:
+        """``metrics.json``: the selected model's test metrics."""
         return self.path / self.METRICS
 
     @property
     def report(self) -> Path:
+        """``report.md``: the run described for a reader."""
         return self.path / self.REPORT
 
     @property
     def tensorboard(self) -> Path:
+        """The TensorBoard events folder (``--tensorboard``)."""
         return self.path / self.TENSORBOARD
 
     def saved_best(self) -> Path | None:
@@ -116,22 +139,27 @@ class RunDir:
 
     @property
     def refit(self) -> RunDir:
+        """A cross-validation run's refit model (trained on every image): an ordinary training run."""
         return RunDir(self.path / self.REFIT)
 
     @property
     def cv_run(self) -> Path:
+        """``cv_run.json``: the folds and whether to refit, written when a cross-validation starts."""
         return self.path / self.CV_RUN
 
     @property
     def cv_splits(self) -> Path:
+        """``cv_splits.json``: every fold's files."""
         return self.path / self.CV_SPLITS
 
     @property
     def cv_metrics(self) -> Path:
+        """``cv_metrics.json``: per-fold metrics, their mean and std (once every fold is done)."""
         return self.path / self.CV_METRICS
 
     @property
     def cv_report(self) -> Path:
+        """``cv_report.md``: the cross-validated estimate described for a reader."""
         return self.path / self.CV_REPORT
 
     @property
@@ -149,10 +177,95 @@ class RunDir:
     # -- from a path a user gave ----------------------------------------------------------------
     @classmethod
     def holding(cls, checkpoint: str | Path) -> RunDir | None:
-        """The run directory a checkpoint file was saved in (``RUN/checkpoints/best.pt``), else None."""
+        """The run directory a checkpoint file was saved in.
+
+        Args:
+            checkpoint: A checkpoint file's path.
+
+        Returns:
+            ``RUN`` for ``RUN/checkpoints/best.pt`` (any file in a ``checkpoints/`` folder), else None.
+        """
         parent = Path(checkpoint).parent
         return cls(parent.parent) if parent.name == cls.CHECKPOINTS else None
 
     # -- what a finished run of a study records for resuming the study (engine/finished.py) ----
     CV_FINISHED = "cv_run_finished.json"  # in each fold / refit run directory of a cross-validation
     COMPARE_FINISHED = "compare_run.json"  # in each run directory of a comparison
+
+    # -- what each file holds: docs/reference/run-directory.md is generated from this, and a test
+    # checks that every name above appears here (a new name gets its row too) ---------------------
+    @classmethod
+    def layout(cls) -> list[tuple[str, str, str]]:
+        """What a run writes, for the reference page: ``(run, path, what it holds)`` rows.
+
+        Returns:
+            One row per file or folder (a folder's path ends in ``/``), relative to the run
+            directory of ``run``: "training" (``train``; also each fold, the refit and each model of
+            a study), "cross-validation" (``train --folds K``) or "comparison" (``compare``).
+        """
+        run, fold = cls("."), cls(".").fold(1)
+
+        def row(run_kind: str, path: Path, what: str, folder: bool = False) -> tuple[str, str, str]:
+            return run_kind, path.as_posix() + ("/" if folder else ""), what
+
+        return [
+            row("training", run.best(), _BEST),
+            row("training", run.best("keras"), "the same, for a Keras run (`--framework keras`)"),
+            row("training", run.last(), _LAST),
+            row("training", run.last("keras"), "the same, for a Keras run"),
+            row("training", run.history, "one row per epoch: losses, accuracies, learning rate, seconds"),
+            row("training", run.metrics, _METRICS),
+            row("training", run.report, _REPORT),
+            row("training", run.tensorboard, "TensorBoard event files (`--tensorboard`)", folder=True),
+            row("cross-validation", run.cv_run, "the number of folds and whether to refit: what `--resume` continues"),
+            row("cross-validation", run.cv_splits, "every fold's train / validation / test files"),
+            row("cross-validation", run.cv_metrics, _CV_METRICS),
+            row("cross-validation", run.cv_report, _CV_REPORT),
+            row("cross-validation", run.oof_predictions, _OOF),
+            row("cross-validation", run.calibration, _CALIBRATION),
+            row(
+                "cross-validation",
+                fold.path,
+                "fold 1's training run (to foldK/), tested on its held-out fold",
+                folder=True,
+            ),
+            row("cross-validation", run.refit.path, _REFIT, folder=True),
+            row("cross-validation", fold.path / cls.CV_FINISHED, _FINISHED.format(where="each fold's and the refit's")),
+            row("comparison", run.path / cls.COMPARE_FINISHED, _FINISHED.format(where="each model's")),
+        ]
+
+
+# what RunDir.layout says of its longer entries
+_BEST = (
+    "the model to use: weights, model name and config, class names, image size and normalisation, and what it "
+    "was trained on. With at least 100 validation images the epoch with the best validation accuracy (ties: the "
+    "lower loss), else the final weights (`--select` overrides)"
+)
+_LAST = (
+    "the resumable state: model, optimizer, scheduler, grad scaler, EMA, history, random state, position in the "
+    "epoch and a fingerprint of each split's files"
+)
+_METRICS = (
+    "the selected model on the test split (else validation, else the training images): accuracy, balanced "
+    "accuracy, per-class precision / recall / F1, macro F1, confusion matrix, ROC-AUC, for two classes "
+    "sensitivity and specificity, each with its 95 % interval (`<metric>_ci`); `absent_classes`, skipped files"
+)
+_REPORT = "the same in words, with loss / accuracy curves, the confusion matrix and the ROC curve as images beside it"
+_CV_METRICS = (
+    "the protocol, per-fold test metrics, their mean, standard deviation and the mean's 95 % interval (`ci`), "
+    "written once every fold is done"
+)
+_CV_REPORT = "the cross-validated estimate (mean ± std and 95 % interval), which model to deploy, a per-fold table"
+_OOF = "every image's out-of-fold class probabilities: those of the fold model that never saw it"
+_CALIBRATION = (
+    "what predict, evaluate, explain and serve apply to the deployable model: the temperature, the out-of-fold "
+    "conformal scores behind `--coverage` sets and the operating threshold (`--target-sensitivity`)"
+)
+_REFIT = (
+    'the deployable model: the same recipe trained on every image (`trained_on: "all"`); its own report is on '
+    "training images"
+)
+_FINISHED = (
+    "written into {where} run directory once it has finished: its outcome, recipe and images, so `--resume` "
+    "keeps it instead of training it again"
+)

@@ -222,8 +222,20 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Registered model names matching a shell-style ``pattern``, sorted; an unknown ``family`` is
-    refused, naming the known ones (else it would look like a pattern that matches nothing)."""
+    """The registered model names, sorted, optionally filtered.
+
+    Args:
+        pattern: A shell-style pattern (``fnmatch``), e.g. ``"resnext*"``; ``"*"`` lists all.
+        family: Only the models of this family (e.g. ``"resnext"``, ``"densenet"``; the
+            ``family`` of :func:`model_info`).
+
+    Returns:
+        The matching names (``[]`` when the pattern matches none).
+
+    Raises:
+        ValueError: ``family`` is not a known family (named with the known ones, so a typo does not
+            look like a pattern that matches nothing).
+    """
     families = sorted({e.family for e in _REGISTRY.values()})
     if family is not None and family not in families:
         raise ValueError(f"unknown family {family!r}; known families: {', '.join(families)}")
@@ -243,18 +255,39 @@ def create_model(
     out_indices: tuple[int, ...] | None = None,
     **overrides: Any,
 ) -> nn.Module:
-    """Build a registered model.
+    """Build a registered model, optionally with pretrained or saved weights.
 
-    ``overrides`` replace entries of the variant's spec row (e.g. ``cardinality=16``).
-    ``weights`` is a local ``.pth``/``.pt``/``.safetensors``/Keras ``.h5`` file, a URL, or published
-    weights by name: ``"imagenet"`` (the recommended entry of :func:`list_pretrained`), a source
-    (``"torchvision"``, ``"keras"``, ``"official"``), a tag (``"torchvision:IMAGENET1K_V2"``) or a
-    :class:`PretrainedWeights`; those are downloaded once and verified (``weights_dir`` or
-    ``$RESNEXUS_WEIGHTS_DIR``: a folder of files to use without network). A file whose classifier
-    has another class count loads everything but the classifier.
-    ``num_classes=0`` builds the model without a classifier (it returns the pooled features); a
-    negative count is refused. ``features_only=True`` returns a :class:`FeatureExtractor` giving
-    the stage outputs.
+    Args:
+        name: A registered name (:func:`list_models`, ``resnexus models``).
+        num_classes: Outputs of the classifier; ``0`` builds the model without one (it returns the
+            pooled features).
+        in_chans: Input channels.
+        weights: Initial weights: a local ``.pth`` / ``.pt`` / ``.safetensors`` / Keras ``.h5`` file,
+            a URL, or published weights by name: ``"imagenet"`` (the recommended entry of
+            :func:`list_pretrained`), a source (``"torchvision"``, ``"keras"``, ``"official"``), a tag
+            (``"torchvision:IMAGENET1K_V2"``) or a :class:`PretrainedWeights`. Published weights are
+            downloaded once and verified. A file whose classifier has another class count loads
+            everything but the classifier.
+        weights_dir: A folder of downloaded weights files to use without network (default
+            ``$RESNEXUS_WEIGHTS_DIR``).
+        features_only: Return a :class:`FeatureExtractor` that gives the stage outputs instead of logits.
+        out_indices: With ``features_only``: which stages (default all; negative counts from the end).
+        **overrides: Entries of the variant's spec row to replace, e.g. ``cardinality=16``
+            (:func:`model_options` lists them).
+
+    Returns:
+        The model in training mode, with ``model_name``, ``model_config`` (the overrides) and
+        ``pretrained_cfg`` (input size, mean, std) set.
+
+    Raises:
+        ValueError: An unknown name (with the nearest known names), an option the family does not
+            take (with those it does), a negative ``num_classes``, or weights that do not fit the
+            model (:class:`WeightsError`, naming the file and the mismatch).
+        FileNotFoundError: A weights file that does not exist, or published weights that cannot be
+            downloaded and are not in ``weights_dir``.
+
+    Example:
+        ``create_model("resnext50_32x4d", num_classes=2, weights="imagenet")``
     """
     num_classes = check_num_classes(num_classes)
     entry = get_entry(name)
