@@ -23,7 +23,6 @@ API, kept as thin wrappers over it.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -40,13 +39,13 @@ from ..models.pretrained import Preprocessing, cache_dir, imagenet_class_names, 
 from ..models.registry import create_model, find_pretrained, is_weights_tag
 from ..models.weights import WeightsError, load_torch_file
 from ..reports.uncertainty import Calibration
+from .onnx_model import OnnxClassifier
 from .rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "resnexus-checkpoint"
 VERSION = 1
-ONNX_META_KEY = "resnexus"  # the ONNX metadata entry holding a checkpoint's inference keys (JSON)
 # what inference needs from a checkpoint, and what an exported ONNX file therefore carries
 INFERENCE_KEYS = (
     "model_name",
@@ -428,45 +427,6 @@ def _read_keras(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     meta = _normalized(meta)
     return to_torch(keras_model, **meta["model_config"]).eval(), meta
-
-
-def require_onnx_package(module: str) -> Any:
-    """Import one of the optional ONNX packages, or say how to install them."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ValueError(f"ONNX export needs {module}: pip install 'resnexus[onnx]'") from error
-
-
-class OnnxClassifier:
-    """An onnxruntime session that behaves like an eval-mode model: tensor in, logits tensor out."""
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        ort = require_onnx_package("onnxruntime")
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own types for broken files
-            raise ValueError(f"{self.path}: not a readable ONNX model ({error})") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        if ONNX_META_KEY not in props:
-            raise ValueError(f"{self.path}: no resnexus metadata; export it with `resnexus export`")
-        self.meta: dict[str, Any] = _normalized(json.loads(props[ONNX_META_KEY]))
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().float().contiguous().cpu().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
-
-    def eval(self) -> OnnxClassifier:  # the inference helpers call model.eval()
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> OnnxClassifier:
-        return self
 
 
 class FoldEnsemble(nn.Module):

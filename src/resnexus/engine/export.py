@@ -4,7 +4,7 @@ The ONNX file carries the checkpoint's class names and preprocessing in its meta
 (``resnexus`` key, JSON), so ``resnexus predict --checkpoint model.onnx`` needs nothing else.
 The batch dimension is dynamic. After writing, the export runs the same random batch through
 onnxruntime and eager PyTorch and reports the largest difference of the logits. Reading the
-file back (:class:`~resnexus.engine.checkpoint.OnnxClassifier`) is checkpoint handling.
+file back (:class:`~resnexus.engine.onnx_model.OnnxClassifier`) is checkpoint handling.
 
 :func:`export_keras` ships the same checkpoint to Keras users (``format="keras"``: a ``.keras``
 file) and to TF Serving (``format="savedmodel"``): the weights move by
@@ -26,16 +26,9 @@ import numpy as np
 import torch
 
 from ..files import atomic_folder, atomic_path, atomic_write, check_output_folder
-from .checkpoint import (
-    FORMAT,
-    ONNX_META_KEY,
-    VERSION,
-    Checkpoint,
-    OnnxClassifier,
-    require_onnx_package,
-    resolve_checkpoint,
-)
+from .checkpoint import FORMAT, VERSION, Checkpoint, resolve_checkpoint
 from .inference import check_output_file, checkpoint_files
+from .onnx_model import ONNX_META_KEY, OnnxClassifier, require_onnx_package
 
 __all__ = [
     "KERAS_FORMATS",
@@ -45,7 +38,7 @@ __all__ = [
     "export_keras",
     "export_onnx",
     "keras_metadata",
-]  # OnnxClassifier: the reader, in checkpoint.py
+]  # OnnxClassifier: the reader, in onnx_model.py
 
 
 @dataclass
