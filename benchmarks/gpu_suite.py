@@ -230,12 +230,9 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model and thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from resnexus.engine.runtime import cpu_model
+
+    model = cpu_model()
     threads = torch.get_num_threads()
     return f"{model}, {threads} thread{'' if threads == 1 else 's'}, no GPU"
 

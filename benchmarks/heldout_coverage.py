@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from resnexus.data.scan import group_ids
 from resnexus.engine.rundir import RunDir
+from resnexus.engine.runtime import cpu_model
 from resnexus.reports.uncertainty import fit_calibration, judge
 
 COVERAGES = (0.8, 0.9, 0.95)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{len(labels)} out-of-fold images, {len(set(groups))} patients, classes {names}; calibration fitted on "
         f"{args.folds - 1}/{args.folds} of the patients, measured on the rest; {args.repeats} repeats "
-        f"({platform.processor() or platform.machine()})"
+        f"({cpu_model()})"
     )
     print(f"{'asked':>16} | {'held-out coverage':>17} | {'mean set size':>13} | {'one class':>9} | per class coverage")
     for key, row in figures.items():

@@ -12,7 +12,6 @@ wall time of each benchmark.
 from __future__ import annotations
 
 import argparse
-import platform
 import subprocess
 import sys
 import time
@@ -41,12 +40,9 @@ _NOISE = ("W1", "  warnings.warn", "USDT:", "ERROR:")
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from resnexus.engine.runtime import cpu_model
+
+    cpu = cpu_model()
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {torch.get_num_threads()} threads, AMX {'yes' if amx else 'no'}, {gpu}; torch {torch.__version__}"

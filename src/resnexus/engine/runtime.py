@@ -6,13 +6,24 @@ A home of its own because both training (engine/fit.py, engine/run.py) and the m
 
 from __future__ import annotations
 
+import platform
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["Runtime", "autocast_dtype", "precision_name"]
+__all__ = ["Runtime", "autocast_dtype", "cpu_model", "precision_name"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), for figures that must name their hardware; the
+    architecture ("x86_64") where the system does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
