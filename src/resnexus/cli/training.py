@@ -69,6 +69,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --folds: skip the model on every image (use the fold models with --ensemble)",
     )
+    config_option(cv, "--target-sensitivity", type=float)
+    config_option(cv, "--target-specificity", type=float)
+    config_option(cv, "--no-temperature-scaling", "temperature_scaling", action="store_false")
     g["distributed & performance"].add_argument(
         "--nproc",
         type=int,
@@ -174,11 +177,27 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     jobs = getattr(args, "jobs", None)
     if jobs is not None and folds is None:
         raise ValueError("--jobs goes with --folds (it trains fold runs side by side)")
+    if folds is None and (asked := calibration_flags(config)):
+        raise ValueError(f"{asked} goes with --folds: calibration is fitted on the out-of-fold predictions")
     if folds is not None:
         cross_validate(config, folds, refit=not no_refit, jobs=1 if jobs is None else jobs)
     else:
         train(config)
     return 0
+
+
+def calibration_flags(config: TrainConfig) -> str | None:
+    """The calibration flags a config sets (``--target-sensitivity``, ...), or None."""
+    given = [
+        flag
+        for flag, value in (
+            ("--target-sensitivity", config.target_sensitivity),
+            ("--target-specificity", config.target_specificity),
+            ("--no-temperature-scaling", None if config.temperature_scaling else True),
+        )
+        if value is not None
+    ]
+    return ", ".join(given) or None
 
 
 def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:

@@ -49,6 +49,7 @@ import numpy as np
 from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
 from ..files import write_text_atomic
 from ..reports import resolve_positive_class
+from ..reports.calibration_report import calibration_markdown
 from ..reports.crossval import CV_METRICS, RunLinks, cv_report_markdown, format_mean_std
 from . import distributed
 from .config import (
@@ -67,6 +68,7 @@ from .config import (
 from .finished import finished_outcome, record_finished
 from .frameworks import train
 from .interrupt import TrainingInterrupted
+from .out_of_fold import calibrate_study, calibration_options
 from .rundir import RunDir
 from .workers import RunsStopped, run_side_by_side
 
@@ -156,6 +158,8 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
             fold_metrics = [_fold_row(k + 1, plans[k], outcomes[k]) for k in range(folds)]
             record = _estimate_record(config, samples, fold_metrics, validated, refit, started)
             if main:  # the estimate is on disk before the refit ends (an interrupted refit loses nothing)
+                positive = record["protocol"].get("positive_class")
+                record["calibration"] = calibrate_study(run_dir, samples, config, positive, log)
                 write_record(run_dir, record)
             positive = record["protocol"].get("positive_class")
             log(
@@ -188,6 +192,7 @@ def _cut_folds(config: TrainConfig, folds: int, log: Callable[[str], None]) -> t
     """The checked images and each fold's train / (val) / test parts, checked to partition them."""
     samples = scan_checked(config)
     resolve_positive_class(samples.class_names, config.positive_class)  # a wrong name: one line, before any fold
+    calibration_options(config, samples.class_names)  # a target for 3 classes: one line, before any fold
     warn_about_config(config, config.verbose and distributed.setup().is_main)  # once here, not once per fold run
     fold_indices = kfold_splits(samples, folds, seed=config.seed)
     plans = [fold_splits(samples, train_idx, test_idx, config) for train_idx, test_idx in fold_indices]
@@ -403,7 +408,7 @@ def _refit_config(config: TrainConfig, out: Path) -> TrainConfig:
 
 def report_markdown(record: dict[str, Any]) -> str:
     """cv_report.md for ``record`` (what cv_metrics.json holds), linking into this layout."""
-    return cv_report_markdown(record, REPORT_LINKS)
+    return cv_report_markdown(record, REPORT_LINKS) + calibration_markdown(record)
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ A training run (``train``, each fold of ``train --folds K``, each model of ``com
       history.csv            one row per epoch
       metrics.json           the test split's metrics
       report.md              what was trained on what, and how well it did
+      test_predictions.csv   the test split's class probabilities, one row per image (when there is a test split)
       tensorboard/           TensorBoard events (``--tensorboard``)
 
 A cross-validation run holds one training run per fold and the refit model::
@@ -19,6 +20,8 @@ A cross-validation run holds one training run per fold and the refit model::
       cv_report.md
       oof_predictions.csv    every image's out-of-fold class probabilities (the fold model that never saw it)
       calibration.json       temperature, conformal scores and operating threshold fitted on them
+      reliability.png        the reliability diagram of the out-of-fold probabilities, before and after calibration
+      cv_roc.png             the out-of-fold ROC curve (two classes), with the chosen operating point
       fold1/ ... foldK/      training runs
       refit/                 the deployable model: the same recipe trained on every image
 
@@ -156,3 +159,20 @@ class RunDir:
     # -- what a finished run of a study records for resuming the study (engine/finished.py) ----
     CV_FINISHED = "cv_run_finished.json"  # in each fold / refit run directory of a cross-validation
     COMPARE_FINISHED = "compare_run.json"  # in each run directory of a comparison
+
+    # -- what a training run keeps of its test split, and a cross-validation run's calibration figures
+    TEST_PREDICTIONS = "test_predictions.csv"  # path (relative to the data root), label, prob_<class>...
+    RELIABILITY_PLOT = "reliability.png"
+    CV_ROC_PLOT = "cv_roc.png"
+
+    @property
+    def test_predictions(self) -> Path:
+        return self.path / self.TEST_PREDICTIONS
+
+    @property
+    def reliability_plot(self) -> Path:
+        return self.path / self.RELIABILITY_PLOT
+
+    @property
+    def cv_roc_plot(self) -> Path:
+        return self.path / self.CV_ROC_PLOT
