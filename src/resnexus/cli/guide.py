@@ -41,6 +41,17 @@ GUIDE: dict[str, tuple[str, tuple[str, ...]]] = {
             "--out runs/cmp --resume",
         ),
     ),
+    "calibrate": (
+        "Fit again how sure a cross-validation run's model is, from its fold models' out-of-fold\n"
+        "predictions: the temperature, the prediction sets' scores and, for two classes, the decision\n"
+        "threshold for a target sensitivity or specificity. `train --folds K` does this by itself; use it\n"
+        "for another target, or for a run trained before its fold runs kept their test predictions.",
+        (
+            "resnexus calibrate runs/lesions",
+            "resnexus calibrate runs/lesions --target-sensitivity 0.95",
+            "resnexus calibrate runs/lesions --target-specificity 0.9 --no-temperature-scaling",
+        ),
+    ),
     "evaluate": (
         "Measure a trained model on labelled images it has not seen: accuracy, per-class metrics and the\n"
         "confusion matrix (for two classes also sensitivity, specificity and ROC-AUC). Use it on a new\n"

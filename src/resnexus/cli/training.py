@@ -18,11 +18,21 @@ from typing import Any
 from ..data.check import MAX_PIXELS, check_data
 from ..data.sampler import check_global_batch
 from ..engine import compare, cross_validate, train
-from ..engine.config import CHOICES, TrainConfig, complete_config, resume_config, resume_with, validate_config
+from ..engine.calibrate import calibrate
+from ..engine.config import (
+    CHOICES,
+    TrainConfig,
+    complete_config,
+    field_help,
+    resume_config,
+    resume_with,
+    validate_config,
+)
 from ..engine.crossval import resume_settings as cv_resume_settings
 from ..engine.crossval import study_of as cv_study_of
 from ..engine.distributed import torchrun_command
 from ..engine.interrupt import TrainingInterrupted
+from ..engine.rundir import RunDir
 from .command import Command, config_option
 
 # train's and compare's --help sections, in this order
@@ -304,6 +314,27 @@ def run_check_data(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 1 if report.errors else 0
 
 
+# -- calibrate ------------------------------------------------------------------------------------
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `train --folds K` directory")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-sensitivity", type=float, help=field_help("target_sensitivity"))
+    target.add_argument("--target-specificity", type=float, help="as --target-sensitivity, for a specificity")
+    p.add_argument(
+        "--no-temperature-scaling",
+        dest="temperature_scaling",
+        action="store_false",
+        default=None,
+        help="keep the model's own probabilities (T = 1); default: the run's choice",
+    )
+
+
+def run_calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    calibrate(args.run_dir, args.target_sensitivity, args.target_specificity, args.temperature_scaling)
+    print(f"calibration: {RunDir(args.run_dir).calibration} (report: {RunDir(args.run_dir).cv_report})")
+    return 0
+
+
 TRAIN = Command(
     "train",
     "train and evaluate a model on an image folder (default: built-in digits)",
@@ -320,4 +351,10 @@ COMPARE = Command(
 )
 CHECK_DATA = Command(
     "check-data", "find unreadable, oversized, duplicate and misplaced images", add_check_data_arguments, run_check_data
+)
+CALIBRATE = Command(
+    "calibrate",
+    "fit a cross-validation run's calibration again: temperature, prediction sets, operating point",
+    add_calibrate_arguments,
+    run_calibrate,
 )
