@@ -61,6 +61,7 @@ GUIDE: dict[str, tuple[str, tuple[str, ...]]] = {
             "resnexus evaluate --checkpoint runs/lesions/checkpoints/best.pt --data photos/test --out metrics.json",
             "resnexus evaluate --checkpoint runs/cv --ensemble --tta --data new-photos/",
             "resnexus evaluate --checkpoint model.onnx --data new-photos/ --positive-class melanoma",
+            "resnexus evaluate --checkpoint runs/cv --data new-photos/ --coverage 0.9   # calibration, set coverage",
         ),
     ),
     "predict": (
@@ -72,6 +73,7 @@ GUIDE: dict[str, tuple[str, tuple[str, ...]]] = {
             "resnexus predict --checkpoint model.onnx --input photo.jpg --output photo.csv",
             "resnexus predict --model resnet50 --weights imagenet --input photos/ --output imagenet.csv",
             "resnexus predict --checkpoint runs/cv --ensemble --tta --input test/ --output submission.csv --id-label",
+            "resnexus predict --checkpoint runs/cv --input new-photos/ --output sets.csv --coverage 0.9",
         ),
     ),
     "explain": (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from ..engine import evaluate, predict
 from ..engine.explain import explain
@@ -14,6 +15,48 @@ from .guide import CHECKPOINT_HELP, ENSEMBLE_HELP
 
 EXPORT_FORMATS = ("onnx", "keras", "savedmodel")
 DEFAULT_OPSET = 18
+
+
+# -- how sure: shared by evaluate and predict ------------------------------------------------------
+def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-calibration",
+        dest="calibrated",
+        action="store_false",
+        help="the model's raw probabilities and top class, without the calibration a `train --folds` run "
+        "stored (temperature, operating threshold)",
+    )
+    p.add_argument(
+        "--coverage",
+        type=float,
+        help="prediction sets: every class the model cannot rule out, holding the true class for at least this "
+        "share of images like the training ones, e.g. 0.9 (needs a `train --folds` run's calibration)",
+    )
+    p.add_argument(
+        "--per-class-coverage",
+        action="store_true",
+        help="with --coverage: the coverage held within each true class (Mondrian sets), not just on average",
+    )
+
+
+def calibration_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(calibrated=args.calibrated, coverage=args.coverage, per_class_coverage=args.per_class_coverage)
+
+
+def describe_sureness(metrics: dict[str, Any]) -> list[str]:
+    """evaluate's lines about the calibration and, with --coverage, the prediction sets."""
+    scores = metrics["calibration"]
+    how = f"temperature {metrics['temperature']:.3f}" if metrics.get("calibrated") else "raw probabilities"
+    if metrics.get("threshold") is not None:
+        how += f", threshold {metrics['threshold']:.4f}"
+    lines = [f"calibration ({how}): ECE {scores['ece']:.3f} | Brier {scores['brier']:.3f} | NLL {scores['nll']:.3f}"]
+    if "coverage" in metrics:
+        per_class = ", ".join(f"{name} {v:.3f}" for name, v in metrics["coverage_per_class"].items())
+        lines.append(
+            f"prediction sets (coverage {metrics['coverage_target']:g}): {metrics['coverage']:.3f} hold the true "
+            f"class, mean size {metrics['mean_set_size']:.2f} (per class: {per_class})"
+        )
+    return lines
 
 
 # -- evaluate -------------------------------------------------------------------------------------
@@ -35,6 +78,7 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
         help="evaluate on the images that can be decoded instead of stopping at the first that cannot; "
         "the rest are listed in the log and under 'skipped' in --out",
     )
+    add_calibration_arguments(ev)
 
 
 def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -47,9 +91,12 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         overwrite=args.overwrite,
         positive_class=args.positive_class,
         skip_bad_images=args.skip_bad_images,
+        **calibration_arguments(args),
     )
     if positive := describe_positive_class(metrics):
         print(f"sensitivity / specificity: {positive}")
+    for line in describe_sureness(metrics):
+        print(line)
     for warning in metrics.get("warnings") or []:
         print(f"warning: {warning}")
     skipped = f" ({len(metrics['skipped'])} unreadable skipped)" if metrics.get("skipped") else ""
@@ -78,6 +125,7 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
         help="predict the images that can be decoded instead of stopping at the first that cannot; the rest "
         "get no row in --output (as timm's inference script leaves out what it skips) and are listed in the log",
     )
+    add_calibration_arguments(pr)
 
 
 def run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -93,6 +141,7 @@ def run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         weights=args.weights,
         weights_dir=args.weights_dir,
         skip_bad_images=args.skip_bad_images,
+        **calibration_arguments(args),
     )
     print(f"predictions: {written}")
     return 0

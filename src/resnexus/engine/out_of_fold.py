@@ -31,7 +31,7 @@ from ..reports.calibration_report import describe_calibration
 from ..reports.plots import plot_reliability, plot_roc
 from ..reports.uncertainty import Calibration, fit_calibration, judge
 from .checkpoint import Checkpoint
-from .inference import Predictor, readable_batches
+from .inference import Predictor, readable_batches, set_coverage
 from .rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -218,20 +218,8 @@ def _summary(
 
 
 def _coverage(probs: np.ndarray, labels: np.ndarray, calibration: Calibration, coverage: float) -> dict[str, Any]:
-    """The share of images whose set holds their class, the mean set size and the per-class shares,
-    with the sets of ``coverage`` made from these same images' scores."""
-    sets = judge(probs, calibration, coverage).sets
-    assert sets is not None
-    inside = sets[np.arange(len(labels)), labels]
-    per_class = {
-        name: float(inside[labels == k].mean()) for k, name in enumerate(calibration.class_names) if (labels == k).any()
-    }
-    return {
-        "coverage": coverage,
-        "empirical": float(inside.mean()),
-        "mean_set_size": float(sets.sum(axis=1).mean()),
-        "per_class": per_class,
-    }
+    """How often the sets of ``coverage`` hold the true class, made from these same images' scores."""
+    return set_coverage(judge(probs, calibration, coverage), labels, calibration.class_names)
 
 
 def calibrate_study(

@@ -79,10 +79,10 @@ def _temperature_lines(summary: dict[str, Any]) -> list[str]:
 def _set_lines(summary: dict[str, Any]) -> list[str]:
     rows = [
         [
-            f"{c['coverage']:g}",
-            fixed_decimals(c["empirical"], 3),
+            f"{c['coverage_target']:g}",
+            fixed_decimals(c["coverage"], 3),
             fixed_decimals(c["mean_set_size"], 2),
-            ", ".join(f"{markdown_cell(name)} {value:.3f}" for name, value in c["per_class"].items()),
+            ", ".join(f"{markdown_cell(name)} {value:.3f}" for name, value in c["coverage_per_class"].items()),
         ]
         for c in summary["coverage"]
     ]
