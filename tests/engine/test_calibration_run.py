@@ -133,7 +133,9 @@ def test_predict_applies_the_calibration_threshold_and_sets(cv, tmp_path):
     assert plain == uncalibrated and plain[0] == ["path", "label", *(f"prob_{c}" for c in CLASSES)]
     np.testing.assert_allclose([[float(v) for v in r[2:]] for r in plain[1]], raw, atol=5e-7)
     assert [r[1] for r in plain[1]] == [CLASSES[i] for i in raw.argmax(axis=1)]
-    with pytest.raises(ValueError, match=f"--coverage needs a calibrated model: {re.escape(str(alone))} has no calibration"):
+    with pytest.raises(
+        ValueError, match=f"--coverage needs a calibrated model: {re.escape(str(alone))} has no calibration"
+    ):
         predict(alone, data, tmp_path / "no.csv", coverage=0.9)
     with pytest.raises(ValueError, match=r"coverage must be between 0 and 1 \(e.g. 0.9\), got 1.5"):
         predict(out, data, tmp_path / "no.csv", coverage=1.5)

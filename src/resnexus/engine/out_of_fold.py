@@ -16,22 +16,24 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
-from ..data import Samples, UnlabeledDataset, collate_readable
+from ..data import ImageDataset, Samples
 from ..files import atomic_write
 from ..reports import resolve_positive_class
 from ..reports.calibration_report import describe_calibration
 from ..reports.plots import plot_reliability, plot_roc
 from ..reports.uncertainty import Calibration, fit_calibration, judge
-from .checkpoint import Checkpoint
-from .inference import Predictor, readable_batches, set_coverage
+from .checkpoint import Checkpoint, eval_preprocess
+from .inference import predict_loader, set_coverage
 from .rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -79,28 +81,38 @@ def read_predictions(path: Path, class_names: Sequence[str]) -> dict[str, np.nda
     return {row[0]: np.array([float(v) for v in row[2:]]) for row in rows[1:]}
 
 
-def recompute_probabilities(fold_dir: Path, paths: Sequence[Path]) -> np.ndarray:
-    """A fold model's probabilities of ``paths`` from its best checkpoint (fp32, with the flip
-    averaging it was tested with): for a fold run that kept no test_predictions.csv."""
+def recompute_probabilities(fold_dir: Path, samples: Samples) -> np.ndarray:
+    """A fold model's probabilities of ``samples`` from its best checkpoint, read and cropped as the
+    run's final evaluation read them (decoded at the run's cache size, flip averaging if it had it),
+    in fp32: for a fold run that kept no test_predictions.csv."""
     best = RunDir(fold_dir).saved_best()
     if best is None:
         raise FileNotFoundError(f"{fold_dir} holds no best checkpoint: the fold run did not finish")
     loaded = Checkpoint.load(best)
-    predictor = Predictor(loaded.model(), loaded, flip_tta=bool((loaded.config or {}).get("tta")))
-    loader = DataLoader(UnlabeledDataset(paths, predictor.crop), batch_size=64, collate_fn=collate_readable)
-    return np.concatenate([predictor.probabilities(images) for images, _ in readable_batches(loader, [])])
+    config = loaded.config or {}
+    preprocess = eval_preprocess(loaded)
+    meta = loaded.metadata  # the run's own image size and crop: its cache size (engine/run.py, cache_options)
+    cache_size = math.ceil(meta["image_size"] / (meta.get("crop_fraction") or 0.875))
+    dataset = ImageDataset(samples, preprocess.sample, cache_size=cache_size)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = loaded.model().to(device)
+    _, probs, _ = predict_loader(
+        model, DataLoader(dataset, batch_size=64), device, flip_tta=bool(config.get("tta")), preprocess=preprocess.batch
+    )
+    return probs
 
 
-def _fold_probabilities(fold_dir: Path, files: list[str], root: Path, class_names: Sequence[str]) -> np.ndarray:
-    """The fold model's probabilities of its test ``files`` (relative to ``root``), in their order."""
+def _fold_probabilities(fold_dir: Path, samples: Samples) -> np.ndarray:
+    """The fold model's probabilities of its test images ``samples``, in their order."""
+    files = [_relative(p, samples.root) for p in samples.paths]
     saved = RunDir(fold_dir).test_predictions
     if saved.is_file():
-        found = read_predictions(saved, class_names)
+        found = read_predictions(saved, samples.class_names)
         if set(found) == set(files):
             return np.stack([found[f] for f in files])
         logger.warning(f"{saved} is not about the fold's test files: recomputing them")
     logger.info(f"{fold_dir.name}: computing its test images' probabilities from its best checkpoint")
-    return recompute_probabilities(fold_dir, [root / f for f in files])
+    return recompute_probabilities(fold_dir, samples)
 
 
 # -- the options ----------------------------------------------------------------------------------
@@ -148,7 +160,7 @@ def calibrate_folds(run_dir: Path, samples: Samples, options: CalibrationOptions
     (whose cv_splits.json names every fold's test files among ``samples``); returns the summary."""
     run = RunDir(run_dir)
     splits = json.loads(run.cv_splits.read_text(encoding="utf-8"))
-    root, names = Path(splits["root"]), samples.class_names
+    names = samples.class_names
     by_file = {_relative(p, samples.root): i for i, p in enumerate(samples.paths)}
     rows: list[tuple[str, int, np.ndarray]] = []  # (file, fold, probabilities)
     for k, fold in enumerate(splits["folds"], start=1):
@@ -156,7 +168,7 @@ def calibrate_folds(run_dir: Path, samples: Samples, options: CalibrationOptions
         unknown = [f for f in files if f not in by_file]
         if unknown:
             raise ValueError(f"{run.cv_splits}: fold {k} tests {unknown[0]}, which is not in {samples.root}")
-        probs = _fold_probabilities(run.fold(k).path, files, root, names)
+        probs = _fold_probabilities(run.fold(k).path, samples.subset([by_file[f] for f in files]))
         rows += [(f, k, p) for f, p in zip(files, probs)]
     index = [by_file[f] for f, _, _ in rows]
     labels = np.array([samples.labels[i] for i in index])
