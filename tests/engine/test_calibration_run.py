@@ -139,6 +139,8 @@ def test_predict_applies_the_calibration_threshold_and_sets(cv, tmp_path):
         predict(alone, data, tmp_path / "no.csv", coverage=0.9)
     with pytest.raises(ValueError, match=r"coverage must be between 0 and 1 \(e.g. 0.9\), got 1.5"):
         predict(out, data, tmp_path / "no.csv", coverage=1.5)
+    with pytest.raises(ValueError, match="--coverage adds a set column; --id-label writes only id,label"):
+        predict(out, data, tmp_path / "no.csv", coverage=0.9, id_label=True)
     with pytest.raises(ValueError, match="--per-class-coverage goes with --coverage"):
         predict(out, data, tmp_path / "no.csv", per_class_coverage=True)
     with pytest.raises(ValueError, match="--coverage needs the model's calibration: drop --no-calibration"):
