@@ -20,6 +20,8 @@ models can then be used as an ensemble (``--ensemble``). Outputs under ``config.
     cv_splits.json      the files of train / val / test of every fold (relative to the data root)
     cv_metrics.json     the protocol, per-fold test metrics, mean and std (sample std, ddof=1), the refit
     cv_report.md        the estimate (mean +- std), which model to deploy, a per-fold table, the protocol
+    oof_predictions.csv every image's probabilities from the fold model that never saw it, and what
+    calibration.json    is fitted on them (engine/out_of_fold.py), once every fold has finished
     cv_run.json         the folds and whether to refit, for resuming; each finished run records itself in
                         its directory (cv_run_finished.json)
 
@@ -157,11 +159,10 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
         if record is None and all(k in outcomes for k in range(folds)):
             fold_metrics = [_fold_row(k + 1, plans[k], outcomes[k]) for k in range(folds)]
             record = _estimate_record(config, samples, fold_metrics, validated, refit, started)
+            positive = record["protocol"].get("positive_class")
             if main:  # the estimate is on disk before the refit ends (an interrupted refit loses nothing)
-                positive = record["protocol"].get("positive_class")
                 record["calibration"] = calibrate_study(run_dir, samples, config, positive, log)
                 write_record(run_dir, record)
-            positive = record["protocol"].get("positive_class")
             log(
                 f"cross-validation ({folds} folds): {format_mean_std(record['mean'], record['std'], positive=positive)}"
             )
