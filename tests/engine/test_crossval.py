@@ -331,8 +331,8 @@ def test_ensemble_probabilities_are_the_mean_of_the_fold_models(cv, tmp_path):
     mean = np.mean([probs for _, probs, _ in per_fold], axis=0)
     np.testing.assert_allclose(ensemble, mean, rtol=0, atol=1e-6)
     assert not np.allclose(per_fold[0][1], per_fold[1][1], atol=1e-3)  # the folds' models do differ
-    # the CSV and the metrics come from the same probabilities
-    rows = predict(out, data, tmp_path / "ensemble.csv", ensemble=True).read_text().splitlines()[1:]
+    # the CSV and the metrics come from the same probabilities (the raw ones: no calibration applied)
+    rows = predict(out, data, tmp_path / "ensemble.csv", ensemble=True, calibrated=False).read_text().splitlines()[1:]
     written = np.array([[float(v) for v in row.split(",")[2:]] for row in rows])
     np.testing.assert_allclose(written, mean, rtol=0, atol=1.5e-6)
     metrics = evaluate(out, data, ensemble=True)

@@ -313,6 +313,20 @@ def test_keras_cross_validation_refits_and_its_fold_models_ensemble(data, tmp_pa
         record["protocol"]["framework"] == "keras" and record["refit"]["checkpoint"] == "refit/checkpoints/best.keras"
     )
     assert "refit/checkpoints/best.keras" in (run_dir / "cv_report.md").read_text()
+    # out-of-fold predictions: each Keras fold run wrote its test images' probabilities (from the PyTorch
+    # twin of best.keras, as finish evaluates), and the cross-validation gathered them into calibration.json
+    from resnexus.data import scan_dataset
+    from resnexus.engine.out_of_fold import read_predictions, recompute_probabilities
+
+    splits, names = json.loads((run_dir / "cv_splits.json").read_text()), record["protocol"]["class_names"]
+    for k, fold in enumerate(splits["folds"], start=1):
+        saved = read_predictions(run_dir / f"fold{k}" / "test_predictions.csv", names)
+        tested = scan_dataset(data).subset([scan_dataset(data).paths.index(data / f) for f in fold["test"]])
+        again = recompute_probabilities(run_dir / f"fold{k}", tested)
+        np.testing.assert_allclose(np.stack([saved[f] for f in fold["test"]]), again, atol=1e-5)
+    oof = (run_dir / "oof_predictions.csv").read_text().splitlines()
+    assert len(oof) == 1 + sum(len(f["test"]) for f in splits["folds"])
+    assert json.loads((run_dir / "calibration.json").read_text())["temperature"] > 0
 
     ensemble, meta = load_for_inference(run_dir, ensemble=True)
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))

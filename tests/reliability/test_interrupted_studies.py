@@ -111,6 +111,8 @@ def test_a_stopped_cross_validation_resumes_with_the_printed_command_to_the_whol
     assert record["mean"] == json.loads((whole.run_dir / "cv_metrics.json").read_text())["mean"]
     assert record["refit"]["status"] == "done"
     _same_weights(run, whole.run_dir, ("fold1", "fold2", "refit"))
+    for name in ("oof_predictions.csv", "calibration.json"):  # the kept fold's predictions and the resumed one's
+        assert (run / name).read_bytes() == (whole.run_dir / name).read_bytes(), name
 
 
 def test_resuming_one_fold_alone_names_the_command_that_resumes_the_cross_validation(data, tmp_path, capsys):
@@ -261,6 +263,8 @@ def test_sigterm_of_train_folds_jobs_saves_and_the_printed_command_finishes_it(d
     assert resumed.returncode == 0, resumed.stderr
     assert _fold_results(out) == _fold_results(whole)
     _same_weights(out, whole, ("fold1", "fold2", "refit"))
+    for name in ("oof_predictions.csv", "calibration.json"):  # written by the workers, gathered by the parent
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
 
 
 @pytest.mark.slow

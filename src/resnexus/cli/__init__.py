@@ -3,7 +3,7 @@
 :data:`COMMANDS` is the table of sub-commands: each row names its flags and its handler
 (:class:`~resnexus.cli.command.Command`), and :func:`main` parses the arguments and runs the
 handler of the command typed. The commands live by theme: training.py (train, compare,
-check-data), inference.py (evaluate, predict, explain, export), catalog.py (models), serving.py
+calibrate, check-data), inference.py (evaluate, predict, explain, export), catalog.py (models), serving.py
 (serve); guide.py holds what ``--help`` says of each.
 
 The library reports progress through :mod:`logging` (logger ``resnexus``); the command decides how
@@ -24,13 +24,14 @@ from .command import Command
 from .guide import DESCRIPTION, EPILOG
 from .inference import EVALUATE, EXPLAIN, EXPORT, PREDICT
 from .serving import SERVE
-from .training import CHECK_DATA, COMPARE, TRAIN, train_config_from_args
+from .training import CALIBRATE, CHECK_DATA, COMPARE, TRAIN, train_config_from_args
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "models_table", "train_config_from_args", "weights_table"]
 
 # in the order `resnexus --help` lists them
 COMMANDS: dict[str, Command] = {
-    command.name: command for command in (TRAIN, COMPARE, EVALUATE, PREDICT, EXPLAIN, EXPORT, CHECK_DATA, MODELS, SERVE)
+    command.name: command
+    for command in (TRAIN, COMPARE, CALIBRATE, EVALUATE, PREDICT, EXPLAIN, EXPORT, CHECK_DATA, MODELS, SERVE)
 }
 
 

@@ -41,6 +41,17 @@ GUIDE: dict[str, tuple[str, tuple[str, ...]]] = {
             "--out runs/cmp --resume",
         ),
     ),
+    "calibrate": (
+        "Fit again how sure a cross-validation run's model is, from its fold models' out-of-fold\n"
+        "predictions: the temperature, the prediction sets' scores and, for two classes, the decision\n"
+        "threshold for a target sensitivity or specificity. `train --folds K` does this by itself; use it\n"
+        "for another target, or for a run trained before its fold runs kept their test predictions.",
+        (
+            "resnexus calibrate runs/lesions",
+            "resnexus calibrate runs/lesions --target-sensitivity 0.95",
+            "resnexus calibrate runs/lesions --target-specificity 0.9 --no-temperature-scaling",
+        ),
+    ),
     "evaluate": (
         "Measure a trained model on labelled images it has not seen: accuracy, per-class metrics and the\n"
         "confusion matrix (for two classes also sensitivity, specificity and ROC-AUC). Use it on a new\n"
@@ -50,6 +61,7 @@ GUIDE: dict[str, tuple[str, tuple[str, ...]]] = {
             "resnexus evaluate --checkpoint runs/lesions/checkpoints/best.pt --data photos/test --out metrics.json",
             "resnexus evaluate --checkpoint runs/cv --ensemble --tta --data new-photos/",
             "resnexus evaluate --checkpoint model.onnx --data new-photos/ --positive-class melanoma",
+            "resnexus evaluate --checkpoint runs/cv --data new-photos/ --coverage 0.9   # calibration, set coverage",
         ),
     ),
     "predict": (
@@ -61,6 +73,7 @@ GUIDE: dict[str, tuple[str, tuple[str, ...]]] = {
             "resnexus predict --checkpoint model.onnx --input photo.jpg --output photo.csv",
             "resnexus predict --model resnet50 --weights imagenet --input photos/ --output imagenet.csv",
             "resnexus predict --checkpoint runs/cv --ensemble --tta --input test/ --output submission.csv --id-label",
+            "resnexus predict --checkpoint runs/cv --input new-photos/ --output sets.csv --coverage 0.9",
         ),
     ),
     "explain": (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from ..engine import evaluate, predict
 from ..engine.explain import explain
@@ -26,6 +27,48 @@ def add_skip_bad_images(parser: argparse.ArgumentParser, verb: str, the_rest: st
     )
 
 
+# -- how sure: shared by evaluate and predict ------------------------------------------------------
+def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-calibration",
+        dest="calibrated",
+        action="store_false",
+        help="the model's raw probabilities and top class, without the calibration a `train --folds` run "
+        "stored (temperature, operating threshold)",
+    )
+    p.add_argument(
+        "--coverage",
+        type=float,
+        help="prediction sets: every class the model cannot rule out, holding the true class for at least this "
+        "share of images like the training ones, e.g. 0.9 (needs a `train --folds` run's calibration)",
+    )
+    p.add_argument(
+        "--per-class-coverage",
+        action="store_true",
+        help="with --coverage: the coverage held within each true class (Mondrian sets), not just on average",
+    )
+
+
+def calibration_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(calibrated=args.calibrated, coverage=args.coverage, per_class_coverage=args.per_class_coverage)
+
+
+def describe_sureness(metrics: dict[str, Any]) -> list[str]:
+    """evaluate's lines about the calibration and, with --coverage, the prediction sets."""
+    scores = metrics["calibration"]
+    how = f"temperature {metrics['temperature']:.3f}" if metrics.get("calibrated") else "raw probabilities"
+    if metrics.get("threshold") is not None:
+        how += f", threshold {metrics['threshold']:.4f}"
+    lines = [f"calibration ({how}): ECE {scores['ece']:.3f} | Brier {scores['brier']:.3f} | NLL {scores['nll']:.3f}"]
+    if "coverage" in metrics:
+        per_class = ", ".join(f"{name} {v:.3f}" for name, v in metrics["coverage_per_class"].items())
+        lines.append(
+            f"prediction sets (coverage {metrics['coverage_target']:g}): {metrics['coverage']:.3f} hold the true "
+            f"class, mean size {metrics['mean_set_size']:.2f} (per class: {per_class})"
+        )
+    return lines
+
+
 # -- evaluate -------------------------------------------------------------------------------------
 def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
@@ -40,6 +83,7 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
         "else a class not named like others/normal/healthy/benign/control, else the second in sorted order)",
     )
     add_skip_bad_images(ev, "evaluate on", "the rest are listed in the log and under 'skipped' in --out")
+    add_calibration_arguments(ev)
 
 
 def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -52,9 +96,12 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         overwrite=args.overwrite,
         positive_class=args.positive_class,
         skip_bad_images=args.skip_bad_images,
+        **calibration_arguments(args),
     )
     if positive := describe_positive_class(metrics):
         print(f"sensitivity / specificity: {positive}")
+    for line in describe_sureness(metrics):
+        print(line)
     for warning in metrics.get("warnings") or []:
         print(f"warning: {warning}")
     if metrics.get("ci_method"):
@@ -85,6 +132,7 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
         "the rest get no row in --output (as timm's inference script leaves out what it skips) and are listed "
         "in the log",
     )
+    add_calibration_arguments(pr)
 
 
 def run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -100,6 +148,7 @@ def run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         weights=args.weights,
         weights_dir=args.weights_dir,
         skip_bad_images=args.skip_bad_images,
+        **calibration_arguments(args),
     )
     print(f"predictions: {written}")
     return 0
@@ -115,18 +164,7 @@ def add_explain_arguments(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--layer", help="module to look at (default: the model's last stage, e.g. layer4)")
     ex.add_argument("--ensemble", action="store_true", help=ENSEMBLE_HELP + "; the map is the mean of their maps")
     add_skip_bad_images(ex, "explain", "the rest get no overlay and no row in explain.csv, and are listed in the log")
-    ex.add_argument(
-        "--coverage",
-        type=float,
-        help="add a 'set' column: the classes the model cannot rule out, holding the true class for this share "
-        "of images like the training ones (above 0 and below 1, e.g. 0.9; a `train --folds K` run's model)",
-    )
-    ex.add_argument(
-        "--no-calibration",
-        action="store_true",
-        help="the model's raw probabilities and top class (default for a `train --folds K` run's model: "
-        "calibrated probabilities, and its operating threshold decides the class)",
-    )
+    add_calibration_arguments(ex)
 
 
 def run_explain(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -139,8 +177,9 @@ def run_explain(args: argparse.Namespace, argv: Sequence[str]) -> int:
         ensemble=args.ensemble,
         overwrite=args.overwrite,
         skip_bad_images=args.skip_bad_images,
-        calibration=not args.no_calibration,
+        calibration=args.calibrated,
         coverage=args.coverage,
+        per_class_coverage=args.per_class_coverage,
     )
     print(f"Grad-CAM overlays: {csv_path.parent} (index: {csv_path})")
     return 0

@@ -18,11 +18,21 @@ from typing import Any
 from ..data.check import MAX_PIXELS, check_data
 from ..data.sampler import check_global_batch
 from ..engine import compare, cross_validate, train
-from ..engine.config import CHOICES, TrainConfig, complete_config, resume_config, resume_with, validate_config
+from ..engine.calibrate import calibrate
+from ..engine.config import (
+    CHOICES,
+    TrainConfig,
+    complete_config,
+    field_help,
+    resume_config,
+    resume_with,
+    validate_config,
+)
 from ..engine.crossval import resume_settings as cv_resume_settings
 from ..engine.crossval import study_of as cv_study_of
 from ..engine.distributed import torchrun_command
 from ..engine.interrupt import TrainingInterrupted
+from ..engine.rundir import RunDir
 from .command import Command, config_option
 
 # train's and compare's --help sections, in this order
@@ -69,6 +79,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --folds: skip the model on every image (use the fold models with --ensemble)",
     )
+    config_option(cv, "--target-sensitivity", type=float)
+    config_option(cv, "--target-specificity", type=float)
+    config_option(cv, "--no-temperature-scaling", "temperature_scaling", action="store_false")
     g["distributed & performance"].add_argument(
         "--nproc",
         type=int,
@@ -174,11 +187,27 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     jobs = getattr(args, "jobs", None)
     if jobs is not None and folds is None:
         raise ValueError("--jobs goes with --folds (it trains fold runs side by side)")
+    if folds is None and (asked := calibration_flags(config)):
+        raise ValueError(f"{asked} goes with --folds: calibration is fitted on the out-of-fold predictions")
     if folds is not None:
         cross_validate(config, folds, refit=not no_refit, jobs=1 if jobs is None else jobs)
     else:
         train(config)
     return 0
+
+
+def calibration_flags(config: TrainConfig) -> str | None:
+    """The calibration flags a config sets (``--target-sensitivity``, ...), or None."""
+    given = [
+        flag
+        for flag, value in (
+            ("--target-sensitivity", config.target_sensitivity),
+            ("--target-specificity", config.target_specificity),
+            ("--no-temperature-scaling", None if config.temperature_scaling else True),
+        )
+        if value is not None
+    ]
+    return ", ".join(given) or None
 
 
 def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
@@ -285,6 +314,27 @@ def run_check_data(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 1 if report.errors else 0
 
 
+# -- calibrate ------------------------------------------------------------------------------------
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `train --folds K` directory")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-sensitivity", type=float, help=field_help("target_sensitivity"))
+    target.add_argument("--target-specificity", type=float, help="as --target-sensitivity, for a specificity")
+    p.add_argument(
+        "--no-temperature-scaling",
+        dest="temperature_scaling",
+        action="store_false",
+        default=None,
+        help="keep the model's own probabilities (T = 1); default: the run's choice",
+    )
+
+
+def run_calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    calibrate(args.run_dir, args.target_sensitivity, args.target_specificity, args.temperature_scaling)
+    print(f"calibration: {RunDir(args.run_dir).calibration} (report: {RunDir(args.run_dir).cv_report})")
+    return 0
+
+
 TRAIN = Command(
     "train",
     "train and evaluate a model on an image folder (default: built-in digits)",
@@ -301,4 +351,10 @@ COMPARE = Command(
 )
 CHECK_DATA = Command(
     "check-data", "find unreadable, oversized, duplicate and misplaced images", add_check_data_arguments, run_check_data
+)
+CALIBRATE = Command(
+    "calibrate",
+    "fit a cross-validation run's calibration again: temperature, prediction sets, operating point",
+    add_calibrate_arguments,
+    run_calibrate,
 )

@@ -225,6 +225,15 @@ class TrainConfig:
         "(default: the class not named like others/normal/negative/healthy/benign/control, else the second in "
         "sorted order)",
     )
+    target_sensitivity: float | None = _option(
+        None,
+        "with --folds, two classes: the decision threshold on the positive class's probability that reaches this "
+        "sensitivity on the out-of-fold images, stored in calibration.json; predict / evaluate / serve use it",
+    )
+    target_specificity: float | None = _option(None, "as --target-sensitivity, for a specificity (give one of them)")
+    temperature_scaling: bool = _option(
+        True, "with --folds: fit a temperature on the out-of-fold probabilities (--no-temperature-scaling: keep T=1)"
+    )
     skip_bad_images: bool = _option(
         False, "train on the readable images instead of refusing to start; the report lists the rest"
     )
@@ -300,7 +309,11 @@ def _show(value: Any) -> str:
 
 
 # -- validation: every value checked here, before complete_config fills or creates anything -------
-_FLAGS = {"ema_decay": "--ema", "clip_grad_norm": "--clip-grad"}  # where the flag is not the field's name
+_FLAGS = {
+    "ema_decay": "--ema",
+    "clip_grad_norm": "--clip-grad",
+    "temperature_scaling": "--no-temperature-scaling",
+}  # where the flag is not the field's name
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
 # the values a field accepts; the CLI's --optimizer, --precision, ... offer these
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -337,6 +350,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "early_stopping": (lambda v: v >= 1, "must be >= 1 epoch"),
     "checkpoint_every": (lambda v: v >= 0, "must be >= 0 seconds (0: every epoch)"),
     "progress_every": (lambda v: v >= 0, "must be >= 0 seconds (0: after every step)"),
+    "target_sensitivity": (lambda v: 0 < v <= 1, "must be in (0, 1], e.g. 0.95"),
+    "target_specificity": (lambda v: 0 < v <= 1, "must be in (0, 1], e.g. 0.95"),
 }
 _AUGMENT_PROBABILITIES = ("hflip", "vflip", "random_erasing")
 
@@ -424,6 +439,8 @@ def validate_config(config: TrainConfig) -> None:
             f"val_fraction + test_fraction must be < 1 (some images must be left to train on), "
             f"got {config.val_fraction} + {config.test_fraction}"
         )
+    if config.target_sensitivity is not None and config.target_specificity is not None:
+        raise ValueError("give one operating point: --target-sensitivity or --target-specificity, not both")
     if config.augment is not None:
         _check_augment(config.augment)
     if config.framework == "keras":

@@ -21,6 +21,8 @@ models can then be used as an ensemble (``--ensemble``). Outputs under ``config.
     cv_metrics.json     the protocol, per-fold test metrics, mean, std (sample std, ddof=1) and the 95 %
                         interval of each mean (corrected resampled t, reports/crossval.py), the refit
     cv_report.md        the estimate (mean +- std [interval]), which model to deploy, a per-fold table, the protocol
+    oof_predictions.csv every image's probabilities from the fold model that never saw it, and what
+    calibration.json    is fitted on them (engine/out_of_fold.py), once every fold has finished
     cv_run.json         the folds and whether to refit, for resuming; each finished run records itself in
                         its directory (cv_run_finished.json)
 
@@ -50,6 +52,7 @@ import numpy as np
 from ..data import DataError, Samples, kfold_splits, scan_dataset, split_samples
 from ..files import write_text_atomic
 from ..reports import resolve_positive_class
+from ..reports.calibration_report import calibration_markdown
 from ..reports.crossval import CV_CI_METHOD, CV_METRICS, RunLinks, cv_intervals, cv_report_markdown, format_mean_std
 from . import distributed
 from .config import (
@@ -68,6 +71,7 @@ from .config import (
 from .finished import finished_outcome, record_finished
 from .frameworks import train
 from .interrupt import TrainingInterrupted
+from .out_of_fold import calibrate_study, calibration_options
 from .rundir import RunDir
 from .workers import RunsStopped, run_side_by_side
 
@@ -156,9 +160,10 @@ def cross_validate(config: TrainConfig, folds: int, refit: bool = True, jobs: in
         if record is None and all(k in outcomes for k in range(folds)):
             fold_metrics = [_fold_row(k + 1, plans[k], outcomes[k]) for k in range(folds)]
             record = _estimate_record(config, samples, fold_metrics, validated, refit, started)
-            if main:  # the estimate is on disk before the refit ends (an interrupted refit loses nothing)
-                write_record(run_dir, record)
             positive = record["protocol"].get("positive_class")
+            if main:  # the estimate is on disk before the refit ends (an interrupted refit loses nothing)
+                record["calibration"] = calibrate_study(run_dir, samples, config, positive, log)
+                write_record(run_dir, record)
             estimate = format_mean_std(record["mean"], record["std"], positive=positive, ci=record["ci"])
             log(f"cross-validation ({folds} folds): {estimate}")
     assert record is not None  # every fold run finished (a failure raised above)
@@ -188,6 +193,7 @@ def _cut_folds(config: TrainConfig, folds: int, log: Callable[[str], None]) -> t
     """The checked images and each fold's train / (val) / test parts, checked to partition them."""
     samples = scan_checked(config)
     resolve_positive_class(samples.class_names, config.positive_class)  # a wrong name: one line, before any fold
+    calibration_options(config, samples.class_names)  # a target for 3 classes: one line, before any fold
     warn_about_config(config, config.verbose and distributed.setup().is_main)  # once here, not once per fold run
     fold_indices = kfold_splits(samples, folds, seed=config.seed)
     plans = [fold_splits(samples, train_idx, test_idx, config) for train_idx, test_idx in fold_indices]
@@ -393,7 +399,7 @@ def _refit_config(config: TrainConfig, out: Path) -> TrainConfig:
 
 def report_markdown(record: dict[str, Any]) -> str:
     """cv_report.md for ``record`` (what cv_metrics.json holds), linking into this layout."""
-    return cv_report_markdown(record, REPORT_LINKS)
+    return cv_report_markdown(record, REPORT_LINKS) + calibration_markdown(record)
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:

@@ -71,6 +71,7 @@ def explain(
     skip_bad_images: bool = False,
     calibration: bool = True,
     coverage: float | None = None,
+    per_class_coverage: bool = False,
 ) -> Path:
     """Write a Grad-CAM overlay PNG per image into ``out`` and ``out/explain.csv``; returns the CSV.
 
@@ -109,7 +110,13 @@ def explain(
         for images, batch_indices in readable_batches(loader, skipped):
             indices = [int(i) for i in batch_indices]
             with torch.no_grad():
-                judged = judge(model(images).float().softmax(1).numpy(), trust, coverage, source=str(checkpoint))
+                judged = judge(
+                    model(images).float().softmax(1).numpy(),
+                    trust,
+                    coverage,
+                    per_class_coverage,
+                    source=str(checkpoint),
+                )
             predicted = torch.from_numpy(judged.labels)
             targets = predicted if target is None else torch.full_like(predicted, names.index(target))
             maps = torch.stack([grad_cam(member, images, targets, layer) for member in members]).mean(0)

@@ -36,6 +36,7 @@ from ..data import (
 )
 from ..files import atomic_write, check_writable_folder, write_text_atomic
 from ..reports import classification_metrics, resolve_positive_class
+from ..reports.uncertainty import Calibration, Judged, calibration_summary, judge
 from .checkpoint import Checkpoint, FoldEnsemble, eval_preprocess
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,51 @@ def _none_readable(skipped: Sequence[BadImage], source: str | Path) -> DataError
     return DataError(f"none of the {len(skipped)} image(s) in {source} can be decoded (all skipped)")
 
 
+def calibration_for(
+    loaded: Checkpoint, calibrated: bool, coverage: float | None, per_class: bool, source: str | Path
+) -> Calibration | None:
+    """The calibration predict / evaluate apply (None: none stored, or ``calibrated=False``), with the
+    coverage options checked before any image is read: :func:`judge` refuses what it cannot do."""
+    if per_class and coverage is None:
+        raise ValueError("--per-class-coverage goes with --coverage (it makes one set threshold per class)")
+    if coverage is not None and not calibrated:
+        raise ValueError("--coverage needs the model's calibration: drop --no-calibration")
+    calibration = loaded.calibration if calibrated else None
+    n = len(loaded.class_names)
+    judge(np.full((1, n), 1.0 / n), calibration, coverage, per_class, source=str(source))
+    return calibration
+
+
+def set_coverage(judged: Judged, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """How often ``judged``'s sets hold the true class (overall and per class) and their mean size."""
+    assert judged.sets is not None
+    inside = judged.sets[np.arange(len(labels)), labels]
+    return {
+        "coverage_target": judged.coverage,
+        "coverage": float(inside.mean()),
+        "mean_set_size": float(judged.sets.sum(axis=1).mean()),
+        "coverage_per_class": {
+            name: float(inside[labels == k].mean()) for k, name in enumerate(class_names) if (labels == k).any()
+        },
+    }
+
+
+def _judged_metrics(
+    y_true: np.ndarray, judged: Judged, names: list[str], positive_class: str | None, per_class: bool
+) -> dict[str, Any]:
+    """classification_metrics of what a user is shown (calibrated probabilities, the threshold's
+    labels), with their calibration scores and, with a coverage, the sets' coverage and size."""
+    metrics = classification_metrics(y_true, judged.probs, names, positive_class, decisions=judged.labels)
+    metrics["calibration"] = calibration_summary(judged.probs, y_true)
+    calibration = judged.calibration
+    metrics["calibrated"] = calibration is not None
+    if calibration is not None:
+        metrics.update(temperature=calibration.temperature, threshold=calibration.threshold)
+    if judged.sets is not None:
+        metrics.update(set_coverage(judged, y_true, names), per_class_coverage=per_class)
+    return metrics
+
+
 def evaluate(
     checkpoint: str | Path,
     data: str | Path,
@@ -216,6 +262,10 @@ def evaluate(
     overwrite: bool = False,
     positive_class: str | None = None,
     skip_bad_images: bool = False,
+    *,
+    calibrated: bool = True,
+    coverage: float | None = None,
+    per_class_coverage: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on labelled data: class sub-folders (or its ``test/`` part), or a CSV.
 
@@ -225,7 +275,10 @@ def evaluate(
     ``positive_class`` (two classes): the class sensitivity is about; default the run's own choice
     (its ``--positive-class``, else the default rule of ``resolve_positive_class``).
     ``skip_bad_images``: images that cannot be decoded are left out of the metrics and listed
-    under ``skipped`` (and in the log) instead of stopping the evaluation.
+    under ``skipped`` (and in the log) instead of stopping the evaluation. ``calibrated``: apply the
+    checkpoint's calibration (temperature, operating threshold; reports/uncertainty.py) when it has
+    one; the metrics then gain ``calibration`` (ECE, Brier, NLL) and, with ``coverage``, how often
+    the prediction sets hold the true class (``per_class_coverage``: one threshold per class).
     """
     if overwrite and out is None:
         raise ValueError("--overwrite replaces an existing --out file: it goes with --out")
@@ -235,6 +288,7 @@ def evaluate(
     source = checkpoint if ensemble else loaded.path
     model, ckpt = loaded.model(), loaded.metadata
     resolve_positive_class(ckpt["class_names"], positive_class)  # a wrong name: one line, before any image is read
+    calibration = calibration_for(loaded, calibrated, coverage, per_class_coverage, source)
     root = Path(data)
     if (root / "test").is_dir():
         root = root / "test"
@@ -260,7 +314,8 @@ def evaluate(
     if len(y_true) == 0:
         raise _none_readable(skipped, root)
     trained_with = ckpt.get("positive_class")
-    metrics = classification_metrics(y_true, probs, ckpt["class_names"], positive_class or trained_with)
+    judged = judge(probs, calibration, coverage, per_class_coverage, source=str(source))
+    metrics = _judged_metrics(y_true, judged, ckpt["class_names"], positive_class or trained_with, per_class_coverage)
     if positive_class is None and trained_with is not None and "positive_class" in metrics:
         metrics["positive_class_reason"] = "the run's choice: set with --positive-class when it was trained"
     metrics.update(loss=loss, checkpoint=str(source), data=str(root), model=ckpt["model_name"], flip_tta=flip_tta)
@@ -377,6 +432,9 @@ def predict(
     weights: str | None = None,
     weights_dir: str | Path | None = None,
     skip_bad_images: bool = False,
+    calibrated: bool = True,
+    coverage: float | None = None,
+    per_class_coverage: bool = False,
 ) -> Path:
     """Write one row per image: ``path,label,<one probability column per class>``.
 
@@ -391,6 +449,10 @@ def predict(
     are (:meth:`Checkpoint.published`): the labels are ImageNet class names.
     ``skip_bad_images``: an image that cannot be decoded gets no row (as timm's inference script
     leaves out the samples it skips) and is listed in the log, instead of stopping the run.
+    ``calibrated``: the probabilities and labels after the checkpoint's calibration, when it has one
+    (its temperature, and for two classes its operating threshold); ``coverage`` adds a ``set``
+    column, the classes of each image's prediction set joined by ``|`` (``per_class_coverage``:
+    Mondrian sets, the coverage held within each class).
     """
     _check_model_source(checkpoint, model, weights, weights_dir, ensemble)
     # before any work: the path itself; once the images are known, that it is none of them (an
@@ -401,6 +463,9 @@ def predict(
         loaded = Checkpoint.published(str(model), str(weights), weights_dir)
     else:
         loaded = Checkpoint.load(checkpoint, ensemble=ensemble)
+    if id_label and coverage is not None:
+        raise ValueError("--coverage adds a set column; --id-label writes only id,label: use one of them")
+    calibration = calibration_for(loaded, calibrated, coverage, per_class_coverage, checkpoint or str(model))
     network, ckpt = loaded.model(), loaded.metadata
     paths = scan_unlabeled(inputs)
     check_output_file(output, paths, overwrite)
@@ -408,14 +473,18 @@ def predict(
     paths, probs, skipped = _probabilities(network, ckpt, paths, batch_size, flip_tta, skip_bad_images)
     names = list(ckpt["class_names"])
     log_skipped(skipped, f"no rows for them in {output}")
+    judged = judge(probs, calibration, coverage, per_class_coverage, source=str(checkpoint))
+    sets = [[s] for s in judged.set_names(names)] or [[] for _ in paths]
     with atomic_write(output, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if id_label:
             writer.writerow(["id", "label"])
-            for path, p in zip(paths, probs):
-                writer.writerow([ids[path], f"{p[1]:.6f}" if len(names) == 2 else names[int(p.argmax())]])
+            for path, p, y in zip(paths, judged.probs, judged.labels):
+                writer.writerow([ids[path], f"{p[1]:.6f}" if len(names) == 2 else names[int(y)]])
         else:
-            writer.writerow(["path", "label", *(f"prob_{n}" for n in names)])
-            for path, p in zip(paths, probs):
-                writer.writerow([str(path), names[int(p.argmax())], *(f"{v:.6f}" for v in p)])
+            writer.writerow(
+                ["path", "label", *(f"prob_{n}" for n in names), *(["set"] if coverage is not None else [])]
+            )
+            for path, p, y, in_set in zip(paths, judged.probs, judged.labels, sets):
+                writer.writerow([str(path), names[int(y)], *(f"{v:.6f}" for v in p), *in_set])
     return output

@@ -47,6 +47,7 @@ from . import distributed
 from .config import TrainConfig, checkpoint_selection, complete_config, warn_about_config
 from .inference import predict_loader
 from .interrupt import StopOnSignal, TrainingInterrupted
+from .out_of_fold import write_test_predictions
 from .run_checks import (
     check_run_dir,
     check_same_data,
@@ -220,6 +221,8 @@ def execute(backend: Backend, config: TrainConfig, splits: dict[str, Samples] | 
     """
     started = time.perf_counter()
     config = complete_config(config)  # validates (for Keras: refuses what it cannot do)
+    if splits is None and (config.target_sensitivity is not None or config.target_specificity is not None):
+        raise ValueError("an operating point (--target-sensitivity / --target-specificity) goes with --folds")
     seed_everything(config.seed)
     config, ctx = backend.start(config)
     run = Run(config, backend, ctx, started)
@@ -386,6 +389,8 @@ class Run:
         result = TrainResult(self.dir.path, metrics, record.history, record.best_epoch, seconds=record.seconds())
         if ctx.is_main:
             write_metrics(metrics, self.dir.metrics)
+            if final_split == "test":  # a fold's share of the out-of-fold predictions (engine/out_of_fold.py)
+                write_test_predictions(self.dir.test_predictions, self.splits["test"], probs)
             close_tensorboard(self.board, metrics, final_split, record.best_epoch)
             write_run_report(result, config, self.splits, y_true, probs, model, runtime, self.backend.trained_with)
             seen = " (the images it was trained on: not an estimate for new images)" if final_split == "train" else ""

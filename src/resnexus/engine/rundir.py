@@ -8,6 +8,7 @@ A training run (``train``, each fold of ``train --folds K``, each model of ``com
       history.csv            one row per epoch
       metrics.json           the test split's metrics
       report.md              what was trained on what, and how well it did
+      test_predictions.csv   the test split's class probabilities, one row per image (when there is a test split)
       tensorboard/           TensorBoard events (``--tensorboard``)
 
 A cross-validation run holds one training run per fold and the refit model::
@@ -19,6 +20,8 @@ A cross-validation run holds one training run per fold and the refit model::
       cv_report.md
       oof_predictions.csv    every image's out-of-fold class probabilities (the fold model that never saw it)
       calibration.json       temperature, conformal scores and operating threshold fitted on them
+      reliability.png        the reliability diagram of the out-of-fold probabilities, before and after calibration
+      cv_roc.png             the out-of-fold ROC curve (two classes), with the chosen operating point
       fold1/ ... foldK/      training runs
       refit/                 the deployable model: the same recipe trained on every image
 
@@ -192,6 +195,23 @@ class RunDir:
     CV_FINISHED = "cv_run_finished.json"  # in each fold / refit run directory of a cross-validation
     COMPARE_FINISHED = "compare_run.json"  # in each run directory of a comparison
 
+    # -- what a training run keeps of its test split, and a cross-validation run's calibration figures
+    TEST_PREDICTIONS = "test_predictions.csv"  # path (relative to the data root), label, prob_<class>...
+    RELIABILITY_PLOT = "reliability.png"
+    CV_ROC_PLOT = "cv_roc.png"
+
+    @property
+    def test_predictions(self) -> Path:
+        return self.path / self.TEST_PREDICTIONS
+
+    @property
+    def reliability_plot(self) -> Path:
+        return self.path / self.RELIABILITY_PLOT
+
+    @property
+    def cv_roc_plot(self) -> Path:
+        return self.path / self.CV_ROC_PLOT
+
     # -- what each file holds: docs/reference/run-directory.md is generated from this, and a test
     # checks that every name above appears here (a new name gets its row too) ---------------------
     @classmethod
@@ -221,8 +241,15 @@ class RunDir:
             row("cross-validation", run.cv_splits, "every fold's train / validation / test files"),
             row("cross-validation", run.cv_metrics, _CV_METRICS),
             row("cross-validation", run.cv_report, _CV_REPORT),
+            row("training", run.test_predictions, _TEST_PREDICTIONS),
             row("cross-validation", run.oof_predictions, _OOF),
             row("cross-validation", run.calibration, _CALIBRATION),
+            row("cross-validation", run.reliability_plot, "the reliability diagram, before and after calibration"),
+            row(
+                "cross-validation",
+                run.cv_roc_plot,
+                "the out-of-fold ROC curve, with the operating point if one was asked",
+            ),
             row(
                 "cross-validation",
                 fold.path,
@@ -256,6 +283,10 @@ _CV_METRICS = (
     "written once every fold is done"
 )
 _CV_REPORT = "the cross-validated estimate (mean ± std and 95 % interval), which model to deploy, a per-fold table"
+_TEST_PREDICTIONS = (
+    "with a test split: one row per test image, its path relative to the data folder, its true class and every "
+    "class's probability"
+)
 _OOF = "every image's out-of-fold class probabilities: those of the fold model that never saw it"
 _CALIBRATION = (
     "what predict, evaluate, explain and serve apply to the deployable model: the temperature, the out-of-fold "

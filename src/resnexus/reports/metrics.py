@@ -168,10 +168,12 @@ def classification_metrics(
     probs: np.ndarray,
     class_names: Sequence[str],
     positive_class: str | None = None,
+    decisions: Sequence[int] | np.ndarray | None = None,
     *,
     intervals: bool = True,
 ) -> dict:
-    """Headline, per-class and confusion-matrix metrics of argmax predictions.
+    """Headline, per-class and confusion-matrix metrics of argmax predictions (or of ``decisions``,
+    the predicted classes of an operating threshold; ROC-AUC still ranks ``probs``).
 
     ``probs`` is (N, K) class probabilities, column k belonging to ``class_names[k]``. Every
     value in the result is a plain int/float/str/list/dict/None so it can go straight to JSON.
@@ -195,7 +197,7 @@ def classification_metrics(
     positive, reason = resolve_positive_class(names, positive_class)
     k = len(names)
     labels = list(range(k))
-    pred = p.argmax(axis=1)
+    pred = p.argmax(axis=1) if decisions is None else np.asarray(decisions, dtype=np.int64)
 
     prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, average=None, zero_division=0)
     cm = confusion_matrix(y, pred, labels=labels)

@@ -1,4 +1,5 @@
-"""Every figure of a report: training history, confusion matrix, ROC curves, accuracy vs MACs.
+"""Every figure of a report: training history, confusion matrix, ROC curves, accuracy vs MACs,
+reliability diagrams.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects directly, not through pyplot: that
 needs no GUI backend (it renders with Agg when saving a PNG), keeps no global figure state,
@@ -19,8 +20,16 @@ from sklearn.metrics import roc_curve
 
 from ..files import atomic_write
 from .metrics import binary_auc, checked_inputs, resolve_positive_class
+from .uncertainty import expected_calibration_error, reliability_curve
 
-__all__ = ["plot_accuracy_vs_macs", "plot_confusion_matrix", "plot_history", "plot_roc", "save_figure"]
+__all__ = [
+    "plot_accuracy_vs_macs",
+    "plot_confusion_matrix",
+    "plot_history",
+    "plot_reliability",
+    "plot_roc",
+    "save_figure",
+]
 
 _DPI = 110
 
@@ -116,10 +125,12 @@ def plot_roc(
     class_names: Sequence[str],
     path: Path,
     positive_class: str | None = None,
+    operating_point: tuple[float, float] | None = None,
 ) -> Path | None:
     """ROC curve(s): binary draws the positive class's (``positive_class``, default as
     :func:`~resnexus.reports.metrics.resolve_positive_class` chooses it), named in the title and
-    legend; multi-class draws one one-vs-rest curve per class.
+    legend; multi-class draws one one-vs-rest curve per class. ``operating_point``: (false positive
+    rate, sensitivity) of a chosen decision threshold, marked on the curve.
 
     Returns None, writing nothing, when no curve is defined (every sample in one class).
     In the multi-class case a class absent from ``y_true`` has no curve and is left out
@@ -149,6 +160,11 @@ def plot_roc(
     for idx, (name, fpr, tpr, auc) in enumerate(curves):
         label = f"positive class {name} (AUC {auc:.3f})" if k == 2 else f"{name} vs rest (AUC {auc:.3f})"
         ax.plot(fpr, tpr, linewidth=1.8, label=label, color=cmap(idx % cmap.N))
+    if operating_point is not None:
+        fp, tp = operating_point
+        ax.plot(
+            [fp], [tp], "o", color="black", markersize=7, label=f"operating point (sens. {tp:.2f}, spec. {1 - fp:.2f})"
+        )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("false positive rate (1 - specificity)")
@@ -156,6 +172,32 @@ def plot_roc(
     ax.set_title(f"ROC curve (positive class: {names[positive]})" if k == 2 else "ROC curves (one-vs-rest)")
     ax.legend(loc="lower right", fontsize=8 if len(curves) > 5 else 9)
     ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_reliability(
+    before: np.ndarray, after: np.ndarray, labels: Sequence[int] | np.ndarray, path: str | Path, bins: int = 10
+) -> Path:
+    """Reliability diagrams of the same images' probabilities before and after calibration, side by
+    side: per confidence bin, the accuracy against the mean confidence (on the diagonal: calibrated),
+    each point sized by its image count, and the ECE in the title."""
+    fig = Figure(figsize=(10, 4.5))
+    for j, (title, probs) in enumerate((("before calibration", before), ("after calibration", after))):
+        ax = fig.add_subplot(1, 2, j + 1)
+        curve = reliability_curve(probs, np.asarray(labels), bins)
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="calibrated")
+        sizes = 20 + 200 * np.asarray(curve["count"]) / max(1, max(curve["count"], default=1))
+        ax.plot(curve["confidence"], curve["accuracy"], "-", color="tab:blue", linewidth=1.2)
+        ax.scatter(curve["confidence"], curve["accuracy"], s=sizes, color="tab:blue", zorder=3, label="bins")
+        ece = expected_calibration_error(probs, np.asarray(labels), bins)
+        ax.set_title(f"{title} (ECE {ece:.3f})")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence (top-class probability)")
+        ax.set_ylabel("accuracy")
+        ax.legend(loc="upper left", fontsize=9)
+        ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
 
