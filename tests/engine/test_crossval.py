@@ -15,9 +15,10 @@ from scipy.stats import t as t_dist
 
 from resnexus.cli import main
 from resnexus.engine import TrainConfig, evaluate, load_checkpoint, model_from_checkpoint, predict
-from resnexus.engine.checkpoint import resolve_checkpoint
+from resnexus.engine.checkpoint import Checkpoint, resolve_checkpoint
 from resnexus.engine.crossval import CrossValResult, aggregate, cross_validate
 from resnexus.engine.inference import predict_probabilities
+from resnexus.reports.uncertainty import judge
 
 CLASSES = ("Monkey Pox", "Others")  # a space in a class folder, as in MSLD
 # patients per class with 1-3 photos each: 7 patients, 13 images per class
@@ -294,9 +295,14 @@ def test_a_cv_run_directory_stands_for_its_refit_model(cv, tmp_path):
 def test_explain_accepts_a_cv_run_directory(cv, tmp_path):
     data, out, _, _ = cv
     image = next((data / CLASSES[0]).glob("*.png"))
-    rows = _explain_rows(out, image, tmp_path / "cam")
+    raw = _explain_rows(out, image, tmp_path / "cam", calibration=False)
     expected = predict_probabilities(out / "refit" / "checkpoints" / "best.pt", image)[1][0]
-    assert float(rows[0]["probability"]) == pytest.approx(expected.max(), abs=2e-6)
+    assert float(raw[0]["probability"]) == pytest.approx(expected.max(), abs=2e-6)
+    # by default the run's calibration applies, as predict's does
+    calibrated = _explain_rows(out, image, tmp_path / "cam")
+    judged = judge(expected[None], Checkpoint.load(out).calibration)
+    assert calibrated[0]["predicted"] == CLASSES[int(judged.labels[0])]
+    assert float(calibrated[0]["probability"]) == pytest.approx(judged.probs[0, judged.labels[0]], abs=2e-6)
 
 
 def test_export_accepts_a_cv_run_directory(cv, tmp_path):
@@ -352,7 +358,7 @@ def test_ensemble_grad_cam_is_the_mean_of_the_fold_models_maps(cv, tmp_path, mon
     image = sorted((data / CLASSES[1]).glob("*.png"))[0]
     maps: list[np.ndarray] = []
     monkeypatch.setattr(explain_module, "_save_overlay", lambda image, cam, path, title: maps.append(cam))
-    rows = _explain_rows(out, image, tmp_path / "cam", ensemble=True)
+    rows = _explain_rows(out, image, tmp_path / "cam", ensemble=True, calibration=False)
     folds = [load_checkpoint(out / f"fold{k}" / "checkpoints" / "best.pt") for k in range(1, FOLDS + 1)]
     models = [model_from_checkpoint(c) for c in folds]
     batch = UnlabeledDataset([image], eval_preprocess(folds[0]))[0][0][None]
@@ -366,12 +372,16 @@ def test_ensemble_grad_cam_is_the_mean_of_the_fold_models_maps(cv, tmp_path, mon
     np.testing.assert_allclose(maps[0], expected, atol=1e-6)
 
 
-def _explain_rows(checkpoint: Path, image: Path, out: Path, ensemble: bool = False) -> list[dict[str, str]]:
+def _explain_rows(
+    checkpoint: Path, image: Path, out: Path, ensemble: bool = False, calibration: bool = True
+) -> list[dict[str, str]]:
     import csv
 
     from resnexus.engine.explain import explain
 
-    with explain(checkpoint, image, out, ensemble=ensemble).open(newline="") as f:
+    with explain(checkpoint, image, out, ensemble=ensemble, overwrite=True, calibration=calibration).open(
+        newline=""
+    ) as f:
         return list(csv.DictReader(f))
 
 
