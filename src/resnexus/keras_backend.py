@@ -107,7 +107,7 @@ def auto_backend(model: str | None, device: str | None = None) -> tuple[str, str
         kind = "grouped" if get_entry(model).config.get("cardinality", 1) > 1 else "plain"
     order = FASTEST_MEASURED.get((device, kind), FASTEST_MEASURED[("cpu", kind)])
     backend = next((b for b in order if b in installed), installed[0])
-    return backend, f"auto: the fastest installed for a {kind} model on {device} (measured, resnexus.keras_backend)"
+    return backend, f"auto: the fastest installed for a {kind} model on {device}, measured"
 
 
 def choose_backend(requested: str, model: str | None = None, resumed: str | None = None) -> tuple[str, str]:
