@@ -178,7 +178,14 @@ def test_a_torch_backend_file_predicts_the_same_on_tensorflow(torch_run, tmp_pat
 def test_savedmodel_export_of_a_torch_backend_run_runs_on_tensorflow(torch_run, tmp_path):
     pytest.importorskip("tensorflow")
     done = _cli(
-        "export", str(torch_run), "--format", "savedmodel", "--output", str(tmp_path / "sm"), backend_env="torch"
+        "export",
+        "--checkpoint",
+        str(torch_run),
+        "--format",
+        "savedmodel",
+        "--output",
+        str(tmp_path / "sm"),
+        backend_env="torch",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "sm" / "saved_model.pb").is_file()
