@@ -1,4 +1,5 @@
-"""Keras-on-TensorFlow against PyTorch: training and inference images/s of the same models, same settings.
+"""Keras (on each installed backend: TensorFlow, JAX, torch) against PyTorch: training and inference
+images/s of the same models, same settings, and each side's start-up (the first step: tracing).
 
 For each model (resnext50_32x4d, resnet50v2, densenet121 by default) the resnexus PyTorch model and
 its Keras twin (``resnexus.keras``, the same spec row; for ResNeXt also in the split + per-group
@@ -9,6 +10,12 @@ of a cross-entropy loss on one batch, inference one batch in eval mode. After ``
 ``--steps`` steps is timed alone and the median is reported. Our Keras ResNet50V2 and
 DenseNet-121 are also timed against ``keras.applications``' ResNet50V2 / DenseNet121 (random
 weights, logits out) under the same protocol.
+
+Keras runs on every backend of ``--backends`` (default: those installed), each in a process
+whose ``KERAS_BACKEND`` is set before Keras is imported. ``--rounds N`` repeats every measurement
+N times, the sides alternating within a round (PyTorch, then each Keras backend, then PyTorch...),
+and reports medians over rounds: fair when other jobs share the cores. The first training step
+(graph tracing / compilation and kernel choice) is reported as the start-up.
 
 Every measurement runs in its own process, so each framework is started with the thread settings
 (``torch.set_num_threads``; TensorFlow's intra-op pool = ``--threads``, inter-op pool 1, as PyTorch
@@ -40,13 +47,18 @@ HERE = Path(__file__).resolve()
 MODELS = ("resnext50_32x4d", "resnet50v2", "densenet121")
 KERAS_APPLICATIONS = {"resnet50v2": "ResNet50V2", "densenet121": "DenseNet121"}
 KERAS_KINDS = ("keras", "keras-split", "keras-applications")  # ours (grouped conv), ours (split form), Keras's
+BACKENDS = ("tensorflow", "jax", "torch")
 RESULT_TAG = "RESULT "  # a worker's last line: RESULT {json}
 
 
-def timed(step: Callable[[], object], warmup: int, steps: int) -> list[float]:
-    """Seconds of each of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
+def timed(step: Callable[[], object], warmup: int, steps: int, first: list[float] | None = None) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``step`` after ``warmup`` untimed ones; the first call's
+    seconds (tracing, compilation) are appended to ``first`` when given."""
+    for i in range(warmup):
+        start = time.perf_counter()
         step()
+        if i == 0 and first is not None:
+            first.append(time.perf_counter() - start)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -80,11 +92,13 @@ def torch_worker(args: argparse.Namespace) -> dict[str, object]:
             model(x)
 
     model.train()
-    train = timed(train_step, args.warmup, args.steps)
+    first: list[float] = []
+    train = timed(train_step, args.warmup, args.steps, first)
     model.eval()
     infer_times = timed(infer, args.warmup, args.steps)
     params = sum(p.numel() for p in model.parameters())
-    return {"train_s": train, "infer_s": infer_times, "params": params, "setting": args.torch_layout}
+    setting = args.torch_layout
+    return {"train_s": train, "infer_s": infer_times, "params": params, "setting": setting, "first_s": first[0]}
 
 
 def keras_worker(args: argparse.Namespace) -> dict[str, object]:
@@ -95,12 +109,18 @@ def keras_worker(args: argparse.Namespace) -> dict[str, object]:
     from resnexus import keras as rk
 
     # isort: off
-    import tensorflow as tf
+    import keras
 
     # isort: on
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     keras.utils.set_random_seed(0)
     shape = (args.size, args.size, 3)
@@ -119,10 +139,12 @@ def keras_worker(args: argparse.Namespace) -> dict[str, object]:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, *shape), dtype=np.float32)
     y = rng.integers(0, args.classes, args.batch)
-    train = timed(lambda: model.train_on_batch(x, y), args.warmup, args.steps)
+    first: list[float] = []
+    train = timed(lambda: model.train_on_batch(x, y), args.warmup, args.steps, first)
     infer_times = timed(lambda: model.predict_on_batch(x), args.warmup, args.steps)
     params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return {"train_s": train, "infer_s": infer_times, "params": params, "setting": f"jit_compile={model.jit_compile}"}
+    setting = f"{keras.backend.backend()} backend, jit_compile={model.jit_compile}"
+    return {"train_s": train, "infer_s": infer_times, "params": params, "setting": setting, "first_s": first[0]}
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -131,14 +153,17 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 # -- the driver --------------------------------------------------------------------------------------
-def measure(framework: str, model: str, args: argparse.Namespace) -> dict[str, object]:
-    """One worker process; its images/s (median step) or the error it ended with."""
+def measure(kind: str, model: str, args: argparse.Namespace) -> dict[str, object]:
+    """One worker process; its images/s (median step) or the error it ended with. ``kind`` is
+    ``torch`` or ``BACKEND:KIND`` (``torch:keras-split``: our split-form Keras model on Keras' torch backend)."""
+    backend, _, framework = kind.rpartition(":")
     command = [sys.executable, str(HERE), "--worker", framework, "--models", model]
     for flag in ("size", "batch", "steps", "warmup", "threads", "classes", "torch_layout", "keras_jit"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     threads = str(args.threads)
     env = os.environ | {
-        "KERAS_BACKEND": "tensorflow",
+        "KERAS_BACKEND": backend or "tensorflow",
+        "JAX_PLATFORMS": "cpu",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
@@ -182,13 +207,82 @@ def machine(threads: int) -> str:
 
 
 def figures(r: dict[str, object], mode: str) -> str:
-    return "failed" if "error" in r else f"{r[f'{mode}_ips']:.2f}"
+    if "error" in r:
+        return "failed"
+    return f"{r['first_s']:.1f}" if mode == "first" else f"{r[f'{mode}_ips']:.2f}"
+
+
+def installed_backends() -> list[str]:
+    """The Keras backends whose package is installed (found without importing it)."""
+    import importlib.util
+
+    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+
+
+def median_result(rounds: list[dict[str, object]]) -> dict[str, object]:
+    """The medians over rounds of a measurement's images/s and start-up (an error if any round failed)."""
+    failed = [r for r in rounds if "error" in r]
+    if failed:
+        return failed[0]
+    out = dict(rounds[-1])
+    for key in ("train_ips", "infer_ips", "first_s"):
+        out[key] = statistics.median(float(r[key]) for r in rounds)
+    return out
 
 
 def ratio(a: dict[str, object], b: dict[str, object], mode: str) -> str:
     if "error" in a or "error" in b:
         return "-"
     return f"{a[f'{mode}_ips'] / b[f'{mode}_ips']:.2f}"
+
+
+def kinds_for(name: str, backends: list[str], args: argparse.Namespace) -> list[str]:
+    """What is measured for model ``name``: PyTorch, then our Keras model (and its split form for a
+    ResNeXt) on each backend, and keras.applications' twin on TensorFlow."""
+    kinds = ["torch"]
+    for backend in backends:
+        kinds.append(f"{backend}:keras")
+        if name.startswith("resnext") and not args.no_split:  # the write-up's TensorFlow form of the block
+            kinds.append(f"{backend}:keras-split")
+    if name in KERAS_APPLICATIONS and not args.no_applications and "tensorflow" in backends:
+        kinds.append("tensorflow:keras-applications")
+    return kinds
+
+
+def print_tables(names: list[str], results: dict[tuple[str, str], dict[str, object]], backends: list[str]) -> None:
+    print(
+        "\n| model | Keras backend (form) | train img/s: Keras / PyTorch | ratio | inference img/s: Keras / PyTorch "
+        "| ratio | start-up s: Keras / PyTorch |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        t = results[name, "torch"]
+        for backend in backends:
+            for kind, form in (("keras", ""), ("keras-split", ", split form")):
+                if (name, f"{backend}:{kind}") not in results:
+                    continue
+                k = results[name, f"{backend}:{kind}"]
+                print(
+                    f"| {name} | {backend}{form} | {figures(k, 'train')} / {figures(t, 'train')} | {ratio(k, t, 'train')} "
+                    f"| {figures(k, 'infer')} / {figures(t, 'infer')} | {ratio(k, t, 'infer')} "
+                    f"| {figures(k, 'first')} / {figures(t, 'first')} |"
+                )
+    apps = [n for n in names if (n, "tensorflow:keras-applications") in results]
+    if apps:
+        print(
+            "\n| model | train img/s: resnexus.keras / keras.applications (TensorFlow) | ratio "
+            "| inference img/s: resnexus.keras / keras.applications | ratio | params: ours / theirs |"
+        )
+        print("|---|---:|---:|---:|---:|---|")
+        for name in apps:
+            ours, theirs = results[name, "tensorflow:keras"], results[name, "tensorflow:keras-applications"]
+            params = "-" if "error" in ours or "error" in theirs else f"{ours['params']:,} / {theirs['params']:,}"
+            print(
+                f"| {name} vs {KERAS_APPLICATIONS[name]} | {figures(ours, 'train')} / {figures(theirs, 'train')} "
+                f"| {ratio(ours, theirs, 'train')} | {figures(ours, 'infer')} / {figures(theirs, 'infer')} "
+                f"| {ratio(ours, theirs, 'infer')} | {params} |"
+            )
+    print("ratios > 1: the first framework is faster")
 
 
 def main() -> int:
@@ -200,6 +294,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (tracing, compilation)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="default: the usable cores")
     p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--backends", default=None, help="comma-separated Keras backends (default: every installed one)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat each measurement, sides alternating; medians")
     p.add_argument("--torch-layout", choices=("channels_last", "contiguous"), default="channels_last")
     p.add_argument("--keras-jit", choices=("auto", "on", "off"), default="auto", help="model.compile's jit_compile")
     p.add_argument("--no-applications", action="store_true", help="skip the keras.applications comparison")
@@ -211,59 +307,30 @@ def main() -> int:
         run_worker(args)
         return 0
 
+    backends = args.backends.split(",") if args.backends else installed_backends()
     print(machine(args.threads))
     print(
         f"fp32, batch {args.batch}, {args.size} px, {args.classes} classes, SGD momentum 0.9; median of "
-        f"{args.steps} timed steps after {args.warmup} warm-up steps; each measurement in its own process",
+        f"{args.steps} timed steps after {args.warmup} warm-up steps; each measurement in its own process; "
+        f"Keras backends: {', '.join(backends)}; {args.rounds} round(s), sides alternating, medians over rounds",
         flush=True,
     )
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    results: dict[tuple[str, str], dict[str, object]] = {}
+    rounds: dict[tuple[str, str], list[dict[str, object]]] = {}
     for name in names:
-        frameworks = ["torch", "keras"]
-        if name.startswith("resnext") and not args.no_split:  # the write-up's TensorFlow form of the block
-            frameworks.append("keras-split")
-        if name in KERAS_APPLICATIONS and not args.no_applications:
-            frameworks.append("keras-applications")
-        for framework in frameworks:
-            r = results[name, framework] = measure(framework, name, args)
-            detail = r["error"] if "error" in r else f"{r['params']:,} params, {r['setting']}"
-            print(
-                f"  {name:18s} {framework:19s} train {figures(r, 'train'):>8s} img/s   "
-                f"inference {figures(r, 'infer'):>8s} img/s   ({detail})",
-                flush=True,
-            )
-
-    print("\n| model | train img/s: Keras (TF) / PyTorch | ratio | inference img/s: Keras (TF) / PyTorch | ratio |")
-    print("|---|---:|---:|---:|---:|")
-    for name in names:
-        k, t = results[name, "keras"], results[name, "torch"]
-        print(
-            f"| {name} | {figures(k, 'train')} / {figures(t, 'train')} | {ratio(k, t, 'train')} "
-            f"| {figures(k, 'infer')} / {figures(t, 'infer')} | {ratio(k, t, 'infer')} |"
-        )
-        if (name, "keras-split") in results:
-            k = results[name, "keras-split"]
-            print(
-                f"| {name}, Keras split + concatenate form | {figures(k, 'train')} / {figures(t, 'train')} "
-                f"| {ratio(k, t, 'train')} | {figures(k, 'infer')} / {figures(t, 'infer')} | {ratio(k, t, 'infer')} |"
-            )
-    apps = [n for n in names if (n, "keras-applications") in results]
-    if apps:
-        print(
-            "\n| model | train img/s: resnexus.keras / keras.applications | ratio "
-            "| inference img/s: resnexus.keras / keras.applications | ratio | params: ours / theirs |"
-        )
-        print("|---|---:|---:|---:|---:|---|")
-        for name in apps:
-            ours, theirs = results[name, "keras"], results[name, "keras-applications"]
-            params = "-" if "error" in ours or "error" in theirs else f"{ours['params']:,} / {theirs['params']:,}"
-            print(
-                f"| {name} vs {KERAS_APPLICATIONS[name]} | {figures(ours, 'train')} / {figures(theirs, 'train')} "
-                f"| {ratio(ours, theirs, 'train')} | {figures(ours, 'infer')} / {figures(theirs, 'infer')} "
-                f"| {ratio(ours, theirs, 'infer')} | {params} |"
-            )
-    print("ratios > 1: the first framework is faster")
+        kinds = kinds_for(name, backends, args)
+        for round_ in range(args.rounds):
+            for kind in kinds if round_ % 2 == 0 else kinds[::-1]:  # the sides alternate between rounds
+                r = measure(kind, name, args)
+                rounds.setdefault((name, kind), []).append(r)
+                detail = r["error"] if "error" in r else f"{r['params']:,} params, {r['setting']}"
+                print(
+                    f"  round {round_ + 1} {name:18s} {kind:30s} train {figures(r, 'train'):>8s} img/s   "
+                    f"inference {figures(r, 'infer'):>8s} img/s   start-up {figures(r, 'first'):>6s} s   ({detail})",
+                    flush=True,
+                )
+    results = {key: median_result(rs) for key, rs in rounds.items()}
+    print_tables(names, results, backends)
     return 1 if any("error" in r for r in results.values()) else 0
 
 

@@ -51,6 +51,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     config_option(g["model"], "--weights-dir")
     config_option(g["model"], "--freeze", type=int)
     config_option(g["model"], "--framework", choices=CHOICES["framework"])
+    config_option(g["model"], "--keras-backend", choices=CHOICES["keras_backend"])
     config_option(g["output"], "--out")
     g["output"].add_argument(
         "--resume",

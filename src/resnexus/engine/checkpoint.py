@@ -415,6 +415,9 @@ def _read_keras(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     (a Keras-trained run's best.keras), converted with :func:`resnexus.keras.to_torch`. Needs the
     ``keras`` extra."""
     try:
+        from ..keras_backend import use_backend_for_reading
+
+        use_backend_for_reading(path)  # before Keras is imported: any installed backend reads the file
         from ..keras import to_torch
         from ..keras.files import load_keras
     except ImportError as error:

@@ -103,6 +103,9 @@ def _torch_speed(config: TrainConfig, run_dir: Path) -> float:
 
 def _keras_speed(config: TrainConfig, run_dir: Path) -> float:
     """Images/s of a Keras-trained run's best.keras, timed like :func:`_torch_speed`."""
+    from ..keras_backend import use_backend_for_reading
+
+    use_backend_for_reading(RunDir(run_dir).best("keras"))  # runs trained in other processes: Keras not loaded yet
     from .keras_fit import keras_inference_speed
 
     return keras_inference_speed(run_dir, config.batch_size, config.image_size, INFERENCE_MIN_SECONDS)

@@ -216,7 +216,7 @@ def _plan(
     resume: bool,
 ) -> _Plan:
     """Every check that can fail before training, and what the runs will be: bad input fails here."""
-    models = _check_models(models, model_configs)
+    models = _check_models(models, model_configs, base.keras_backend)
     _check_folds(folds, repeats)
     _check_jobs(jobs, isolate, models)
     given_configs = {name: dict(cfg) for name, cfg in (model_configs or {}).items()}
@@ -544,7 +544,9 @@ def _run_name(model: str) -> str:
     return name if framework == "torch" else f"keras-{name}"
 
 
-def _check_models(models: Sequence[str], model_configs: dict[str, dict] | None) -> list[str]:
+def _check_models(
+    models: Sequence[str], model_configs: dict[str, dict] | None, keras_backend: str = "auto"
+) -> list[str]:
     if isinstance(models, str):
         raise TypeError("compare: models must be a list of names, not one string")
     names = [str(m).strip() for m in models]
@@ -559,6 +561,9 @@ def _check_models(models: Sequence[str], model_configs: dict[str, dict] | None) 
         get_entry(name)  # unknown: ValueError with the nearest names
         if framework == "keras":
             try:
+                from ..keras_backend import choose_backend, use_keras_backend
+
+                use_keras_backend(*choose_backend(keras_backend, name))  # before Keras is first imported
                 from ..keras.registry import keras_builder
             except ImportError as error:
                 raise ValueError(f"compare: {spec} needs Keras: pip install 'resnexus[keras]'") from error

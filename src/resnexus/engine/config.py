@@ -139,6 +139,11 @@ class TrainConfig:
         "train with PyTorch (default) or Keras' model.fit (needs the keras extra): the same data checks, "
         "splits, reports and run directory (checkpoints/best.keras)",
     )
+    keras_backend: str = _option(
+        "auto",
+        "with --framework keras: the Keras backend (tensorflow, jax, torch); auto: the fastest measured for "
+        "the model and device among those installed (torch on a CPU), or KERAS_BACKEND if set",
+    )
     weights: str | None = _option(
         None,
         "initial weights: 'imagenet', a tag from `resnexus models --weights`, a file or URL (torchvision, "
@@ -322,6 +327,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "select": ("auto", "val", "last"),
     "balance": ("none", "loss", "sampler"),
     "framework": ("torch", "keras"),
+    "keras_backend": ("auto", "tensorflow", "jax", "torch"),
 }
 _CHOICES = CHOICES  # the name it had
 # field: (accepted, what is expected); a None value (an unset or switched-off option) is not checked
@@ -555,9 +561,9 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
     if last.is_file():
         saved = dict(read_resume_state(last)["config"])  # a file that cannot be resumed: refused here
     else:
-        from ..keras.files import read_keras_metadata  # a Keras run: Keras is installed
+        from ..keras_backend import read_metadata  # without importing Keras: its backend is not chosen yet
 
-        saved = dict(read_keras_metadata(last_keras)["config"])
+        saved = dict(read_metadata(last_keras)["config"])
     augment = saved.pop("augment", None)
     saved["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()})
     saved["model_config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_config"].items()}
@@ -565,7 +571,7 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
 
 
 # what a resumed run may be given: how it runs, never what it computes (a longer --epochs: see below)
-RESUME_MAY_CHANGE = ("workers", "cache_dir", "checkpoint_every", "progress_every", "verbose")
+RESUME_MAY_CHANGE = ("workers", "cache_dir", "checkpoint_every", "progress_every", "verbose", "keras_backend")
 
 
 def resume_with(config: TrainConfig, given: dict[str, Any], refused: Sequence[str] = ()) -> TrainConfig:

@@ -139,6 +139,12 @@ def keras_metadata(ckpt: dict[str, Any] | Checkpoint, source: str | Path) -> dic
 def _import_keras(fmt: str) -> Any:
     """``resnexus.keras`` (and for a SavedModel, TensorFlow), or one line saying how to install them."""
     try:
+        from ..keras_backend import use_backend_for_reading, use_keras_backend
+
+        if fmt == "savedmodel":  # TensorFlow's format: the command's own process picks it before Keras loads
+            use_keras_backend("tensorflow", "--format savedmodel")
+        else:
+            use_backend_for_reading()
         from .. import keras as rk  # first: it loads torchvision before TensorFlow (see its __init__)
 
         if fmt == "savedmodel":

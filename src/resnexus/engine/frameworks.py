@@ -12,6 +12,7 @@ from ..data import Samples
 from .config import TrainConfig
 from .fit import TrainResult
 from .fit import train as train_torch
+from .rundir import RunDir
 
 __all__ = ["train"]
 
@@ -45,7 +46,12 @@ def train(config: TrainConfig, splits: dict[str, Samples] | None = None) -> Trai
             was saved first, and the message says how to resume.
     """
     if config.framework == "keras":
-        from .keras_fit import train_keras  # Keras (and TensorFlow) only when asked for
+        from ..keras_backend import choose_backend, saved_backend, use_keras_backend
+
+        last = RunDir(config.out).last("keras") if config.resume and config.out else None
+        resumed = saved_backend(last) if last is not None and last.is_file() else None
+        use_keras_backend(*choose_backend(config.keras_backend, config.model, resumed))  # before Keras is imported
+        from .keras_fit import train_keras  # Keras (and its backend) only when asked for
 
         return train_keras(config, splits)
     return train_torch(config, splits)

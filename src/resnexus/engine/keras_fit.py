@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -93,7 +94,7 @@ class KerasBackend:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("--framework keras trains in one process: --nproc / torchrun are PyTorch only")
         ctx = distributed.Context()  # one process: the held-out helpers shard nothing
-        keras.utils.set_random_seed(config.seed)
+        set_random_seed(config.seed)
         self.runtime = Runtime(ctx.device, None, False)
         return config, ctx
 
@@ -144,8 +145,9 @@ class KerasBackend:
 
     def save(self, run_dir: RunDir, metadata: dict[str, Any], *, best: bool, last: bool) -> None:
         """best.keras the model alone, last.keras with the optimizer state and the run record; both
-        carry the metadata a PyTorch checkpoint does and ``framework: "keras"``."""
-        weights = checkpoint_metadata(in_chans=3, **metadata) | {"framework": "keras"}
+        carry the metadata a PyTorch checkpoint does, ``framework: "keras"`` and the ``keras_backend``."""
+        backend = {"framework": "keras", "keras_backend": keras.backend.backend()}  # what --resume checks
+        weights = checkpoint_metadata(in_chans=3, **metadata) | backend
         if best:
             # a copy without the optimizer: what inference loads (a third of last.keras for AdamW)
             clean = keras.Model.from_config(self.model.get_config())
@@ -175,6 +177,19 @@ def training_block_form(config: TrainConfig) -> dict[str, str]:
     import tensorflow as tf  # the backend in use: already loaded
 
     return {} if tf.config.list_physical_devices("GPU") else {"block_form": "split"}
+
+
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed`` without loading TensorFlow into a JAX or torch process: Keras
+    imports it there only to seed tf.data, which these runs do not use (seconds of start-up saved)."""
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]  # `import tensorflow` fails: Keras skips it
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        del sys.modules["tensorflow"]
 
 
 def keras_description() -> str:

@@ -9,8 +9,8 @@ Layout, bottom up: ``layers`` (PyTorch-exact primitives and the serialisable cus
 ``registry`` (names -> Keras builders), one module per family with the builder its PyTorch
 class's rows use, ``convert`` (weights both ways, by layer name), ``create``
 (:func:`create_model`) and ``files`` (``.keras`` files with resnexus' metadata inside).
-The code is backend-agnostic Keras 3 (``keras.ops`` only); TensorFlow is the tested backend,
-JAX and torch are checked too. Needs the ``keras`` extra: ``pip install "resnexus[keras]"``.
+The code is backend-agnostic Keras 3 (``keras.ops`` only) and runs on TensorFlow, JAX and torch;
+``train --framework keras`` picks the backend before Keras is imported (resnexus.keras_backend). Needs the ``keras`` extra: ``pip install "resnexus[keras]"``.
 Import ``resnexus.keras`` (or torchvision) before TensorFlow, see below.
 """
 

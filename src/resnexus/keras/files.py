@@ -17,10 +17,9 @@ from typing import Any
 import keras
 
 from ..files import atomic_path
+from ..keras_backend import METADATA_MEMBER, read_metadata
 
 __all__ = ["METADATA_MEMBER", "load_keras", "read_keras_metadata", "save_keras"]
-
-METADATA_MEMBER = "resnexus.json"
 
 
 def save_keras(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -> Path:
@@ -39,14 +38,7 @@ def save_keras(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -
 
 def read_keras_metadata(path: str | Path) -> dict[str, Any]:
     """The ``resnexus.json`` member of a ``.keras`` file (``{}`` for a file Keras saved on its own)."""
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if METADATA_MEMBER not in archive.namelist():
-                return {}
-            return json.loads(archive.read(METADATA_MEMBER))
-    except (zipfile.BadZipFile, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a readable .keras file: {error}") from None
+    return read_metadata(path)
 
 
 def load_keras(path: str | Path) -> tuple[keras.Model, dict[str, Any]]:
