@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from resnexus.engine import TrainConfig, fit, train
-from resnexus.engine.config import check_run_dir, resume_config
+from resnexus.engine.config import check_run_dir
+from resnexus.engine.resume import resume_config
 from tests.helpers import noise_folder, tiny_config
 
 

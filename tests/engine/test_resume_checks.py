@@ -19,7 +19,8 @@ from PIL import Image
 from resnexus.cli import main
 from resnexus.engine import TrainConfig, load_checkpoint, train
 from resnexus.engine.checkpoint import read_resume_state
-from resnexus.engine.config import complete_config, resume_config
+from resnexus.engine.config import complete_config
+from resnexus.engine.resume import resume_config
 from resnexus.models.weights import WeightsError
 from tests.helpers import bright_and_dark_folder
 

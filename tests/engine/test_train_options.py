@@ -11,8 +11,8 @@ from resnexus.data import scan_folder
 from resnexus.engine import TrainConfig, load_checkpoint, train
 from resnexus.engine import fit as fit_module
 from resnexus.engine import run as run_module
-from resnexus.engine.config import resume_config
 from resnexus.engine.fit import _class_weights
+from resnexus.engine.resume import resume_config
 
 from .test_train import TINY, _make_folder
 

@@ -20,8 +20,8 @@ import torch
 from resnexus.engine import TrainConfig, load_checkpoint, train
 from resnexus.engine import fit as fit_module
 from resnexus.engine.checkpoint import save_atomic
-from resnexus.engine.config import resume_config
 from resnexus.engine.interrupt import TrainingInterrupted
+from resnexus.engine.resume import resume_config
 from tests.helpers import bright_and_dark_folder
 
 RECIPE = (

@@ -24,14 +24,13 @@ from ..engine.config import (
     TrainConfig,
     complete_config,
     field_help,
-    resume_config,
-    resume_with,
     validate_config,
 )
 from ..engine.crossval import resume_settings as cv_resume_settings
 from ..engine.crossval import study_of as cv_study_of
 from ..engine.distributed import torchrun_command
 from ..engine.interrupt import TrainingInterrupted
+from ..engine.resume import resume_config, resume_with
 from ..engine.rundir import RunDir
 from .command import Command, config_option
 

@@ -13,8 +13,8 @@ import logging
 import math
 import types
 import typing
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ import yaml
 from ..data import AugmentConfig, digits_folder
 from ..data.split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from ..models.registry import find_pretrained, get_entry, is_weights_tag
-from .checkpoint import read_resume_state
 from .model_checks import MAX_IMAGE_SIZE, check_freeze, check_model_input
 
 # Moved to the run's checks (engine/run_checks.py) and the runtime (engine/runtime.py); still importable
@@ -39,7 +38,6 @@ from .run_checks import (  # noqa: F401
     describe_splits,
     split_subfolders,
 )
-from .rundir import RunDir
 from .runtime import autocast_dtype, precision_name  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -314,7 +312,7 @@ def _show(value: Any) -> str:
 
 
 # -- validation: every value checked here, before complete_config fills or creates anything -------
-_FLAGS = {
+FLAGS = {
     "ema_decay": "--ema",
     "clip_grad_norm": "--clip-grad",
     "temperature_scaling": "--no-temperature-scaling",
@@ -366,7 +364,7 @@ def _label(name: str) -> str:
     """``label_smoothing (--label-smoothing)``: the name a YAML file uses and the flag, where there is one."""
     if "help" not in {f.name: f for f in fields(TrainConfig)}[name].metadata:
         return name  # not a CLI option
-    return f"{name} ({_FLAGS.get(name, '--' + name.replace('_', '-'))})"
+    return f"{name} ({FLAGS.get(name, '--' + name.replace('_', '-'))})"
 
 
 def is_whole_number(value: Any) -> bool:
@@ -534,10 +532,10 @@ def complete_config(config: TrainConfig) -> TrainConfig:
         data = Path(values["data"])
         stem = data.stem if data.suffix.lower() == ".csv" else data.name
         values["out"] = str(unused_path(Path("runs") / f"{stem}-{values['model']}"))
-    return TrainConfig(**values | _absolute_paths(values))
+    return TrainConfig(**values | absolute_paths(values))
 
 
-def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     """The path fields of ``values`` made absolute, so that a saved config (and ``--resume``) means
     the same folders from any working directory; ``weights`` only where it names an existing file
     (not a tag or URL), ``cache_dir`` unless 'off'."""
@@ -547,59 +545,6 @@ def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     if values.get("weights") is not None and Path(values["weights"]).expanduser().is_file():
         paths["weights"] = values["weights"]
     return {key: str(Path(value).expanduser().resolve()) for key, value in paths.items() if value is not None}
-
-
-def resume_config(run_dir: str | Path) -> TrainConfig:
-    """The configuration a run was started with, set up to continue it (a PyTorch run's last.pt,
-    or a Keras run's last.keras)."""
-    last, last_keras = RunDir(run_dir).last("torch"), RunDir(run_dir).last("keras")
-    if not last.is_file() and not last_keras.is_file():
-        raise FileNotFoundError(
-            f"nothing to resume: {last} does not exist (the run never saved a resumable checkpoint); "
-            f"start it again with --out {run_dir} --overwrite, or with another --out"
-        )
-    if last.is_file():
-        saved = dict(read_resume_state(last)["config"])  # a file that cannot be resumed: refused here
-    else:
-        from ..keras_backend import read_metadata  # without importing Keras: its backend is not chosen yet
-
-        saved = dict(read_metadata(last_keras)["config"])
-    augment = saved.pop("augment", None)
-    saved["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()})
-    saved["model_config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_config"].items()}
-    return TrainConfig(**saved | {"out": str(Path(run_dir).expanduser().resolve()), "resume": True})
-
-
-# what a resumed run may be given: how it runs, never what it computes (a longer --epochs: see below)
-RESUME_MAY_CHANGE = ("workers", "cache_dir", "checkpoint_every", "progress_every", "verbose", "keras_backend")
-
-
-def resume_with(config: TrainConfig, given: dict[str, Any], refused: Sequence[str] = ()) -> TrainConfig:
-    """``config`` (from :func:`resume_config`) with the options given on the command line, refusing in
-    one line every option that would change the run (``refused``: more flags to name, e.g. --config).
-
-    A value equal to the run's own is accepted; a longer ``epochs`` continues the run, the cosine
-    decay re-stretched to the new total (so the learning rate rises again from where the shorter
-    schedule had brought it); a shorter one is refused.
-    """
-    same = _absolute_paths(asdict(config))
-    wanted = _absolute_paths(given)
-    bad = list(refused)
-    for key, value in given.items():
-        saved = same.get(key, getattr(config, key))
-        if key in RESUME_MAY_CHANGE or wanted.get(key, value) == saved:
-            continue
-        if key == "epochs" and isinstance(value, int) and value > config.epochs:
-            continue
-        flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
-        bad.append(f"--epochs {value} (shorter than its {config.epochs})" if key == "epochs" else flag)
-    if bad:
-        raise ValueError(
-            f"--resume {config.out} continues the run as it was started; it cannot change {', '.join(bad)} "
-            "(only a longer --epochs, --workers, --cache-dir, --checkpoint-every and --progress-every): drop them, or start a new "
-            "run with another --out"
-        )
-    return replace(config, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE or k == "epochs"})
 
 
 def unused_path(path: Path) -> Path:

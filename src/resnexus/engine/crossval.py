@@ -64,7 +64,6 @@ from .config import (
     complete_config,
     config_warnings,
     is_whole_number,
-    resume_config,
     split_subfolders,
     warn_about_config,
 )
@@ -72,6 +71,7 @@ from .finished import finished_outcome, record_finished
 from .frameworks import train
 from .interrupt import TrainingInterrupted
 from .out_of_fold import calibrate_study, calibration_options
+from .resume import resume_config
 from .rundir import RunDir
 from .workers import RunsStopped, run_side_by_side
 
