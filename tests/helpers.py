@@ -1,9 +1,11 @@
 """Helpers shared by the tests: random-but-reproducible weights, logit comparison, tiny image folders,
-and a weights server on 127.0.0.1 (no test ever contacts another host)."""
+a weights server on 127.0.0.1 (no test ever contacts another host), and the benchmark scripts as modules."""
 
 from __future__ import annotations
 
 import http.server
+import importlib.util
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -13,6 +15,21 @@ import torch
 from torch import nn
 
 from resnexus.engine import TrainConfig
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> Any:
+    """A script of benchmarks/ as a module (benchmarks/ is no package; the scripts import each other
+    by file name, as when run, so the folder goes on sys.path)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -3,7 +3,6 @@ report what they measure, skip what their budget leaves out and fail loudly."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,24 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
 
 
-def _load(name: str):
-    """A benchmark script as a module (they import each other by file name, as when run)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def suite():
-    return _load("gpu_suite")
+    return load_benchmark("gpu_suite")
 
 
 def test_loss_check_needs_finite_falling_losses(suite) -> None:
@@ -85,7 +75,7 @@ def test_spent_budget_skips_and_an_error_is_a_failed_check(suite, tmp_path: Path
 
 
 def test_gpu_peaks_from_the_data_sheets() -> None:
-    peak = _load("hardware_peak")
+    peak = load_benchmark("hardware_peak")
     assert peak.gpu_peak_flops("NVIDIA H100 PCIe", torch.bfloat16) == pytest.approx(756.5e12)
     assert peak.gpu_peak_flops("NVIDIA H100 80GB HBM3", torch.bfloat16) == pytest.approx(989.4e12)
     assert peak.gpu_peak_flops("NVIDIA H200", None) == pytest.approx(66.9e12)

@@ -4,22 +4,13 @@ measures on held-out groups is the asked rate, and it reads a run's oof_predicti
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def heldout_coverage():
-    """The script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("heldout_coverage", ROOT / "benchmarks" / "heldout_coverage.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_benchmark
 
 
 def write_oof(run_dir: Path, seed: int = 0, patients: int = 120) -> None:
@@ -44,7 +35,7 @@ def test_held_out_coverage_is_near_the_asked_rate_and_the_figures_are_written(tm
     run = tmp_path / "run"
     write_oof(run)
     out = tmp_path / "coverage.json"
-    heldout_coverage().main([str(run), "--repeats", "8", "--json", str(out)])
+    load_benchmark("heldout_coverage").main([str(run), "--repeats", "8", "--json", str(out)])
     assert "120 patients" in capsys.readouterr().out
     figures = json.loads(out.read_text())["figures"]
     assert set(figures) == {"0.8", "0.8 per class", "0.9", "0.9 per class", "0.95", "0.95 per class"}
@@ -57,5 +48,5 @@ def test_held_out_coverage_is_near_the_asked_rate_and_the_figures_are_written(tm
 
 def test_a_run_without_out_of_fold_predictions_names_the_file_and_the_remedy(tmp_path):
     with pytest.raises(SystemExit, match=r"oof_predictions\.csv not found: .*resnexus calibrate") as stopped:
-        heldout_coverage().main([str(tmp_path)])
+        load_benchmark("heldout_coverage").main([str(tmp_path)])
     assert str(tmp_path / "oof_predictions.csv") in str(stopped.value)

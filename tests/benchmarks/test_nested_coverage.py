@@ -3,21 +3,13 @@ a run that never saw its patient, and the figures it writes are those of its own
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def nested_coverage():
-    spec = importlib.util.spec_from_file_location("nested_coverage", ROOT / "benchmarks" / "nested_coverage.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_benchmark
 
 
 def grouped_photos(root: Path, patients: int = 8, photos: int = 2) -> Path:
@@ -36,7 +28,7 @@ def test_each_photo_is_predicted_by_a_run_that_never_saw_its_patient(tmp_path, c
     data = grouped_photos(tmp_path / "photos")
     out = tmp_path / "nested"
     argv = ["--data", str(data), "--out", str(out), "--outer", "2", "--inner", "2", "--model", "resnet20_cifar"]
-    nested_coverage().main([*argv, "--epochs", "1", "--image-size", "16"])
+    load_benchmark("nested_coverage").main([*argv, "--epochs", "1", "--image-size", "16"])
     assert "32 photos, 2 outer x (2 inner folds + refit)" in capsys.readouterr().out
     seen_by_outer = {}
     for k in (1, 2):
