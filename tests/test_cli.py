@@ -194,3 +194,15 @@ def test_group_by_and_data_help_explain_the_conventions(capsys, monkeypatch):
     assert "first capture group, else the whole match" in help["--group-by"]
     assert "for a CSV" in help["--group-by"]
     assert "a CSV file with path,label columns" in help["--data"]
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`resnexus models | head`: the reader may close the pipe before the table is written (``true``
+    closes it at once, while resnexus is still starting: the write always meets a closed pipe)."""
+    import subprocess
+    import sys
+
+    command = f"{sys.executable} -m resnexus models | true"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=300)
+    assert done.stderr == ""  # before: a BrokenPipeError traceback and status 1
+    assert done.returncode == 141  # ended by the closed pipe, as a shell command killed by SIGPIPE

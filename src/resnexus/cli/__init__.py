@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -85,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: one clear line
         print(f"resnexus {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `resnexus models | head`: the reader has what it wanted, not an error
+        # Python would report the pipe again when it flushes stdout at exit: point stdout at /dev/null
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
     except KeyboardInterrupt as interrupted:
         if isinstance(interrupted, TrainingInterrupted):  # saved: say how to continue
             print(f"resnexus {args.command}: {interrupted}", file=sys.stderr)
