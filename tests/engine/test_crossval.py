@@ -295,7 +295,7 @@ def test_a_cv_run_directory_stands_for_its_refit_model(cv, tmp_path):
 def test_explain_accepts_a_cv_run_directory(cv, tmp_path):
     data, out, _, _ = cv
     image = next((data / CLASSES[0]).glob("*.png"))
-    raw = _explain_rows(out, image, tmp_path / "cam", calibration=False)
+    raw = _explain_rows(out, image, tmp_path / "cam", calibrated=False)
     expected = predict_probabilities(out / "refit" / "checkpoints" / "best.pt", image)[1][0]
     assert float(raw[0]["probability"]) == pytest.approx(expected.max(), abs=2e-6)
     # by default the run's calibration applies, as predict's does
@@ -358,7 +358,7 @@ def test_ensemble_grad_cam_is_the_mean_of_the_fold_models_maps(cv, tmp_path, mon
     image = sorted((data / CLASSES[1]).glob("*.png"))[0]
     maps: list[np.ndarray] = []
     monkeypatch.setattr(explain_module, "_save_overlay", lambda image, cam, path, title: maps.append(cam))
-    rows = _explain_rows(out, image, tmp_path / "cam", ensemble=True, calibration=False)
+    rows = _explain_rows(out, image, tmp_path / "cam", ensemble=True, calibrated=False)
     folds = [load_checkpoint(out / f"fold{k}" / "checkpoints" / "best.pt") for k in range(1, FOLDS + 1)]
     models = [model_from_checkpoint(c) for c in folds]
     batch = UnlabeledDataset([image], eval_preprocess(folds[0]))[0][0][None]
@@ -373,13 +373,13 @@ def test_ensemble_grad_cam_is_the_mean_of_the_fold_models_maps(cv, tmp_path, mon
 
 
 def _explain_rows(
-    checkpoint: Path, image: Path, out: Path, ensemble: bool = False, calibration: bool = True
+    checkpoint: Path, image: Path, out: Path, ensemble: bool = False, calibrated: bool = True
 ) -> list[dict[str, str]]:
     import csv
 
     from resnexus.engine.explain import explain
 
-    with explain(checkpoint, image, out, ensemble=ensemble, overwrite=True, calibration=calibration).open(
+    with explain(checkpoint, image, out, ensemble=ensemble, overwrite=True, calibrated=calibrated).open(
         newline=""
     ) as f:
         return list(csv.DictReader(f))

@@ -234,7 +234,7 @@ def test_explain_csv_has_calibrated_probabilities_and_the_set(tmp_path):
     assert [r["set"] for r in rows] == expected.set_names(["cat", "dog"])
     for r in rows:
         assert r["probability"] == r[f"prob_{r['predicted']}"]
-    raw_rows = list(csv.DictReader(explain(cv, images, tmp_path / "raw", calibration=False).open()))
+    raw_rows = list(csv.DictReader(explain(cv, images, tmp_path / "raw", calibrated=False).open()))
     assert "set" not in raw_rows[0]
     np.testing.assert_allclose([[float(r["prob_cat"]), float(r["prob_dog"])] for r in raw_rows], raw, atol=1e-5)
     assert [r["predicted"] for r in raw_rows] == [["cat", "dog"][i] for i in raw.argmax(1)]

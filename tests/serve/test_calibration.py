@@ -109,7 +109,7 @@ def test_coverage_for_a_model_without_calibration_is_refused_at_start(run_dir):
 def test_no_calibration_serves_the_raw_probabilities(make_client, calibrated_cv_dir, photos):
     files = image_files(photos)
     raw = raw_probabilities(calibrated_cv_dir, [Path(name) for name, _ in files])
-    client = make_client(calibrated_cv_dir, calibration=False)
+    client = make_client(calibrated_cv_dir, calibrated=False)
     body = client.post("/v1/predict", files=upload(*files)).json()
     assert (body["calibrated"], body["coverage"], body["threshold"]) == (False, None, None)
     served = np.array([list(p["probabilities"].values()) for p in body["predictions"]])

@@ -152,7 +152,7 @@ def test_from_flags_gives_the_options_the_flags_say():
         limits=Limits(max_file_bytes=MIB // 2, max_files=4),
     )
     assert from_flags(_serve_flags().parse_args(["--coverage", "0.8"])) == ServeOptions(coverage=0.8)
-    assert from_flags(_serve_flags().parse_args(["--no-calibration"])) == ServeOptions(calibration=False)
+    assert from_flags(_serve_flags().parse_args(["--no-calibration"])) == ServeOptions(calibrated=False)
     tiny = _serve_flags().parse_args(["--max-file-mb", "1e-9"])  # above 0, but under one byte: one byte
     assert from_flags(tiny).limits.max_file_bytes == 1
 
@@ -160,7 +160,7 @@ def test_from_flags_gives_the_options_the_flags_say():
 def test_coverage_and_no_calibration_are_refused_together(capsys, run_dir):
     message = "coverage needs the calibration: --coverage and --no-calibration ask for opposite things"
     with pytest.raises(ValueError, match=f"^{message}$"):
-        ServeOptions(coverage=0.9, calibration=False)
+        ServeOptions(coverage=0.9, calibrated=False)
     assert main(["serve", "--checkpoint", str(run_dir), "--coverage", "0.9", "--no-calibration"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"resnexus serve: error: {message}"
 

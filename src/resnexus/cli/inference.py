@@ -177,9 +177,7 @@ def run_explain(args: argparse.Namespace, argv: Sequence[str]) -> int:
         ensemble=args.ensemble,
         overwrite=args.overwrite,
         skip_bad_images=args.skip_bad_images,
-        calibration=args.calibrated,
-        coverage=args.coverage,
-        per_class_coverage=args.per_class_coverage,
+        **calibration_arguments(args),
     )
     print(f"Grad-CAM overlays: {csv_path.parent} (index: {csv_path})")
     return 0

@@ -69,7 +69,7 @@ def explain(
     ensemble: bool = False,
     overwrite: bool = False,
     skip_bad_images: bool = False,
-    calibration: bool = True,
+    calibrated: bool = True,
     coverage: float | None = None,
     per_class_coverage: bool = False,
 ) -> Path:
@@ -80,7 +80,7 @@ def explain(
     ``coverage`` the prediction set (``set``: its classes joined by ``|``), the class the map
     explains and the PNG's file name. For a ``train --folds K`` run's model the probabilities are
     calibrated and the operating threshold decides the predicted class, as ``predict`` does
-    (:func:`~resnexus.reports.uncertainty.judge`); ``calibration=False`` keeps the raw ones.
+    (:func:`~resnexus.reports.uncertainty.judge`); ``calibrated=False`` keeps the raw ones.
     ``checkpoint`` may be a run directory; ``ensemble``: a cross-validation run directory's fold
     models (mean probabilities, mean map). The files of an earlier run in ``out`` are replaced
     only with ``overwrite``; ``out`` may not lie inside the input folder (see :func:`_check_out`).
@@ -99,7 +99,7 @@ def explain(
     names = loaded.class_names
     if target is not None and target not in names:
         raise ValueError(f"--target {target!r} is not one of the checkpoint's classes {names}")
-    trust = _calibration(loaded, calibration, coverage, str(checkpoint))
+    trust = _calibration(loaded, calibrated, coverage, str(checkpoint))
     layer = layer or default_cam_layer(members[0])
     dataset = UnlabeledDataset(paths, eval_preprocess(loaded), skip_bad_images=skip_bad_images)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_readable)

@@ -110,7 +110,7 @@ class ServeOptions:
     """How ``resnexus serve`` runs; every field is checked against :data:`BOUNDS` when made
     (``dataclasses.replace`` checks again). ``batching=False`` runs every image as a batch of one.
 
-    ``calibration=False`` serves the model's raw probabilities even when its run has a calibration;
+    ``calibrated=False`` serves the model's raw probabilities even when its run has a calibration;
     ``coverage`` is the prediction sets' coverage (None: :data:`DEFAULT_COVERAGE` for a calibrated
     model, no sets for another; a coverage given for a model without calibration is refused when
     the model loads)."""
@@ -122,14 +122,14 @@ class ServeOptions:
     batching: bool = True
     limits: Limits = dataclasses.field(default_factory=Limits)
     coverage: float | None = None
-    calibration: bool = True
+    calibrated: bool = True
 
     def __post_init__(self) -> None:
         for name in ("port", "max_batch", "max_wait_ms"):
             BOUNDS[name].check(name, getattr(self, name))
         if self.coverage is not None:
             BOUNDS["coverage"].check("coverage", self.coverage)
-            if not self.calibration:
+            if not self.calibrated:
                 raise ValueError(
                     "coverage needs the calibration: --coverage and --no-calibration ask for opposite things"
                 )
@@ -208,5 +208,5 @@ def from_flags(args: argparse.Namespace) -> ServeOptions:
         batching=not args.no_batching,
         limits=Limits(max_file_bytes=max(1, round(args.max_file_mb * MIB)), max_files=args.max_files),
         coverage=args.coverage,
-        calibration=not args.no_calibration,
+        calibrated=not args.no_calibration,
     )

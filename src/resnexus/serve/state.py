@@ -154,7 +154,7 @@ def served_calibration(checkpoint: Checkpoint, options: ServeOptions) -> tuple[C
     """(the calibration the server applies, its sets' coverage): the run's calibration.json unless
     ``--no-calibration``, at ``--coverage`` or :data:`DEFAULT_COVERAGE`. A coverage asked of a model
     without one, or a calibration of other classes, is refused before the server starts."""
-    calibration = checkpoint.calibration if options.calibration else None
+    calibration = checkpoint.calibration if options.calibrated else None
     if calibration is None:
         if options.coverage is not None:  # judge's own refusal, naming the model and the remedy
             judge(np.empty((0, len(checkpoint.class_names))), None, options.coverage, source=str(checkpoint.path))
