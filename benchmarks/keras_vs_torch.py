@@ -12,7 +12,9 @@ DenseNet-121 are also timed against ``keras.applications``' ResNet50V2 / DenseNe
 weights, logits out) under the same protocol.
 
 Keras runs on every backend of ``--backends`` (default: those installed), each in a process
-whose ``KERAS_BACKEND`` is set before Keras is imported. ``--rounds N`` repeats every measurement
+whose ``KERAS_BACKEND`` is set before Keras is imported. On the torch backend our models run
+PyTorch's channels-last kernels (``resnexus.keras.torch_kernels``); the row "Keras' own kernels"
+times the same model rebuilt by Keras from its config, with Keras' own layer code, for the gain. ``--rounds N`` repeats every measurement
 N times, the sides alternating within a round (PyTorch, then each Keras backend, then PyTorch...),
 and reports medians over rounds: fair when other jobs share the cores. The first training step
 (graph tracing / compilation and kernel choice) is reported as the start-up.
@@ -46,7 +48,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 MODELS = ("resnext50_32x4d", "resnet50v2", "densenet121")
 KERAS_APPLICATIONS = {"resnet50v2": "ResNet50V2", "densenet121": "DenseNet121"}
-KERAS_KINDS = ("keras", "keras-split", "keras-applications")  # ours (grouped conv), ours (split form), Keras's
+# ours (grouped conv), ours (split form), ours with Keras' own layer code on its torch backend (none of
+# resnexus.keras.torch_kernels' PyTorch kernels), keras.applications' twin
+KERAS_KINDS = ("keras", "keras-split", "keras-own-kernels", "keras-applications")
 BACKENDS = ("tensorflow", "jax", "torch")
 RESULT_TAG = "RESULT "  # a worker's last line: RESULT {json}
 
@@ -130,6 +134,8 @@ def keras_worker(args: argparse.Namespace) -> dict[str, object]:
     else:
         form = {"block_form": "split"} if args.framework == "keras-split" else {}
         model = rk.create_model(args.model, num_classes=args.classes, input_shape=shape, **form)
+        if args.framework == "keras-own-kernels":  # rebuilt by Keras from the config: its own layers' code
+            model = keras.Model.from_config(model.get_config())
     jit = {"auto": "auto", "on": True, "off": False}[args.keras_jit]
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
@@ -244,6 +250,8 @@ def kinds_for(name: str, backends: list[str], args: argparse.Namespace) -> list[
         kinds.append(f"{backend}:keras")
         if name.startswith("resnext") and not args.no_split:  # the write-up's TensorFlow form of the block
             kinds.append(f"{backend}:keras-split")
+        if backend == "torch":  # what resnexus.keras.torch_kernels gains over Keras' own torch code
+            kinds.append("torch:keras-own-kernels")
     if name in KERAS_APPLICATIONS and not args.no_applications and "tensorflow" in backends:
         kinds.append("tensorflow:keras-applications")
     return kinds
@@ -258,7 +266,11 @@ def print_tables(names: list[str], results: dict[tuple[str, str], dict[str, obje
     for name in names:
         t = results[name, "torch"]
         for backend in backends:
-            for kind, form in (("keras", ""), ("keras-split", ", split form")):
+            for kind, form in (
+                ("keras", ""),
+                ("keras-split", ", split form"),
+                ("keras-own-kernels", ", Keras' own kernels"),
+            ):
                 if (name, f"{backend}:{kind}") not in results:
                     continue
                 k = results[name, f"{backend}:{kind}"]

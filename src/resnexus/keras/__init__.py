@@ -8,7 +8,8 @@
 Layout, bottom up: ``layers`` (PyTorch-exact primitives and the serialisable custom layers),
 ``registry`` (names -> Keras builders), one module per family with the builder its PyTorch
 class's rows use, ``convert`` (weights both ways, by layer name), ``create``
-(:func:`create_model`) and ``files`` (``.keras`` files with resnexus' metadata inside).
+(:func:`create_model`), ``files`` (``.keras`` files with resnexus' metadata inside) and
+``torch_kernels`` (on Keras' torch backend, convolutions and batch norms as PyTorch's kernels).
 The code is backend-agnostic Keras 3 (``keras.ops`` only) and runs on TensorFlow, JAX and torch;
 ``train --framework keras`` picks the backend before Keras is imported (resnexus.keras_backend). Needs the ``keras`` extra: ``pip install "resnexus[keras]"``.
 Import ``resnexus.keras`` (or torchvision) before TensorFlow, see below.

@@ -18,6 +18,7 @@ import keras
 
 from ..files import atomic_path
 from ..keras_backend import METADATA_MEMBER, read_metadata
+from .torch_kernels import use_torch_kernels
 
 __all__ = ["METADATA_MEMBER", "load_keras", "read_keras_metadata", "save_keras"]
 
@@ -53,4 +54,5 @@ def load_keras(path: str | Path) -> tuple[keras.Model, dict[str, Any]]:
         raise ValueError(f"{path}: Keras could not load this model ({type(error).__name__}: {error})") from error
     if "keras_model_config" in metadata:
         model.resnexus_config = metadata.pop("keras_model_config")
+    use_torch_kernels(model)
     return model, metadata

@@ -18,6 +18,7 @@ from keras import layers
 from ..models import get_entry, list_models
 from ..models.base import check_num_classes
 from .layers import linear_default
+from .torch_kernels import use_torch_kernels
 
 __all__ = [
     "build_keras_model",
@@ -64,11 +65,13 @@ def build_keras_model(
     name: str, num_classes: int, input_shape: tuple[int | None, int | None, int], **overrides: Any
 ) -> keras.Model:
     """The graph of ``name``'s spec row (with ``overrides``), freshly initialised; named ``name``.
-    ``num_classes=0``: no classifier (the pooled features); a negative count is refused."""
+    ``num_classes=0``: no classifier (the pooled features); a negative count is refused. On Keras'
+    torch backend its convolutions and batch norms run PyTorch's kernels (:mod:`.torch_kernels`)."""
     num_classes = check_num_classes(num_classes)
     config = {**get_entry(name).config, **overrides}
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     outputs = keras_builder(name)(inputs, num_classes=num_classes, in_chans=input_shape[-1], **config)
     model = keras.Model(inputs, outputs, name=name)
     model.resnexus_config = dict(overrides)  # what differs from the spec row: to_torch rebuilds with it
+    use_torch_kernels(model)  # on Keras' torch backend: PyTorch's channels-last kernels, no copies
     return model
