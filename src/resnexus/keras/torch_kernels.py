@@ -2,13 +2,18 @@
 
 Keras' torch backend keeps Keras' channels-last (``NHWC``) tensors and, for every convolution,
 copies the input to channels-first, then to PyTorch's channels-last memory format, and the kernel
-to PyTorch's layout; its BatchNorm is a dozen element-wise ops. Yet an ``NHWC`` tensor *is*, viewed
-as ``NCHW``, a tensor in PyTorch's ``channels_last`` memory format: :func:`use_torch_kernels`
-makes each ``Conv2D`` call ``F.conv2d`` on that view and each ``BatchNormalization`` call
-PyTorch's fused batch norm on it, so the activations are never copied and the same oneDNN kernels
-run as in a PyTorch run with ``channels_last`` (the kernel still changes layout: Keras stores it
-``(kh, kw, in, out)``). It trains ResNeXt-50 about 1.2x faster than Keras' own path (numbers in
-benchmarks/RESULTS.md).
+from Keras' ``(kh, kw, in, out)`` layout to PyTorch's (the gradient back again); its BatchNorm is
+a dozen element-wise ops. Yet an ``NHWC`` tensor *is*, viewed as ``NCHW``, a tensor in PyTorch's
+``channels_last`` memory format. :func:`use_torch_kernels` therefore makes
+
+* each pointwise (1x1, stride 1) ``Conv2D`` a matrix product of the ``NHWC`` tensor and the kernel
+  as Keras stores it: nothing is copied, forward or backward (most of a ResNeXt's weights are in
+  these layers, so most of the kernel copies go too);
+* every other ``Conv2D`` one ``F.conv2d`` on the channels-last view (only the kernel changes layout);
+* each ``BatchNormalization`` PyTorch's fused batch norm on that view.
+
+A ResNeXt-50 training step then takes as long as PyTorch's own (channels_last) where Keras' own
+code takes about 1.4x as long (benchmarks/keras_vs_torch.py; figures in benchmarks/RESULTS.md).
 
 The layers keep their classes: only the bound ``convolution_op`` / ``call`` of each instance is
 replaced, so a saved ``.keras`` file is exactly what Keras writes and loads on every backend, and
@@ -58,6 +63,10 @@ def _conv2d(layer: keras.layers.Conv2D, inputs: Any, kernel: Any) -> Any:
         or (layer.padding == "same" and not symmetric)
     ):
         return keras.layers.Conv2D.convolution_op(layer, inputs, kernel)
+    if tuple(layer.kernel_size) == (1, 1) and layer.groups == 1 and all(s == 1 for s in layer.strides):
+        # a pointwise convolution is a matrix product over the channels: on the NHWC tensor and the
+        # (1, 1, in, out) kernel as they are, so neither is copied, forward or backward
+        return torch.matmul(inputs, ops.convert_to_tensor(kernel)[0, 0])
     if layer.padding == "same":  # stride 1, odd kernel: Keras' "same" pads (k - 1) * d / 2 on each side
         padding: Any = tuple(d * (k - 1) // 2 for d, k in zip(layer.dilation_rate, layer.kernel_size))
     else:
