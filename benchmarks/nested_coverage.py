@@ -32,6 +32,7 @@ from resnexus.engine.crossval import cross_validate
 from resnexus.engine.inference import predict_probabilities
 from resnexus.engine.rundir import RunDir
 from resnexus.engine.runtime import cpu_model
+from resnexus.reports.intervals import wilson_interval
 from resnexus.reports.uncertainty import judge
 
 COVERAGES = (0.8, 0.9, 0.95)
@@ -100,6 +101,18 @@ def pooled(folds: list[dict], class_names: list[str]) -> dict[str, Any]:
     return figures
 
 
+def deployed_accuracy(folds: list[dict]) -> dict[str, Any]:
+    """How often the refit models' answers (calibrated, at the run's operating threshold: what
+    ``predict`` prints) are right on the outer photos, with its Wilson 95 % interval."""
+    right = []
+    for fold in folds:
+        judged = judge(np.array(fold["probs"]), Checkpoint.load(fold["run"]).calibration)
+        right.append(judged.labels == np.array(fold["labels"]))
+    hits = np.concatenate(right)
+    ci = wilson_interval(int(hits.sum()), len(hits))
+    return {"accuracy": float(hits.mean()), "accuracy_ci": None if ci is None else list(ci), "photos": len(hits)}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="class folders whose file names carry the patient id")
@@ -117,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     samples = scan_dataset(args.data, group_by=args.group_by)
     folds = [outer_fold(args, k + 1, tr, te, samples) for k, (tr, te) in enumerate(kfold_splits(samples, args.outer))]
     figures = pooled(folds, list(samples.class_names))
+    accuracy = deployed_accuracy(folds)
     minutes = (time.perf_counter() - started) / 60
     print(
         f"{len(samples)} photos, {args.outer} outer x ({args.inner} inner folds + refit) runs of {args.model}, "
@@ -128,7 +142,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{key:>15}: {row['coverage']:.3f} ± {row['coverage_se']:.3f} of the sets hold the true class, "
             f"mean size {row['mean_set_size']:.2f} ({per_class})"
         )
-    (args.out / "nested_coverage.json").write_text(json.dumps({"figures": figures, "minutes": minutes}, indent=2))
+    low, high = accuracy["accuracy_ci"] or (float("nan"), float("nan"))
+    print(
+        f"the refit models' answers on the outer photos: accuracy {accuracy['accuracy']:.3f} (95 % CI {low:.3f}-{high:.3f})"
+    )
+    record = {"figures": figures, "deployed": accuracy, "minutes": minutes}
+    (args.out / "nested_coverage.json").write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

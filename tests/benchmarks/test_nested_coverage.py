@@ -38,7 +38,11 @@ def test_each_photo_is_predicted_by_a_run_that_never_saw_its_patient(tmp_path, c
         assert (out / f"outer{k}" / "run" / "calibration.json").is_file()
         seen_by_outer[k] = tested
     assert seen_by_outer[1] | seen_by_outer[2] == {f"{c}{p}" for c in "bd" for p in range(8)}
-    figures = json.loads((out / "nested_coverage.json").read_text())["figures"]
+    written = json.loads((out / "nested_coverage.json").read_text())
+    deployed = written["deployed"]
+    assert deployed["photos"] == 32
+    assert deployed["accuracy_ci"][0] <= deployed["accuracy"] <= deployed["accuracy_ci"][1]
+    figures = written["figures"]
     assert set(figures) == {"0.8", "0.8 per class", "0.9", "0.9 per class", "0.95", "0.95 per class"}
     for row in figures.values():
         assert 0.0 <= row["coverage"] <= 1.0 and 1.0 <= row["mean_set_size"] <= 2.0
