@@ -14,10 +14,12 @@ What differs from the PyTorch path (Keras' own layers do the augmentation, per b
 pipeline, seeded by (seed, epoch, step), so a resumed run repeats an uninterrupted one's batches):
 
 * Crops: each image is resized (shorter side ``image_size / crop_fraction``) and centre-cropped to a
-  square first (Keras layers need equal sizes in a batch), then ``RandomZoom`` zooms in to an area
-  fraction drawn from ``random_resized_crop_scale`` with the aspect ratio kept (torchvision also draws
-  the aspect ratio, 3/4-4/3) and ``RandomTranslation`` moves the window (reflecting at the border),
-  then ``Resizing`` to ``image_size``. The PyTorch path crops the whole image, not its centre square.
+  square first (Keras layers need equal sizes in a batch), then zoomed in to a window whose side is
+  drawn from the square roots of ``random_resized_crop_scale`` with the aspect ratio kept
+  (torchvision also draws the aspect ratio, 3/4-4/3) and moved (reflecting at the border): Keras'
+  ``RandomZoom`` + ``RandomTranslation`` composed into one affine resampling
+  (:func:`zoom_and_shift_transforms`; one ``grid_sample`` on the torch backend), then ``Resizing``
+  to ``image_size``. The PyTorch path crops the whole image, not its centre square.
 * ``RandomFlip`` flips with probability 0.5: ``hflip`` / ``vflip`` switch it on (a warning is logged
   for another probability). ``rotation``: ``RandomRotation``.
 * Colour jitter: ``RandomColorJitter`` (Keras' brightness is additive, torchvision's multiplicative).
@@ -290,12 +292,9 @@ class KerasAugment:
         x = images.astype(np.float32)
         if a.rotation:
             x = layers.RandomRotation(a.rotation / 360.0, fill_mode="constant", seed=seeded())(x, training=True)
-        low, high = a.random_resized_crop_scale
-        if low < 1.0:  # zoom in to an area fraction in [low, high], at a random position
-            zoom = (math.sqrt(low) - 1.0, math.sqrt(high) - 1.0)
-            x = layers.RandomZoom(zoom, fill_mode="reflect", seed=seeded())(x, training=True)
-            shift = (1.0 - math.sqrt(low)) / 2
-            x = layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seeded())(x, training=True)
+        if a.random_resized_crop_scale[0] < 1.0:  # zoom in to a random window at a random position
+            transforms = zoom_and_shift_transforms(len(x), x.shape[1], x.shape[2], a.random_resized_crop_scale, rng)
+            x = affine_transform(x, transforms)
         if x.shape[1] != size or x.shape[2] != size:
             x = layers.Resizing(size, size)(x)
         flips = "horizontal_and_vertical" if a.hflip and a.vflip else "horizontal" if a.hflip else "vertical"
@@ -330,6 +329,55 @@ class KerasAugment:
         return np.asarray(keras.ops.convert_to_numpy(x), np.float32), np.asarray(
             keras.ops.convert_to_numpy(y), np.float32
         )
+
+
+def zoom_and_shift_transforms(
+    n: int, height: int, width: int, scale: tuple[float, float], rng: np.random.Generator
+) -> np.ndarray:
+    """Per image, the projective transform (Keras' ``[a0, a1, a2, b0, b1, b2, c0, c1]``, output pixel
+    to input pixel) of a zoom into a window whose side is a fraction drawn uniformly from
+    ``[sqrt(scale[0]), sqrt(scale[1])]`` of the image's (aspect kept), moved by up to
+    ``(1 - sqrt(scale[0])) / 2`` of the image's height and width: what Keras' ``RandomZoom`` followed
+    by ``RandomTranslation`` draw, composed into one resampling instead of two."""
+    side = rng.uniform(math.sqrt(scale[0]), math.sqrt(scale[1]), n)
+    reach = (1.0 - math.sqrt(scale[0])) / 2
+    shift_y, shift_x = rng.uniform(-reach, reach, (2, n)) * np.array([[height], [width]])
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    transforms = np.zeros((n, 8), dtype=np.float32)
+    transforms[:, 0] = transforms[:, 4] = side  # out(x) = in(side * (x - shift - c) + c)
+    transforms[:, 2] = cx - side * (cx + shift_x)
+    transforms[:, 5] = cy - side * (cy + shift_y)
+    return transforms
+
+
+def affine_transform(images: np.ndarray, transforms: np.ndarray) -> np.ndarray:
+    """``keras.ops.image.affine_transform(images, transforms)``, bilinear, reflecting at the border.
+    On the torch backend it is one ``grid_sample`` over the batch: Keras' torch implementation
+    resamples image by image and channel by channel in Python (about 8x slower)."""
+    if keras.backend.backend() != "torch":
+        out = keras.ops.image.affine_transform(images, transforms, interpolation="bilinear", fill_mode="reflect")
+        return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
+    return affine_transform_torch(images, transforms)
+
+
+def affine_transform_torch(images: np.ndarray, transforms: np.ndarray) -> np.ndarray:
+    """:func:`affine_transform` with ``F.grid_sample`` (``align_corners=False``: pixel ``i`` is
+    the centre of ``[i - 0.5, i + 0.5]``, and "reflection" mirrors about the image's edge, as
+    Keras' "reflect" does)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.require(images, np.float32, ["C_CONTIGUOUS", "WRITEABLE"])).permute(0, 3, 1, 2)
+    t = torch.from_numpy(np.asarray(transforms, dtype=np.float32))
+    n, _, height, width = x.shape
+    cols = torch.arange(width, dtype=torch.float32)
+    rows = torch.arange(height, dtype=torch.float32)
+    # input pixel coordinates of every output pixel, then grid_sample's [-1, 1] coordinates
+    source_x = t[:, 0, None, None] * cols + t[:, 1, None, None] * rows[:, None] + t[:, 2, None, None]
+    source_y = t[:, 3, None, None] * cols + t[:, 4, None, None] * rows[:, None] + t[:, 5, None, None]
+    grid = torch.stack([(2 * source_x + 1) / width - 1, (2 * source_y + 1) / height - 1], dim=-1)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 class TrainBatches(keras.utils.PyDataset):
