@@ -369,7 +369,7 @@ def affine_transform_torch(images: np.ndarray, transforms: np.ndarray) -> np.nda
 
     x = torch.from_numpy(np.require(images, np.float32, ["C_CONTIGUOUS", "WRITEABLE"])).permute(0, 3, 1, 2)
     t = torch.from_numpy(np.asarray(transforms, dtype=np.float32))
-    n, _, height, width = x.shape
+    height, width = x.shape[2:]
     cols = torch.arange(width, dtype=torch.float32)
     rows = torch.arange(height, dtype=torch.float32)
     # input pixel coordinates of every output pixel, then grid_sample's [-1, 1] coordinates
