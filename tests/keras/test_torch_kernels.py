@@ -113,3 +113,102 @@ def test_nothing_is_replaced_on_another_backend() -> None:
     model = rk.create_model("lenet", num_classes=2)
     assert use_torch_kernels(model) == 0
     assert all("convolution_op" not in vars(layer) for layer in model.layers)
+
+
+OPTIMIZER_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import keras, numpy as np, torch
+assert keras.backend.backend() == "torch"
+from resnexus.keras.torch_kernels import use_torch_optimizer
+
+def run(fused, dtype):
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 4, 8), (8,), (1, 1, 8, 16), (16,), (16, 2)]
+    variables = [keras.Variable(rng.normal(0, 0.5, s), dtype=dtype, name=f"w{{i}}") for i, s in enumerate(shapes)]
+    schedule = keras.optimizers.schedules.ExponentialDecay(3e-2, decay_steps=1, decay_rate=0.7)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.3, epsilon=1e-8)
+    optimizer.exclude_from_weight_decay(var_list=[v for v in variables if len(v.shape) <= 1])
+    replaced = use_torch_optimizer(optimizer) if fused else False
+    for step in range(6):
+        # gradients from 1e-9 (below epsilon: where its placement shows) to 10, a new draw each step
+        grads = [torch.as_tensor(rng.normal(0, 1, s) * 10.0 ** rng.uniform(-9, 1, s), dtype=getattr(torch, dtype))
+                 for s in shapes]
+        optimizer.apply(grads, variables)
+    state = [v.numpy() for v in variables] + [v.numpy() for v in optimizer.variables]
+    return replaced, state, optimizer
+
+for dtype in ("float32", "float64"):
+    replaced, fast, optimizer = run(True, dtype)
+    _, plain, reference = run(False, dtype)
+    diff = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-30)) for a, b in zip(fast, plain))
+    moved = float(np.abs(plain[0] - np.random.default_rng(0).normal(0, 0.5, (3, 3, 4, 8))).max())
+    same_config = [{{k: v for k, v in o.get_config().items() if k != "name"}} for o in (optimizer, reference)]
+    same_config = same_config[0] == same_config[1]  # the Keras config is untouched (names differ: adamw, adamw_1)
+    print(f"dtype={{dtype}} replaced={{replaced}} diff={{diff:.2e}} moved={{moved:.2e}} iterations={{int(optimizer.iterations)}} "
+          f"config={{same_config}}")
+
+from resnexus.engine.keras_fit import CoupledSGD
+
+def sgd_run(keras_optimizer):
+    # CoupledSGD at a constant rate is torch.optim.SGD (Nesterov, L2 on kernels only): Keras' velocity is
+    # PyTorch's momentum buffer times -lr
+    rng = np.random.default_rng(1)
+    shapes = [(3, 3, 4, 8), (8,), (16, 2)]
+    start = [rng.normal(0, 0.5, s).astype("float32") for s in shapes]
+    grads = [[rng.normal(0, 1, s).astype("float32") for s in shapes] for _ in range(5)]
+    if keras_optimizer is None:
+        params = [torch.nn.Parameter(torch.tensor(w)) for w in start]
+        groups = [dict(params=[p for p in params if p.ndim > 1], weight_decay=0.1), dict(params=[params[1]], weight_decay=0.0)]
+        optimizer = torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = torch.tensor(g)
+            optimizer.step()
+        return [p.detach().numpy() for p in params]
+    variables = [keras.Variable(w) for w in start]
+    for step in grads:
+        keras_optimizer.apply([torch.tensor(g) for g in step], variables)
+    return [v.numpy() for v in variables]
+
+reference = sgd_run(None)
+for fast in (True, False):
+    optimizer = CoupledSGD(l2=0.1, learning_rate=0.05, momentum=0.9, nesterov=True)
+    replaced = use_torch_optimizer(optimizer) if fast else False
+    got = sgd_run(optimizer)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(got, reference))
+    print(f"sgd={{'fast' if fast else 'keras'}} replaced={{replaced}} diff={{diff:.2e}}")
+
+from resnexus.engine.config import TrainConfig
+from resnexus.engine.keras_fit import compile_for_training
+from resnexus import keras as rk
+model = rk.create_model("lenet", num_classes=2)
+for name in ("adamw", "sgd"):
+    settings = dict(lr=1e-3, weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.0, clip_grad_norm=0.0)
+    compile_for_training(model, TrainConfig(data="unused", optimizer=name, epochs=2, **settings), steps_per_epoch=3)
+    print(f"compiled={{name}} fused={{'_parallel_update_step' in vars(model.optimizer)}}")
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter on Keras' torch backend (~15 s on 2 cores)
+def test_torch_optimizer_updates_as_keras_does() -> None:
+    """PyTorch's fused AdamW kernel gives Keras' AdamW its own values: weights, moments and step
+    count after six steps of a decaying rate, with decay on kernels only and gradients far below
+    epsilon; other dtypes keep Keras' own update. CoupledSGD, multi-tensor or not, is PyTorch's SGD
+    with weight decay. ``train --framework keras`` uses both."""
+    pytest.importorskip("keras")
+    pytest.importorskip("torch")
+    done, shown = run_on_keras_backend(OPTIMIZER_SCRIPT.format(root=str(ROOT)), "torch", ROOT)
+    assert done.returncode == 0, shown
+    rows = {m[0]: dict(re.findall(r"(\w+)=(\S+)", m[1])) for m in re.findall(r"dtype=(\w+) (.*)", done.stdout)}
+    assert set(rows) == {"float32", "float64"}, shown
+    for row in rows.values():
+        assert row["replaced"] == "True" and row["iterations"] == "6" and row["config"] == "True", shown
+        assert float(row["moved"]) > 0.05, shown  # the updates were not negligible
+    assert float(rows["float32"]["diff"]) < 1e-5, shown  # float32 rounding between two formulas
+    assert float(rows["float64"]["diff"]) == 0.0, shown  # not float32: Keras' own update, bit for bit
+    assert "compiled=adamw fused=True" in done.stdout, shown
+    assert "compiled=sgd fused=True" in done.stdout, shown
+    sgd = dict(re.findall(r"sgd=(\w+) replaced=\w+ diff=(\S+)", done.stdout))
+    assert "sgd=fast replaced=True" in done.stdout and set(sgd) == {"fast", "keras"}, shown
+    assert all(float(diff) < 1e-6 for diff in sgd.values()), shown  # both are PyTorch's SGD with weight decay

@@ -59,6 +59,7 @@ from ..data.dataset import ImageDataset
 from ..data.sampler import EpochBatches, sample_seed
 from ..keras import create_model, to_torch
 from ..keras.files import load_keras, read_keras_metadata, save_keras
+from ..keras.torch_kernels import use_torch_optimizer
 from ..models.registry import get_entry
 from . import distributed
 from .checkpoint import checkpoint_metadata
@@ -241,7 +242,18 @@ class CoupledSGD(keras.optimizers.SGD):
     def apply(self, grads: list[Any], trainable_variables: list[Any] | None = None) -> Any:
         variables = trainable_variables if trainable_variables is not None else self._trainable_variables
         if self.l2:
-            grads = [g if g is None or len(v.shape) <= 1 else g + self.l2 * v for g, v in zip(grads, variables)]
+            grads = list(grads)
+            kernels = [i for i, (g, v) in enumerate(zip(grads, variables)) if g is not None and len(v.shape) > 1]
+            if keras.backend.backend() == "torch":  # one multi-tensor op, not two ops a kernel
+                import torch
+
+                summed = torch._foreach_add(
+                    [grads[i] for i in kernels], [variables[i].value for i in kernels], alpha=self.l2
+                )
+            else:
+                summed = [grads[i] + self.l2 * variables[i] for i in kernels]
+            for i, g in zip(kernels, summed):
+                grads[i] = g
         return super().apply(grads, trainable_variables)
 
     def get_config(self) -> dict[str, Any]:
@@ -259,6 +271,7 @@ def compile_for_training(model: keras.Model, config: TrainConfig, steps_per_epoc
             learning_rate=schedule, weight_decay=config.weight_decay, epsilon=1e-8, **clip
         )
         optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
+    use_torch_optimizer(optimizer)  # on the torch backend: PyTorch's multi-tensor update, Keras' arithmetic
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),

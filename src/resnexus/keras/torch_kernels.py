@@ -1,4 +1,4 @@
-"""On Keras' torch backend, convolutions and batch norms run as PyTorch's own channels-last kernels.
+"""On Keras' torch backend, convolutions, batch norms and optimizer updates run as PyTorch's own kernels.
 
 Keras' torch backend keeps Keras' channels-last (``NHWC``) tensors and, for every convolution,
 copies the input to channels-first, then to PyTorch's channels-last memory format, and the kernel
@@ -21,6 +21,12 @@ anything the fast path does not cover (another backend, a dtype other than float
 padding with a stride, masks, BatchNorm renormalisation or an axis other than the last) falls
 back to Keras' own code. The results equal Keras' own to float32 rounding: outputs, gradients and
 the moving statistics (tests/keras/test_torch_kernels.py).
+
+:func:`use_torch_optimizer` gives a Keras ``AdamW`` PyTorch's fused AdamW kernel (Keras' own update
+on this backend is a dozen ``_foreach`` passes over every weight, with their temporaries), and a
+subclass of Keras' ``SGD`` the multi-tensor update Keras gives only to ``SGD`` itself. For a
+ResNeXt-50 on 2 CPU cores an AdamW update then takes 14 ms instead of 96 ms (PyTorch's own fused
+AdamW: 13 ms), a ``CoupledSGD`` one 28 ms instead of 69 ms (benchmarks/keras_optimizer_speed.py).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["use_torch_kernels"]
+__all__ = ["use_torch_kernels", "use_torch_optimizer"]
 
 
 def use_torch_kernels(model: keras.Model) -> int:
@@ -106,3 +112,79 @@ def _batch_norm(layer: keras.layers.BatchNormalization, inputs: Any, training: A
         variance = ops.convert_to_tensor(layer.moving_variance)
         out = F.batch_norm(x, mean, variance, gamma, beta, False, 0.0, layer.epsilon)
     return out.permute(0, 2, 3, 1)
+
+
+def use_torch_optimizer(optimizer: keras.optimizers.Optimizer) -> bool:
+    """Give a Keras optimizer on the torch backend PyTorch's multi-tensor update, with Keras'
+    arithmetic; returns whether it did (elsewhere nothing changes).
+
+    * ``AdamW``: PyTorch's fused AdamW kernel, weight decay first and then Adam with Keras' epsilon.
+    * A subclass of ``SGD`` (``CoupledSGD``): the ``_foreach`` update that Keras' torch backend gives
+      its own ``SGD`` class but not its subclasses, which update one variable at a time.
+
+    Only the instance's bound methods change: its config, variables and saved state stay Keras'
+    own, so a checkpoint resumes the same on any backend."""
+    if keras.backend.backend() != "torch":
+        return False
+    from keras.src.backend.torch.optimizers import torch_parallel_optimizer, torch_sgd
+
+    if isinstance(optimizer, keras.optimizers.AdamW) and not optimizer.amsgrad:
+        if not isinstance(optimizer, torch_parallel_optimizer.TorchParallelOptimizer):  # a subclass: its own update
+            return False
+        optimizer._apply_weight_decay = types.MethodType(_decay_in_update, optimizer)
+        optimizer._parallel_update_step = types.MethodType(_fused_adamw_update, optimizer)
+        return True
+    if isinstance(optimizer, keras.optimizers.SGD) and not isinstance(optimizer, torch_sgd.SGD):
+        parallel = torch_parallel_optimizer.TorchParallelOptimizer
+        optimizer._backend_update_step = types.MethodType(parallel._backend_update_step, optimizer)
+        optimizer._parallel_update_step = types.MethodType(torch_sgd.SGD._parallel_update_step, optimizer)
+        return True
+    return False
+
+
+def _decay_in_update(optimizer: keras.optimizers.AdamW, variables: list[Any]) -> None:
+    """The fused kernel applies the weight decay itself, as its first operation: Keras' separate pass is skipped."""
+
+
+def _fused_adamw_update(
+    optimizer: keras.optimizers.AdamW, grads: list[Any], variables: list[Any], learning_rate: Any
+) -> None:
+    """Keras' Adam step as ``torch._fused_adamw_``, weights with and without decay in one call each.
+
+    Keras divides by ``sqrt(v) + epsilon`` after scaling the rate by the bias corrections; PyTorch
+    divides by ``sqrt(v / (1 - beta_2^t)) + eps``: the two agree when ``eps = epsilon / sqrt(1 - beta_2^t)``."""
+    import torch
+
+    params = [v.value for v in variables]
+    if any(p.dtype != torch.float32 or g is None or g.dtype != torch.float32 for p, g in zip(params, grads)):
+        # Keras' own update, with the weight decay that _decay_in_update skipped
+        type(optimizer)._apply_weight_decay(optimizer, variables)
+        type(optimizer)._parallel_update_step(optimizer, grads, variables, learning_rate)
+        return
+    step = float(ops.convert_to_numpy(optimizer.iterations)) + 1.0
+    eps = optimizer.epsilon / (1.0 - optimizer.beta_2**step) ** 0.5
+    lr = float(ops.convert_to_numpy(learning_rate))
+    decay = float(optimizer.weight_decay or 0.0)
+    groups: dict[float, list[int]] = {decay: [], 0.0: []}
+    for i, variable in enumerate(variables):
+        groups[decay if decay and optimizer._use_weight_decay(variable) else 0.0].append(i)
+    for weight_decay, members in groups.items():
+        if not members:
+            continue
+        slots = [optimizer._get_variable_index(variables[i]) for i in members]
+        steps = torch.full((), step, dtype=torch.float32, device=params[members[0]].device)
+        torch._fused_adamw_(
+            [params[i] for i in members],
+            [grads[i] for i in members],
+            [optimizer._momentums[k].value for k in slots],
+            [optimizer._velocities[k].value for k in slots],
+            [],
+            [steps] * len(members),
+            lr=lr,
+            beta1=optimizer.beta_1,
+            beta2=optimizer.beta_2,
+            weight_decay=weight_decay,
+            eps=eps,
+            amsgrad=False,
+            maximize=False,
+        )
