@@ -66,6 +66,9 @@ inputs = keras.Input((9, 9, 4))
 y = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="strided")(inputs)
 y = keras.layers.BatchNormalization(name="bn")(y)
 y = keras.layers.Conv2D(5, 3, padding="same", dilation_rate=2, use_bias=True, name="dilated")(y)
+y = keras.layers.MaxPooling2D(1, strides=2, name="stride_pool")(y)  # ResNetV2's shortcut
+y = keras.layers.MaxPooling2D(2, strides=1, padding="same", name="same_pool")(y)  # Keras' own code
+y = keras.layers.AveragePooling2D(2, strides=1, name="avg_pool")(y) + keras.layers.MaxPooling2D(2, strides=1)(y)
 y = keras.layers.Dense(2, name="fc")(keras.layers.GlobalAveragePooling2D()(y))
 odd = keras.Model(inputs, y)
 print(f"odd_replaced={{use_torch_kernels(odd)}}")
@@ -91,8 +94,10 @@ def test_torch_kernels_match_keras_layers(tmp_path: Path) -> None:
     assert set(rows) == {"resnext", "lenet", "odd"}, shown
     # every Conv2D and BatchNorm of the shallow ResNeXt (3 + 4 per block x 3 blocks + stem... counted by Keras)
     assert int(rows["resnext"]["replaced"]) > 20, shown
-    assert int(rows["lenet"]["replaced"]) == 2, shown  # its two convolutions (no BatchNorm)
-    assert "odd_replaced=3" in done.stdout, shown  # the strided one is replaced too, and falls back
+    assert int(rows["lenet"]["replaced"]) == 4, shown  # its two convolutions and two pooling layers (no BatchNorm)
+    # 3 convolutions and BatchNorm, 4 pooling layers: the strided "same" convolution and the "same"
+    # pooling are replaced too, and fall back
+    assert "odd_replaced=7" in done.stdout, shown
     for name, row in rows.items():
         assert float(row["train"]) < 1e-4, (name, shown)
         assert float(row["grad"]) < 1e-4, (name, shown)

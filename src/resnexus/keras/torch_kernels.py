@@ -10,16 +10,18 @@ a dozen element-wise ops. Yet an ``NHWC`` tensor *is*, viewed as ``NCHW``, a ten
   as Keras stores it: nothing is copied, forward or backward (most of a ResNeXt's weights are in
   these layers, so most of the kernel copies go too);
 * every other ``Conv2D`` one ``F.conv2d`` on the channels-last view (only the kernel changes layout);
-* each ``BatchNormalization`` PyTorch's fused batch norm on that view.
+* each ``BatchNormalization`` PyTorch's fused batch norm on that view;
+* each ``MaxPooling2D`` / ``AveragePooling2D`` PyTorch's pooling on that view.
 
-A ResNeXt-50 training step then runs at 0.97x PyTorch's own (channels_last) images/s, where
-Keras' own code runs at 0.67x (benchmarks/keras_vs_torch.py; figures in benchmarks/RESULTS.md).
+A ResNeXt-50 training step then runs at 0.99x PyTorch's own (channels_last) images/s, where
+Keras' own code runs at 0.67x; ResNet50V2 at 0.96x (0.72x) and DenseNet-121 at 0.84x (0.57x)
+(benchmarks/keras_vs_torch.py; figures in benchmarks/RESULTS.md).
 
 The layers keep their classes: only the bound ``convolution_op`` / ``call`` of each instance is
 replaced, so a saved ``.keras`` file is exactly what Keras writes and loads on every backend, and
 anything the fast path does not cover (another backend, a dtype other than float32, ``same``
-padding with a stride, masks, BatchNorm renormalisation or an axis other than the last) falls
-back to Keras' own code. The results equal Keras' own to float32 rounding: outputs, gradients and
+padding with a stride or on a pooling layer, masks, BatchNorm renormalisation or an axis other
+than the last) falls back to Keras' own code. The results equal Keras' own to float32 rounding: outputs, gradients and
 the moving statistics (tests/keras/test_torch_kernels.py).
 
 :func:`use_torch_optimizer` gives a Keras ``AdamW`` PyTorch's fused AdamW kernel (Keras' own update
@@ -41,8 +43,9 @@ __all__ = ["use_torch_kernels", "use_torch_optimizer"]
 
 
 def use_torch_kernels(model: keras.Model) -> int:
-    """Give every ``Conv2D`` and ``BatchNormalization`` of ``model`` PyTorch's channels-last kernels
-    when Keras runs on its torch backend (elsewhere nothing changes); returns how many layers now use them."""
+    """Give every ``Conv2D``, ``BatchNormalization`` and 2-D pooling layer of ``model`` PyTorch's
+    channels-last kernels when Keras runs on its torch backend (elsewhere nothing changes); returns
+    how many layers now use them."""
     if keras.backend.backend() != "torch":
         return 0
     changed = 0
@@ -52,6 +55,9 @@ def use_torch_kernels(model: keras.Model) -> int:
             changed += 1
         elif type(layer) is keras.layers.BatchNormalization:
             layer.call = types.MethodType(_batch_norm, layer)
+            changed += 1
+        elif type(layer) in (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D):
+            layer.call = types.MethodType(_pool2d, layer)
             changed += 1
     return changed
 
@@ -81,6 +87,24 @@ def _conv2d(layer: keras.layers.Conv2D, inputs: Any, kernel: Any) -> Any:
     weight = ops.convert_to_tensor(kernel).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
     out = F.conv2d(inputs.permute(0, 3, 1, 2), weight, None, layer.strides, padding, layer.dilation_rate, layer.groups)
     return out.permute(0, 2, 3, 1)
+
+
+def _pool2d(layer: keras.layers.MaxPooling2D | keras.layers.AveragePooling2D, inputs: Any) -> Any:
+    """A pooling layer's ``call`` as PyTorch's pooling on the channels-last view (Keras' own torch
+    code copies the input to channels-first and hands back a strided view, which makes the next
+    element-wise op slow); only ``valid`` padding, which is what resnexus' models use."""
+    import torch
+    import torch.nn.functional as F
+
+    if (
+        inputs.ndim != 4
+        or inputs.dtype != torch.float32
+        or layer.padding != "valid"
+        or layer.data_format != "channels_last"
+    ):
+        return type(layer).call(layer, inputs)
+    pool = F.max_pool2d if isinstance(layer, keras.layers.MaxPooling2D) else F.avg_pool2d
+    return pool(inputs.permute(0, 3, 1, 2), layer.pool_size, layer.strides).permute(0, 2, 3, 1)
 
 
 def _batch_norm(layer: keras.layers.BatchNormalization, inputs: Any, training: Any = None, mask: Any = None) -> Any:
