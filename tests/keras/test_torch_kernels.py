@@ -184,6 +184,12 @@ for fast in (True, False):
     diff = max(float(np.abs(a - b).max()) for a, b in zip(got, reference))
     print(f"sgd={{'fast' if fast else 'keras'}} replaced={{replaced}} diff={{diff:.2e}}")
 
+class OwnRule(keras.optimizers.SGD):  # a subclass with its own update keeps it
+    def update_step(self, gradient, variable, learning_rate):
+        variable.assign(variable - learning_rate * gradient)
+
+print(f"own_rule_replaced={{use_torch_optimizer(OwnRule())}}")
+
 from resnexus.engine.config import TrainConfig
 from resnexus.engine.keras_fit import compile_for_training
 from resnexus import keras as rk
@@ -214,6 +220,7 @@ def test_torch_optimizer_updates_as_keras_does() -> None:
     assert float(rows["float64"]["diff"]) == 0.0, shown  # not float32: Keras' own update, bit for bit
     assert "compiled=adamw fused=True" in done.stdout, shown
     assert "compiled=sgd fused=True" in done.stdout, shown
+    assert "own_rule_replaced=False" in done.stdout, shown
     sgd = dict(re.findall(r"sgd=(\w+) replaced=\w+ diff=(\S+)", done.stdout))
     assert "sgd=fast replaced=True" in done.stdout and set(sgd) == {"fast", "keras"}, shown
     assert all(float(diff) < 1e-6 for diff in sgd.values()), shown  # both are PyTorch's SGD with weight decay

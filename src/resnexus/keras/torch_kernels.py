@@ -21,8 +21,8 @@ The layers keep their classes: only the bound ``convolution_op`` / ``call`` of e
 replaced, so a saved ``.keras`` file is exactly what Keras writes and loads on every backend, and
 anything the fast path does not cover (another backend, a dtype other than float32, ``same``
 padding with a stride or on a pooling layer, masks, BatchNorm renormalisation or an axis other
-than the last) falls back to Keras' own code. The results equal Keras' own to float32 rounding: outputs, gradients and
-the moving statistics (tests/keras/test_torch_kernels.py).
+than the last) falls back to Keras' own code. The results equal Keras' own to float32 rounding:
+outputs, gradients and the moving statistics (tests/keras/test_torch_kernels.py).
 
 :func:`use_torch_optimizer` gives a Keras ``AdamW`` PyTorch's fused AdamW kernel (Keras' own update
 on this backend is a dozen ``_foreach`` passes over every weight, with their temporaries), and a
@@ -143,8 +143,9 @@ def use_torch_optimizer(optimizer: keras.optimizers.Optimizer) -> bool:
     arithmetic; returns whether it did (elsewhere nothing changes).
 
     * ``AdamW``: PyTorch's fused AdamW kernel, weight decay first and then Adam with Keras' epsilon.
-    * A subclass of ``SGD`` (``CoupledSGD``): the ``_foreach`` update that Keras' torch backend gives
-      its own ``SGD`` class but not its subclasses, which update one variable at a time.
+    * A subclass of ``SGD`` that keeps SGD's update (``CoupledSGD``): the ``_foreach`` update that
+      Keras' torch backend gives its own ``SGD`` class but not its subclasses, which update one
+      variable at a time.
 
     Only the instance's bound methods change: its config, variables and saved state stay Keras'
     own, so a checkpoint resumes the same on any backend."""
@@ -158,7 +159,12 @@ def use_torch_optimizer(optimizer: keras.optimizers.Optimizer) -> bool:
         optimizer._apply_weight_decay = types.MethodType(_decay_in_update, optimizer)
         optimizer._parallel_update_step = types.MethodType(_fused_adamw_update, optimizer)
         return True
-    if isinstance(optimizer, keras.optimizers.SGD) and not isinstance(optimizer, torch_sgd.SGD):
+    sgd = keras.optimizers.SGD
+    if (
+        isinstance(optimizer, sgd)
+        and not isinstance(optimizer, torch_sgd.SGD)
+        and type(optimizer).update_step is sgd.update_step
+    ):
         parallel = torch_parallel_optimizer.TorchParallelOptimizer
         optimizer._backend_update_step = types.MethodType(parallel._backend_update_step, optimizer)
         optimizer._parallel_update_step = types.MethodType(torch_sgd.SGD._parallel_update_step, optimizer)
