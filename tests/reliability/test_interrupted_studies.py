@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -252,7 +253,9 @@ def test_sigterm_of_train_folds_jobs_saves_and_the_printed_command_finishes_it(d
         assert process.returncode == 128 + signal.SIGTERM, stderr
         assert not [pid for pid in workers if _alive(pid)]
         assert "Traceback" not in stderr
-        assert "resnexus train: SIGTERM: stopped after fold1: " in stderr
+        # the folds run side by side: which are unfinished when the signal lands depends on timing
+        # (fold 1 may end its last epoch first), and the message names those
+        assert re.search(r"resnexus train: SIGTERM: stopped after fold[12]: ", stderr), stderr
         command = stderr.split("Continue with: ")[1].strip()
         assert command == f"resnexus train --resume {out} --jobs 2"
     finally:
